@@ -1,0 +1,20 @@
+//! Compiles the public contract in `proto/` into OUT_DIR.
+//!
+//! protoc comes from `protoc-bin-vendored`, so a fresh machine needs no
+//! system protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    let include = protoc_bin_vendored::include_path()?;
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &[
+            std::path::PathBuf::from("proto/valet/v1/gateway.proto"),
+            std::path::PathBuf::from("proto/valet/v1/admin.proto"),
+        ],
+        &[std::path::PathBuf::from("proto"), include],
+    )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! What an API key may do.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// A kind of gateway call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Changes nothing at the vendor.
+    Read,
+    /// May change state at the vendor.
+    Write,
+}
+
+impl Operation {
+    /// Lower-case name, as in config, logs and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+        }
+    }
+}
+
+/// The wildcard for tenants and vendors.
+pub const ANY: &str = "*";
+
+/// The scope of an API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Tenants the key may act for; `"*"` for any.
+    pub tenants: Vec<String>,
+    /// Vendors the key may call; `"*"` for any.
+    pub vendors: Vec<String>,
+    /// Gateway operations the key may perform.
+    pub operations: BTreeSet<Operation>,
+    /// Whether the key may use the Admin service.
+    pub admin: bool,
+}
+
+/// Which part of a grant refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The key may not act for this tenant.
+    #[error("this API key may not act for tenant")]
+    Tenant,
+    /// The key may not call this vendor.
+    #[error("this API key may not call vendor")]
+    Vendor,
+    /// The key may not perform this operation.
+    #[error("this API key may not perform operation")]
+    Operation,
+    /// The key may not use the Admin service.
+    #[error("this API key is not an admin key")]
+    Admin,
+}
+
+impl Grant {
+    /// Whether a gateway call for `tenant`, `vendor`, `op` is allowed.
+    pub fn allows(&self, tenant: &str, vendor: &str, op: Operation) -> Result<(), Denied> {
+        let matches = |list: &[String], name: &str| list.iter().any(|e| e == ANY || e == name);
+        if !matches(&self.tenants, tenant) {
+            return Err(Denied::Tenant);
+        }
+        if !matches(&self.vendors, vendor) {
+            return Err(Denied::Vendor);
+        }
+        if !self.operations.contains(&op) {
+            return Err(Denied::Operation);
+        }
+        Ok(())
+    }
+
+    /// Whether the Admin service is allowed.
+    pub fn allows_admin(&self) -> Result<(), Denied> {
+        if self.admin { Ok(()) } else { Err(Denied::Admin) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_and_wildcard_matches() {
+        let g = Grant {
+            tenants: vec!["acme".into()],
+            vendors: vec![ANY.into()],
+            operations: [Operation::Read].into(),
+            admin: false,
+        };
+        assert_eq!(g.allows("acme", "stripe", Operation::Read), Ok(()));
+        assert_eq!(g.allows("globex", "stripe", Operation::Read), Err(Denied::Tenant));
+        assert_eq!(
+            g.allows("acme", "stripe", Operation::Write),
+            Err(Denied::Operation)
+        );
+        assert_eq!(g.allows_admin(), Err(Denied::Admin));
+    }
+}

@@ -1,0 +1,32 @@
+//! The audit log: append-only JSON lines, each carrying the SHA-256 of the
+//! line before it, so an edited, removed or reordered line breaks the chain.
+//!
+//! # Layout
+//!
+//! - [`event`]: [`Event`], what is recorded (credential put, delete and
+//!   lease; API key create and revoke), never a secret.
+//! - [`log`]: [`AuditLog`], the writer. Entries from concurrent calls are
+//!   group-committed: appended together and made durable by one fsync; each
+//!   caller waits until the batch holding its entry is on disk.
+//! - [`verify`]: [`verify()`], walks a file and reports the first broken entry.
+//!
+//! Line format: `{"seq":N,"ts_ms":T,"prev":"<hex sha256 of previous line>",
+//! "actor":"...","event":"...",...}`. The first entry's `prev` is 64 zeros.
+#![forbid(unsafe_code)]
+
+pub mod event;
+pub mod log;
+pub mod verify;
+
+pub use event::Event;
+pub use log::{AuditError, AuditLog};
+pub use verify::{VerifyError, verify};
+
+/// The `prev` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The chain hash of one line (without its newline).
+pub fn line_hash(line: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(line))
+}

@@ -1,0 +1,64 @@
+//! Where sealed credentials are kept: the [`SecretStore`] trait.
+//!
+//! A store holds only [`StoredCredential`]s — envelopes plus public metadata —
+//! never plaintext. The embedded default is [`crate::LocalStore`]; a fleet
+//! backend (AWS Secrets Manager) implements the same trait.
+
+use crate::envelope::Envelope;
+use crate::fingerprint::Fingerprint;
+use crate::key::CredentialKey;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A sealed credential and what may be shown about it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredCredential {
+    /// The sealed secret.
+    pub envelope: Envelope,
+    /// Keyed hash of the secret, for logs and listings.
+    pub fingerprint: Fingerprint,
+    /// Last 4 characters of long secrets, for display; empty for short ones.
+    pub last4: String,
+    /// First stored, Unix milliseconds.
+    pub created_ms: u64,
+    /// Last replaced, Unix milliseconds.
+    pub updated_ms: u64,
+}
+
+/// A store failure. Messages name the credential, never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the backing storage failed.
+    #[error("credential store: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A stored record could not be parsed.
+    #[error("credential store: {context} is corrupt")]
+    Corrupt {
+        /// Which record.
+        context: String,
+    },
+}
+
+/// A boxed future, so the trait stays object-safe for backends chosen at run
+/// time.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Keeps sealed credentials. Implementations must make `put` and `delete`
+/// durable before they return, and `get` cheap: it is on every call's path.
+pub trait SecretStore: Send + Sync + 'static {
+    /// The sealed credential for `key`, if any.
+    fn get<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, Option<StoredCredential>>;
+    /// Stores or replaces the credential for `key`.
+    fn put<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()>;
+    /// Removes the credential for `key`; false if there was none.
+    fn delete<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, bool>;
+    /// Every stored credential of `tenant` (all tenants when `None`), sorted.
+    fn list<'a>(&'a self, tenant: Option<&'a str>)
+    -> StoreFuture<'a, Vec<(CredentialKey, StoredCredential)>>;
+}

@@ -1,0 +1,281 @@
+//! Egress: everything between a validated call and the vendor's socket.
+//!
+//! # Layout
+//!
+//! - [`path`]: the rules for a caller's relative path (no escapes from the
+//!   vendor's base URL).
+//! - [`request`]: method, header and size rules, and [`Limits`].
+//! - [`vendor`]: [`Vendor`] — base URL, [`AuthScheme`] injection, and a
+//!   pooled rustls client per vendor (public roots, or the vendor's
+//!   `ca_file`).
+//! - [`scrub`]: [`Scrubber`] — removes every form of the credential from the
+//!   vendor's answer.
+//! - this file: [`Registry`] of vendors and [`Vendor::send`], one outbound
+//!   request: join and re-check the URL, inject, send without following
+//!   redirects, bound time and size, scrub.
+#![forbid(unsafe_code)]
+
+pub mod path;
+pub mod request;
+pub mod scrub;
+pub mod vendor;
+
+pub use path::{PathError, RelativePath};
+pub use request::{Limits, RequestError};
+pub use scrub::Scrubber;
+pub use vendor::{AuthScheme, Vendor, VendorError, VendorSpec};
+
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use valet_credentials::Secret;
+
+/// The configured vendors, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    vendors: HashMap<String, Arc<Vendor>>,
+}
+
+impl Registry {
+    /// A registry of ready vendors.
+    pub fn new(vendors: impl IntoIterator<Item = Vendor>) -> Self {
+        Self {
+            vendors: vendors
+                .into_iter()
+                .map(|v| (v.name().to_owned(), Arc::new(v)))
+                .collect(),
+        }
+    }
+
+    /// The vendor called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Vendor>> {
+        self.vendors.get(name)
+    }
+}
+
+/// A checked request, ready to be sent with a credential.
+#[derive(Debug, Clone)]
+pub struct ProxyRequest {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path part, checked by [`path::parse`].
+    pub path: String,
+    /// The query, without `?`, checked against the vendor's credential
+    /// parameter.
+    pub query: Option<String>,
+    /// Checked caller headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// The vendor's answer, scrubbed.
+#[derive(Debug, Clone)]
+pub struct ProxyResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers in order, names lower case, hop-by-hop removed.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+    /// Requests sent to the vendor.
+    pub attempts: u32,
+}
+
+/// Why the vendor call failed. Messages name the vendor, never its address
+/// or the credential.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// No connection could be made (refused, DNS, connect timeout).
+    #[error("vendor {0} is unreachable")]
+    Unreachable(String),
+    /// The TLS handshake failed (certificate did not verify, protocol).
+    #[error("TLS with vendor {0} failed: its certificate did not verify or the handshake failed")]
+    Tls(String),
+    /// The vendor did not answer within its timeout.
+    #[error("vendor {vendor} did not answer within {timeout_ms} ms")]
+    VendorTimeout {
+        /// The vendor.
+        vendor: String,
+        /// The timeout that expired.
+        timeout_ms: u128,
+    },
+    /// The caller's deadline expired first.
+    #[error("the call's deadline expired while waiting for vendor {0}")]
+    Deadline(String),
+    /// The connection failed after the request was sent.
+    #[error("vendor {0} closed the connection or sent an invalid response")]
+    Protocol(String),
+    /// The response body exceeded the limit.
+    #[error("vendor {vendor} response is larger than {limit} bytes")]
+    ResponseTooLarge {
+        /// The vendor.
+        vendor: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The vendor compressed its response although asked not to; it cannot
+    /// be scrubbed, so it is not returned.
+    #[error("vendor {0} sent an encoded (compressed) response, which cannot be checked for credentials")]
+    ResponseEncoded(String),
+    /// The joined URL left the vendor's origin (a bug guard).
+    #[error("path would leave vendor {0}'s base URL")]
+    OriginMismatch(String),
+}
+
+impl EgressError {
+    /// The stable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EgressError::Unreachable(_) => "VENDOR_UNREACHABLE",
+            EgressError::Tls(_) => "VENDOR_TLS_ERROR",
+            EgressError::VendorTimeout { .. } => "VENDOR_TIMEOUT",
+            EgressError::Deadline(_) => "DEADLINE_EXCEEDED",
+            EgressError::Protocol(_) => "VENDOR_PROTOCOL_ERROR",
+            EgressError::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
+            EgressError::ResponseEncoded(_) => "VENDOR_RESPONSE_ENCODED",
+            EgressError::OriginMismatch(_) => "PATH_ESCAPES_ORIGIN",
+        }
+    }
+}
+
+impl Vendor {
+    /// Sends `req` with `secret` injected, and returns the scrubbed answer.
+    ///
+    /// Redirects are never followed: a 3xx goes back to the caller as it is.
+    /// The attempt is bounded by the vendor's timeout and by `deadline`,
+    /// whichever is sooner; when either expires the request is dropped, which
+    /// closes its connection.
+    pub async fn send(
+        &self,
+        req: ProxyRequest,
+        secret: &Secret,
+        limits: &Limits,
+        deadline: Option<Instant>,
+    ) -> Result<ProxyResponse, EgressError> {
+        let name = || self.name().to_owned();
+        let url = self.url(&req.path, req.query.as_deref(), secret);
+        let uri: Uri = url.parse().map_err(|_| EgressError::OriginMismatch(name()))?;
+        drop(url);
+        if !self.same_origin(&uri) {
+            return Err(EgressError::OriginMismatch(name()));
+        }
+        let mut headers = req.headers;
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        self.inject_header(&mut headers, secret);
+        let mut outbound = Request::builder()
+            .method(req.method)
+            .uri(uri)
+            .body(Full::new(req.body))
+            .expect("method, URI and body were checked");
+        *outbound.headers_mut() = headers;
+
+        let vendor_timeout = self.spec.timeout;
+        let now = Instant::now();
+        let (limit, by_deadline) = match deadline {
+            Some(d) if d.saturating_duration_since(now) < vendor_timeout => {
+                (d.saturating_duration_since(now), true)
+            }
+            _ => (vendor_timeout, false),
+        };
+        let exchange = async {
+            let resp = self
+                .client
+                .request(outbound)
+                .await
+                .map_err(|e| self.classify(&e))?;
+            let (parts, body) = resp.into_parts();
+            if parts
+                .headers
+                .get(CONTENT_ENCODING)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+            {
+                return Err(EgressError::ResponseEncoded(name()));
+            }
+            let body = Limited::new(body, limits.max_response_body_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        EgressError::ResponseTooLarge {
+                            vendor: name(),
+                            limit: limits.max_response_body_bytes,
+                        }
+                    } else {
+                        EgressError::Protocol(name())
+                    }
+                })?
+                .to_bytes();
+            Ok((parts, body))
+        };
+        let (parts, body) = match tokio::time::timeout(limit, exchange).await {
+            Ok(result) => result?,
+            Err(_) if by_deadline => return Err(EgressError::Deadline(name())),
+            Err(_) => {
+                return Err(EgressError::VendorTimeout {
+                    vendor: name(),
+                    timeout_ms: duration_ms(vendor_timeout),
+                });
+            }
+        };
+        let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
+        Ok(ProxyResponse {
+            status: parts.status.as_u16(),
+            headers: response_headers(&parts.headers, &scrubber),
+            body: scrubber.scrub(&body).map(Bytes::from).unwrap_or(body),
+            attempts: 1,
+        })
+    }
+
+    fn classify(&self, err: &hyper_util::client::legacy::Error) -> EgressError {
+        let name = self.name().to_owned();
+        if caused_by_tls(err) {
+            EgressError::Tls(name)
+        } else if err.is_connect() {
+            EgressError::Unreachable(name)
+        } else {
+            EgressError::Protocol(name)
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+fn response_headers(headers: &HeaderMap, scrubber: &Scrubber) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !request::HOP_BY_HOP.contains(&name.as_str()))
+        .map(|(name, value)| {
+            let bytes = scrubber
+                .scrub(value.as_bytes())
+                .unwrap_or_else(|| value.as_bytes().to_vec());
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
+        })
+        .collect()
+}

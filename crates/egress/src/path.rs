@@ -1,0 +1,213 @@
+//! Caller paths: relative to the vendor's base URL, and normalised.
+//!
+//! The rules refuse every way a path could point the credential somewhere
+//! other than the vendor's own API: absolute URLs, network-path references
+//! (`//host`), backslashes (which some servers treat as `/`), dot segments in
+//! raw or percent-encoded form (decoded repeatedly, so `%252e%252e` is caught
+//! too), control and non-ASCII characters, and fragments. After this, the
+//! client still checks that the joined URL kept the vendor's origin.
+
+use percent_encoding::percent_decode;
+
+/// The longest accepted path, query included.
+pub const MAX_PATH_LEN: usize = 8192;
+
+/// Why a path was refused; each has a stable reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Empty.
+    #[error("path is required")]
+    Empty,
+    /// Longer than [`MAX_PATH_LEN`].
+    #[error("path is longer than 8192 characters")]
+    TooLong,
+    /// Does not start with a single `/` (an absolute URL, `//host`, or a
+    /// relative reference).
+    #[error("path must start with a single '/' and be relative to the vendor's base URL")]
+    NotRelative,
+    /// Holds a control, space, non-ASCII or otherwise illegal character.
+    #[error(
+        "path contains a character that is not allowed (control, space, non-ASCII, '\\\\', '<', '>', '\"', '{{', '}}', '|', '^' or '`')"
+    )]
+    BadCharacter,
+    /// A `%` not followed by two hex digits.
+    #[error("path contains a malformed percent-encoding")]
+    BadPercentEncoding,
+    /// Holds a `#` fragment.
+    #[error("path must not contain a fragment ('#')")]
+    Fragment,
+    /// Has a `.` or `..` segment, raw or percent-encoded.
+    #[error("path must not contain '.' or '..' segments, raw or percent-encoded")]
+    Traversal,
+    /// Has an empty segment (`//`) other than a trailing slash.
+    #[error("path must not contain empty segments ('//')")]
+    NotNormalised,
+}
+
+impl PathError {
+    /// The stable reason code callers can match on.
+    pub fn reason(self) -> &'static str {
+        match self {
+            PathError::Empty => "PATH_REQUIRED",
+            PathError::TooLong => "PATH_TOO_LONG",
+            PathError::NotRelative => "PATH_NOT_RELATIVE",
+            PathError::BadCharacter => "PATH_INVALID_CHARACTER",
+            PathError::BadPercentEncoding => "PATH_INVALID_ENCODING",
+            PathError::Fragment => "PATH_FRAGMENT",
+            PathError::Traversal => "PATH_TRAVERSAL",
+            PathError::NotNormalised => "PATH_NOT_NORMALISED",
+        }
+    }
+}
+
+/// A checked path: its path part and optional query (without the `?`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelativePath<'a> {
+    /// Starts with `/`.
+    pub path: &'a str,
+    /// The query string without `?`, if any.
+    pub query: Option<&'a str>,
+}
+
+/// Checks a caller's path against the rules above.
+pub fn parse(raw: &str) -> Result<RelativePath<'_>, PathError> {
+    if raw.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if raw.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    for b in raw.bytes() {
+        match b {
+            b'#' => return Err(PathError::Fragment),
+            b'\\' | b'<' | b'>' | b'"' | b'{' | b'}' | b'|' | b'^' | b'`' => {
+                return Err(PathError::BadCharacter);
+            }
+            0x21..=0x7e => {}
+            _ => return Err(PathError::BadCharacter),
+        }
+    }
+    check_percent_encoding(raw)?;
+    if !raw.starts_with('/') || raw.starts_with("//") {
+        return Err(PathError::NotRelative);
+    }
+    let (path, query) = match raw.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (raw, None),
+    };
+    check_segments(path)?;
+    Ok(RelativePath { path, query })
+}
+
+fn check_percent_encoding(raw: &str) -> Result<(), PathError> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let ok = bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if !ok {
+                return Err(PathError::BadPercentEncoding);
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Walks the segments of the path part; each is decoded up to three times
+/// (a proxy or framework on the way may decode again) and split again on
+/// decoded `/` and `\`, and no piece may be `.` or `..`.
+fn check_segments(path: &str) -> Result<(), PathError> {
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() {
+            if i == last {
+                continue; // a trailing slash is a real, distinct resource
+            }
+            return Err(PathError::NotNormalised);
+        }
+        let mut decoded = segment.as_bytes().to_vec();
+        for _ in 0..3 {
+            if decoded
+                .split(|b| *b == b'/' || *b == b'\\')
+                .any(|piece| piece == b"." || piece == b"..")
+            {
+                return Err(PathError::Traversal);
+            }
+            let next: Vec<u8> = percent_decode(&decoded).collect();
+            if next == decoded {
+                break;
+            }
+            decoded = next;
+        }
+        if decoded
+            .split(|b| *b == b'/' || *b == b'\\')
+            .any(|piece| piece == b"." || piece == b"..")
+        {
+            return Err(PathError::Traversal);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_paths() {
+        for ok in [
+            "/",
+            "/v1/users",
+            "/v1/users/",
+            "/v1/users?page=2&q=a%20b",
+            "/users/@me",
+            "/files/report.v2.json",
+            "/a/...",
+            "/a%2Fb",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
+        let p = parse("/v1/users?page=2").unwrap();
+        assert_eq!((p.path, p.query), ("/v1/users", Some("page=2")));
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        let cases = [
+            ("", PathError::Empty),
+            ("http://evil.example/x", PathError::NotRelative),
+            ("//evil.example/x", PathError::NotRelative),
+            ("v1/users", PathError::NotRelative),
+            ("@evil.example/x", PathError::NotRelative),
+            ("/a\\b", PathError::BadCharacter),
+            ("/a b", PathError::BadCharacter),
+            ("/a\tb", PathError::BadCharacter),
+            ("/a\u{7f}", PathError::BadCharacter),
+            ("/caf\u{e9}", PathError::BadCharacter),
+            ("/a#frag", PathError::Fragment),
+            ("/a/../b", PathError::Traversal),
+            ("/a/./b", PathError::Traversal),
+            ("/..", PathError::Traversal),
+            ("/a/%2e%2e/b", PathError::Traversal),
+            ("/a/%2E./b", PathError::Traversal),
+            ("/a/%252e%252e/b", PathError::Traversal),
+            ("/a/..%2fb", PathError::Traversal),
+            ("/a/..%5cb", PathError::Traversal),
+            ("/a//b", PathError::NotNormalised),
+            ("/a%zz", PathError::BadPercentEncoding),
+            ("/a%2", PathError::BadPercentEncoding),
+        ];
+        for (path, want) in cases {
+            assert_eq!(parse(path).unwrap_err(), want, "{path:?}");
+        }
+        assert_eq!(
+            parse(&format!("/{}", "a".repeat(MAX_PATH_LEN))).unwrap_err(),
+            PathError::TooLong
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! A vendor: its base URL, how its credential is injected, and its own
+//! outbound client (connection pool, TLS roots, timeout).
+
+use crate::request::RequestError;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, Uri};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use valet_credentials::Secret;
+use zeroize::Zeroizing;
+
+/// How a vendor wants its credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `<name>: <secret>`.
+    Header(HeaderName),
+    /// `Authorization: Basic base64(<user:password>)`; the secret is
+    /// `user:password`.
+    Basic,
+    /// `?<name>=<secret>` appended to the query.
+    Query(String),
+}
+
+impl AuthScheme {
+    /// Whether `secret` has the shape this scheme needs.
+    pub fn check_secret(&self, secret: &Secret) -> Result<(), &'static str> {
+        match self {
+            AuthScheme::Basic if !secret.expose().contains(&b':') => {
+                Err("for basic auth must be 'user:password'")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The header a caller must not set because it carries the credential
+    /// (beyond `Authorization`, which is always refused).
+    pub fn header(&self) -> Option<&HeaderName> {
+        match self {
+            AuthScheme::Header(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A vendor entry, as read from configuration.
+#[derive(Debug, Clone)]
+pub struct VendorSpec {
+    /// Registry name.
+    pub name: String,
+    /// Base URL; every call's path is appended to it.
+    pub base_url: String,
+    /// Allow `http://` (loopback tests only).
+    pub allow_insecure_http: bool,
+    /// How the credential is injected.
+    pub auth: AuthScheme,
+    /// PEM file of CA certificates to trust instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
+/// Why a vendor entry is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum VendorError {
+    /// The base URL is malformed or not allowed.
+    #[error("base_url: {0}")]
+    BaseUrl(String),
+    /// The CA file could not be read or holds no certificate.
+    #[error("ca_file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The parts of the base URL a joined URL must keep.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+    /// Path prefix without a trailing `/` (empty for the root).
+    pub(crate) prefix: String,
+}
+
+/// A ready vendor: spec, parsed origin and pooled client.
+pub struct Vendor {
+    pub(crate) spec: VendorSpec,
+    pub(crate) origin: Origin,
+    pub(crate) client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Vendor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vendor")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Characters escaped in a query value: everything but unreserved.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+impl Vendor {
+    /// Checks the spec and builds the vendor's client.
+    pub fn new(spec: VendorSpec) -> Result<Self, VendorError> {
+        let origin = parse_base_url(&spec.base_url, spec.allow_insecure_http)?;
+        let tls = tls_config(spec.ca_file.as_ref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(spec.timeout));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if spec.allow_insecure_http {
+            builder.https_or_http().enable_all_versions().wrap_connector(http)
+        } else {
+            builder.https_only().enable_all_versions().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Self { spec, origin, client })
+    }
+
+    /// The vendor's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// How the vendor's credential is injected.
+    pub fn auth(&self) -> &AuthScheme {
+        &self.spec.auth
+    }
+
+    /// Refuses a query that sets the vendor's credential parameter (compared
+    /// case-insensitively after decoding, as lenient servers do).
+    pub fn check_query(&self, query: Option<&str>) -> Result<(), RequestError> {
+        let (AuthScheme::Query(param), Some(query)) = (&self.spec.auth, query) else {
+            return Ok(());
+        };
+        for pair in query.split('&') {
+            let name = pair.split('=').next().unwrap_or_default();
+            let name = percent_decode_str(&name.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            if name.eq_ignore_ascii_case(param) {
+                return Err(RequestError::QueryParamForbidden(param.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins base URL, path and query, injecting a query credential.
+    pub(crate) fn url(&self, path: &str, query: Option<&str>, secret: &Secret) -> Zeroizing<String> {
+        let mut url = Zeroizing::new(format!(
+            "{}://{}{}{}",
+            self.origin.scheme, self.origin.authority, self.origin.prefix, path
+        ));
+        let mut sep = '?';
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            url.push('?');
+            url.push_str(q);
+            sep = '&';
+        }
+        if let AuthScheme::Query(param) = &self.spec.auth {
+            let value = std::str::from_utf8(secret.expose()).unwrap_or_default();
+            url.push(sep);
+            url.push_str(&utf8_percent_encode(param, QUERY_VALUE).to_string());
+            url.push('=');
+            url.push_str(&utf8_percent_encode(value, QUERY_VALUE).to_string());
+        }
+        url
+    }
+
+    /// Whether `uri` is still on the vendor's origin and under its prefix.
+    pub(crate) fn same_origin(&self, uri: &Uri) -> bool {
+        uri.scheme() == Some(&self.origin.scheme)
+            && uri.authority() == Some(&self.origin.authority)
+            && uri.path().starts_with(&self.origin.prefix)
+    }
+
+    /// Adds the credential header, marked sensitive so HTTP/2 never indexes
+    /// it and `Debug` never prints it.
+    pub(crate) fn inject_header(&self, headers: &mut HeaderMap, secret: &Secret) {
+        let value = match &self.spec.auth {
+            AuthScheme::Query(_) => return,
+            AuthScheme::Bearer => {
+                let mut v = Zeroizing::new(b"Bearer ".to_vec());
+                v.extend_from_slice(secret.expose());
+                (AUTHORIZATION, v)
+            }
+            AuthScheme::Basic => {
+                let mut v = Zeroizing::new(b"Basic ".to_vec());
+                v.extend_from_slice(STANDARD.encode(secret.expose()).as_bytes());
+                (AUTHORIZATION, v)
+            }
+            AuthScheme::Header(name) => (name.clone(), Zeroizing::new(secret.expose().to_vec())),
+        };
+        let (name, bytes) = value;
+        let mut value = HeaderValue::from_bytes(&bytes).expect("stored secrets are printable ASCII");
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+}
+
+fn parse_base_url(raw: &str, allow_http: bool) -> Result<Origin, VendorError> {
+    let bad = |why: &str| VendorError::BaseUrl(why.to_owned());
+    let uri: Uri = raw.parse().map_err(|_| bad("is not a valid URL"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad("must be an absolute http(s) URL"))?;
+    if scheme == Scheme::HTTP && !allow_http {
+        return Err(bad(
+            "must use https (set allow_insecure_http = true only for loopback tests)",
+        ));
+    }
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(bad("scheme must be http or https"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| bad("must name a host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("must not contain user information"));
+    }
+    if uri.query().is_some() || raw.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    let prefix = uri.path().trim_end_matches('/').to_owned();
+    Ok(Origin {
+        scheme,
+        authority,
+        prefix,
+    })
+}
+
+fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, VendorError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject as _;
+            let fail = |reason: String| VendorError::CaFile {
+                path: path.clone(),
+                reason,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| fail(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| fail(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(fail("holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(base: &str, auth: AuthScheme) -> VendorSpec {
+        VendorSpec {
+            name: "v".into(),
+            base_url: base.into(),
+            allow_insecure_http: true,
+            auth,
+            ca_file: None,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn base_url_rules() {
+        let mut s = spec("http://127.0.0.1:1", AuthScheme::Bearer);
+        s.allow_insecure_http = false;
+        assert!(Vendor::new(s).is_err());
+        for bad in [
+            "ftp://x",
+            "https://u:p@x",
+            "https://x/?a=1",
+            "/relative",
+            "https://x/#f",
+        ] {
+            assert!(Vendor::new(spec(bad, AuthScheme::Bearer)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn url_joins_under_prefix_and_injects_query() {
+        let v = Vendor::new(spec(
+            "https://api.example.com/v2/",
+            AuthScheme::Query("api_key".into()),
+        ))
+        .unwrap();
+        let secret = Secret::from("a b&c".to_owned());
+        let url = v.url("/users", Some("page=2"), &secret);
+        assert_eq!(
+            url.as_str(),
+            "https://api.example.com/v2/users?page=2&api_key=a%20b%26c"
+        );
+        assert!(v.same_origin(&url.parse().unwrap()));
+        assert!(v.check_query(Some("API_KEY=x")).is_err());
+        assert!(v.check_query(Some("api%5Fkey=x")).is_err());
+        assert!(v.check_query(Some("page=1")).is_ok());
+    }
+}

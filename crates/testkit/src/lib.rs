@@ -1,0 +1,32 @@
+//! Test kit (dev only): real parts for real tests.
+//!
+//! # Layout
+//!
+//! - [`mock_vendor`]: [`MockVendor`], a real hyper server on a free loopback
+//!   port (plain HTTP or TLS) that records every request and answers with
+//!   scripted statuses, headers, bodies, redirects and delays — or, for any
+//!   unscripted path, echoes the request back as JSON (the worst case for
+//!   credential leaks).
+//! - [`tls`]: [`TestCa`], a CA and a `localhost` certificate generated at
+//!   test time.
+//! - [`leak`]: [`leak::forms_found`], looks for a canary credential in any
+//!   form (raw, Base64, percent-encoded) in an output.
+#![forbid(unsafe_code)]
+
+pub mod leak;
+pub mod mock_vendor;
+pub mod tls;
+
+pub use mock_vendor::{MockVendor, Recorded, Scripted};
+pub use tls::TestCa;
+
+/// A canary credential unique to this run: if it shows up in any output, a
+/// secret leaked.
+pub fn canary(label: &str) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("CANARY-{label}-{nanos:x}-{}", std::process::id())
+}

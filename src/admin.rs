@@ -1,0 +1,320 @@
+//! The `valet.v1.Admin` service: credentials and API keys, admin keys only,
+//! every change audited.
+
+use crate::app::{App, actor};
+use crate::call::authenticate;
+use crate::proto::{self, admin_server::Admin};
+use crate::status::Failure;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tonic::{Code, Request, Response, Status};
+use valet_access::{ApiKeyRecord, Caller, Grant, Operation};
+use valet_audit::Event;
+use valet_credentials::{CredentialKey, Secret, StoredCredential, valid_name};
+
+/// The longest API key lifetime: ten years.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// The Admin service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    app: Arc<App>,
+}
+
+impl AdminService {
+    /// Serves admin requests with `app`.
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+
+    fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Failure> {
+        let caller = authenticate::caller(&self.app.keys, request.metadata())?;
+        caller.grant.allows_admin()?;
+        Ok(caller)
+    }
+
+    fn credential_key(&self, tenant: &str, vendor: &str) -> Result<CredentialKey, Failure> {
+        valid_name(tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+        if self.app.registry.get(vendor).is_none() {
+            return Err(Failure::invalid(
+                "vendor",
+                "VENDOR_UNKNOWN",
+                "not a configured vendor",
+            ));
+        }
+        Ok(CredentialKey::new(tenant, vendor))
+    }
+
+    async fn put_credential(
+        &self,
+        request: Request<proto::PutCredentialRequest>,
+    ) -> Result<proto::CredentialInfo, Failure> {
+        let caller = self.admin(&request)?;
+        let req = request.into_inner();
+        let key = self.credential_key(&req.tenant, &req.vendor)?;
+        let secret = Secret::from(req.secret);
+        let vendor = self.app.registry.get(&key.vendor).expect("checked above");
+        vendor
+            .auth()
+            .check_secret(&secret)
+            .map_err(|why| Failure::invalid("secret", "SECRET_INVALID", why))?;
+        let (stored, replaced) = self.app.vault.put(&key, &secret).await?;
+        drop(secret);
+        let event = Event::CredentialPut {
+            tenant: key.tenant.clone(),
+            vendor: key.vendor.clone(),
+            fingerprint: stored.fingerprint.to_string(),
+            replaced: replaced.map(|f| f.to_string()),
+        };
+        self.app.audit.append(&actor(&caller), event).await?;
+        Ok(credential_info(&key, &stored))
+    }
+
+    async fn delete_credential(
+        &self,
+        request: Request<proto::DeleteCredentialRequest>,
+    ) -> Result<(), Failure> {
+        let caller = self.admin(&request)?;
+        let req = request.into_inner();
+        valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+        valid_name(&req.vendor).map_err(|e| Failure::invalid("vendor", "VENDOR_INVALID", e))?;
+        let key = CredentialKey::new(req.tenant, req.vendor);
+        let old = self.app.vault.delete(&key).await?;
+        let event = Event::CredentialDelete {
+            tenant: key.tenant,
+            vendor: key.vendor,
+            fingerprint: old.fingerprint.to_string(),
+        };
+        self.app.audit.append(&actor(&caller), event).await?;
+        Ok(())
+    }
+
+    async fn list_credentials(
+        &self,
+        request: Request<proto::ListCredentialsRequest>,
+    ) -> Result<proto::ListCredentialsResponse, Failure> {
+        self.admin(&request)?;
+        let tenant = request.into_inner().tenant;
+        let filter = (!tenant.is_empty()).then_some(tenant.as_str());
+        let credentials = self
+            .app
+            .vault
+            .list(filter)
+            .await?
+            .iter()
+            .map(|(k, c)| credential_info(k, c))
+            .collect();
+        Ok(proto::ListCredentialsResponse { credentials })
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<proto::CreateApiKeyRequest>,
+    ) -> Result<proto::CreateApiKeyResponse, Failure> {
+        let caller = self.admin(&request)?;
+        let req = request.into_inner();
+        let (grant, ttl_ms) = self.grant(&req)?;
+        let keys = self.app.keys.clone();
+        let name = req.name.clone();
+        let (key, record) = tokio::task::spawn_blocking(move || keys.create(&name, grant, ttl_ms))
+            .await
+            .map_err(|_| Failure::new(Code::Internal, "INTERNAL", "API key creation was interrupted"))??;
+        let event = Event::ApiKeyCreate {
+            key_id: record.id.clone(),
+            name: record.name.clone(),
+            tenants: record.grant.tenants.clone(),
+            vendors: record.grant.vendors.clone(),
+            operations: record
+                .grant
+                .operations
+                .iter()
+                .map(|o| o.as_str().to_owned())
+                .collect(),
+            admin: record.grant.admin,
+            expires_ms: record.expires_ms,
+        };
+        self.app.audit.append(&actor(&caller), event).await?;
+        Ok(proto::CreateApiKeyResponse {
+            key: key.expose().to_owned(),
+            info: Some(api_key_info(&record)),
+        })
+    }
+
+    fn grant(&self, req: &proto::CreateApiKeyRequest) -> Result<(Grant, Option<u64>), Failure> {
+        valid_name(&req.name).map_err(|e| Failure::invalid("name", "NAME_INVALID", e))?;
+        if req.name.len() > 64 {
+            return Err(Failure::invalid(
+                "name",
+                "NAME_INVALID",
+                "must be at most 64 characters",
+            ));
+        }
+        for t in &req.tenants {
+            if t != "*" {
+                valid_name(t)
+                    .map_err(|e| Failure::invalid("tenants", "TENANT_INVALID", format!("'{t}': {e}")))?;
+            }
+        }
+        for v in &req.vendors {
+            if v != "*" && self.app.registry.get(v).is_none() {
+                return Err(Failure::invalid(
+                    "vendors",
+                    "VENDOR_UNKNOWN",
+                    format!("'{v}' is not a configured vendor"),
+                ));
+            }
+        }
+        let mut operations = BTreeSet::new();
+        for op in &req.operations {
+            operations.insert(match proto::Operation::try_from(*op) {
+                Ok(proto::Operation::Read) => Operation::Read,
+                Ok(proto::Operation::Write) => Operation::Write,
+                _ => {
+                    return Err(Failure::invalid(
+                        "operations",
+                        "OPERATION_INVALID",
+                        "must be OPERATION_READ or OPERATION_WRITE",
+                    ));
+                }
+            });
+        }
+        let gateway_scope = !req.tenants.is_empty() && !req.vendors.is_empty() && !operations.is_empty();
+        let no_gateway_scope = req.tenants.is_empty() && req.vendors.is_empty() && operations.is_empty();
+        if !(gateway_scope || (req.admin && no_gateway_scope)) {
+            return Err(Failure::invalid(
+                "tenants",
+                "GRANT_INCOMPLETE",
+                "a key needs at least one tenant, vendor and operation (or none of them, for an admin-only key)",
+            ));
+        }
+        if req.ttl_seconds > MAX_TTL_SECONDS {
+            return Err(Failure::invalid(
+                "ttl_seconds",
+                "TTL_INVALID",
+                "must be at most ten years",
+            ));
+        }
+        let ttl_ms = (req.ttl_seconds > 0).then(|| req.ttl_seconds * 1000);
+        let grant = Grant {
+            tenants: req.tenants.clone(),
+            vendors: req.vendors.clone(),
+            operations,
+            admin: req.admin,
+        };
+        Ok((grant, ttl_ms))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<proto::RevokeApiKeyRequest>,
+    ) -> Result<proto::ApiKeyInfo, Failure> {
+        let caller = self.admin(&request)?;
+        let id = request.into_inner().id;
+        let keys = self.app.keys.clone();
+        let record = tokio::task::spawn_blocking(move || keys.revoke(&id))
+            .await
+            .map_err(|_| Failure::new(Code::Internal, "INTERNAL", "API key revocation was interrupted"))??;
+        let event = Event::ApiKeyRevoke {
+            key_id: record.id.clone(),
+            name: record.name.clone(),
+        };
+        self.app.audit.append(&actor(&caller), event).await?;
+        Ok(api_key_info(&record))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn put_credential(
+        &self,
+        r: Request<proto::PutCredentialRequest>,
+    ) -> Result<Response<proto::CredentialInfo>, Status> {
+        reply(self.put_credential(r).await)
+    }
+
+    async fn delete_credential(
+        &self,
+        r: Request<proto::DeleteCredentialRequest>,
+    ) -> Result<Response<proto::DeleteCredentialResponse>, Status> {
+        reply(
+            self.delete_credential(r)
+                .await
+                .map(|()| proto::DeleteCredentialResponse {}),
+        )
+    }
+
+    async fn list_credentials(
+        &self,
+        r: Request<proto::ListCredentialsRequest>,
+    ) -> Result<Response<proto::ListCredentialsResponse>, Status> {
+        reply(self.list_credentials(r).await)
+    }
+
+    async fn create_api_key(
+        &self,
+        r: Request<proto::CreateApiKeyRequest>,
+    ) -> Result<Response<proto::CreateApiKeyResponse>, Status> {
+        reply(self.create_api_key(r).await)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        r: Request<proto::RevokeApiKeyRequest>,
+    ) -> Result<Response<proto::ApiKeyInfo>, Status> {
+        reply(self.revoke_api_key(r).await)
+    }
+
+    async fn list_api_keys(
+        &self,
+        r: Request<proto::ListApiKeysRequest>,
+    ) -> Result<Response<proto::ListApiKeysResponse>, Status> {
+        reply(self.admin(&r).map(|_| proto::ListApiKeysResponse {
+            keys: self.app.keys.list().iter().map(api_key_info).collect(),
+        }))
+    }
+}
+
+fn reply<T>(result: Result<T, Failure>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|f| f.into_status(None))
+}
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn credential_info(key: &CredentialKey, c: &StoredCredential) -> proto::CredentialInfo {
+    proto::CredentialInfo {
+        tenant: key.tenant.clone(),
+        vendor: key.vendor.clone(),
+        fingerprint: c.fingerprint.to_string(),
+        last4: c.last4.clone(),
+        created: Some(timestamp(c.created_ms)),
+        updated: Some(timestamp(c.updated_ms)),
+    }
+}
+
+fn api_key_info(r: &ApiKeyRecord) -> proto::ApiKeyInfo {
+    proto::ApiKeyInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        tenants: r.grant.tenants.clone(),
+        vendors: r.grant.vendors.clone(),
+        operations: r
+            .grant
+            .operations
+            .iter()
+            .map(|o| match o {
+                Operation::Read => proto::Operation::Read as i32,
+                Operation::Write => proto::Operation::Write as i32,
+            })
+            .collect(),
+        admin: r.grant.admin,
+        last4: r.last4.clone(),
+        created: Some(timestamp(r.created_ms)),
+        expires: r.expires_ms.map(timestamp),
+        revoked: r.revoked_ms.map(timestamp),
+    }
+}

@@ -1,0 +1,188 @@
+//! Valet's shared state, opened from the config: state dir, master key,
+//! credential vault, API keys, audit log, vendor registry.
+//!
+//! First start with an empty state dir creates the master key (unless it
+//! comes from elsewhere) and a bootstrap admin API key, written to
+//! `<state dir>/admin.key` with mode 0600 and never logged.
+
+use crate::config::{Config, MasterKeySource};
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use valet_access::{Caller, Grant, KeyStore};
+use valet_audit::{AuditLog, Event};
+use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, Vault};
+use valet_egress::{Limits, Registry};
+
+/// The actor recorded for changes Valet makes itself.
+pub const SYSTEM_ACTOR: &str = "valet";
+
+/// Why Valet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is wrong (exit 64).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// State could not be opened or created.
+    #[error("{0}")]
+    State(String),
+}
+
+/// Everything a call or an admin request needs.
+#[derive(Debug)]
+pub struct App {
+    /// API keys.
+    pub keys: Arc<KeyStore>,
+    /// Sealed credentials.
+    pub vault: Vault,
+    /// Configured vendors.
+    pub registry: Registry,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Size limits.
+    pub limits: Limits,
+    /// Where the bootstrap admin key was written, if this start created it.
+    pub bootstrap_key: Option<PathBuf>,
+}
+
+impl App {
+    /// Opens (creating on first start) everything under the state dir.
+    pub async fn open(config: &Config) -> Result<Self, StartError> {
+        let registry = config.registry()?;
+        let limits = config.limits()?;
+        let dir = &config.state.dir;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| state_err(dir, e))?;
+
+        let master = Arc::new(load_master_key(config, dir)?);
+        let store =
+            LocalStore::open(&dir.join("credentials")).map_err(|e| StartError::State(e.to_string()))?;
+        let vault = Vault::new(master, Arc::new(store));
+        let keys = Arc::new(
+            KeyStore::open(&dir.join("apikeys.json")).map_err(|e| StartError::State(e.to_string()))?,
+        );
+        let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
+
+        let bootstrap_key = if keys.is_empty() {
+            Some(bootstrap_admin_key(&keys, &audit, dir).await?)
+        } else {
+            None
+        };
+        Ok(Self {
+            keys,
+            vault,
+            registry,
+            audit,
+            limits,
+            bootstrap_key,
+        })
+    }
+}
+
+fn load_master_key(config: &Config, dir: &Path) -> Result<MasterKey, StartError> {
+    let default_path = dir.join("master.key");
+    let source = config
+        .secrets
+        .master_key
+        .clone()
+        .unwrap_or(MasterKeySource::File(default_path));
+    match source {
+        MasterKeySource::File(path) => {
+            let (key, created) =
+                MasterKey::load_or_create(&path).map_err(|e| StartError::State(e.to_string()))?;
+            if created {
+                tracing::info!(path = %path.display(), key_id = key.id(), "created a new master key");
+            }
+            Ok(key)
+        }
+        MasterKeySource::Env(var) => {
+            tracing::warn!(
+                variable = %var,
+                "master key read from an environment variable: environments leak into crash reports and orchestrator logs; prefer a 0600 file or a secrets manager"
+            );
+            MasterKey::from_env(&var).map_err(|e| StartError::State(e.to_string()))
+        }
+    }
+}
+
+/// Creates the first admin key and writes it to `admin.key` (0600).
+async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> Result<PathBuf, StartError> {
+    let grant = Grant {
+        tenants: Vec::new(),
+        vendors: Vec::new(),
+        operations: Default::default(),
+        admin: true,
+    };
+    let (key, record) = keys
+        .create("bootstrap-admin", grant.clone(), None)
+        .map_err(|e| StartError::State(e.to_string()))?;
+    let path = dir.join("admin.key");
+    let tmp = dir.join("admin.key.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(key.expose().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| state_err(&path, e))?;
+    audit
+        .append(
+            SYSTEM_ACTOR,
+            Event::ApiKeyCreate {
+                key_id: record.id.clone(),
+                name: record.name.clone(),
+                tenants: grant.tenants,
+                vendors: grant.vendors,
+                operations: Vec::new(),
+                admin: true,
+                expires_ms: None,
+            },
+        )
+        .await
+        .map_err(|e| StartError::State(e.to_string()))?;
+    tracing::info!(path = %path.display(), key_id = %record.id, "wrote the bootstrap admin API key");
+    Ok(path)
+}
+
+fn state_err(path: &Path, e: std::io::Error) -> StartError {
+    StartError::State(format!("state {}: {e}", path.display()))
+}
+
+/// How a caller is named in the audit log: key id and name.
+pub fn actor(caller: &Caller) -> String {
+    format!("{}:{}", caller.id, caller.name)
+}
+
+/// Records credential leases in the audit log (the glue between the vault's
+/// [`LeaseAudit`] and the audit crate).
+pub struct LeaseRecorder<'a> {
+    /// The log.
+    pub log: &'a AuditLog,
+}
+
+impl LeaseAudit for LeaseRecorder<'_> {
+    async fn record_lease(&self, e: &LeaseEvent<'_>) -> Result<(), String> {
+        let event = Event::CredentialLease {
+            tenant: e.key.tenant.clone(),
+            vendor: e.key.vendor.clone(),
+            fingerprint: e.fingerprint.to_string(),
+            reason: e.reason.to_owned(),
+            request_id: e.request_id.to_owned(),
+        };
+        self.log
+            .append(e.caller, event)
+            .await
+            .map_err(|err| err.to_string())
+    }
+}

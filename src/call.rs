@@ -1,0 +1,75 @@
+//! One call, end to end — the steps in order, each in its own module:
+//!
+//! 1. [`authenticate`]: who is calling (API key → SHA-256 → record).
+//! 2. [`validate`]: is the request well-formed and safe (vendor known, path
+//!    relative and normalised, headers allowed, sizes bounded, reason given).
+//! 3. [`authorize`]: may this key act for this tenant, vendor and operation.
+//! 4. [`lease`]: audit the access, then decrypt the credential into a
+//!    zeroizing lease for this call only.
+//! 5. [`forward`]: send to the vendor's origin only, inject, never follow
+//!    redirects, bound by deadline and size, scrub the answer.
+//!
+//! Quota and idempotency slot in between authorize and lease.
+
+pub mod authenticate;
+pub mod authorize;
+pub mod forward;
+pub mod lease;
+pub mod validate;
+
+use crate::app::App;
+use crate::proto;
+use crate::status::Failure;
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+
+/// Per-call facts from the transport.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Valet's id for this call.
+    pub request_id: String,
+    /// When the caller stops waiting (from `grpc-timeout`).
+    pub deadline: Option<Instant>,
+}
+
+/// What the log line of a finished call reports.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// The caller's key id, once authenticated.
+    pub caller: Option<String>,
+    /// Vendor status, if the vendor answered.
+    pub status: Option<u16>,
+    /// Requests sent to the vendor.
+    pub attempts: u32,
+}
+
+/// Runs one call through every step.
+pub async fn handle(
+    app: &App,
+    metadata: &MetadataMap,
+    req: proto::CallRequest,
+    ctx: &CallContext,
+    outcome: &mut Outcome,
+) -> Result<proto::CallResponse, Failure> {
+    let caller = authenticate::caller(&app.keys, metadata)?;
+    outcome.caller = Some(caller.id.clone());
+    let call = validate::call(&app.registry, &app.limits, req)?;
+    authorize::call(&caller, &call)?;
+    let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
+    let answer = forward::send(call, &lease, &app.limits, ctx.deadline).await?;
+    drop(lease);
+    outcome.status = Some(answer.status);
+    outcome.attempts = answer.attempts;
+    Ok(proto::CallResponse {
+        status: u32::from(answer.status),
+        headers: answer
+            .headers
+            .into_iter()
+            .map(|(name, value)| proto::Header { name, value })
+            .collect(),
+        body: answer.body.to_vec(),
+        attempts: answer.attempts,
+        replayed: false,
+        request_id: ctx.request_id.clone(),
+    })
+}

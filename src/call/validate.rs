@@ -1,0 +1,106 @@
+//! Step 2: is the request well-formed and safe to send.
+//!
+//! Every failure is INVALID_ARGUMENT with a reason code and a message naming
+//! the field. Nothing here touches a credential.
+
+use crate::proto;
+use crate::status::Failure;
+use bytes::Bytes;
+use std::sync::Arc;
+use valet_access::Operation;
+use valet_credentials::{CredentialKey, valid_name};
+use valet_egress::{Limits, ProxyRequest, Registry, RequestError, Vendor, path, request};
+
+/// The longest `reason`, in characters.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// A call that passed validation.
+#[derive(Debug)]
+pub struct ValidCall {
+    /// Whose credential for which vendor.
+    pub key: CredentialKey,
+    /// The vendor.
+    pub vendor: Arc<Vendor>,
+    /// READ or WRITE.
+    pub operation: Operation,
+    /// The checked request.
+    pub request: ProxyRequest,
+    /// Why the credential is used.
+    pub reason: String,
+}
+
+/// Checks every field of `req`.
+pub fn call(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Result<ValidCall, Failure> {
+    valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+    let vendor = registry.get(&req.vendor).cloned().ok_or_else(|| {
+        Failure::invalid(
+            "vendor",
+            "VENDOR_UNKNOWN",
+            format!("'{}' is not a configured vendor", printable(&req.vendor)),
+        )
+    })?;
+    let operation = match proto::Operation::try_from(req.operation) {
+        Ok(proto::Operation::Read) => Operation::Read,
+        Ok(proto::Operation::Write) => Operation::Write,
+        _ => {
+            return Err(Failure::invalid(
+                "operation",
+                "OPERATION_REQUIRED",
+                "must be OPERATION_READ or OPERATION_WRITE",
+            ));
+        }
+    };
+    let method = request::method(&req.method)?;
+    if operation == Operation::Read {
+        request::check_read(&method)?;
+    }
+    let rel = path::parse(&req.path)?;
+    vendor.check_query(rel.query)?;
+    let headers = request::headers(
+        req.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())),
+        vendor.auth().header(),
+        limits,
+    )?;
+    if req.body.len() > limits.max_request_body_bytes {
+        return Err(RequestError::BodyTooLarge(limits.max_request_body_bytes).into());
+    }
+    let reason = check_reason(&req.reason)?;
+    let request = ProxyRequest {
+        method,
+        path: rel.path.to_owned(),
+        query: rel.query.map(str::to_owned),
+        headers,
+        body: Bytes::from(req.body),
+    };
+    Ok(ValidCall {
+        key: CredentialKey::new(req.tenant, req.vendor),
+        vendor,
+        operation,
+        request,
+        reason,
+    })
+}
+
+fn check_reason(reason: &str) -> Result<String, Failure> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(Failure::invalid(
+            "reason",
+            "REASON_REQUIRED",
+            "say why the credential is used (it is audited)",
+        ));
+    }
+    if reason.chars().count() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(Failure::invalid(
+            "reason",
+            "REASON_INVALID",
+            format!("must be at most {MAX_REASON_LEN} printable characters"),
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
+/// A caller-supplied name made safe to echo in a message.
+fn printable(s: &str) -> String {
+    s.chars().take(64).filter(|c| !c.is_control()).collect()
+}

@@ -1,0 +1,162 @@
+//! The command line: `serve`, `config check`, `admin …`, `audit verify`.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 64 bad usage or config.
+
+pub mod admin;
+pub mod audit;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Exit code for bad usage or configuration (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Valet: a gRPC gateway that makes vendor calls with credentials callers
+/// never see.
+#[derive(Debug, Parser)]
+#[command(name = "valet", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (Gateway and Admin listeners).
+    Serve {
+        /// Configuration file; without it, the embedded defaults (listen on
+        /// 127.0.0.1:50051 and :50052, state in ./.valet, no vendors).
+        #[arg(long, short, env = "VALET_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage credentials and API keys through the Admin service.
+    Admin(AdminArgs),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `valet config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file without serving; exit 64 if it is invalid.
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// `valet audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an audit log's hash chain; report the first broken entry.
+    Verify {
+        /// The audit log (`<state dir>/audit.log`).
+        file: PathBuf,
+    },
+}
+
+/// `valet admin …`: where the Admin service is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The Admin service's address.
+    #[arg(long, env = "VALET_ADMIN_ENDPOINT", default_value = "http://127.0.0.1:50052")]
+    pub endpoint: String,
+    /// File holding an admin API key (the first start writes one to
+    /// `<state dir>/admin.key`).
+    #[arg(long, env = "VALET_ADMIN_KEY_FILE", default_value = ".valet/admin.key")]
+    pub api_key_file: PathBuf,
+    /// What to manage.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Admin subjects.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Vendor credentials, sealed at rest.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Caller API keys.
+    #[command(subcommand, name = "apikey")]
+    ApiKey(ApiKeyCommand),
+}
+
+/// `valet admin credential …`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Store or replace a credential. The secret is read from standard input
+    /// (never from arguments, which leak into shell history and `ps`); on a
+    /// terminal it is prompted for without echo.
+    Put {
+        /// Owning tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Vendor from the registry.
+        #[arg(long)]
+        vendor: String,
+    },
+    /// List credential metadata (never secrets).
+    List {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete a credential (its ciphertext is overwritten, then removed).
+    Delete {
+        /// Owning tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Vendor.
+        #[arg(long)]
+        vendor: String,
+    },
+}
+
+/// A gateway operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OperationArg {
+    /// GET, HEAD, OPTIONS.
+    Read,
+    /// Any allowed method.
+    Write,
+}
+
+/// `valet admin apikey …`.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key; prints the key alone on standard output, once.
+    Create {
+        /// A label for people.
+        #[arg(long)]
+        name: String,
+        /// Tenant the key may act for (repeat for several; "*" for any).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// Vendor the key may call (repeat for several; "*" for any).
+        #[arg(long = "vendor")]
+        vendors: Vec<String>,
+        /// Operation the key may perform (repeat for both).
+        #[arg(long = "operation", value_enum)]
+        operations: Vec<OperationArg>,
+        /// Allow the Admin service.
+        #[arg(long)]
+        admin: bool,
+        /// Expire after this many days (default: never).
+        #[arg(long)]
+        ttl_days: Option<u64>,
+    },
+    /// List API keys (metadata only).
+    List,
+    /// Revoke an API key at once.
+    Revoke {
+        /// The key's id (`key_…`), from `create` or `list`.
+        id: String,
+    },
+}

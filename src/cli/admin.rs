@@ -1,0 +1,245 @@
+//! `valet admin …`: a client of the Admin service.
+
+use super::{AdminArgs, AdminCommand, ApiKeyCommand, CredentialCommand, OperationArg};
+use crate::proto::{self, admin_client::AdminClient};
+use std::io::{IsTerminal as _, Read as _};
+use std::time::{Duration, UNIX_EPOCH};
+use tonic::metadata::MetadataValue;
+use tonic_types::StatusExt as _;
+use zeroize::Zeroizing;
+
+/// Runs an admin command; returns the exit code.
+pub async fn run(args: AdminArgs) -> i32 {
+    match execute(args).await {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+async fn execute(args: AdminArgs) -> Result<(), String> {
+    let key = Zeroizing::new(
+        std::fs::read_to_string(&args.api_key_file)
+            .map_err(|e| format!("cannot read API key file {}: {e}", args.api_key_file.display()))?,
+    );
+    let mut auth: MetadataValue<_> = format!("Bearer {}", key.trim())
+        .parse()
+        .map_err(|_| format!("{} does not hold an API key", args.api_key_file.display()))?;
+    auth.set_sensitive(true);
+    let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())
+        .map_err(|_| format!("'{}' is not a valid endpoint URL", args.endpoint))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the Admin service at {}: {e}", args.endpoint))?;
+    let mut client = AdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", auth.clone());
+        Ok(req)
+    });
+    match args.command {
+        AdminCommand::Credential(cmd) => credential(&mut client, cmd).await,
+        AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
+    }
+}
+
+async fn credential<C>(client: &mut AdminClient<C>, cmd: CredentialCommand) -> Result<(), String>
+where
+    C: tonic::client::GrpcService<tonic::body::Body>,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    match cmd {
+        CredentialCommand::Put { tenant, vendor } => {
+            let secret = read_secret()?;
+            let info = client
+                .put_credential(proto::PutCredentialRequest {
+                    tenant,
+                    vendor,
+                    secret: secret.to_string(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!(
+                "stored credential for tenant {} vendor {} (fingerprint {}{})",
+                info.tenant,
+                info.vendor,
+                info.fingerprint,
+                last4_note(&info.last4)
+            );
+        }
+        CredentialCommand::List { tenant } => {
+            let list = client
+                .list_credentials(proto::ListCredentialsRequest {
+                    tenant: tenant.unwrap_or_default(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("TENANT\tVENDOR\tFINGERPRINT\tLAST4\tCREATED\tUPDATED");
+            for c in list.credentials {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    c.tenant,
+                    c.vendor,
+                    c.fingerprint,
+                    or_dash(&c.last4),
+                    time(c.created.as_ref()),
+                    time(c.updated.as_ref())
+                );
+            }
+        }
+        CredentialCommand::Delete { tenant, vendor } => {
+            client
+                .delete_credential(proto::DeleteCredentialRequest {
+                    tenant: tenant.clone(),
+                    vendor: vendor.clone(),
+                })
+                .await
+                .map_err(describe)?;
+            println!("deleted credential for tenant {tenant} vendor {vendor}");
+        }
+    }
+    Ok(())
+}
+
+async fn api_key<C>(client: &mut AdminClient<C>, cmd: ApiKeyCommand) -> Result<(), String>
+where
+    C: tonic::client::GrpcService<tonic::body::Body>,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    match cmd {
+        ApiKeyCommand::Create {
+            name,
+            tenants,
+            vendors,
+            operations,
+            admin,
+            ttl_days,
+        } => {
+            let created = client
+                .create_api_key(proto::CreateApiKeyRequest {
+                    name,
+                    tenants,
+                    vendors,
+                    operations: operations.iter().map(|o| operation(*o)).collect(),
+                    admin,
+                    ttl_seconds: ttl_days.map_or(0, |d| d.saturating_mul(86_400)),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            let id = created.info.as_ref().map_or("", |i| i.id.as_str());
+            eprintln!("created API key {id}; it is shown only this once:");
+            println!("{}", created.key);
+        }
+        ApiKeyCommand::List => {
+            let list = client
+                .list_api_keys(proto::ListApiKeysRequest {})
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("ID\tNAME\tTENANTS\tVENDORS\tOPERATIONS\tADMIN\tLAST4\tCREATED\tEXPIRES\tREVOKED");
+            for k in list.keys {
+                let ops: Vec<&str> = k
+                    .operations
+                    .iter()
+                    .map(|o| match proto::Operation::try_from(*o) {
+                        Ok(proto::Operation::Read) => "read",
+                        Ok(proto::Operation::Write) => "write",
+                        _ => "?",
+                    })
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.name,
+                    or_dash(&k.tenants.join(",")),
+                    or_dash(&k.vendors.join(",")),
+                    or_dash(&ops.join(",")),
+                    if k.admin { "yes" } else { "no" },
+                    k.last4,
+                    time(k.created.as_ref()),
+                    time(k.expires.as_ref()),
+                    time(k.revoked.as_ref())
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { id } => {
+            let info = client
+                .revoke_api_key(proto::RevokeApiKeyRequest { id })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("revoked API key {} ({})", info.id, info.name);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the secret: prompted without echo on a terminal, else all of stdin
+/// less one trailing line break.
+fn read_secret() -> Result<Zeroizing<String>, String> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("secret (not echoed): ")
+            .map(Zeroizing::new)
+            .map_err(|e| format!("cannot read the secret: {e}"));
+    }
+    let mut secret = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut secret)
+        .map_err(|e| format!("cannot read the secret from standard input: {e}"))?;
+    for ending in ["\r\n", "\n"] {
+        if secret.ends_with(ending) {
+            let keep = secret.len() - ending.len();
+            secret.truncate(keep);
+            break;
+        }
+    }
+    if secret.is_empty() {
+        return Err("no secret on standard input".into());
+    }
+    Ok(secret)
+}
+
+fn operation(o: OperationArg) -> i32 {
+    match o {
+        OperationArg::Read => proto::Operation::Read as i32,
+        OperationArg::Write => proto::Operation::Write as i32,
+    }
+}
+
+fn describe(status: tonic::Status) -> String {
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|i| format!(" [{}]", i.reason))
+        .unwrap_or_default();
+    format!("{:?}: {}{reason}", status.code(), status.message())
+}
+
+fn time(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.map_or_else(
+        || "-".to_owned(),
+        |t| {
+            let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+            humantime::format_rfc3339_seconds(at).to_string()
+        },
+    )
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn last4_note(last4: &str) -> String {
+    if last4.is_empty() {
+        String::new()
+    } else {
+        format!(", ends in {last4}")
+    }
+}

@@ -1,0 +1,367 @@
+//! The configuration file: one typed tree, checked once at start-up.
+//!
+//! Every table and field refuses unknown keys, so a typo is an error that
+//! names the key rather than a setting silently ignored. Paths are relative
+//! to the working directory.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use valet_egress::{AuthScheme, Limits, Registry, Vendor, VendorSpec};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where Valet keeps its state.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Where the master key comes from.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// Size limits on calls.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The vendor registry: the only places credentials are sent.
+    #[serde(default)]
+    pub vendors: Vec<VendorConfig>,
+}
+
+/// Listen addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The Gateway service (`valet.v1.Gateway`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The Admin service, on its own listener so it can be firewalled apart.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50052))
+}
+
+/// The state directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Holds the master key (by default), sealed credentials, API key hashes,
+    /// the audit log and the bootstrap `admin.key`. Created with mode 0700.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".valet")
+}
+
+/// Secrets settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Where the master key comes from; default: `<state dir>/master.key`,
+    /// created on first start.
+    #[serde(default)]
+    pub master_key: Option<MasterKeySource>,
+}
+
+/// A master key source. Never the key itself: the config file is not a place
+/// for secrets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MasterKeySource {
+    /// A file holding 32 bytes in base64, mode 0600 (created if missing).
+    File(PathBuf),
+    /// An environment variable holding 32 bytes in base64. Discouraged:
+    /// environments leak into crash reports and orchestrator logs.
+    Env(String),
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body a caller may send, bytes.
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body_bytes: usize,
+    /// Largest vendor response body returned, bytes; larger answers fail
+    /// with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_response_body")]
+    pub max_response_body_bytes: usize,
+    /// Most headers a caller may send.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: usize,
+    /// Largest total size of a caller's header names and values, bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: default_max_request_body(),
+            max_response_body_bytes: default_max_response_body(),
+            max_header_count: default_max_header_count(),
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+fn default_max_request_body() -> usize {
+    Limits::default().max_request_body_bytes
+}
+fn default_max_response_body() -> usize {
+    Limits::default().max_response_body_bytes
+}
+fn default_max_header_count() -> usize {
+    Limits::default().max_header_count
+}
+fn default_max_header_bytes() -> usize {
+    Limits::default().max_header_bytes
+}
+
+/// One vendor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorConfig {
+    /// The name callers use in `CallRequest.vendor`.
+    pub name: String,
+    /// Every call's path is appended to this; the credential is never sent
+    /// to any other origin.
+    pub base_url: String,
+    /// Permit `http://` base URLs. Only for loopback tests: a credential over
+    /// plain HTTP can be read by anyone on the path.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// How the credential is injected.
+    pub auth: AuthConfig,
+    /// PEM file of CA certificates to trust for this vendor instead of the
+    /// public web roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Per-request timeout, milliseconds; the caller's gRPC deadline wins if
+    /// sooner.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+/// A vendor's auth scheme.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "scheme", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// `Authorization: Bearer <secret>`. (Empty struct variants, not unit
+    /// variants, so serde refuses unknown keys beside `scheme`.)
+    Bearer {},
+    /// `<name>: <secret>`.
+    Header {
+        /// The header name, e.g. `X-Api-Key`.
+        name: String,
+    },
+    /// `Authorization: Basic ...`; the secret is `user:password`.
+    Basic {},
+    /// `?<name>=<secret>`.
+    Query {
+        /// The query parameter, e.g. `api_key`.
+        name: String,
+    },
+}
+
+/// A configuration problem; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config {path}: {message}")]
+pub struct ConfigError {
+    path: String,
+    message: String,
+}
+
+impl Config {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let fail = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_owned()))?;
+        config.check().map_err(|e| fail(e.message))?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but are wrong; builds nothing that lasts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.registry().map(|_| ())?;
+        self.limits().map(|_| ())
+    }
+
+    /// The size limits, checked.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_request_body_bytes", l.max_request_body_bytes),
+            ("limits.max_response_body_bytes", l.max_response_body_bytes),
+            ("limits.max_header_count", l.max_header_count),
+            ("limits.max_header_bytes", l.max_header_bytes),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(format!("{key}: must be greater than 0")));
+        }
+        Ok(Limits {
+            max_request_body_bytes: l.max_request_body_bytes,
+            max_response_body_bytes: l.max_response_body_bytes,
+            max_header_count: l.max_header_count,
+            max_header_bytes: l.max_header_bytes,
+        })
+    }
+
+    /// The vendor registry, each vendor checked and its client built.
+    pub fn registry(&self) -> Result<Registry, ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut vendors = Vec::with_capacity(self.vendors.len());
+        for (i, v) in self.vendors.iter().enumerate() {
+            let key = |field: &str| format!("vendors[{i}].{field}");
+            valet_credentials::valid_name(&v.name).map_err(|e| invalid(format!("{}: {e}", key("name"))))?;
+            if !seen.insert(v.name.as_str()) {
+                return Err(invalid(format!(
+                    "{}: vendor '{}' is defined twice",
+                    key("name"),
+                    v.name
+                )));
+            }
+            if v.timeout_ms == 0 {
+                return Err(invalid(format!("{}: must be greater than 0", key("timeout_ms"))));
+            }
+            let auth = auth_scheme(&v.auth).map_err(|e| invalid(format!("{}: {e}", key("auth.name"))))?;
+            let spec = VendorSpec {
+                name: v.name.clone(),
+                base_url: v.base_url.clone(),
+                allow_insecure_http: v.allow_insecure_http,
+                auth,
+                ca_file: v.ca_file.clone(),
+                timeout: Duration::from_millis(v.timeout_ms),
+            };
+            vendors.push(Vendor::new(spec).map_err(|e| invalid(format!("vendors[{i}].{e}")))?);
+        }
+        Ok(Registry::new(vendors))
+    }
+}
+
+fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, String> {
+    Ok(match auth {
+        AuthConfig::Bearer {} => AuthScheme::Bearer,
+        AuthConfig::Basic {} => AuthScheme::Basic,
+        AuthConfig::Header { name } => {
+            let header = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("'{name}' is not a valid header name"))?;
+            let reserved = [
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "cookie",
+            ];
+            if reserved.contains(&header.as_str()) {
+                return Err(format!("'{name}' cannot carry a credential"));
+            }
+            AuthScheme::Header(header)
+        }
+        AuthConfig::Query { name } => {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(format!("'{name}' must be letters, digits, '_', '-' or '.'"));
+            }
+            AuthScheme::Query(name.clone())
+        }
+    })
+}
+
+fn invalid(message: String) -> ConfigError {
+    ConfigError {
+        path: String::new(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check().map_err(|e| e.message)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let text = include_str!("../valet.example.toml");
+        let config = parse(text).unwrap();
+        assert_eq!(config.vendors.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisten = \"nope\"\n", "listen"),
+            ("[server]\nlistn = \"127.0.0.1:1\"\n", "listn"),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"http://x\"\nauth = { scheme = \"bearer\" }\n",
+                "vendors[0].base_url",
+            ),
+            (
+                "[[vendors]]\nname = \"a b\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\" }\n",
+                "vendors[0].name",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"magic\" }\n",
+                "magic",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"header\", name = \"bad name\" }\n",
+                "vendors[0].auth.name",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\", extra = 1 }\n",
+                "extra",
+            ),
+            ("[limits]\nmax_header_count = 0\n", "limits.max_header_count"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key), "{key} not in: {err}");
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Valet: a gRPC integration gateway. Internal services call
+//! `valet.v1.Gateway/Call`; Valet injects the tenant's vendor credential,
+//! calls the vendor, scrubs the answer, and audits every credential use.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration, typed and checked.
+//! - [`app`]: shared state opened from the config (vault, API keys, audit
+//!   log, vendor registry), and first-start bootstrap.
+//! - [`call`]: one call's steps in order — authenticate, validate,
+//!   authorize, lease, forward — each in its own module.
+//! - [`gateway`]: the Gateway gRPC service around [`call`].
+//! - [`admin`]: the Admin gRPC service (credentials, API keys).
+//! - [`status`]: the one mapping from failures to gRPC statuses with stable
+//!   reason codes.
+//! - [`server`]: listeners and serving with graceful shutdown.
+//! - [`proto`]: generated `valet.v1` types.
+//! - [`cli`]: the `valet admin` and `valet audit` commands.
+//!
+//! Domain logic lives in `crates/`: `valet-credentials` (sealing, leases),
+//! `valet-access` (API keys, grants), `valet-egress` (vendors, request
+//! rules, outbound client, scrubbing), `valet-audit` (hash-chained log).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod call;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod proto;
+pub mod server;
+pub mod status;

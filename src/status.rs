@@ -1,0 +1,185 @@
+//! The one place where failures become gRPC statuses.
+//!
+//! Every refusal carries a stable reason code in a `google.rpc.ErrorInfo`
+//! (domain `valet`) and a message that names the field or the step — never a
+//! secret, a host address or an internal error chain. Callers match on the
+//! reason; the message is for people.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+use valet_access::{AuthError, Denied, KeyStoreError};
+use valet_credentials::VaultError;
+use valet_egress::{EgressError, PathError, RequestError};
+
+/// The `ErrorInfo.domain` of every Valet error.
+pub const DOMAIN: &str = "valet";
+
+/// A refused or failed call: code, stable reason, safe message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The gRPC code.
+    pub code: Code,
+    /// The stable reason code.
+    pub reason: &'static str,
+    /// A message for people; names the field, never a secret.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with an explicit code and reason.
+    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// INVALID_ARGUMENT for `field`.
+    pub fn invalid(field: &str, reason: &'static str, why: impl std::fmt::Display) -> Self {
+        Self::new(Code::InvalidArgument, reason, format!("{field}: {why}"))
+    }
+
+    /// The status sent to the caller, tagged with the call's request id.
+    pub fn into_status(self, request_id: Option<&str>) -> Status {
+        let details = ErrorDetails::with_error_info(self.reason, DOMAIN, std::collections::HashMap::new());
+        let mut status = Status::with_error_details(self.code, self.message, details);
+        if let Some(id) = request_id.and_then(|id| id.parse().ok()) {
+            status.metadata_mut().insert("x-request-id", id);
+        }
+        status
+    }
+}
+
+impl From<AuthError> for Failure {
+    fn from(e: AuthError) -> Self {
+        let reason = match e {
+            AuthError::Missing => "API_KEY_MISSING",
+            AuthError::Unknown => "API_KEY_UNKNOWN",
+            AuthError::Revoked => "API_KEY_REVOKED",
+            AuthError::Expired => "API_KEY_EXPIRED",
+        };
+        Self::new(Code::Unauthenticated, reason, e.to_string())
+    }
+}
+
+impl From<Denied> for Failure {
+    fn from(e: Denied) -> Self {
+        let (reason, what) = match e {
+            Denied::Tenant => ("TENANT_NOT_ALLOWED", "this tenant"),
+            Denied::Vendor => ("VENDOR_NOT_ALLOWED", "this vendor"),
+            Denied::Operation => ("OPERATION_NOT_ALLOWED", "this operation"),
+            Denied::Admin => ("ADMIN_REQUIRED", "the Admin service"),
+        };
+        Self::new(
+            Code::PermissionDenied,
+            reason,
+            format!("this API key may not use {what}"),
+        )
+    }
+}
+
+impl From<PathError> for Failure {
+    fn from(e: PathError) -> Self {
+        Self::new(Code::InvalidArgument, e.reason(), e.to_string())
+    }
+}
+
+impl From<RequestError> for Failure {
+    fn from(e: RequestError) -> Self {
+        let message = match &e {
+            RequestError::Method | RequestError::MethodNotRead(_) => format!("method: {e}"),
+            _ => e.to_string(),
+        };
+        Self::new(Code::InvalidArgument, e.reason(), message)
+    }
+}
+
+impl From<VaultError> for Failure {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NotFound(key) => Self::new(
+                Code::NotFound,
+                "CREDENTIAL_NOT_FOUND",
+                format!(
+                    "no credential stored for tenant '{}' and vendor '{}'",
+                    key.tenant, key.vendor
+                ),
+            ),
+            VaultError::InvalidSecret(why) => Self::invalid("secret", "SECRET_INVALID", why),
+            VaultError::AuditUnavailable(cause) => {
+                tracing::error!(%cause, "audit log unavailable; refusing credential use");
+                Self::new(
+                    Code::Unavailable,
+                    "AUDIT_UNAVAILABLE",
+                    "the audit log cannot be written, so no credential may be used",
+                )
+            }
+            VaultError::Seal { key, source } => {
+                tracing::error!(credential = %key, error = %source, "stored credential does not open");
+                Self::new(
+                    Code::Internal,
+                    "CREDENTIAL_UNREADABLE",
+                    format!(
+                        "the stored credential for tenant '{}' and vendor '{}' cannot be decrypted with the loaded master key",
+                        key.tenant, key.vendor
+                    ),
+                )
+            }
+            VaultError::Store(cause) => {
+                tracing::error!(error = %cause, "credential store failed");
+                Self::new(
+                    Code::Unavailable,
+                    "STORE_UNAVAILABLE",
+                    "the credential store is unavailable",
+                )
+            }
+        }
+    }
+}
+
+impl From<KeyStoreError> for Failure {
+    fn from(e: KeyStoreError) -> Self {
+        match e {
+            KeyStoreError::NotFound(id) => Self::new(
+                Code::NotFound,
+                "API_KEY_NOT_FOUND",
+                format!("no API key with id '{id}'"),
+            ),
+            other => {
+                tracing::error!(error = %other, "API key store failed");
+                Self::new(
+                    Code::Unavailable,
+                    "STORE_UNAVAILABLE",
+                    "the API key store is unavailable",
+                )
+            }
+        }
+    }
+}
+
+impl From<EgressError> for Failure {
+    fn from(e: EgressError) -> Self {
+        let code = match &e {
+            EgressError::VendorTimeout { .. } | EgressError::Deadline(_) => Code::DeadlineExceeded,
+            EgressError::ResponseTooLarge { .. } => Code::ResourceExhausted,
+            EgressError::OriginMismatch(_) => Code::InvalidArgument,
+            EgressError::Unreachable(_)
+            | EgressError::Tls(_)
+            | EgressError::Protocol(_)
+            | EgressError::ResponseEncoded(_) => Code::Unavailable,
+        };
+        Self::new(code, e.reason(), e.to_string())
+    }
+}
+
+impl From<valet_audit::AuditError> for Failure {
+    fn from(e: valet_audit::AuditError) -> Self {
+        tracing::error!(error = %e, "audit log unavailable");
+        Self::new(
+            Code::Unavailable,
+            "AUDIT_UNAVAILABLE",
+            "the change was made but could not be written to the audit log",
+        )
+    }
+}

@@ -1,0 +1,226 @@
+//! Shared end-to-end harness: a real Valet server in-process on free
+//! loopback ports, real tonic clients, and the real mock vendor.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+use tonic_types::StatusExt as _;
+use valet::app::App;
+use valet::config::{AuthConfig, Config, VendorConfig};
+use valet::proto::admin_client::AdminClient;
+use valet::proto::gateway_client::GatewayClient;
+use valet::proto::{self, CallRequest, CallResponse, Operation};
+use valet::server::{self, Listeners};
+
+/// A running Valet. Dropping it drops `stop`, which shuts the server down.
+pub struct Valet {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_key: String,
+    pub config: Config,
+    pub state: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A vendor entry for `base_url`.
+pub fn vendor(name: &str, base_url: &str, auth: AuthConfig) -> VendorConfig {
+    VendorConfig {
+        name: name.to_owned(),
+        base_url: base_url.to_owned(),
+        allow_insecure_http: base_url.starts_with("http://"),
+        auth,
+        ca_file: None,
+        timeout_ms: 10_000,
+    }
+}
+
+pub fn bearer() -> AuthConfig {
+    AuthConfig::Bearer {}
+}
+
+impl Valet {
+    /// Starts Valet with `vendors` on a fresh state dir.
+    pub async fn start(vendors: Vec<VendorConfig>) -> Self {
+        let config = Config {
+            vendors,
+            ..Config::default()
+        };
+        Self::start_with(config, tempfile::tempdir().expect("tempdir")).await
+    }
+
+    /// Starts Valet with `config` on `state` (its `state.dir` is replaced).
+    pub async fn start_with(mut config: Config, state: TempDir) -> Self {
+        config.state.dir = state.path().join("state");
+        let app = Arc::new(App::open(&config).await.expect("valet starts"));
+        let listeners = Listeners {
+            gateway: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            admin: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        };
+        let gateway_addr = listeners.gateway.local_addr().expect("addr");
+        let admin_addr = listeners.admin.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::serve(app, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        let admin_key = std::fs::read_to_string(config.state.dir.join("admin.key"))
+            .expect("bootstrap admin key")
+            .trim()
+            .to_owned();
+        Self {
+            gateway_addr,
+            admin_addr,
+            admin_key,
+            config,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops gracefully and returns config and state for a restart.
+    pub async fn stop(mut self) -> (Config, TempDir) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("server task");
+        (self.config, self.state)
+    }
+
+    /// Stops and starts again on the same state; the admin key is kept.
+    pub async fn restart(self) -> Self {
+        let key = self.admin_key.clone();
+        let (config, state) = self.stop().await;
+        let mut again = Self::start_with(config, state).await;
+        again.admin_key = key;
+        again
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.config.state.dir.clone()
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.state_dir().join("audit.log")
+    }
+
+    pub async fn gateway(&self) -> GatewayClient<Channel> {
+        GatewayClient::connect(format!("http://{}", self.gateway_addr))
+            .await
+            .expect("connect gateway")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(format!("http://{}", self.admin_addr))
+            .await
+            .expect("connect admin")
+    }
+
+    /// Stores a credential with the admin key.
+    pub async fn put_credential(&self, tenant: &str, vendor: &str, secret: &str) -> proto::CredentialInfo {
+        let req = proto::PutCredentialRequest {
+            tenant: tenant.into(),
+            vendor: vendor.into(),
+            secret: secret.into(),
+        };
+        self.admin()
+            .await
+            .put_credential(authed(req, &self.admin_key))
+            .await
+            .expect("put credential")
+            .into_inner()
+    }
+
+    /// Creates a gateway key and returns it.
+    pub async fn api_key(&self, tenants: &[&str], vendors: &[&str], ops: &[Operation]) -> String {
+        self.create_key(tenants, vendors, ops, 0).await.0
+    }
+
+    /// Creates a key; returns the key and its id.
+    pub async fn create_key(
+        &self,
+        tenants: &[&str],
+        vendors: &[&str],
+        ops: &[Operation],
+        ttl: u64,
+    ) -> (String, String) {
+        let req = proto::CreateApiKeyRequest {
+            name: "test-caller".into(),
+            tenants: tenants.iter().map(|s| s.to_string()).collect(),
+            vendors: vendors.iter().map(|s| s.to_string()).collect(),
+            operations: ops.iter().map(|o| *o as i32).collect(),
+            admin: false,
+            ttl_seconds: ttl,
+        };
+        let resp = self
+            .admin()
+            .await
+            .create_api_key(authed(req, &self.admin_key))
+            .await
+            .expect("create key")
+            .into_inner();
+        (resp.key, resp.info.expect("info").id)
+    }
+
+    /// Makes a gateway call with `key`.
+    pub async fn call(&self, key: &str, req: CallRequest) -> Result<CallResponse, Status> {
+        self.gateway()
+            .await
+            .call(authed(req, key))
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// A request with `authorization: Bearer <key>`.
+pub fn authed<T>(msg: T, key: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
+    req
+}
+
+/// A READ GET of `path` for tenant/vendor with a reason.
+pub fn get(tenant: &str, vendor: &str, path: &str) -> CallRequest {
+    CallRequest {
+        tenant: tenant.into(),
+        vendor: vendor.into(),
+        operation: Operation::Read as i32,
+        method: "GET".into(),
+        path: path.into(),
+        reason: "e2e-test".into(),
+        ..Default::default()
+    }
+}
+
+/// The ErrorInfo reason of a status.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The response header `name`.
+pub fn header<'a>(resp: &'a CallResponse, name: &str) -> Option<&'a str> {
+    resp.headers
+        .iter()
+        .find(|h| h.name == name)
+        .map(|h| h.value.as_str())
+}
+
+/// The path of the `valet` binary built for these tests.
+pub fn valet_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_valet"))
+}

@@ -248,18 +248,21 @@ fn duration_ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
+/// Whether a rustls error is in the chain. `io::Error::source` skips the
+/// error it wraps, and hyper-rustls wraps tokio-rustls's `io::Error` in
+/// another, so step into an `io::Error`'s inner error explicitly.
 fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
     while let Some(e) = current {
         if e.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return true;
-        }
-        current = e.source();
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }

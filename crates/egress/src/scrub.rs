@@ -6,6 +6,7 @@
 //! case hex, `+` for space), JSON-escaped, and for basic auth the password
 //! alone — is replaced with `[REDACTED]` in header values and the body.
 
+use crate::vendor::QUERY_VALUE;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use memchr::memmem;
@@ -39,7 +40,11 @@ impl Scrubber {
         for base in bases {
             let text = std::str::from_utf8(base).unwrap_or_default();
             let pct = Zeroizing::new(utf8_percent_encode(text, NON_ALPHANUMERIC).to_string());
+            // The form the query scheme sends (unreserved characters kept).
+            let sent = Zeroizing::new(utf8_percent_encode(text, QUERY_VALUE).to_string());
             let candidates = [
+                sent.as_bytes().to_vec(),
+                sent.to_ascii_lowercase().into_bytes(),
                 base.to_vec(),
                 STANDARD.encode(base).into_bytes(),
                 URL_SAFE.encode(base).into_bytes(),
@@ -109,6 +114,17 @@ fn json_escape(text: &str, escape_slash: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removes_the_form_the_query_scheme_sends() {
+        let secret = Secret::from("tok-en.with_unreserved~and/reserved".to_owned());
+        let sent = utf8_percent_encode("tok-en.with_unreserved~and/reserved", QUERY_VALUE).to_string();
+        assert!(sent.contains('-') && sent.contains("%2F"));
+        let out = Scrubber::new(&secret, false)
+            .scrub(format!("?api_key={sent}").as_bytes())
+            .unwrap();
+        assert_eq!(out, b"?api_key=[REDACTED]");
+    }
 
     #[test]
     fn removes_every_form() {

@@ -112,8 +112,9 @@ impl std::fmt::Debug for Vendor {
     }
 }
 
-/// Characters escaped in a query value: everything but unreserved.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+/// Characters escaped in a query value: everything but RFC 3986 unreserved.
+/// The scrubber removes this exact form too.
+pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

@@ -1,0 +1,267 @@
+//! The canary test: the built binary under `RUST_LOG=trace`, set up through
+//! the CLI, driven through every kind of outcome — then every output is
+//! scanned for the canary credential and the caller's API key.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use support::{authed, get, valet_bin};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+use valet::proto::gateway_client::GatewayClient;
+use valet::proto::{CallRequest, Header, Operation};
+use valet_testkit::{MockVendor, Scripted, leak};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `valet admin …` with `stdin`; returns (exit code, stdout, stderr).
+async fn admin_cli(endpoint: &str, key_file: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(valet_bin())
+        .args(["admin", "--endpoint", endpoint, "--api-key-file"])
+        .arg(key_file)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Collects a child's output; resolves `ready` when the serving line shows.
+fn collect(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        let mut ready = ready;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("valet serving")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
+            }
+            let mut buf = into.lock().unwrap();
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+    })
+}
+
+fn assert_clean(label: &str, bytes: &[u8], canary: &str, api_key: &str) {
+    let found = leak::forms_found(bytes, canary);
+    assert!(
+        found.is_empty(),
+        "{label} contains the canary credential ({found:?})"
+    );
+    let found = leak::forms_found(bytes, api_key);
+    assert!(
+        found.is_empty(),
+        "{label} contains the caller's API key ({found:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_appears_nowhere() {
+    let canary = valet_testkit::canary("e2e");
+    let mock = MockVendor::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (gw_port, admin_port) = (free_port(), free_port());
+    let config = dir.path().join("valet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{gw_port}"
+admin_listen = "127.0.0.1:{admin_port}"
+[state]
+dir = "{state}"
+[[vendors]]
+name = "bearer"
+base_url = "{base}"
+allow_insecure_http = true
+auth = {{ scheme = "bearer" }}
+[[vendors]]
+name = "query"
+base_url = "{base}"
+allow_insecure_http = true
+auth = {{ scheme = "query", name = "api_key" }}
+[[vendors]]
+name = "basic"
+base_url = "{base}"
+allow_insecure_http = true
+auth = {{ scheme = "basic" }}
+"#,
+            state = state.display(),
+            base = mock.base_url()
+        ),
+    )
+    .unwrap();
+
+    let mut server: Child = Command::new(valet_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let out_task = collect(server.stdout.take().unwrap(), stdout.clone(), Some(ready_tx));
+    let err_task = collect(server.stderr.take().unwrap(), stderr.clone(), None);
+    ready_rx.await.expect("valet started");
+
+    // Set up through the CLI: secrets on stdin, keys printed once.
+    let endpoint = format!("http://127.0.0.1:{admin_port}");
+    let key_file = state.join("admin.key");
+    let mut cli_output = Vec::new();
+    for (vendor, secret) in [
+        ("bearer", canary.clone()),
+        ("query", canary.clone()),
+        ("basic", format!("svc:{canary}")),
+    ] {
+        let (code, out, err) = admin_cli(
+            &endpoint,
+            &key_file,
+            &["credential", "put", "--tenant", "acme", "--vendor", vendor],
+            &format!("{secret}\n"),
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        cli_output.extend_from_slice(out.as_bytes());
+        cli_output.extend_from_slice(err.as_bytes());
+    }
+    let (code, key_out, err) = admin_cli(
+        &endpoint,
+        &key_file,
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "canary-caller",
+            "--tenant",
+            "acme",
+            "--vendor",
+            "*",
+            "--operation",
+            "read",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let api_key = key_out.trim().to_owned();
+    assert!(
+        api_key.starts_with("vk_") && key_out.lines().count() == 1,
+        "stdout holds the key alone: {key_out:?}"
+    );
+    let (code, list, _) = admin_cli(&endpoint, &key_file, &["credential", "list"], "").await;
+    assert_eq!(code, 0);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    cli_output.extend_from_slice(list.as_bytes());
+
+    // Every kind of outcome.
+    mock.script(
+        "/leaky-401",
+        Scripted::status(401)
+            .header("www-authenticate", &format!("Bearer token={canary}"))
+            .body(canary.clone()),
+    );
+    let mut gateway = GatewayClient::connect(format!("http://127.0.0.1:{gw_port}"))
+        .await
+        .unwrap();
+    let mut responses = Vec::new();
+    let calls: Vec<CallRequest> = vec![
+        get("acme", "bearer", "/echo?x=1"),
+        get("acme", "query", "/echo"),
+        get("acme", "basic", "/echo"),
+        get("acme", "bearer", "/leaky-401"),
+        get("acme", "bearer", "/../escape"),
+        CallRequest {
+            headers: vec![Header {
+                name: "authorization".into(),
+                value: format!("Bearer {api_key}"),
+            }],
+            ..get("acme", "bearer", "/x")
+        },
+        get("globex", "bearer", "/x"),
+        CallRequest {
+            operation: Operation::Write as i32,
+            method: "POST".into(),
+            ..get("acme", "bearer", "/x")
+        },
+    ];
+    let mut ok = 0;
+    for req in calls {
+        match gateway.call(authed(req, &api_key)).await {
+            Ok(resp) => {
+                ok += 1;
+                let resp = resp.into_inner();
+                responses.extend_from_slice(&resp.body);
+                for h in resp.headers {
+                    responses.extend_from_slice(format!("{}: {}\n", h.name, h.value).as_bytes());
+                }
+            }
+            Err(status) => {
+                responses.extend_from_slice(status.message().as_bytes());
+                responses.extend_from_slice(format!("{:?}", status.metadata()).as_bytes());
+                responses.extend_from_slice(status.details());
+            }
+        }
+    }
+    assert_eq!(ok, 4, "the echo and 401 calls succeed as proxied answers");
+    // The vendor did receive the credential every time: the scan below is
+    // not vacuous.
+    assert!(mock.requests().iter().any(|r| format!("{r:?}").contains(&canary)));
+
+    // SIGTERM: a graceful stop, exit 0.
+    let pid = server.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    let status = server.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "valet exits 0 on SIGTERM");
+    out_task.await.unwrap();
+    err_task.await.unwrap();
+
+    let stdout = stdout.lock().unwrap().clone();
+    let stderr = stderr.lock().unwrap().clone();
+    assert!(
+        String::from_utf8_lossy(&stdout)
+            .matches("\"message\":\"call\"")
+            .count()
+            >= 8,
+        "one log line per call"
+    );
+    assert_clean("responses and errors", &responses, &canary, &api_key);
+    assert_clean("server stdout", &stdout, &canary, &api_key);
+    assert_clean("server stderr", &stderr, &canary, &api_key);
+    assert_clean("CLI output", &cli_output, &canary, &api_key);
+    let audit = std::fs::read(state.join("audit.log")).unwrap();
+    assert!(!audit.is_empty());
+    assert_clean("audit log", &audit, &canary, &api_key);
+    assert_eq!(leak::files_containing(&state, &canary), vec![], "state files hold the canary");
+    assert_eq!(leak::files_containing(&state, &api_key), vec![], "state files hold the API key");
+}

@@ -1,0 +1,110 @@
+//! A vendor that echoes the credential back — in headers and body, plain,
+//! Base64 or percent-encoded — never gets it to the caller.
+
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use support::{Valet, bearer, get, vendor};
+use valet::config::AuthConfig;
+use valet::proto::{CallResponse, Operation};
+use valet_testkit::{MockVendor, Scripted, leak};
+
+async fn echo_through(auth: AuthConfig, secret: &str) -> (MockVendor, CallResponse) {
+    let mock = MockVendor::start().await;
+    let valet = Valet::start(vec![vendor("mock", &mock.base_url(), auth)]).await;
+    valet.put_credential("acme", "mock", secret).await;
+    let key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
+    // Unscripted paths echo the whole request, headers and query included.
+    let resp = valet
+        .call(&key, get("acme", "mock", "/debug/echo?x=1"))
+        .await
+        .unwrap();
+    (mock, resp)
+}
+
+fn everything(resp: &CallResponse) -> Vec<u8> {
+    let mut all = resp.body.clone();
+    for h in &resp.headers {
+        all.extend_from_slice(h.name.as_bytes());
+        all.extend_from_slice(h.value.as_bytes());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoed_bearer_token_is_scrubbed() {
+    let canary = valet_testkit::canary("bearer");
+    let (mock, resp) = echo_through(bearer(), &canary).await;
+    // The vendor did get it...
+    assert_eq!(
+        mock.requests()[0].header("authorization"),
+        Some(format!("Bearer {canary}").as_str())
+    );
+    // ...and the caller did not, though the echo is otherwise intact.
+    assert_eq!(leak::forms_found(&everything(&resp), &canary), Vec::<&str>::new());
+    let body = String::from_utf8(resp.body.clone()).unwrap();
+    assert!(body.contains("Bearer [REDACTED]"), "{body}");
+    assert!(
+        resp.headers
+            .iter()
+            .any(|h| h.name == "x-echo-authorization" && h.value == "Bearer [REDACTED]")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoed_basic_credential_is_scrubbed_in_base64_too() {
+    let canary = valet_testkit::canary("basic");
+    let secret = format!("svc-user:{canary}");
+    let (_mock, resp) = echo_through(AuthConfig::Basic {}, &secret).await;
+    let all = everything(&resp);
+    assert_eq!(leak::forms_found(&all, &canary), Vec::<&str>::new());
+    assert_eq!(leak::forms_found(&all, &secret), Vec::<&str>::new());
+    let b64 = STANDARD.encode(&secret);
+    assert!(!String::from_utf8_lossy(&all).contains(&b64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoed_query_credential_is_scrubbed_percent_encoded() {
+    let canary = format!("{}/+&=", valet_testkit::canary("query"));
+    let (mock, resp) = echo_through(
+        AuthConfig::Query {
+            name: "api_key".into(),
+        },
+        &canary,
+    )
+    .await;
+    // The vendor got it percent-encoded in the query...
+    let sent = &mock.requests()[0].path_and_query;
+    assert!(
+        sent.contains("&api_key=CANARY-query-") && sent.ends_with("%2F%2B%26%3D"),
+        "{sent}"
+    );
+    let all = String::from_utf8_lossy(&everything(&resp)).into_owned();
+    assert!(!all.contains("CANARY"), "{all}");
+    assert!(all.contains("api_key=[REDACTED]"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_leak_in_a_response_header_is_scrubbed() {
+    let canary = valet_testkit::canary("header");
+    let mock = MockVendor::start().await;
+    let valet = Valet::start(vec![vendor("mock", &mock.base_url(), bearer())]).await;
+    valet.put_credential("acme", "mock", &canary).await;
+    let key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
+    let pct = utf8_percent_encode(&canary, NON_ALPHANUMERIC).to_string();
+    mock.script(
+        "/oops",
+        Scripted::status(401)
+            .header(
+                "www-authenticate",
+                &format!("Bearer error=\"invalid_token\" token=\"{canary}\""),
+            )
+            .header("x-debug", &pct)
+            .body(format!("{{\"token\":\"{}\"}}", STANDARD.encode(&canary))),
+    );
+    let resp = valet.call(&key, get("acme", "mock", "/oops")).await.unwrap();
+    assert_eq!(resp.status, 401);
+    assert_eq!(leak::forms_found(&everything(&resp), &canary), Vec::<&str>::new());
+}

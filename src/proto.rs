@@ -1,4 +1,48 @@
 //! The generated `valet.v1` protocol types and services.
+//!
+//! Messages that carry a secret (`PutCredentialRequest.secret`,
+//! `CreateApiKeyResponse.key`) have a redacted `Debug` written here, so
+//! logging or printing one never shows the secret.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
 tonic::include_proto!("valet.v1");
+
+impl std::fmt::Debug for PutCredentialRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutCredentialRequest")
+            .field("tenant", &self.tenant)
+            .field("vendor", &self.vendor)
+            .field("secret", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CreateApiKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateApiKeyResponse")
+            .field("key", &"[REDACTED]")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_messages_are_redacted() {
+        let put = PutCredentialRequest {
+            tenant: "acme".into(),
+            vendor: "mock".into(),
+            secret: "canary-proto-secret".into(),
+        };
+        let created = CreateApiKeyResponse {
+            key: "vk_canary-proto-key".into(),
+            info: None,
+        };
+        let shown = format!("{put:?} {created:?}");
+        assert!(!shown.contains("canary"), "{shown}");
+        assert!(shown.contains("acme"));
+    }
+}

@@ -262,6 +262,14 @@ auth = {{ scheme = "basic" }}
     let audit = std::fs::read(state.join("audit.log")).unwrap();
     assert!(!audit.is_empty());
     assert_clean("audit log", &audit, &canary, &api_key);
-    assert_eq!(leak::files_containing(&state, &canary), vec![], "state files hold the canary");
-    assert_eq!(leak::files_containing(&state, &api_key), vec![], "state files hold the API key");
+    assert_eq!(
+        leak::files_containing(&state, &canary),
+        vec![],
+        "state files hold the canary"
+    );
+    assert_eq!(
+        leak::files_containing(&state, &api_key),
+        vec![],
+        "state files hold the API key"
+    );
 }

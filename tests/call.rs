@@ -177,10 +177,18 @@ async fn hop_by_hop_response_headers_are_dropped() {
         "/h",
         Scripted::status(200)
             .header("keep-alive", "timeout=5")
+            .header("connection", "x-hop-private")
+            .header("x-hop-private", "1")
             .header("x-kept", "1"),
     );
     let resp = valet.call(&key, get("acme", "mock", "/h")).await.unwrap();
     assert_eq!(header(&resp, "keep-alive"), None);
+    assert_eq!(header(&resp, "connection"), None);
+    assert_eq!(
+        header(&resp, "x-hop-private"),
+        None,
+        "named in Connection, so hop-by-hop"
+    );
     assert_eq!(header(&resp, "x-kept"), Some("1"));
 }
 

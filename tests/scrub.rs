@@ -46,6 +46,13 @@ async fn echoed_bearer_token_is_scrubbed() {
     assert_eq!(leak::forms_found(&everything(&resp), &canary), Vec::<&str>::new());
     let body = String::from_utf8(resp.body.clone()).unwrap();
     assert!(body.contains("Bearer [REDACTED]"), "{body}");
+    // The length header describes the body the caller got, not the vendor's.
+    let len = resp
+        .headers
+        .iter()
+        .find(|h| h.name == "content-length")
+        .map(|h| h.value.clone());
+    assert_eq!(len, Some(resp.body.len().to_string()));
     assert!(
         resp.headers
             .iter()

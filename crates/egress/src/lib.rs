@@ -224,10 +224,17 @@ impl Vendor {
             }
         };
         let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
+        let (body, new_len) = match scrubber.scrub(&body) {
+            Some(scrubbed) => {
+                let len = scrubbed.len();
+                (Bytes::from(scrubbed), Some(len))
+            }
+            None => (body, None),
+        };
         Ok(ProxyResponse {
             status: parts.status.as_u16(),
-            headers: response_headers(&parts.headers, &scrubber),
-            body: scrubber.scrub(&body).map(Bytes::from).unwrap_or(body),
+            headers: response_headers(&parts.headers, &scrubber, new_len),
+            body,
             attempts: 1,
         })
     }
@@ -267,14 +274,34 @@ fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn response_headers(headers: &HeaderMap, scrubber: &Scrubber) -> Vec<(String, String)> {
+/// The vendor's headers for the caller: hop-by-hop headers dropped (the
+/// fixed list and any the vendor names in `Connection`), every value
+/// scrubbed, and `content-length` corrected when scrubbing changed the body.
+fn response_headers(
+    headers: &HeaderMap,
+    scrubber: &Scrubber,
+    new_len: Option<usize>,
+) -> Vec<(String, String)> {
+    let named_by_connection: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
     headers
         .iter()
-        .filter(|(name, _)| !request::HOP_BY_HOP.contains(&name.as_str()))
+        .filter(|(name, _)| {
+            !request::HOP_BY_HOP.contains(&name.as_str())
+                && !named_by_connection.iter().any(|n| n == name.as_str())
+        })
         .map(|(name, value)| {
-            let bytes = scrubber
-                .scrub(value.as_bytes())
-                .unwrap_or_else(|| value.as_bytes().to_vec());
+            let bytes = match new_len {
+                Some(len) if name == http::header::CONTENT_LENGTH => len.to_string().into_bytes(),
+                _ => scrubber
+                    .scrub(value.as_bytes())
+                    .unwrap_or_else(|| value.as_bytes().to_vec()),
+            };
             (
                 name.as_str().to_owned(),
                 String::from_utf8_lossy(&bytes).into_owned(),

@@ -6,9 +6,6 @@
 //! `<state dir>/admin.key` with mode 0600 and never logged.
 
 use crate::config::{Config, MasterKeySource};
-use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use valet_access::{Caller, Grant, KeyStore};
@@ -53,11 +50,7 @@ impl App {
         let registry = config.registry()?;
         let limits = config.limits()?;
         let dir = &config.state.dir;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| state_err(dir, e))?;
+        valet_durable::create_private_dir(dir).map_err(|e| state_err(dir, e))?;
 
         let master = Arc::new(load_master_key(config, dir)?);
         let store =
@@ -122,20 +115,8 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
         .create("bootstrap-admin", grant.clone(), None)
         .map_err(|e| StartError::State(e.to_string()))?;
     let path = dir.join("admin.key");
-    let tmp = dir.join("admin.key.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(key.expose().as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| state_err(&path, e))?;
+    let text = zeroize::Zeroizing::new(format!("{}\n", key.expose()));
+    valet_durable::write_atomically(&path, text.as_bytes()).map_err(|e| state_err(&path, e))?;
     audit
         .append(
             SYSTEM_ACTOR,

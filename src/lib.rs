@@ -19,7 +19,9 @@
 //!
 //! Domain logic lives in `crates/`: `valet-credentials` (sealing, leases),
 //! `valet-access` (API keys, grants), `valet-egress` (vendors, request
-//! rules, outbound client, scrubbing), `valet-audit` (hash-chained log).
+//! rules, outbound client, scrubbing), `valet-audit` (hash-chained log),
+//! `valet-durable` (atomic file replacement and shredding for the embedded
+//! stores).
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use support::{authed, get, valet_bin};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use valet::proto::gateway_client::GatewayClient;
 use valet::proto::{CallRequest, Header, Operation};
@@ -22,21 +22,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Runs `valet admin …` with `stdin`; returns (exit code, stdout, stderr).
+/// Runs `valet admin …`; returns (exit code, stdout, stderr).
 async fn admin_cli(endpoint: &str, key_file: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(valet_bin())
-        .args(["admin", "--endpoint", endpoint, "--api-key-file"])
-        .arg(key_file)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
+    let out = support::admin_cli(endpoint, key_file, args, stdin).await;
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use support::{Valet, bearer, get, reason, valet_bin, vendor};
 use valet::proto::Operation;
@@ -81,46 +82,19 @@ fn help_describes_every_command() {
     assert!(put_help.contains("standard input"), "{put_help}");
 }
 
-fn admin(valet: &Valet, key_file: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write as _;
-    let mut child = Command::new(valet_bin())
-        .args([
-            "admin",
-            "--endpoint",
-            &format!("http://{}", valet.admin_addr),
-            "--api-key-file",
-        ])
-        .arg(key_file)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_manage_credentials_and_keys() {
     let mock = MockVendor::start().await;
     let valet = Valet::start(vec![vendor("mock", &mock.base_url(), bearer())]).await;
-    let key_file = valet.state_dir().join("admin.key");
-    let v = &valet;
+    let admin_key = valet.state_dir().join("admin.key");
+    let endpoint = format!("http://{}", valet.admin_addr);
+    let admin = async |key_file: &Path, args: &[&str], stdin: &str| {
+        support::admin_cli(&endpoint, key_file, args, stdin).await
+    };
 
     // Store a credential from stdin; the secret is never echoed.
-    let out = tokio::task::block_in_place(|| {
-        admin(
-            v,
-            &key_file,
-            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-            Some("cli-secret-abcdef123456\n"),
-        )
-    });
+    let put = ["credential", "put", "--tenant", "acme", "--vendor", "mock"];
+    let out = admin(&admin_key, &put, "cli-secret-abcdef123456\n").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout) + &text(&out.stderr);
     assert!(
@@ -129,36 +103,23 @@ async fn admin_commands_manage_credentials_and_keys() {
     );
 
     // An empty stdin is refused.
-    let out = tokio::task::block_in_place(|| {
-        admin(
-            v,
-            &key_file,
-            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-            Some(""),
-        )
-    });
+    let out = admin(&admin_key, &put, "").await;
     assert_eq!(out.status.code(), Some(1));
 
     // Create a key: the key alone on stdout.
-    let out = tokio::task::block_in_place(|| {
-        admin(
-            v,
-            &key_file,
-            &[
-                "apikey",
-                "create",
-                "--name",
-                "cli",
-                "--tenant",
-                "acme",
-                "--vendor",
-                "mock",
-                "--operation",
-                "read",
-            ],
-            None,
-        )
-    });
+    let create = [
+        "apikey",
+        "create",
+        "--name",
+        "cli",
+        "--tenant",
+        "acme",
+        "--vendor",
+        "mock",
+        "--operation",
+        "read",
+    ];
+    let out = admin(&admin_key, &create, "").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let key = text(&out.stdout).trim().to_owned();
     assert!(key.starts_with("vk_"));
@@ -171,9 +132,8 @@ async fn admin_commands_manage_credentials_and_keys() {
         Some("Bearer cli-secret-abcdef123456")
     );
 
-    // List shows metadata, never keys or secrets.
-    let out = tokio::task::block_in_place(|| admin(v, &key_file, &["apikey", "list"], None));
-    let listing = text(&out.stdout);
+    // Lists show metadata, never keys or secrets.
+    let listing = text(&admin(&admin_key, &["apikey", "list"], "").await.stdout);
     assert!(listing.contains("cli") && listing.contains(&key[key.len() - 4..]));
     assert!(!listing.contains(&key));
     let id = listing
@@ -182,28 +142,26 @@ async fn admin_commands_manage_credentials_and_keys() {
         .and_then(|l| l.split('\t').next())
         .unwrap()
         .to_owned();
-    let out = tokio::task::block_in_place(|| {
-        admin(v, &key_file, &["credential", "list", "--tenant", "acme"], None)
-    });
-    assert!(
-        text(&out.stdout).contains("acme\tmock\t"),
-        "{}",
-        text(&out.stdout)
+    let creds = text(
+        &admin(&admin_key, &["credential", "list", "--tenant", "acme"], "")
+            .await
+            .stdout,
     );
-    assert!(!text(&out.stdout).contains("cli-secret"));
+    assert!(
+        creds.contains("acme\tmock\t") && !creds.contains("cli-secret"),
+        "{creds}"
+    );
 
     // Revoke, then the key is refused.
-    let args = ["apikey", "revoke", id.as_str()];
-    let out = tokio::task::block_in_place(|| admin(v, &key_file, &args, None));
+    let out = admin(&admin_key, &["apikey", "revoke", &id], "").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = valet.call(&key, get("acme", "mock", "/x")).await.unwrap_err();
     assert_eq!(reason(&err), "API_KEY_REVOKED");
 
     // Delete the credential; a second delete says NOT_FOUND with its reason.
     let del = ["credential", "delete", "--tenant", "acme", "--vendor", "mock"];
-    let out = tokio::task::block_in_place(|| admin(v, &key_file, &del, None));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = tokio::task::block_in_place(|| admin(v, &key_file, &del, None));
+    assert!(admin(&admin_key, &del, "").await.status.success());
+    let out = admin(&admin_key, &del, "").await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("CREDENTIAL_NOT_FOUND"),
@@ -212,10 +170,13 @@ async fn admin_commands_manage_credentials_and_keys() {
     );
 
     // A non-admin key is refused with a clear reason.
-    let caller_key_file = valet.state.path().join("caller.key");
-    let caller = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
-    std::fs::write(&caller_key_file, &caller).unwrap();
-    let out = tokio::task::block_in_place(|| admin(v, &caller_key_file, &["apikey", "list"], None));
+    let caller_key = valet.state.path().join("caller.key");
+    std::fs::write(
+        &caller_key,
+        valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await,
+    )
+    .unwrap();
+    let out = admin(&caller_key, &["apikey", "list"], "").await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("ADMIN_REQUIRED"),
@@ -223,15 +184,8 @@ async fn admin_commands_manage_credentials_and_keys() {
         text(&out.stderr)
     );
 
-    // A missing key file or a dead endpoint: exit 1, a clear message.
-    let out = tokio::task::block_in_place(|| {
-        admin(
-            v,
-            std::path::Path::new("/nonexistent/key"),
-            &["apikey", "list"],
-            None,
-        )
-    });
+    // A missing key file: exit 1 and a clear message.
+    let out = admin(Path::new("/nonexistent/key"), &["apikey", "list"], "").await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read API key file"));
 }

@@ -79,6 +79,19 @@ async fn state_files_are_private_and_credentials_sealed() {
     assert!(sealed.contains("\"ct\""), "{sealed}");
 }
 
+async fn delete(valet: &Valet) -> Result<(), tonic::Status> {
+    let req = DeleteCredentialRequest {
+        tenant: "acme".into(),
+        vendor: "mock".into(),
+    };
+    valet
+        .admin()
+        .await
+        .delete_credential(authed(req, &valet.admin_key))
+        .await
+        .map(|_| ())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_overwrites_then_removes() {
     let mock = MockVendor::start().await;
@@ -91,18 +104,7 @@ async fn deleting_overwrites_then_removes() {
     // An open handle still sees the file's blocks after the unlink.
     let mut handle = std::fs::File::open(&path).unwrap();
 
-    valet
-        .admin()
-        .await
-        .delete_credential(authed(
-            DeleteCredentialRequest {
-                tenant: "acme".into(),
-                vendor: "mock".into(),
-            },
-            &valet.admin_key,
-        ))
-        .await
-        .unwrap();
+    delete(&valet).await.unwrap();
 
     assert!(!path.exists());
     let mut left = Vec::new();
@@ -114,18 +116,7 @@ async fn deleting_overwrites_then_removes() {
     let err = valet.call(&key, get("acme", "mock", "/x")).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let again = valet
-        .admin()
-        .await
-        .delete_credential(authed(
-            DeleteCredentialRequest {
-                tenant: "acme".into(),
-                vendor: "mock".into(),
-            },
-            &valet.admin_key,
-        ))
-        .await
-        .unwrap_err();
+    let again = delete(&valet).await.unwrap_err();
     assert_eq!(again.code(), Code::NotFound);
 }
 

@@ -4,7 +4,9 @@ use super::{AdminArgs, AdminCommand, ApiKeyCommand, CredentialCommand, Operation
 use crate::proto::{self, admin_client::AdminClient};
 use std::io::{IsTerminal as _, Read as _};
 use std::time::{Duration, UNIX_EPOCH};
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic_types::StatusExt as _;
 use zeroize::Zeroizing;
 
@@ -19,12 +21,25 @@ pub async fn run(args: AdminArgs) -> i32 {
     }
 }
 
+/// Puts the admin API key on every request.
+#[derive(Clone)]
+struct BearerAuth(MetadataValue<Ascii>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Client = AdminClient<InterceptedService<tonic::transport::Channel, BearerAuth>>;
+
 async fn execute(args: AdminArgs) -> Result<(), String> {
     let key = Zeroizing::new(
         std::fs::read_to_string(&args.api_key_file)
             .map_err(|e| format!("cannot read API key file {}: {e}", args.api_key_file.display()))?,
     );
-    let mut auth: MetadataValue<_> = format!("Bearer {}", key.trim())
+    let mut auth: MetadataValue<Ascii> = format!("Bearer {}", key.trim())
         .parse()
         .map_err(|_| format!("{} does not hold an API key", args.api_key_file.display()))?;
     auth.set_sensitive(true);
@@ -33,23 +48,14 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach the Admin service at {}: {e}", args.endpoint))?;
-    let mut client = AdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", auth.clone());
-        Ok(req)
-    });
+    let mut client = AdminClient::with_interceptor(channel, BearerAuth(auth));
     match args.command {
         AdminCommand::Credential(cmd) => credential(&mut client, cmd).await,
         AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
     }
 }
 
-async fn credential<C>(client: &mut AdminClient<C>, cmd: CredentialCommand) -> Result<(), String>
-where
-    C: tonic::client::GrpcService<tonic::body::Body>,
-    C::Error: Into<tonic::codegen::StdError>,
-    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
+async fn credential(client: &mut Client, cmd: CredentialCommand) -> Result<(), String> {
     match cmd {
         CredentialCommand::Put { tenant, vendor } => {
             let secret = read_secret()?;
@@ -105,13 +111,7 @@ where
     Ok(())
 }
 
-async fn api_key<C>(client: &mut AdminClient<C>, cmd: ApiKeyCommand) -> Result<(), String>
-where
-    C: tonic::client::GrpcService<tonic::body::Body>,
-    C::Error: Into<tonic::codegen::StdError>,
-    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
+async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> {
     match cmd {
         ApiKeyCommand::Create {
             name,

@@ -224,3 +224,21 @@ pub fn header<'a>(resp: &'a CallResponse, name: &str) -> Option<&'a str> {
 pub fn valet_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_valet"))
 }
+
+/// Runs `valet admin --endpoint … --api-key-file KEY_FILE ARGS` with `stdin`.
+pub async fn admin_cli(endpoint: &str, key_file: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(valet_bin())
+        .args(["admin", "--endpoint", endpoint, "--api-key-file"])
+        .arg(key_file)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("valet runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).await.expect("write stdin");
+    drop(input);
+    child.wait_with_output().await.expect("valet exits")
+}

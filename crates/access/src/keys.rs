@@ -14,8 +14,6 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -258,23 +256,10 @@ fn now_ms() -> u64 {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
-    let io = |source| KeyStoreError::Io {
+    valet_durable::write_atomically(path, bytes).map_err(|source| KeyStoreError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    })
 }
 
 #[cfg(test)]

@@ -11,8 +11,6 @@ use crate::key::{CredentialKey, valid_name};
 use crate::store::{SecretStore, StoreError, StoreFuture, StoredCredential};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -151,11 +149,7 @@ fn io_err(context: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
+    valet_durable::create_private_dir(dir).map_err(io_err(dir))
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
@@ -170,38 +164,11 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().expect("a record path has a parent");
-    create_private_dir(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(dir)
+    create_private_dir(path.parent().expect("a record path has a parent"))?;
+    valet_durable::write_atomically(path, bytes).map_err(io_err(path))
 }
 
-/// Overwrites the file with zeros, fsyncs, then unlinks it.
 fn shred(path: &Path) -> Result<(), StoreError> {
-    let len = fs::metadata(path).map_err(io_err(path))?.len();
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    file.write_all(&vec![0u8; len as usize]).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))?;
-    fs::remove_file(path).map_err(io_err(path))?;
-    sync_dir(path.parent().expect("a record path has a parent"))
+    valet_durable::shred(path).map_err(io_err(path))
 }

@@ -1,0 +1,97 @@
+//! Durable files: the few filesystem moves every embedded store of Valet's
+//! makes, done one way.
+//!
+//! - [`write_atomically`]: replace a file so that a crash leaves the old or
+//!   the new content, never a mix: write `<name>.tmp` (mode 0600), fsync,
+//!   rename over the target, fsync the directory.
+//! - [`shred`]: overwrite a file with zeros and fsync before unlinking it, so
+//!   deleted ciphertext is not left in the file's blocks.
+//! - [`create_private_dir`]: a directory (and parents) with mode 0700.
+//!
+//! Errors are plain `io::Error`s; callers add which record they concern.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// The temporary file [`write_atomically`] writes beside `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Makes a directory's entries (renames, unlinks) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Replaces `path` with `bytes` (mode 0600), atomically and durably.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(parent(path))
+}
+
+/// Overwrites `path` with zeros, fsyncs, then unlinks it durably.
+pub fn shred(path: &Path) -> io::Result<()> {
+    let len = fs::metadata(path)?.len();
+    let mut file = fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all(&vec![0u8; len as usize])?;
+    file.sync_all()?;
+    fs::remove_file(path)?;
+    sync_dir(parent(path))
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn replaces_privately_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!temp_path(&path).exists());
+    }
+
+    #[test]
+    fn shredding_zeroes_before_unlinking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        write_atomically(&path, b"ciphertext").unwrap();
+        let mut open = fs::File::open(&path).unwrap();
+        shred(&path).unwrap();
+        assert!(!path.exists());
+        let mut left = Vec::new();
+        open.read_to_end(&mut left).unwrap();
+        assert_eq!(left, vec![0u8; 10]);
+    }
+}

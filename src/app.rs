@@ -8,7 +8,7 @@
 use crate::config::{Config, MasterKeySource};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use valet_access::{Caller, Grant, KeyStore};
+use valet_access::{ApiKey, Caller, Grant, KeyStore};
 use valet_audit::{AuditLog, Event};
 use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, Vault};
 use valet_egress::{Limits, Registry};
@@ -42,6 +42,10 @@ pub struct App {
     pub limits: Limits,
     /// Where the bootstrap admin key was written, if this start created it.
     pub bootstrap_key: Option<PathBuf>,
+    /// An exclusive lock on the state dir, held while this `App` lives: two
+    /// processes on one state dir would interleave the audit chain and undo
+    /// each other's revocations.
+    _lock: std::fs::File,
 }
 
 impl App {
@@ -51,6 +55,7 @@ impl App {
         let limits = config.limits()?;
         let dir = &config.state.dir;
         valet_durable::create_private_dir(dir).map_err(|e| state_err(dir, e))?;
+        let lock = lock_state_dir(dir)?;
 
         let master = Arc::new(load_master_key(config, dir)?);
         let store =
@@ -73,6 +78,7 @@ impl App {
             audit,
             limits,
             bootstrap_key,
+            _lock: lock,
         })
     }
 }
@@ -86,6 +92,13 @@ fn load_master_key(config: &Config, dir: &Path) -> Result<MasterKey, StartError>
         .unwrap_or(MasterKeySource::File(default_path));
     match source {
         MasterKeySource::File(path) => {
+            if !path.exists() && holds_sealed_credentials(&dir.join("credentials")) {
+                return Err(StartError::State(format!(
+                    "master key file {} is missing, but {} holds sealed credentials: restore the key (a new one could not decrypt them)",
+                    path.display(),
+                    dir.join("credentials").display()
+                )));
+            }
             let (key, created) =
                 MasterKey::load_or_create(&path).map_err(|e| StartError::State(e.to_string()))?;
             if created {
@@ -111,12 +124,15 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
         operations: Default::default(),
         admin: true,
     };
-    let (key, record) = keys
-        .create("bootstrap-admin", grant.clone(), None)
-        .map_err(|e| StartError::State(e.to_string()))?;
+    // admin.key first: if we crash before the key store records the key,
+    // the store is still empty and the next start bootstraps again.
+    let key = ApiKey::generate();
     let path = dir.join("admin.key");
     let text = zeroize::Zeroizing::new(format!("{}\n", key.expose()));
     valet_durable::write_atomically(&path, text.as_bytes()).map_err(|e| state_err(&path, e))?;
+    let record = keys
+        .add(&key, "bootstrap-admin", grant.clone(), None)
+        .map_err(|e| StartError::State(e.to_string()))?;
     audit
         .append(
             SYSTEM_ACTOR,
@@ -134,6 +150,39 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
         .map_err(|e| StartError::State(e.to_string()))?;
     tracing::info!(path = %path.display(), key_id = %record.id, "wrote the bootstrap admin API key");
     Ok(path)
+}
+
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| state_err(&path, e))?;
+    file.try_lock().map_err(|_| {
+        StartError::State(format!(
+            "state dir {} is in use by another valet process",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// Whether the local store's directory holds any sealed credential.
+fn holds_sealed_credentials(dir: &Path) -> bool {
+    let Ok(tenants) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    tenants.flatten().any(|t| {
+        std::fs::read_dir(t.path())
+            .map(|files| {
+                files
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 fn state_err(path: &Path, e: std::io::Error) -> StartError {

@@ -245,4 +245,14 @@ async fn compressed_answers_that_cannot_be_scrubbed_are_refused() {
     let err = valet.call(&key, get("acme", "mock", "/gz")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert_eq!(reason(&err), "VENDOR_RESPONSE_ENCODED");
+    // A second Content-Encoding header counts as much as the first.
+    mock.script(
+        "/gz2",
+        Scripted::status(200)
+            .header("content-encoding", "identity")
+            .header("content-encoding", "gzip")
+            .body(vec![0x1f, 0x8b]),
+    );
+    let err = valet.call(&key, get("acme", "mock", "/gz2")).await.unwrap_err();
+    assert_eq!(reason(&err), "VENDOR_RESPONSE_ENCODED");
 }

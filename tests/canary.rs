@@ -54,17 +54,12 @@ fn collect(
     })
 }
 
-fn assert_clean(label: &str, bytes: &[u8], canary: &str, api_key: &str) {
-    let found = leak::forms_found(bytes, canary);
-    assert!(
-        found.is_empty(),
-        "{label} contains the canary credential ({found:?})"
-    );
-    let found = leak::forms_found(bytes, api_key);
-    assert!(
-        found.is_empty(),
-        "{label} contains the caller's API key ({found:?})"
-    );
+/// Checks `bytes` for every form of every secret in `secrets`.
+fn assert_clean(label: &str, bytes: &[u8], secrets: &[(&str, &str)]) {
+    for (what, secret) in secrets {
+        let found = leak::forms_found(bytes, secret);
+        assert!(found.is_empty(), "{label} contains {what} ({found:?})");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +94,11 @@ name = "basic"
 base_url = "{base}"
 allow_insecure_http = true
 auth = {{ scheme = "basic" }}
+[[vendors]]
+name = "header"
+base_url = "{base}"
+allow_insecure_http = true
+auth = {{ scheme = "header", name = "X-Api-Key" }}
 "#,
             state = state.display(),
             base = mock.base_url()
@@ -130,6 +130,7 @@ auth = {{ scheme = "basic" }}
         ("bearer", canary.clone()),
         ("query", canary.clone()),
         ("basic", format!("svc:{canary}")),
+        ("header", canary.clone()),
     ] {
         let (code, out, err) = admin_cli(
             &endpoint,
@@ -168,7 +169,7 @@ auth = {{ scheme = "basic" }}
     );
     let (code, list, _) = admin_cli(&endpoint, &key_file, &["credential", "list"], "").await;
     assert_eq!(code, 0);
-    assert_eq!(list.lines().count(), 4, "{list}");
+    assert_eq!(list.lines().count(), 5, "{list}");
     cli_output.extend_from_slice(list.as_bytes());
 
     // Every kind of outcome.
@@ -186,6 +187,7 @@ auth = {{ scheme = "basic" }}
         get("acme", "bearer", "/echo?x=1"),
         get("acme", "query", "/echo"),
         get("acme", "basic", "/echo"),
+        get("acme", "header", "/echo"),
         get("acme", "bearer", "/leaky-401"),
         get("acme", "bearer", "/../escape"),
         CallRequest {
@@ -220,7 +222,7 @@ auth = {{ scheme = "basic" }}
             }
         }
     }
-    assert_eq!(ok, 4, "the echo and 401 calls succeed as proxied answers");
+    assert_eq!(ok, 5, "the echo and 401 calls succeed as proxied answers");
     // The vendor did receive the credential every time: the scan below is
     // not vacuous.
     assert!(mock.requests().iter().any(|r| format!("{r:?}").contains(&canary)));
@@ -243,21 +245,32 @@ auth = {{ scheme = "basic" }}
             >= 8,
         "one log line per call"
     );
-    assert_clean("responses and errors", &responses, &canary, &api_key);
-    assert_clean("server stdout", &stdout, &canary, &api_key);
-    assert_clean("server stderr", &stderr, &canary, &api_key);
-    assert_clean("CLI output", &cli_output, &canary, &api_key);
+    let basic = format!("svc:{canary}");
+    let admin_key = std::fs::read_to_string(&key_file).unwrap().trim().to_owned();
+    let secrets = [
+        ("the canary credential", canary.as_str()),
+        ("the basic-auth credential", basic.as_str()),
+        ("the caller's API key", api_key.as_str()),
+        ("the bootstrap admin key", admin_key.as_str()),
+    ];
+    assert_clean("responses and errors", &responses, &secrets);
+    assert_clean("server stdout", &stdout, &secrets);
+    assert_clean("server stderr", &stderr, &secrets);
+    assert_clean("CLI output", &cli_output, &secrets);
     let audit = std::fs::read(state.join("audit.log")).unwrap();
     assert!(!audit.is_empty());
-    assert_clean("audit log", &audit, &canary, &api_key);
-    assert_eq!(
-        leak::files_containing(&state, &canary),
-        vec![],
-        "state files hold the canary"
-    );
-    assert_eq!(
-        leak::files_containing(&state, &api_key),
-        vec![],
-        "state files hold the API key"
-    );
+    assert_clean("audit log", &audit, &secrets);
+    for (what, secret) in &secrets[..3] {
+        assert_eq!(
+            leak::files_containing(&state, secret),
+            vec![],
+            "state files hold {what}"
+        );
+    }
+    // Only admin.key itself holds the admin key.
+    let holders: Vec<_> = leak::files_containing(&state, &admin_key)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(holders, vec![key_file.clone()]);
 }

@@ -218,3 +218,27 @@ async fn no_audit_means_no_credential() {
         "a credential was used without an audit entry"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_per_state_dir_and_never_a_silent_new_master_key() {
+    let mock = MockVendor::start().await;
+    let valet = Valet::start(vec![vendor("mock", &mock.base_url(), bearer())]).await;
+    valet
+        .put_credential("acme", "mock", "locked-secret-00000001")
+        .await;
+
+    let err = valet::app::App::open(&valet.config).await.unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another valet process"),
+        "{err}"
+    );
+
+    let (config, _state) = valet.stop().await;
+    std::fs::remove_file(config.state.dir.join("master.key")).unwrap();
+    let err = valet::app::App::open(&config).await.unwrap_err();
+    assert!(err.to_string().contains("holds sealed credentials"), "{err}");
+    assert!(
+        !config.state.dir.join("master.key").exists(),
+        "a new key was created anyway"
+    );
+}

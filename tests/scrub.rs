@@ -70,6 +70,9 @@ async fn echoed_basic_credential_is_scrubbed_in_base64_too() {
     assert_eq!(leak::forms_found(&all, &secret), Vec::<&str>::new());
     let b64 = STANDARD.encode(&secret);
     assert!(!String::from_utf8_lossy(&all).contains(&b64));
+    // The echo did come back, with the header's value redacted.
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(body.contains("Basic [REDACTED]"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,5 +116,12 @@ async fn a_scripted_leak_in_a_response_header_is_scrubbed() {
     );
     let resp = valet.call(&key, get("acme", "mock", "/oops")).await.unwrap();
     assert_eq!(resp.status, 401);
+    let www = resp
+        .headers
+        .iter()
+        .find(|h| h.name == "www-authenticate")
+        .map(|h| h.value.as_str());
+    assert_eq!(www, Some("Bearer error=\"invalid_token\" token=\"[REDACTED]\""));
+    assert_eq!(resp.body, br#"{"token":"[REDACTED]"}"#);
     assert_eq!(leak::forms_found(&everything(&resp), &canary), Vec::<&str>::new());
 }

@@ -371,6 +371,39 @@ async fn every_rule_is_enforced_before_the_vendor() {
         );
         assert!(!err.message().contains("127.0.0.1"), "{name}: leaks an address");
     }
+    // Every other header a caller may not set: credentials, hop-by-hop and
+    // framing headers, and method or URL overrides (a READ GET must not act
+    // as a DELETE).
+    for name in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "Content-Encoding",
+        "Keep-Alive",
+        "Trailer",
+        "Proxy-Connection",
+        "Accept-Encoding",
+        "Expect",
+        "Via",
+        "X-Real-IP",
+    ] {
+        let mut req = get("acme", "mock", "/v1/ok");
+        with_header(name, "x")(&mut req);
+        let err = valet.call(&key, req).await.expect_err(name);
+        assert_eq!(reason(&err), "HEADER_FORBIDDEN", "{name}");
+        assert!(
+            err.message().starts_with("headers[0]"),
+            "{name}: {}",
+            err.message()
+        );
+    }
+    let mut req = get("acme", "mock", "/v1/ok");
+    with_header("x-a", "caf\u{e9}")(&mut req);
+    let err = valet.call(&key, req).await.unwrap_err();
+    assert_eq!(reason(&err), "HEADER_VALUE_INVALID");
+
     assert!(mock.requests().is_empty(), "a refused call reached the vendor");
 
     // And the same request without the mutation goes through.

@@ -67,6 +67,9 @@ struct Writer {
     len: u64,
     seq: u64,
     prev: String,
+    /// Set when a failed batch could not be cut off the file: appending more
+    /// would chain onto a partial line, so every later write is refused.
+    poisoned: bool,
 }
 
 impl AuditLog {
@@ -85,6 +88,12 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(|e| fail(e.to_string()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Make a newly created log's directory entry durable.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| fail(e.to_string()))?;
+        }
         let writer = Writer::recover(&mut file).map_err(fail)?;
         let writer = Writer { file, ..writer };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -158,6 +167,7 @@ impl Writer {
             len,
             seq,
             prev,
+            poisoned: false,
         })
     }
 
@@ -180,6 +190,11 @@ impl Writer {
     /// Writes and fsyncs a batch; on failure rolls the file and chain back so
     /// the next batch continues a valid chain.
     fn commit(&mut self, batch: &[Pending]) -> Result<(), AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Write(
+                "an earlier failed write could not be rolled back; restart to recover".into(),
+            ));
+        }
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -210,7 +225,10 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit write failed; refusing the batch");
-                let _ = self.file.set_len(self.len);
+                if self.file.set_len(self.len).is_err() && self.file.metadata().is_ok_and(|m| m.is_file()) {
+                    tracing::error!("audit log could not be rolled back; refusing further writes");
+                    self.poisoned = true;
+                }
                 Err(AuditError::Write(e.to_string()))
             }
         }

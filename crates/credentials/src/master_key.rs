@@ -3,7 +3,9 @@
 //! It comes from a file (created with mode 0600 on first start) or, where a
 //! file is impossible, from an environment variable — allowed but warned
 //! about, because orchestrators and crash reports dump environments. It is
-//! never read from the config file or stored beside the ciphertexts' database.
+//! never read from the config file. By default the file sits in the state
+//! dir; point `secrets.master_key` elsewhere (another volume, a secrets
+//! manager) to keep key and ciphertexts apart.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -11,8 +13,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use std::fmt;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -91,15 +92,10 @@ impl MasterKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate();
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
                 let text = Zeroizing::new(format!("{}\n", STANDARD.encode(*key.bytes)));
-                file.write_all(text.as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
+                // Never half-written, never replacing a key another process
+                // just created.
+                valet_durable::create_new(path, text.as_bytes()).map_err(io)?;
                 Ok((key, true))
             }
             Err(e) => Err(io(e)),

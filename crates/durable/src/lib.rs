@@ -6,7 +6,10 @@
 //!   rename over the target, fsync the directory.
 //! - [`shred`]: overwrite a file with zeros and fsync before unlinking it, so
 //!   deleted ciphertext is not left in the file's blocks.
-//! - [`create_private_dir`]: a directory (and parents) with mode 0700.
+//! - [`create_new`]: create a file durably, never replacing one (the master
+//!   key).
+//! - [`create_private_dir`]: a directory (and parents) with mode 0700, the
+//!   new entries fsync'd into their parents.
 //!
 //! Errors are plain `io::Error`s; callers add which record they concern.
 #![forbid(unsafe_code)]
@@ -23,9 +26,39 @@ pub fn temp_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Creates `dir` and its missing parents with mode 0700.
+/// Creates `dir` and its missing parents with mode 0700, and fsyncs the
+/// parent of each directory it created, so the new entries survive a crash.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        missing.push(at.to_owned());
+        at = parent(at);
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    for created in missing.iter().rev() {
+        sync_dir(parent(created))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` with `bytes` (mode 0600) durably, failing if it exists:
+/// written to a temporary file and hard-linked into place, so the file is
+/// never seen half-written and never replaces another.
+pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    let linked = fs::hard_link(&tmp, path);
+    fs::remove_file(&tmp)?;
+    linked?;
+    sync_dir(parent(path))
 }
 
 /// Makes a directory's entries (renames, unlinks) durable.
@@ -80,6 +113,21 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(!temp_path(&path).exists());
+    }
+
+    #[test]
+    fn create_new_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        create_new(&path, b"first").unwrap();
+        assert_eq!(
+            create_new(&path, b"second").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert!(!temp_path(&path).exists());
+        create_private_dir(&dir.path().join("a/b/c")).unwrap();
+        assert!(dir.path().join("a/b/c").is_dir());
     }
 
     #[test]

@@ -190,11 +190,7 @@ impl Vendor {
                 .await
                 .map_err(|e| self.classify(&e))?;
             let (parts, body) = resp.into_parts();
-            if parts
-                .headers
-                .get(CONTENT_ENCODING)
-                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-            {
+            if encoded(&parts.headers) {
                 return Err(EgressError::ResponseEncoded(name()));
             }
             let body = Limited::new(body, limits.max_response_body_bytes)
@@ -251,6 +247,25 @@ impl Vendor {
     }
 }
 
+/// Whether the body arrives in a form the scrubber cannot read: any content
+/// coding but `identity` (in any of the header's values), or any transfer
+/// coding but `chunked` (which hyper removes).
+fn encoded(headers: &HeaderMap) -> bool {
+    let tokens = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+    };
+    tokens(CONTENT_ENCODING).iter().any(|t| t != "identity")
+        || tokens(http::header::TRANSFER_ENCODING)
+            .iter()
+            .any(|t| t != "chunked")
+}
+
 fn duration_ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -294,6 +309,8 @@ fn response_headers(
         .filter(|(name, _)| {
             !request::HOP_BY_HOP.contains(&name.as_str())
                 && !named_by_connection.iter().any(|n| n == name.as_str())
+                // A header named after the credential goes entirely.
+                && scrubber.scrub(name.as_str().as_bytes()).is_none()
         })
         .map(|(name, value)| {
             let bytes = match new_len {
@@ -308,4 +325,34 @@ fn response_headers(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unscrubbable_codings_are_recognised() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        assert!(!encoded(&headers(&[])));
+        assert!(!encoded(&headers(&[
+            ("content-encoding", "identity"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(encoded(&headers(&[
+            ("content-encoding", "identity"),
+            ("content-encoding", "gzip")
+        ])));
+        assert!(encoded(&headers(&[("content-encoding", "identity, br")])));
+        assert!(encoded(&headers(&[("transfer-encoding", "gzip, chunked")])));
+    }
 }

@@ -4,7 +4,9 @@
 //! other than the vendor's own API: absolute URLs, network-path references
 //! (`//host`), backslashes (which some servers treat as `/`), dot segments in
 //! raw or percent-encoded form (decoded repeatedly, so `%252e%252e` is caught
-//! too), control and non-ASCII characters, and fragments. After this, the
+//! too, and a segment still encoded after three rounds is refused), `..;`
+//! (dot segments before a matrix parameter), overlong UTF-8, control and
+//! non-ASCII characters, and fragments. After this, the
 //! client still checks that the joined URL kept the vendor's origin.
 
 use percent_encoding::percent_decode;
@@ -117,9 +119,16 @@ fn check_percent_encoding(raw: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Walks the segments of the path part; each is decoded up to three times
-/// (a proxy or framework on the way may decode again) and split again on
-/// decoded `/` and `\`, and no piece may be `.` or `..`.
+/// How many rounds of percent-decoding are looked through; a segment that
+/// still decodes further is refused rather than trusted.
+const MAX_DECODES: usize = 3;
+
+/// Walks the segments of the path part. Each is decoded up to
+/// [`MAX_DECODES`] times (a proxy or framework on the way may decode again),
+/// split again on decoded `/` and `\`, and no piece may be `.` or `..` —
+/// also not before a `;` parameter, which Tomcat and Spring strip (`..;`).
+/// A decoded segment must be UTF-8, which refuses overlong forms such as
+/// `%c0%ae`.
 fn check_segments(path: &str) -> Result<(), PathError> {
     let segments: Vec<&str> = path[1..].split('/').collect();
     let last = segments.len() - 1;
@@ -131,27 +140,33 @@ fn check_segments(path: &str) -> Result<(), PathError> {
             return Err(PathError::NotNormalised);
         }
         let mut decoded = segment.as_bytes().to_vec();
-        for _ in 0..3 {
-            if decoded
-                .split(|b| *b == b'/' || *b == b'\\')
-                .any(|piece| piece == b"." || piece == b"..")
-            {
-                return Err(PathError::Traversal);
-            }
+        for _ in 0..MAX_DECODES {
+            check_dots(&decoded)?;
             let next: Vec<u8> = percent_decode(&decoded).collect();
             if next == decoded {
                 break;
             }
+            std::str::from_utf8(&next).map_err(|_| PathError::BadPercentEncoding)?;
             decoded = next;
         }
-        if decoded
-            .split(|b| *b == b'/' || *b == b'\\')
-            .any(|piece| piece == b"." || piece == b"..")
-        {
-            return Err(PathError::Traversal);
+        check_dots(&decoded)?;
+        if percent_decode(&decoded).ne(decoded.iter().copied()) {
+            return Err(PathError::BadPercentEncoding);
         }
     }
     Ok(())
+}
+
+fn check_dots(segment: &[u8]) -> Result<(), PathError> {
+    let dot_segment = segment
+        .split(|b| *b == b'/' || *b == b'\\')
+        .map(|piece| piece.split(|b| *b == b';').next().unwrap_or(piece))
+        .any(|piece| piece == b"." || piece == b"..");
+    if dot_segment {
+        Err(PathError::Traversal)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +184,8 @@ mod tests {
             "/files/report.v2.json",
             "/a/...",
             "/a%2Fb",
+            "/a;v=1/b",
+            "/caf%C3%A9",
         ] {
             assert!(parse(ok).is_ok(), "{ok}");
         }
@@ -201,6 +218,11 @@ mod tests {
             ("/a//b", PathError::NotNormalised),
             ("/a%zz", PathError::BadPercentEncoding),
             ("/a%2", PathError::BadPercentEncoding),
+            ("/a/..;/b", PathError::Traversal),
+            ("/a/.;x=1/b", PathError::Traversal),
+            ("/a/%2e%2e;/b", PathError::Traversal),
+            ("/a/%c0%ae%c0%ae/b", PathError::BadPercentEncoding),
+            ("/a/%2525252e%2525252e/b", PathError::BadPercentEncoding),
         ];
         for (path, want) in cases {
             assert_eq!(parse(path).unwrap_err(), want, "{path:?}");

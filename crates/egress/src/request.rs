@@ -117,8 +117,18 @@ pub fn check_read(method: &Method) -> Result<(), RequestError> {
 }
 
 /// Headers the caller never sets: credentials and cookies, routing and
-/// client-identity headers, hop-by-hop and framing headers.
+/// client-identity headers, hop-by-hop and framing headers, and the
+/// method- and URL-override headers many frameworks honour — with them a
+/// READ `GET` could act as a `DELETE`, or a path could be rewritten past the
+/// vendor's base URL.
 const FORBIDDEN: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "content-encoding",
     "authorization",
     "proxy-authorization",
     "cookie",

@@ -157,7 +157,8 @@ impl Vendor {
         let (AuthScheme::Query(param), Some(query)) = (&self.spec.auth, query) else {
             return Ok(());
         };
-        for pair in query.split('&') {
+        // Some servers also split on ';' (older Python, Go before 1.17, Rack).
+        for pair in query.split(['&', ';']) {
             let name = pair.split('=').next().unwrap_or_default();
             let name = percent_decode_str(&name.replace('+', " "))
                 .decode_utf8_lossy()
@@ -241,6 +242,11 @@ fn parse_base_url(raw: &str, allow_http: bool) -> Result<Origin, VendorError> {
     if authority.as_str().contains('@') {
         return Err(bad("must not contain user information"));
     }
+    if scheme == Scheme::HTTP && !is_loopback(authority.host()) {
+        return Err(bad(
+            "plain http is only allowed to a loopback host (127.0.0.0/8, ::1, localhost)",
+        ));
+    }
     if uri.query().is_some() || raw.contains('#') {
         return Err(bad("must not have a query or fragment"));
     }
@@ -250,6 +256,12 @@ fn parse_base_url(raw: &str, allow_http: bool) -> Result<Origin, VendorError> {
         authority,
         prefix,
     })
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, VendorError> {
@@ -299,6 +311,18 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in [
+            "http://127.0.0.1:1",
+            "http://localhost:1",
+            "http://[::1]:1",
+            "http://127.1.2.3",
+        ] {
+            assert!(Vendor::new(spec(ok, AuthScheme::Bearer)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
     fn base_url_rules() {
         let mut s = spec("http://127.0.0.1:1", AuthScheme::Bearer);
         s.allow_insecure_http = false;
@@ -330,6 +354,7 @@ mod tests {
         assert!(v.same_origin(&url.parse().unwrap()));
         assert!(v.check_query(Some("API_KEY=x")).is_err());
         assert!(v.check_query(Some("api%5Fkey=x")).is_err());
+        assert!(v.check_query(Some("x=1;api_key=mine")).is_err());
         assert!(v.check_query(Some("page=1")).is_ok());
     }
 }

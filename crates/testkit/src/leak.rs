@@ -7,14 +7,18 @@ use std::path::{Path, PathBuf};
 
 /// The forms of `canary` found in `haystack` ("raw", "base64", ...).
 pub fn forms_found(haystack: &[u8], canary: &str) -> Vec<&'static str> {
+    let percent = utf8_percent_encode(canary, NON_ALPHANUMERIC).to_string();
+    let json = serde_json::to_string(canary).unwrap_or_default();
+    let json = json.trim_matches('"');
     let forms = [
         ("raw", canary.to_owned()),
         ("base64", STANDARD.encode(canary)),
         ("base64url", URL_SAFE_NO_PAD.encode(canary)),
-        (
-            "percent",
-            utf8_percent_encode(canary, NON_ALPHANUMERIC).to_string(),
-        ),
+        ("percent", percent.clone()),
+        ("percent-lower", percent.to_ascii_lowercase()),
+        ("percent-plus", percent.replace("%20", "+")),
+        ("json", json.to_owned()),
+        ("json-slash", json.replace('/', "\\/")),
     ];
     forms
         .into_iter()

@@ -22,6 +22,7 @@
 //! only inside a [`Lease`]; nothing here caches or writes plaintext.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod envelope;
 pub mod fingerprint;
 pub mod key;

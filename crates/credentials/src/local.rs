@@ -6,6 +6,11 @@
 //! credential, never half of one. Deletion overwrites the file's bytes with
 //! zeros and fsyncs before unlinking. All records are read into memory at
 //! open, so `get` is a map lookup.
+//!
+//! Rotation uses a pending slot, `<vendor>.json.pending`; promoting it keeps
+//! the replaced credential as `<vendor>.json.previous` (like AWSPREVIOUS),
+//! shredding the one before. A pending slot found at open belongs to a
+//! rotation that never committed and is shredded.
 
 use crate::key::{CredentialKey, valid_name};
 use crate::store::{SecretStore, StoreError, StoreFuture, StoredCredential};
@@ -43,9 +48,10 @@ impl LocalStore {
             for entry in read_dir(&tenant_dir)? {
                 let path = entry.path();
                 let name = file_name(&path);
-                if name.ends_with(".tmp") {
-                    // A write interrupted by a crash: sealed, but not the
-                    // current value. Destroy it like a deleted credential.
+                if name.ends_with(".tmp") || name.ends_with(".pending") {
+                    // A write interrupted by a crash, or a rotation that never
+                    // committed: sealed, but not the current value. Destroy it
+                    // like a deleted credential.
                     shred(&path)?;
                     continue;
                 }
@@ -80,6 +86,12 @@ impl LocalStore {
             .join(&key.tenant)
             .join(format!("{}.json", key.vendor))
     }
+
+    fn slot(&self, key: &CredentialKey, suffix: &str) -> PathBuf {
+        let mut path = self.path_of(key).into_os_string();
+        path.push(suffix);
+        PathBuf::from(path)
+    }
 }
 
 impl SecretStore for LocalStore {
@@ -113,8 +125,12 @@ impl SecretStore for LocalStore {
             // Forget it in memory first: from here on no call can lease it,
             // even if the shredding below fails.
             self.inner.records.write().expect("lock").remove(key);
-            let path = self.path_of(key);
-            blocking(move || shred(&path)).await?;
+            let slots = [
+                self.path_of(key),
+                self.slot(key, ".previous"),
+                self.slot(key, ".pending"),
+            ];
+            blocking(move || slots.iter().filter(|p| p.exists()).try_for_each(|p| shred(p))).await?;
             Ok(true)
         })
     }
@@ -130,6 +146,78 @@ impl SecretStore for LocalStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Box::pin(async move { Ok(found) })
+    }
+
+    fn refresh<'a>(&'a self, _key: &'a CredentialKey) -> StoreFuture<'a, bool> {
+        // Only this process writes the files; nothing changes behind it.
+        Box::pin(async { Ok(false) })
+    }
+
+    fn put_pending<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let _guard = self.inner.writes.lock().await;
+            let path = self.slot(key, ".pending");
+            let bytes = serde_json::to_vec_pretty(&cred).expect("a record serialises");
+            blocking(move || write_atomically(&path, &bytes)).await
+        })
+    }
+
+    fn promote_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, StoredCredential> {
+        Box::pin(async move {
+            let _guard = self.inner.writes.lock().await;
+            let (current, pending, previous) = (
+                self.path_of(key),
+                self.slot(key, ".pending"),
+                self.slot(key, ".previous"),
+            );
+            let missing = key.to_string();
+            let cred = blocking(move || {
+                let bytes = match fs::read(&pending) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::NoPending(missing));
+                    }
+                    Err(e) => return Err(io_err(&pending)(e)),
+                };
+                let cred: StoredCredential =
+                    serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
+                        context: pending.display().to_string(),
+                    })?;
+                // Each step leaves a consistent state if the next never runs:
+                // previous saved, then current replaced, then pending shredded.
+                if let Ok(old) = fs::read(&current) {
+                    if previous.exists() {
+                        shred(&previous)?;
+                    }
+                    write_atomically(&previous, &old)?;
+                }
+                write_atomically(&current, &bytes)?;
+                shred(&pending)?;
+                Ok(cred)
+            })
+            .await?;
+            self.inner
+                .records
+                .write()
+                .expect("lock")
+                .insert(key.clone(), cred.clone());
+            Ok(cred)
+        })
+    }
+
+    fn discard_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let _guard = self.inner.writes.lock().await;
+            let pending = self.slot(key, ".pending");
+            let missing = key.to_string();
+            blocking(move || {
+                if !pending.exists() {
+                    return Err(StoreError::NoPending(missing));
+                }
+                shred(&pending)
+            })
+            .await
+        })
     }
 }
 

@@ -43,6 +43,12 @@ pub enum StoreError {
         /// Which record.
         context: String,
     },
+    /// The backend cannot be reached and nothing fresh enough is cached.
+    #[error("credential store unavailable: {0}")]
+    Unavailable(String),
+    /// A rotation step found no pending credential.
+    #[error("no pending credential for {0}")]
+    NoPending(String),
 }
 
 /// A boxed future, so the trait stays object-safe for backends chosen at run
@@ -61,4 +67,20 @@ pub trait SecretStore: Send + Sync + 'static {
     /// Every stored credential of `tenant` (all tenants when `None`), sorted.
     fn list<'a>(&'a self, tenant: Option<&'a str>)
     -> StoreFuture<'a, Vec<(CredentialKey, StoredCredential)>>;
+
+    /// Checks now, bypassing any cache TTL, whether the current credential
+    /// changed outside this process; true if it did (the new one is then
+    /// what `get` returns).
+    fn refresh<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, bool>;
+
+    /// Stores `cred` beside the current credential, not yet in use
+    /// (Secrets Manager: stage AWSPENDING).
+    fn put_pending<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()>;
+
+    /// Makes the pending credential current (the old one becomes previous)
+    /// and returns it.
+    fn promote_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, StoredCredential>;
+
+    /// Removes the pending credential, leaving the current one in use.
+    fn discard_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, ()>;
 }

@@ -163,6 +163,48 @@ impl Vault {
         Ok(self.store.list(tenant).await?)
     }
 
+    /// Checks the backend now for a credential changed outside Valet (after
+    /// a vendor 401); true if the current credential is now a different one.
+    pub async fn refresh(&self, key: &CredentialKey) -> Result<bool, VaultError> {
+        Ok(self.store.refresh(key).await?)
+    }
+
+    /// Rotation, step 1: seals `secret` into the pending slot beside the
+    /// current credential, which stays in use. Returns the pending record and
+    /// the current one's fingerprint.
+    pub async fn stage(
+        &self,
+        key: &CredentialKey,
+        secret: &Secret,
+    ) -> Result<(StoredCredential, Fingerprint), VaultError> {
+        check_secret(secret)?;
+        let current = self
+            .store
+            .get(key)
+            .await?
+            .ok_or_else(|| VaultError::NotFound(key.clone()))?;
+        let now = now_ms();
+        let pending = StoredCredential {
+            envelope: envelope::seal(&self.master, key, secret),
+            fingerprint: self.fingerprint(secret),
+            last4: secret.last4(),
+            created_ms: current.created_ms,
+            updated_ms: now,
+        };
+        self.store.put_pending(key, pending.clone()).await?;
+        Ok((pending, current.fingerprint))
+    }
+
+    /// Rotation, step 2 on success: the pending credential becomes current.
+    pub async fn promote(&self, key: &CredentialKey) -> Result<StoredCredential, VaultError> {
+        Ok(self.store.promote_pending(key).await?)
+    }
+
+    /// Rotation, step 2 on failure: the pending credential is removed.
+    pub async fn discard(&self, key: &CredentialKey) -> Result<(), VaultError> {
+        Ok(self.store.discard_pending(key).await?)
+    }
+
     /// Leases the credential for `key`: records the access with `audit`
     /// (refusing if that fails), then decrypts into a zeroizing [`Lease`].
     pub async fn lease(

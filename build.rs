@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Messages that carry a secret get a hand-written, redacted Debug in
     // src/proto.rs instead of the derived one.
-    config.skip_debug([".valet.v1.PutCredentialRequest", ".valet.v1.CreateApiKeyResponse"]);
+    config.skip_debug([
+        ".valet.v1.PutCredentialRequest",
+        ".valet.v1.RotateCredentialRequest",
+        ".valet.v1.CreateApiKeyResponse",
+    ]);
     let include = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure().compile_with_config(
         config,

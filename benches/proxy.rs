@@ -177,6 +177,7 @@ async fn start_valet(
             auth: AuthConfig::Bearer {},
             ca_file: None,
             timeout_ms: 10_000,
+            verify: None,
         }],
         ..Config::default()
     };

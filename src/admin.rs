@@ -70,6 +70,85 @@ impl AdminService {
         Ok(credential_info(&key, &stored))
     }
 
+    /// Stage, verify with the vendor, then commit or abort — every step
+    /// audited with the old and new fingerprints.
+    async fn rotate_credential(
+        &self,
+        request: Request<proto::RotateCredentialRequest>,
+    ) -> Result<proto::RotateCredentialResponse, Failure> {
+        let caller = self.admin(&request)?;
+        let req = request.into_inner();
+        let key = self.credential_key(&req.tenant, &req.vendor)?;
+        let vendor = self.app.registry.get(&key.vendor).expect("checked above").clone();
+        let Some(verify) = vendor.verify_request() else {
+            return Err(Failure::new(
+                Code::FailedPrecondition,
+                "VERIFY_NOT_CONFIGURED",
+                format!(
+                    "vendor '{}' has no verify request configured, so a rotation cannot be checked; use PutCredential to replace it unchecked",
+                    key.vendor
+                ),
+            ));
+        };
+        let secret = Secret::from(req.secret);
+        vendor
+            .auth()
+            .check_secret(&secret)
+            .map_err(|why| Failure::invalid("secret", "SECRET_INVALID", why))?;
+        let (pending, old) = self.app.vault.stage(&key, &secret).await?;
+        let actor = actor(&caller);
+        let step = |step: &str, vendor_status: Option<u16>, error: Option<&str>| Event::CredentialRotate {
+            tenant: key.tenant.clone(),
+            vendor: key.vendor.clone(),
+            step: step.to_owned(),
+            old_fingerprint: old.to_string(),
+            new_fingerprint: pending.fingerprint.to_string(),
+            vendor_status,
+            error: error.map(str::to_owned),
+        };
+        self.app.audit.append(&actor, step("staged", None, None)).await?;
+
+        let checked = vendor.send(verify, &secret, &self.app.limits, None).await;
+        drop(secret);
+        match checked {
+            Ok(answer) if (200..300).contains(&answer.status) => {
+                let current = self.app.vault.promote(&key).await?;
+                self.app
+                    .audit
+                    .append(&actor, step("committed", Some(answer.status), None))
+                    .await?;
+                Ok(proto::RotateCredentialResponse {
+                    credential: Some(credential_info(&key, &current)),
+                    previous_fingerprint: old.to_string(),
+                    verify_status: u32::from(answer.status),
+                })
+            }
+            failed => {
+                let (status, why) = match &failed {
+                    Ok(answer) => (
+                        Some(answer.status),
+                        format!(
+                            "the vendor answered {} to the verify request with the new credential",
+                            answer.status
+                        ),
+                    ),
+                    Err(e) => (None, format!("the verify request failed ({e})")),
+                };
+                self.app.vault.discard(&key).await?;
+                let reason = failed.as_ref().err().map_or("VENDOR_REFUSED", |e| e.reason());
+                self.app
+                    .audit
+                    .append(&actor, step("aborted", status, Some(reason)))
+                    .await?;
+                Err(Failure::new(
+                    Code::FailedPrecondition,
+                    "ROTATION_VERIFY_FAILED",
+                    format!("{why}; the current credential stays in use"),
+                ))
+            }
+        }
+    }
+
     async fn delete_credential(
         &self,
         request: Request<proto::DeleteCredentialRequest>,
@@ -230,6 +309,13 @@ impl Admin for AdminService {
         r: Request<proto::PutCredentialRequest>,
     ) -> Result<Response<proto::CredentialInfo>, Status> {
         reply(self.put_credential(r).await)
+    }
+
+    async fn rotate_credential(
+        &self,
+        r: Request<proto::RotateCredentialRequest>,
+    ) -> Result<Response<proto::RotateCredentialResponse>, Status> {
+        reply(self.rotate_credential(r).await)
     }
 
     async fn delete_credential(

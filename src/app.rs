@@ -5,12 +5,15 @@
 //! comes from elsewhere) and a bootstrap admin API key, written to
 //! `<state dir>/admin.key` with mode 0600 and never logged.
 
-use crate::config::{Config, MasterKeySource};
+use crate::config::{Config, MasterKeySource, SecretsBackend};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use valet_access::{ApiKey, Caller, Grant, KeyStore};
 use valet_audit::{AuditLog, Event};
-use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, Vault};
+use valet_credentials::aws::SdkConfig;
+use valet_credentials::cache::CacheSettings;
+use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, SecretStore, Vault, aws};
 use valet_egress::{Limits, Registry};
 
 /// The actor recorded for changes Valet makes itself.
@@ -48,19 +51,59 @@ pub struct App {
     _lock: std::fs::File,
 }
 
+/// How to start beyond the config file: things only a test harness sets.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Static AWS credentials instead of the standard chain (tests against
+    /// the Secrets Manager emulator; never from configuration).
+    pub aws_static_credentials: Option<(String, String)>,
+}
+
 impl App {
-    /// Opens (creating on first start) everything under the state dir.
+    /// Opens (creating on first start) everything the config names.
     pub async fn open(config: &Config) -> Result<Self, StartError> {
+        Self::open_with(config, &StartOptions::default()).await
+    }
+
+    /// [`App::open`] with [`StartOptions`].
+    pub async fn open_with(config: &Config, options: &StartOptions) -> Result<Self, StartError> {
         let registry = config.registry()?;
         let limits = config.limits()?;
+        config.check()?;
         let dir = &config.state.dir;
         valet_durable::create_private_dir(dir).map_err(|e| state_err(dir, e))?;
         let lock = lock_state_dir(dir)?;
 
-        let master = Arc::new(load_master_key(config, dir)?);
-        let store =
-            LocalStore::open(&dir.join("credentials")).map_err(|e| StartError::State(e.to_string()))?;
-        let vault = Vault::new(master, Arc::new(store));
+        let secrets = &config.secrets;
+        let uses_aws = secrets.backend == SecretsBackend::Aws
+            || matches!(secrets.master_key, Some(MasterKeySource::AwsSecret(_)));
+        let aws = match uses_aws {
+            false => None,
+            true => Some(
+                aws::sdk_config(&aws::AwsConnection {
+                    region: secrets.region.clone().unwrap_or_default(),
+                    endpoint_url: secrets.endpoint_url.clone(),
+                    static_credentials: options.aws_static_credentials.clone(),
+                })
+                .await,
+            ),
+        };
+
+        let master = Arc::new(load_master_key(config, dir, aws.as_ref()).await?);
+        let store: Arc<dyn SecretStore> = match (secrets.backend, &aws) {
+            (SecretsBackend::Aws, Some(sdk)) => {
+                let settings = CacheSettings {
+                    ttl: Duration::from_millis(secrets.cache_ttl_ms),
+                    max_stale: Duration::from_millis(secrets.max_stale_ms),
+                    capacity: secrets.cache_capacity,
+                };
+                Arc::new(aws::AwsStore::new(sdk, &secrets.prefix, settings))
+            }
+            _ => Arc::new(
+                LocalStore::open(&dir.join("credentials")).map_err(|e| StartError::State(e.to_string()))?,
+            ),
+        };
+        let vault = Vault::new(master, store);
         let keys = Arc::new(
             KeyStore::open(&dir.join("apikeys.json")).map_err(|e| StartError::State(e.to_string()))?,
         );
@@ -83,7 +126,11 @@ impl App {
     }
 }
 
-fn load_master_key(config: &Config, dir: &Path) -> Result<MasterKey, StartError> {
+async fn load_master_key(
+    config: &Config,
+    dir: &Path,
+    aws: Option<&SdkConfig>,
+) -> Result<MasterKey, StartError> {
     let default_path = dir.join("master.key");
     let source = config
         .secrets
@@ -112,6 +159,13 @@ fn load_master_key(config: &Config, dir: &Path) -> Result<MasterKey, StartError>
                 "master key read from an environment variable: environments leak into crash reports and orchestrator logs; prefer a 0600 file or a secrets manager"
             );
             MasterKey::from_env(&var).map_err(|e| StartError::State(e.to_string()))
+        }
+        MasterKeySource::AwsSecret(id) => {
+            let sdk = aws.expect("an AWS config is built whenever an aws_secret master key is named");
+            let text = aws::read_secret_string(sdk, &id).await.map_err(|e| {
+                StartError::State(format!("master key from Secrets Manager secret {id}: {e}"))
+            })?;
+            MasterKey::from_base64(&text, &id).map_err(|e| StartError::State(e.to_string()))
         }
     }
 }

@@ -8,6 +8,8 @@
 //!    zeroizing lease for this call only.
 //! 5. [`forward`]: send to the vendor's origin only, inject, never follow
 //!    redirects, bound by deadline and size, scrub the answer.
+//! 6. [`refresh`]: on a vendor 401, check the store for a credential rotated
+//!    elsewhere; if there is one, lease it and retry once.
 //!
 //! Quota and idempotency slot in between authorize and lease.
 
@@ -15,6 +17,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod forward;
 pub mod lease;
+pub mod refresh;
 pub mod validate;
 
 use crate::app::App;
@@ -22,6 +25,7 @@ use crate::proto;
 use crate::status::Failure;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
+use valet_egress::ProxyResponse;
 
 /// Per-call facts from the transport.
 #[derive(Debug, Clone)]
@@ -56,8 +60,16 @@ pub async fn handle(
     let call = validate::call(&app.registry, &app.limits, req)?;
     authorize::call(&caller, &call)?;
     let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
-    let answer = forward::send(call, &lease, &app.limits, ctx.deadline).await?;
+    let mut answer = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;
     drop(lease);
+    if answer.status == 401 && refresh::changed(app, &caller, &call, &ctx.request_id).await {
+        let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
+        let retry = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;
+        answer = ProxyResponse {
+            attempts: answer.attempts + retry.attempts,
+            ..retry
+        };
+    }
     outcome.status = Some(answer.status);
     outcome.attempts = answer.attempts;
     Ok(proto::CallResponse {

@@ -102,6 +102,17 @@ pub enum CredentialCommand {
         #[arg(long)]
         vendor: String,
     },
+    /// Replace a credential only after the vendor accepts it: the new secret
+    /// (read like `put`) is staged, the vendor's `verify` request is made
+    /// with it, and only a 2xx commits it; otherwise the current one stays.
+    Rotate {
+        /// Owning tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Vendor from the registry (needs a `verify` request).
+        #[arg(long)]
+        vendor: String,
+    },
     /// List credential metadata (never secrets).
     List {
         /// Only this tenant.

@@ -82,14 +82,80 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from(".valet")
 }
 
-/// Secrets settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Secrets settings: where sealed credentials and the master key live.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
+    /// `local` (the embedded encrypted store under the state dir) or `aws`
+    /// (AWS Secrets Manager, for fleets).
+    #[serde(default)]
+    pub backend: SecretsBackend,
     /// Where the master key comes from; default: `<state dir>/master.key`,
     /// created on first start.
     #[serde(default)]
     pub master_key: Option<MasterKeySource>,
+    /// AWS region (required for `backend = "aws"` or an `aws_secret` master
+    /// key). Credentials come from the standard AWS chain: environment,
+    /// profile, web identity (IRSA), container or instance role.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// A Secrets Manager endpoint other than AWS's (an emulator, a VPC
+    /// endpoint).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Secret names are `<prefix>/<tenant>/<vendor>`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// How long a cached (sealed) credential is used before a version check.
+    #[serde(default = "default_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+    /// How long past its last confirmation a cached credential may be used
+    /// while Secrets Manager is unavailable; after that calls fail with
+    /// UNAVAILABLE.
+    #[serde(default = "default_max_stale_ms")]
+    pub max_stale_ms: u64,
+    /// Most credentials cached; the least recently used are evicted.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: usize,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            backend: SecretsBackend::Local,
+            master_key: None,
+            region: None,
+            endpoint_url: None,
+            prefix: default_prefix(),
+            cache_ttl_ms: default_cache_ttl_ms(),
+            max_stale_ms: default_max_stale_ms(),
+            cache_capacity: default_cache_capacity(),
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "valet".into()
+}
+fn default_cache_ttl_ms() -> u64 {
+    300_000
+}
+fn default_max_stale_ms() -> u64 {
+    3_600_000
+}
+fn default_cache_capacity() -> usize {
+    10_000
+}
+
+/// Where sealed credentials are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretsBackend {
+    /// One encrypted file per credential under the state dir.
+    #[default]
+    Local,
+    /// AWS Secrets Manager, one secret per tenant × vendor.
+    Aws,
 }
 
 /// A master key source. Never the key itself: the config file is not a place
@@ -102,6 +168,9 @@ pub enum MasterKeySource {
     /// An environment variable holding 32 bytes in base64. Discouraged:
     /// environments leak into crash reports and orchestrator logs.
     Env(String),
+    /// An AWS Secrets Manager secret (name or ARN) holding 32 bytes in
+    /// base64, so other IAM policies guard the key than the ciphertexts.
+    AwsSecret(String),
 }
 
 /// Size limits.
@@ -170,6 +239,21 @@ pub struct VendorConfig {
     /// sooner.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The request a rotation makes with the new credential before it is
+    /// committed, e.g. `{ method = "GET", path = "/v1/me" }`; only a 2xx
+    /// answer commits. Without it, rotation is refused.
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
+}
+
+/// A vendor's credential check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// HTTP method (GET, HEAD, OPTIONS, POST, ...).
+    pub method: String,
+    /// Path (and query) relative to the base URL.
+    pub path: String,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -221,7 +305,52 @@ impl Config {
     /// Checks values that parse but are wrong; builds nothing that lasts.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.registry().map(|_| ())?;
-        self.limits().map(|_| ())
+        self.limits().map(|_| ())?;
+        self.check_secrets()
+    }
+
+    fn check_secrets(&self) -> Result<(), ConfigError> {
+        let s = &self.secrets;
+        let uses_aws =
+            s.backend == SecretsBackend::Aws || matches!(s.master_key, Some(MasterKeySource::AwsSecret(_)));
+        if uses_aws && s.region.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "secrets.region: required when Secrets Manager is used".into(),
+            ));
+        }
+        let prefix_ok = !s.prefix.is_empty()
+            && !s.prefix.starts_with('/')
+            && !s.prefix.ends_with('/')
+            && s.prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b));
+        if !prefix_ok {
+            return Err(invalid(
+                "secrets.prefix: must be letters, digits and /_+=.@- without a leading or trailing '/'"
+                    .into(),
+            ));
+        }
+        for (key, value) in [
+            ("secrets.cache_ttl_ms", s.cache_ttl_ms),
+            ("secrets.max_stale_ms", s.max_stale_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{key}: must be greater than 0")));
+            }
+        }
+        if s.cache_capacity == 0 {
+            return Err(invalid("secrets.cache_capacity: must be greater than 0".into()));
+        }
+        if let Some(url) = &s.endpoint_url
+            && url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.scheme().cloned())
+                .is_none()
+        {
+            return Err(invalid("secrets.endpoint_url: must be an absolute URL".into()));
+        }
+        Ok(())
     }
 
     /// The size limits, checked.
@@ -262,7 +391,14 @@ impl Config {
                 return Err(invalid(format!("{}: must be greater than 0", key("timeout_ms"))));
             }
             let auth = auth_scheme(&v.auth).map_err(|e| invalid(format!("{}: {e}", key("auth.name"))))?;
+            let verify = match &v.verify {
+                None => None,
+                Some(verify) => {
+                    Some(verify_request(verify).map_err(|e| invalid(format!("{}: {e}", key("verify"))))?)
+                }
+            };
             let spec = VendorSpec {
+                verify,
                 name: v.name.clone(),
                 base_url: v.base_url.clone(),
                 allow_insecure_http: v.allow_insecure_http,
@@ -274,6 +410,16 @@ impl Config {
         }
         Ok(Registry::new(vendors))
     }
+}
+
+fn verify_request(verify: &VerifyConfig) -> Result<valet_egress::VerifyRequest, String> {
+    let method = valet_egress::request::method(&verify.method).map_err(|e| format!("method: {e}"))?;
+    let rel = valet_egress::path::parse(&verify.path).map_err(|e| e.to_string())?;
+    Ok(valet_egress::VerifyRequest {
+        method,
+        path: rel.path.to_owned(),
+        query: rel.query.map(str::to_owned),
+    })
 }
 
 fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, String> {
@@ -358,6 +504,18 @@ mod tests {
                 "extra",
             ),
             ("[limits]\nmax_header_count = 0\n", "limits.max_header_count"),
+            ("[secrets]\nbackend = \"aws\"\n", "secrets.region"),
+            ("[secrets]\nbackend = \"vault\"\n", "vault"),
+            (
+                "[secrets]\nmaster_key = { aws_secret = \"k\" }\n",
+                "secrets.region",
+            ),
+            ("[secrets]\nprefix = \"/bad/\"\n", "secrets.prefix"),
+            ("[secrets]\ncache_ttl_ms = 0\n", "secrets.cache_ttl_ms"),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\" }\nverify = { method = \"GET\", path = \"../me\" }\n",
+                "vendors[0].verify",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err();

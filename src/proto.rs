@@ -1,7 +1,7 @@
 //! The generated `valet.v1` protocol types and services.
 //!
 //! Messages that carry a secret (`PutCredentialRequest.secret`,
-//! `CreateApiKeyResponse.key`) have a redacted `Debug` written here, so
+//! `RotateCredentialRequest.secret`, `CreateApiKeyResponse.key`) have a redacted `Debug` written here, so
 //! logging or printing one never shows the secret.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
@@ -10,6 +10,16 @@ tonic::include_proto!("valet.v1");
 impl std::fmt::Debug for PutCredentialRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PutCredentialRequest")
+            .field("tenant", &self.tenant)
+            .field("vendor", &self.vendor)
+            .field("secret", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RotateCredentialRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateCredentialRequest")
             .field("tenant", &self.tenant)
             .field("vendor", &self.vendor)
             .field("secret", &"[REDACTED]")

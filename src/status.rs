@@ -126,6 +126,21 @@ impl From<VaultError> for Failure {
                     ),
                 )
             }
+            VaultError::Store(valet_credentials::StoreError::Unavailable(cause)) => {
+                tracing::error!(%cause, "secret store unavailable and no fresh-enough cached credential");
+                Self::new(
+                    Code::Unavailable,
+                    "CREDENTIAL_STORE_UNAVAILABLE",
+                    "the credential store is unavailable and no cached credential is recent enough (max_stale) to use",
+                )
+            }
+            VaultError::Store(valet_credentials::StoreError::NoPending(key)) => Self::new(
+                Code::Aborted,
+                "ROTATION_CONFLICT",
+                format!(
+                    "the pending credential for {key} is gone; another rotation may have run at the same time"
+                ),
+            ),
             VaultError::Store(cause) => {
                 tracing::error!(error = %cause, "credential store failed");
                 Self::new(

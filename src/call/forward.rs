@@ -8,14 +8,14 @@ use valet_egress::{Limits, ProxyResponse};
 
 /// Sends the call with the leased credential.
 pub async fn send(
-    call: ValidCall,
+    call: &ValidCall,
     lease: &Lease,
     limits: &Limits,
     deadline: Option<Instant>,
 ) -> Result<ProxyResponse, Failure> {
     let answer = call
         .vendor
-        .send(call.request, lease.secret(), limits, deadline)
+        .send(call.request.clone(), lease.secret(), limits, deadline)
         .await;
     answer.map_err(|e| {
         tracing::warn!(

@@ -76,6 +76,27 @@ async fn credential(client: &mut Client, cmd: CredentialCommand) -> Result<(), S
                 last4_note(&info.last4)
             );
         }
+        CredentialCommand::Rotate { tenant, vendor } => {
+            let secret = read_secret()?;
+            let rotated = client
+                .rotate_credential(proto::RotateCredentialRequest {
+                    tenant,
+                    vendor,
+                    secret: secret.to_string(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            let info = rotated.credential.unwrap_or_default();
+            println!(
+                "rotated credential for tenant {} vendor {}: fingerprint {} -> {} (verify answered {})",
+                info.tenant,
+                info.vendor,
+                rotated.previous_fingerprint,
+                info.fingerprint,
+                rotated.verify_status
+            );
+        }
         CredentialCommand::List { tenant } => {
             let list = client
                 .list_credentials(proto::ListCredentialsRequest {

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 use tonic_types::StatusExt as _;
-use valet::app::App;
+use valet::app::{App, StartOptions};
 use valet::config::{AuthConfig, Config, VendorConfig};
 use valet::proto::admin_client::AdminClient;
 use valet::proto::gateway_client::GatewayClient;
@@ -24,6 +24,7 @@ pub struct Valet {
     pub admin_addr: SocketAddr,
     pub admin_key: String,
     pub config: Config,
+    pub options: StartOptions,
     pub state: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -38,6 +39,7 @@ pub fn vendor(name: &str, base_url: &str, auth: AuthConfig) -> VendorConfig {
         auth,
         ca_file: None,
         timeout_ms: 10_000,
+        verify: None,
     }
 }
 
@@ -56,9 +58,14 @@ impl Valet {
     }
 
     /// Starts Valet with `config` on `state` (its `state.dir` is replaced).
-    pub async fn start_with(mut config: Config, state: TempDir) -> Self {
+    pub async fn start_with(config: Config, state: TempDir) -> Self {
+        Self::start_with_options(config, state, StartOptions::default()).await
+    }
+
+    /// [`Valet::start_with`] with [`StartOptions`] (AWS test credentials).
+    pub async fn start_with_options(mut config: Config, state: TempDir, options: StartOptions) -> Self {
         config.state.dir = state.path().join("state");
-        let app = Arc::new(App::open(&config).await.expect("valet starts"));
+        let app = Arc::new(App::open_with(&config, &options).await.expect("valet starts"));
         let listeners = Listeners {
             gateway: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             admin: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
@@ -82,6 +89,7 @@ impl Valet {
             admin_addr,
             admin_key,
             config,
+            options,
             state,
             stop: Some(stop),
             task,
@@ -89,19 +97,24 @@ impl Valet {
     }
 
     /// Stops gracefully and returns config and state for a restart.
-    pub async fn stop(mut self) -> (Config, TempDir) {
+    pub async fn stop(self) -> (Config, TempDir) {
+        let (config, _, state) = self.stop_all().await;
+        (config, state)
+    }
+
+    async fn stop_all(mut self) -> (Config, StartOptions, TempDir) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         (&mut self.task).await.expect("server task");
-        (self.config, self.state)
+        (self.config, self.options, self.state)
     }
 
     /// Stops and starts again on the same state; the admin key is kept.
     pub async fn restart(self) -> Self {
         let key = self.admin_key.clone();
-        let (config, state) = self.stop().await;
-        let mut again = Self::start_with(config, state).await;
+        let (config, options, state) = self.stop_all().await;
+        let mut again = Self::start_with_options(config, state, options).await;
         again.admin_key = key;
         again
     }

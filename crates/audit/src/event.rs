@@ -30,6 +30,37 @@ pub enum Event {
         /// Fingerprint of the credential it replaced, if any.
         replaced: Option<String>,
     },
+    /// A step of a verified rotation: `staged` (pending stored), then
+    /// `committed` (verify answered 2xx, pending made current) or `aborted`
+    /// (pending removed, current kept).
+    CredentialRotate {
+        /// Owning tenant.
+        tenant: String,
+        /// Vendor.
+        vendor: String,
+        /// `staged`, `committed` or `aborted`.
+        step: String,
+        /// Fingerprint of the current credential before the rotation.
+        old_fingerprint: String,
+        /// Fingerprint of the new credential.
+        new_fingerprint: String,
+        /// The vendor's status for the verify request, once made.
+        vendor_status: Option<u16>,
+        /// Why it was aborted, if it was.
+        error: Option<String>,
+    },
+    /// A vendor answered 401 with the cached credential, so the store was
+    /// checked for a newer one (and the call retried once if there was).
+    CredentialRefresh {
+        /// Owning tenant.
+        tenant: String,
+        /// Vendor.
+        vendor: String,
+        /// Whether the store held a different current credential.
+        changed: bool,
+        /// The call's request id.
+        request_id: String,
+    },
     /// A credential was deleted.
     CredentialDelete {
         /// Owning tenant.

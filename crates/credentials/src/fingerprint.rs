@@ -23,6 +23,11 @@ impl Fingerprint {
         Self(hex::encode(&digest[..8]))
     }
 
+    /// A fingerprint read back from storage metadata (a tag).
+    pub fn from_hex(hex: &str) -> Self {
+        Self(hex.to_owned())
+    }
+
     /// The 16 hex digits.
     pub fn as_str(&self) -> &str {
         &self.0

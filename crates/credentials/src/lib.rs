@@ -15,6 +15,10 @@
 //! - [`store`]: the [`SecretStore`] trait: where ciphertexts are kept.
 //! - [`local`]: [`LocalStore`], the embedded default: one file per credential
 //!   under the state dir, atomically replaced, overwritten before deletion.
+//! - [`aws`]: [`aws::AwsStore`], AWS Secrets Manager for fleets: one secret
+//!   per tenant × vendor holding the sealed record, read through [`cache`].
+//! - [`cache`]: the ciphertext cache — TTL, version check, single-flight,
+//!   stale-if-error, LRU.
 //! - [`vault`]: [`Vault`], put / delete / list, and [`Vault::lease`] — the one
 //!   function that decrypts, and only after the access was audited.
 //!
@@ -22,6 +26,7 @@
 //! only inside a [`Lease`]; nothing here caches or writes plaintext.
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod cache;
 pub mod envelope;
 pub mod fingerprint;

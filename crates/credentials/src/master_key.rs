@@ -109,6 +109,12 @@ impl MasterKey {
         Self::decode(text.trim(), var)
     }
 
+    /// A key from 32 bytes in base64 read from `source_name` (a secret's
+    /// name; never the value).
+    pub fn from_base64(text: &str, source_name: &str) -> Result<Self, MasterKeyError> {
+        Self::decode(text.trim(), source_name)
+    }
+
     fn decode(text: &str, source_name: &str) -> Result<Self, MasterKeyError> {
         let malformed = || MasterKeyError::Malformed {
             source_name: source_name.to_owned(),

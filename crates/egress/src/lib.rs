@@ -23,7 +23,7 @@ pub mod vendor;
 pub use path::{PathError, RelativePath};
 pub use request::{Limits, RequestError};
 pub use scrub::Scrubber;
-pub use vendor::{AuthScheme, Vendor, VendorError, VendorSpec};
+pub use vendor::{AuthScheme, Vendor, VendorError, VendorSpec, VerifyRequest};
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, HeaderValue};

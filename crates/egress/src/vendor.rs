@@ -70,6 +70,19 @@ pub struct VendorSpec {
     pub ca_file: Option<PathBuf>,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// The request that proves a new credential works, made by rotation.
+    pub verify: Option<VerifyRequest>,
+}
+
+/// A vendor's credential check: a request that needs a valid credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyRequest {
+    /// Method.
+    pub method: http::Method,
+    /// Path, checked by [`crate::path::parse`].
+    pub path: String,
+    /// Query without `?`.
+    pub query: Option<String>,
 }
 
 /// Why a vendor entry is unusable.
@@ -149,6 +162,17 @@ impl Vendor {
     /// How the vendor's credential is injected.
     pub fn auth(&self) -> &AuthScheme {
         &self.spec.auth
+    }
+
+    /// The request rotation makes to check a new credential, if configured.
+    pub fn verify_request(&self) -> Option<crate::ProxyRequest> {
+        self.spec.verify.as_ref().map(|v| crate::ProxyRequest {
+            method: v.method.clone(),
+            path: v.path.clone(),
+            query: v.query.clone(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        })
     }
 
     /// Refuses a query that sets the vendor's credential parameter (compared
@@ -307,6 +331,7 @@ mod tests {
             auth,
             ca_file: None,
             timeout: Duration::from_secs(1),
+            verify: None,
         }
     }
 

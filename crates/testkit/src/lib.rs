@@ -11,13 +11,22 @@
 //!   test time.
 //! - [`leak`]: [`leak::forms_found`], looks for a canary credential in any
 //!   form (raw, Base64, percent-encoded) in an output.
+//! - [`moto`]: [`Moto`], the Secrets Manager emulator (moto's server mode)
+//!   on a free port.
+//! - [`counting_proxy`]: [`CountingProxy`], counts Secrets Manager requests
+//!   by operation on their way to the emulator, and can play an outage or
+//!   throttling.
 #![forbid(unsafe_code)]
 
+pub mod counting_proxy;
 pub mod leak;
 pub mod mock_vendor;
+pub mod moto;
 pub mod tls;
 
+pub use counting_proxy::CountingProxy;
 pub use mock_vendor::{MockVendor, Recorded, Scripted};
+pub use moto::Moto;
 pub use tls::TestCa;
 
 /// A canary credential unique to this run: if it shows up in any output, a

@@ -88,6 +88,8 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     /// Requests whose connection was dropped before the answer was sent.
     aborted: Mutex<Vec<String>>,
+    /// When set, requests without this header value get 401.
+    required: Mutex<Option<(String, String)>>,
     changed: Notify,
 }
 
@@ -157,6 +159,12 @@ impl MockVendor {
             .lock()
             .expect("lock")
             .insert(path.to_owned(), answer);
+    }
+
+    /// Answers 401 to any request whose `name` header is not `value`, like a
+    /// vendor that accepts only one credential.
+    pub fn require_header(&self, name: &str, value: &str) {
+        *self.state.required.lock().expect("lock") = Some((name.to_owned(), value.to_owned()));
     }
 
     /// Every request received so far.
@@ -245,6 +253,14 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
     state.requests.lock().expect("lock").push(recorded.clone());
     state.changed.notify_waiters();
 
+    let required = state.required.lock().expect("lock").clone();
+    if let Some((name, value)) = required
+        && recorded.header(&name) != Some(value.as_str())
+    {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"unauthorized")));
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        return Ok(resp);
+    }
     let script = state.scripts.lock().expect("lock").get(parts.uri.path()).cloned();
     let answer = script.unwrap_or_else(|| echo(&recorded));
     if let Some(delay) = answer.delay {

@@ -1,0 +1,453 @@
+//! AWS Secrets Manager as a [`SecretStore`], for fleets.
+//!
+//! One secret per tenant × vendor, named `<prefix>/<tenant>/<vendor>`, tagged
+//! `valet:tenant`, `valet:vendor`, `valet:fingerprint` and `valet:last4` (so
+//! a listing needs no secret values). Its value is Valet's own sealed record
+//! — the AES-256-GCM envelope under the tenant's key — so read access to
+//! Secrets Manager alone never yields a usable token.
+//!
+//! Reads go through the [`Cache`] (ciphertext only, version check on expiry,
+//! single-flight, stale-if-error). Writes through this process update the
+//! cache at once. Rotation stages the new value as AWSPENDING and promotes it
+//! to AWSCURRENT (the old value becomes AWSPREVIOUS), as Secrets Manager's
+//! own rotation does. Throttling and transient errors are retried by the SDK
+//! with exponential backoff and full jitter, a bounded number of times.
+
+use crate::cache::{Cache, CacheSettings, Clock, Source};
+use crate::key::{CredentialKey, valid_name};
+use crate::store::{SecretStore, StoreError, StoreFuture, StoredCredential};
+pub use aws_config::SdkConfig;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const CURRENT: &str = "AWSCURRENT";
+const PENDING: &str = "AWSPENDING";
+
+/// How to reach Secrets Manager.
+#[derive(Debug, Clone)]
+pub struct AwsConnection {
+    /// The AWS region.
+    pub region: String,
+    /// An endpoint other than AWS's (an emulator, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+    /// Static credentials instead of the standard chain (environment, profile,
+    /// web identity / IRSA, container and instance roles). For tests against
+    /// an emulator; never read from configuration.
+    pub static_credentials: Option<(String, String)>,
+}
+
+/// Builds the SDK configuration: the standard credential chain, rustls with
+/// ring, bounded retries with backoff and jitter, and timeouts so a hung
+/// endpoint cannot hang calls.
+pub async fn sdk_config(conn: &AwsConnection) -> SdkConfig {
+    use aws_smithy_http_client::tls;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(conn.region.clone()))
+        .http_client(http)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(4)
+                .with_initial_backoff(Duration::from_millis(50))
+                .with_max_backoff(Duration::from_secs(2)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        );
+    if let Some(url) = &conn.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some((id, secret)) = &conn.static_credentials {
+        loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+            id.clone(),
+            secret.clone(),
+            None,
+            None,
+            "valet-static",
+        ));
+    }
+    loader.load().await
+}
+
+/// Reads a secret's current string value (the master key's source).
+pub async fn read_secret_string(
+    config: &SdkConfig,
+    secret_id: &str,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    let out = Client::new(config)
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    out.secret_string()
+        .map(|s| zeroize::Zeroizing::new(s.to_owned()))
+        .ok_or_else(|| format!("secret {secret_id} has no string value"))
+}
+
+/// Sealed credentials in Secrets Manager, read through a ciphertext cache.
+pub struct AwsStore {
+    client: Client,
+    prefix: String,
+    cache: Cache,
+}
+
+impl std::fmt::Debug for AwsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cache's view of Secrets Manager.
+struct Remote<'a> {
+    client: &'a Client,
+    name: String,
+}
+
+impl Source for Remote<'_> {
+    async fn version(&self, _key: &CredentialKey) -> Result<Option<String>, String> {
+        match self.client.describe_secret().secret_id(&self.name).send().await {
+            Ok(out) if out.deleted_date().is_some() => Ok(None),
+            Ok(out) => Ok(stage_version(out.version_ids_to_stages(), CURRENT)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    async fn fetch(&self, _key: &CredentialKey) -> Result<Option<(String, StoredCredential)>, String> {
+        let out = match self
+            .client
+            .get_secret_value()
+            .secret_id(&self.name)
+            .version_stage(CURRENT)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(describe(&e)),
+        };
+        let version = out.version_id().unwrap_or_default().to_owned();
+        let cred = serde_json::from_str(out.secret_string().unwrap_or_default())
+            .map_err(|_| format!("secret {} does not hold a Valet sealed record", self.name))?;
+        Ok(Some((version, cred)))
+    }
+}
+
+impl AwsStore {
+    /// A store on `config`, naming secrets `<prefix>/<tenant>/<vendor>`.
+    pub fn new(config: &SdkConfig, prefix: &str, settings: CacheSettings) -> Self {
+        Self::with_clock(
+            config,
+            prefix,
+            settings,
+            std::sync::Arc::new(std::time::Instant::now),
+        )
+    }
+
+    /// The same, with the cache on `clock` (benchmarks simulate time).
+    pub fn with_clock(config: &SdkConfig, prefix: &str, settings: CacheSettings, clock: Clock) -> Self {
+        Self {
+            client: Client::new(config),
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            cache: Cache::with_clock(settings, clock),
+        }
+    }
+
+    /// The secret's name for `key`.
+    pub fn secret_name(&self, key: &CredentialKey) -> String {
+        format!("{}/{}/{}", self.prefix, key.tenant, key.vendor)
+    }
+
+    fn remote(&self, key: &CredentialKey) -> Remote<'_> {
+        Remote {
+            client: &self.client,
+            name: self.secret_name(key),
+        }
+    }
+
+    fn tags(key: &CredentialKey, cred: &StoredCredential) -> Vec<Tag> {
+        [
+            ("valet:tenant", key.tenant.as_str()),
+            ("valet:vendor", key.vendor.as_str()),
+            ("valet:fingerprint", cred.fingerprint.as_str()),
+            ("valet:last4", cred.last4.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+    }
+
+    async fn put_value(&self, key: &CredentialKey, cred: &StoredCredential) -> Result<String, StoreError> {
+        let name = self.secret_name(key);
+        let value = serde_json::to_string(cred).expect("a record serialises");
+        let put = self
+            .client
+            .put_secret_value()
+            .secret_id(&name)
+            .secret_string(&value)
+            .send()
+            .await;
+        let version = match put {
+            Ok(out) => {
+                self.client
+                    .tag_resource()
+                    .secret_id(&name)
+                    .set_tags(Some(Self::tags(key, cred)))
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                out.version_id().unwrap_or_default().to_owned()
+            }
+            Err(e) if not_found(&e) => self
+                .client
+                .create_secret()
+                .name(&name)
+                .secret_string(&value)
+                .set_tags(Some(Self::tags(key, cred)))
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?
+                .version_id()
+                .unwrap_or_default()
+                .to_owned(),
+            Err(e) => return Err(unavailable(&e)),
+        };
+        Ok(version)
+    }
+
+    async fn stages(&self, key: &CredentialKey) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(self.secret_name(key))
+            .send()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(out.version_ids_to_stages().cloned().unwrap_or_default())
+    }
+
+    fn key_of(&self, name: &str) -> Option<CredentialKey> {
+        let rest = name.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let (tenant, vendor) = rest.split_once('/')?;
+        (valid_name(tenant).is_ok() && valid_name(vendor).is_ok()).then(|| CredentialKey::new(tenant, vendor))
+    }
+}
+
+impl SecretStore for AwsStore {
+    fn get<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, Option<StoredCredential>> {
+        Box::pin(async move { self.cache.get(key, &self.remote(key)).await })
+    }
+
+    fn put<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let version = self.put_value(key, &cred).await?;
+            self.cache.insert(key, version, cred);
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            // Forget it here first: from now on no call can lease it.
+            self.cache.invalidate(key);
+            let deleted = self
+                .client
+                .delete_secret()
+                .secret_id(self.secret_name(key))
+                .force_delete_without_recovery(true)
+                .send()
+                .await;
+            match deleted {
+                Ok(_) => Ok(true),
+                Err(e) if not_found(&e) => Ok(false),
+                Err(e) => Err(unavailable(&e)),
+            }
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<(CredentialKey, StoredCredential)>> {
+        Box::pin(async move {
+            let prefix = match tenant {
+                Some(t) => format!("{}/{t}/", self.prefix),
+                None => format!("{}/", self.prefix),
+            };
+            let filter = Filter::builder()
+                .key(FilterNameStringType::Name)
+                .values(&prefix)
+                .build();
+            let mut pages = self
+                .client
+                .list_secrets()
+                .filters(filter)
+                .max_results(100)
+                .into_paginator()
+                .send();
+            let mut found = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| unavailable(&e))?;
+                for entry in page.secret_list() {
+                    let Some(key) = entry.name().and_then(|n| self.key_of(n)) else {
+                        continue;
+                    };
+                    if entry.deleted_date().is_some()
+                        || !entry.name().unwrap_or_default().starts_with(&prefix)
+                    {
+                        continue;
+                    }
+                    let tag = |k: &str| {
+                        entry
+                            .tags()
+                            .iter()
+                            .find(|t| t.key() == Some(k))
+                            .and_then(|t| t.value())
+                            .unwrap_or_default()
+                    };
+                    let ms = |d: Option<&aws_sdk_secretsmanager::primitives::DateTime>| {
+                        d.and_then(|d| d.to_millis().ok()).map_or(0, |m| m.max(0) as u64)
+                    };
+                    let meta = StoredCredential {
+                        envelope: crate::Envelope {
+                            v: 0,
+                            kid: String::new(),
+                            nonce: String::new(),
+                            ct: String::new(),
+                        },
+                        fingerprint: crate::Fingerprint::from_hex(tag("valet:fingerprint")),
+                        last4: tag("valet:last4").to_owned(),
+                        created_ms: ms(entry.created_date()),
+                        updated_ms: ms(entry.last_changed_date().or(entry.created_date())),
+                    };
+                    found.push((key, meta));
+                }
+            }
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(found)
+        })
+    }
+
+    fn refresh<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, bool> {
+        Box::pin(async move { self.cache.revalidate(key, &self.remote(key)).await })
+    }
+
+    fn put_pending<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let value = serde_json::to_string(&cred).expect("a record serialises");
+            self.client
+                .put_secret_value()
+                .secret_id(self.secret_name(key))
+                .secret_string(value)
+                .version_stages(PENDING)
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(())
+        })
+    }
+
+    fn promote_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, StoredCredential> {
+        Box::pin(async move {
+            let name = self.secret_name(key);
+            let stages = self.stages(key).await?;
+            let pending = stage_version(Some(&stages), PENDING)
+                .ok_or_else(|| StoreError::NoPending(key.to_string()))?;
+            let current = stage_version(Some(&stages), CURRENT);
+            // AWSCURRENT moves to the pending version; Secrets Manager moves
+            // AWSPREVIOUS to the version that held AWSCURRENT.
+            self.client
+                .update_secret_version_stage()
+                .secret_id(&name)
+                .version_stage(CURRENT)
+                .move_to_version_id(&pending)
+                .set_remove_from_version_id(current)
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            self.client
+                .update_secret_version_stage()
+                .secret_id(&name)
+                .version_stage(PENDING)
+                .remove_from_version_id(&pending)
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let out = self
+                .client
+                .get_secret_value()
+                .secret_id(&name)
+                .version_id(&pending)
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let cred: StoredCredential = serde_json::from_str(out.secret_string().unwrap_or_default())
+                .map_err(|_| StoreError::Corrupt {
+                    context: name.clone(),
+                })?;
+            self.client
+                .tag_resource()
+                .secret_id(&name)
+                .set_tags(Some(Self::tags(key, &cred)))
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            self.cache.insert(key, pending, cred.clone());
+            Ok(cred)
+        })
+    }
+
+    fn discard_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let stages = self.stages(key).await?;
+            let pending = stage_version(Some(&stages), PENDING)
+                .ok_or_else(|| StoreError::NoPending(key.to_string()))?;
+            self.client
+                .update_secret_version_stage()
+                .secret_id(self.secret_name(key))
+                .version_stage(PENDING)
+                .remove_from_version_id(pending)
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(())
+        })
+    }
+}
+
+/// The version id holding `stage`.
+fn stage_version(stages: Option<&HashMap<String, Vec<String>>>, stage: &str) -> Option<String> {
+    stages?
+        .iter()
+        .find(|(_, labels)| labels.iter().any(|l| l == stage))
+        .map(|(id, _)| id.clone())
+}
+
+fn not_found<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    err.as_service_error().and_then(|e| e.code()) == Some("ResourceNotFoundException")
+}
+
+fn describe<E: std::error::Error + 'static, R: std::fmt::Debug + 'static>(err: &SdkError<E, R>) -> String {
+    DisplayErrorContext(err).to_string()
+}
+
+fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug + 'static>(
+    err: &SdkError<E, R>,
+) -> StoreError {
+    StoreError::Unavailable(describe(err))
+}

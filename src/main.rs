@@ -91,9 +91,10 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
 }
 
 /// JSON logs on stdout, filtered by `RUST_LOG` (default `info`). The HTTP,
-/// TLS and gRPC libraries are capped at `info` whatever `RUST_LOG` says:
-/// their debug and trace output can print request URLs and headers, which is
-/// where credentials travel.
+/// TLS, gRPC and AWS SDK libraries are capped at `info` whatever `RUST_LOG`
+/// says: their debug and trace output can print request URLs, headers and
+/// bodies, which is where credentials (and a master key read from Secrets
+/// Manager) travel.
 fn init_logging() {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let cap = [
@@ -105,6 +106,14 @@ fn init_logging() {
         "hyper_rustls",
         "tonic",
         "tower",
+        "aws_config",
+        "aws_runtime",
+        "aws_sdk_secretsmanager",
+        "aws_sigv4",
+        "aws_smithy_http_client",
+        "aws_smithy_runtime",
+        "aws_smithy_runtime_api",
+        "aws_smithy_types",
     ]
     .into_iter()
     .fold(Targets::new().with_default(Level::TRACE), |t, target| {

@@ -19,12 +19,30 @@ const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 #[derive(Debug, Clone)]
 pub struct AdminService {
     app: Arc<App>,
+    /// Credentials being rotated by this replica: one rotation per key at a
+    /// time (a second is refused, not queued).
+    rotating: Arc<std::sync::Mutex<std::collections::HashSet<CredentialKey>>>,
+}
+
+/// Marks a key as being rotated until dropped.
+struct RotationGuard {
+    key: CredentialKey,
+    rotating: Arc<std::sync::Mutex<std::collections::HashSet<CredentialKey>>>,
+}
+
+impl Drop for RotationGuard {
+    fn drop(&mut self) {
+        self.rotating.lock().expect("lock").remove(&self.key);
+    }
 }
 
 impl AdminService {
     /// Serves admin requests with `app`.
     pub fn new(app: Arc<App>) -> Self {
-        Self { app }
+        Self {
+            app,
+            rotating: Arc::default(),
+        }
     }
 
     fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Failure> {
@@ -95,6 +113,20 @@ impl AdminService {
             .auth()
             .check_secret(&secret)
             .map_err(|why| Failure::invalid("secret", "SECRET_INVALID", why))?;
+        if !self.rotating.lock().expect("lock").insert(key.clone()) {
+            return Err(Failure::new(
+                Code::Aborted,
+                "ROTATION_IN_PROGRESS",
+                format!(
+                    "a rotation of tenant '{}' vendor '{}' is already running",
+                    key.tenant, key.vendor
+                ),
+            ));
+        }
+        let _rotating = RotationGuard {
+            key: key.clone(),
+            rotating: self.rotating.clone(),
+        };
         let (pending, old) = self.app.vault.stage(&key, &secret).await?;
         let actor = actor(&caller);
         let step = |step: &str, vendor_status: Option<u16>, error: Option<&str>| Event::CredentialRotate {
@@ -112,7 +144,7 @@ impl AdminService {
         drop(secret);
         match checked {
             Ok(answer) if (200..300).contains(&answer.status) => {
-                let current = self.app.vault.promote(&key).await?;
+                let current = self.app.vault.promote(&key, &pending.fingerprint).await?;
                 self.app
                     .audit
                     .append(&actor, step("committed", Some(answer.status), None))

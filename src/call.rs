@@ -61,8 +61,9 @@ pub async fn handle(
     authorize::call(&caller, &call)?;
     let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
     let mut answer = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;
+    let used = lease.fingerprint().clone();
     drop(lease);
-    if answer.status == 401 && refresh::changed(app, &caller, &call, &ctx.request_id).await {
+    if answer.status == 401 && refresh::changed(app, &caller, &call, &used, &ctx.request_id).await {
         let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
         let retry = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;
         answer = ProxyResponse {

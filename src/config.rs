@@ -318,6 +318,24 @@ impl Config {
                 "secrets.region: required when Secrets Manager is used".into(),
             ));
         }
+        if s.backend == SecretsBackend::Aws && s.master_key.is_none() {
+            return Err(invalid(
+                "secrets.master_key: required with backend = \"aws\": every replica must use the same key (for example { aws_secret = \"valet-master-key\" })".into(),
+            ));
+        }
+        if let Some(MasterKeySource::AwsSecret(id)) = &s.master_key
+            && id.starts_with(&format!("{}/", s.prefix))
+        {
+            return Err(invalid(format!(
+                "secrets.master_key: the key's secret '{id}' is under the credential prefix '{}/', so one IAM policy would grant both; name it outside the prefix",
+                s.prefix
+            )));
+        }
+        if s.max_stale_ms < s.cache_ttl_ms {
+            return Err(invalid(
+                "secrets.max_stale_ms: must be at least secrets.cache_ttl_ms".into(),
+            ));
+        }
         let prefix_ok = !s.prefix.is_empty()
             && !s.prefix.starts_with('/')
             && !s.prefix.ends_with('/')
@@ -505,6 +523,18 @@ mod tests {
             ),
             ("[limits]\nmax_header_count = 0\n", "limits.max_header_count"),
             ("[secrets]\nbackend = \"aws\"\n", "secrets.region"),
+            (
+                "[secrets]\nbackend = \"aws\"\nregion = \"r\"\n",
+                "secrets.master_key",
+            ),
+            (
+                "[secrets]\nregion = \"r\"\nmaster_key = { aws_secret = \"valet/master\" }\n",
+                "credential prefix",
+            ),
+            (
+                "[secrets]\ncache_ttl_ms = 10\nmax_stale_ms = 5\n",
+                "secrets.max_stale_ms",
+            ),
             ("[secrets]\nbackend = \"vault\"\n", "vault"),
             (
                 "[secrets]\nmaster_key = { aws_secret = \"k\" }\n",

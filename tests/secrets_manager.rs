@@ -18,6 +18,7 @@ use valet_testkit::{CountingProxy, MockVendor, Moto, leak};
 const PREFIX: &str = "valet-test";
 
 struct Fleet {
+    master: MasterKey,
     moto: Moto,
     proxy: CountingProxy,
     mock: MockVendor,
@@ -52,14 +53,37 @@ fn config(endpoint: &str, mock: &MockVendor, ttl_ms: u64, max_stale_ms: u64) -> 
     }
 }
 
+/// Stores a fresh master key in the emulator, outside the credential prefix.
+async fn master_key_secret(moto: &Moto) -> (MasterKey, String) {
+    use base64::Engine as _;
+    let seed = valet_testkit::canary("master");
+    let mut bytes = [0u8; 32];
+    for (i, (b, s)) in bytes.iter_mut().zip(seed.bytes().rev().cycle()).enumerate() {
+        *b = s ^ (i as u8);
+    }
+    let name = "valet-master-key".to_owned();
+    direct(moto)
+        .await
+        .create_secret()
+        .name(&name)
+        .secret_string(base64::engine::general_purpose::STANDARD.encode(bytes))
+        .send()
+        .await
+        .unwrap();
+    (MasterKey::from_bytes(bytes), name)
+}
+
 async fn fleet(ttl_ms: u64, max_stale_ms: u64) -> Fleet {
     let moto = Moto::start().await;
     let proxy = CountingProxy::start(&moto.endpoint()).await;
     let mock = MockVendor::start().await;
-    let config = config(&proxy.endpoint(), &mock, ttl_ms, max_stale_ms);
+    let (master, name) = master_key_secret(&moto).await;
+    let mut config = config(&proxy.endpoint(), &mock, ttl_ms, max_stale_ms);
+    config.secrets.master_key = Some(MasterKeySource::AwsSecret(name));
     let valet = Valet::start_with_options(config, tempfile::tempdir().unwrap(), options()).await;
     let key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
     Fleet {
+        master,
         moto,
         proxy,
         mock,
@@ -85,12 +109,12 @@ fn secret_name() -> String {
 /// Seals `secret` the way Valet does, with Valet's master key, and makes it
 /// AWSCURRENT directly in the emulator: a rotation done outside Valet.
 async fn rotate_outside(f: &Fleet, secret: &str) {
-    let (master, _) = MasterKey::load_or_create(&f.valet.state_dir().join("master.key")).unwrap();
+    let master = &f.master;
     let key = CredentialKey::new("acme", "mock");
     let secret = Secret::from(secret.to_owned());
     let record = StoredCredential {
-        envelope: envelope::seal(&master, &key, &secret),
-        fingerprint: Fingerprint::of(&master, &secret),
+        envelope: envelope::seal(master, &key, &secret),
+        fingerprint: Fingerprint::of(master, &secret),
         last4: secret.last4(),
         created_ms: 0,
         updated_ms: 0,
@@ -214,6 +238,7 @@ async fn a_cold_cache_costs_one_request_and_expiry_only_a_version_check() {
         .await;
     // A new process: nothing cached.
     let Fleet {
+        master,
         moto,
         proxy,
         mock,
@@ -248,6 +273,7 @@ async fn a_cold_cache_costs_one_request_and_expiry_only_a_version_check() {
     // A rotation made directly in Secrets Manager is picked up at the next
     // version check.
     let f = Fleet {
+        master,
         moto,
         proxy,
         mock,
@@ -287,8 +313,9 @@ async fn an_outage_is_served_from_cache_until_max_stale() {
     f.valet
         .put_credential("acme", "mock", "stale-secret-0000001")
         .await;
-    let confirmed = Instant::now();
     f.valet.call(&f.key, get("acme", "mock", "/x")).await.unwrap();
+    // The cache confirmed the record at or before this instant.
+    let confirmed = Instant::now();
 
     f.moto.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;

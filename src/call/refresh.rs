@@ -7,11 +7,19 @@ use super::validate::ValidCall;
 use crate::app::{App, actor};
 use valet_access::Caller;
 use valet_audit::Event;
+use valet_credentials::Fingerprint;
 
-/// Whether a different current credential is now in the store. The check is
-/// audited; if it cannot be, the answer is `false` (no retry).
-pub async fn changed(app: &App, caller: &Caller, call: &ValidCall, request_id: &str) -> bool {
-    let changed = match app.vault.refresh(&call.key).await {
+/// Whether the store's current credential differs from `used`, the one the
+/// refused call carried. The check is audited; if it cannot be, the answer is
+/// `false` (no retry).
+pub async fn changed(
+    app: &App,
+    caller: &Caller,
+    call: &ValidCall,
+    used: &Fingerprint,
+    request_id: &str,
+) -> bool {
+    let changed = match app.vault.refresh(&call.key, used).await {
         Ok(changed) => changed,
         Err(e) => {
             tracing::warn!(credential = %call.key, error = %e, "refresh after a vendor 401 failed");

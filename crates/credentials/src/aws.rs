@@ -272,6 +272,9 @@ impl SecretStore for AwsStore {
                 .force_delete_without_recovery(true)
                 .send()
                 .await;
+            // And again: a call between the first invalidation and the delete
+            // may have cached the old record.
+            self.cache.invalidate(key);
             match deleted {
                 Ok(_) => Ok(true),
                 Err(e) if not_found(&e) => Ok(false),
@@ -362,32 +365,19 @@ impl SecretStore for AwsStore {
         })
     }
 
-    fn promote_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, StoredCredential> {
+    fn promote_pending<'a>(
+        &'a self,
+        key: &'a CredentialKey,
+        expected: &'a crate::Fingerprint,
+    ) -> StoreFuture<'a, StoredCredential> {
         Box::pin(async move {
             let name = self.secret_name(key);
             let stages = self.stages(key).await?;
             let pending = stage_version(Some(&stages), PENDING)
                 .ok_or_else(|| StoreError::NoPending(key.to_string()))?;
             let current = stage_version(Some(&stages), CURRENT);
-            // AWSCURRENT moves to the pending version; Secrets Manager moves
-            // AWSPREVIOUS to the version that held AWSCURRENT.
-            self.client
-                .update_secret_version_stage()
-                .secret_id(&name)
-                .version_stage(CURRENT)
-                .move_to_version_id(&pending)
-                .set_remove_from_version_id(current)
-                .send()
-                .await
-                .map_err(|e| unavailable(&e))?;
-            self.client
-                .update_secret_version_stage()
-                .secret_id(&name)
-                .version_stage(PENDING)
-                .remove_from_version_id(&pending)
-                .send()
-                .await
-                .map_err(|e| unavailable(&e))?;
+            // Promote only the version that was verified: another rotation
+            // may have staged a different one since.
             let out = self
                 .client
                 .get_secret_value()
@@ -400,14 +390,44 @@ impl SecretStore for AwsStore {
                 .map_err(|_| StoreError::Corrupt {
                     context: name.clone(),
                 })?;
+            if cred.fingerprint != *expected {
+                return Err(StoreError::NoPending(key.to_string()));
+            }
+            // AWSCURRENT moves to the pending version; Secrets Manager moves
+            // AWSPREVIOUS to the version that held AWSCURRENT. From here on the
+            // new credential is live, so what follows is best effort.
             self.client
+                .update_secret_version_stage()
+                .secret_id(&name)
+                .version_stage(CURRENT)
+                .move_to_version_id(&pending)
+                .set_remove_from_version_id(current)
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            self.cache.insert(key, pending.clone(), cred.clone());
+            let unlabel = self
+                .client
+                .update_secret_version_stage()
+                .secret_id(&name)
+                .version_stage(PENDING)
+                .remove_from_version_id(&pending)
+                .send()
+                .await;
+            let retag = self
+                .client
                 .tag_resource()
                 .secret_id(&name)
                 .set_tags(Some(Self::tags(key, &cred)))
                 .send()
-                .await
-                .map_err(|e| unavailable(&e))?;
-            self.cache.insert(key, pending, cred.clone());
+                .await;
+            if let Err(e) = unlabel
+                .map(|_| ())
+                .map_err(|e| describe(&e))
+                .and(retag.map(|_| ()).map_err(|e| describe(&e)))
+            {
+                tracing::warn!(secret = %name, error = %e, "rotation committed, but tidying its labels or tags failed");
+            }
             Ok(cred)
         })
     }

@@ -64,7 +64,15 @@ struct Cached {
     version: Option<String>,
     /// When the source last confirmed this answer.
     confirmed: Instant,
+    /// After a failed refresh, the stale answer is served without asking the
+    /// source again until then, so an outage costs one request per key per
+    /// backoff, not one per call.
+    retry_at: Option<Instant>,
 }
+
+/// How long a key whose refresh failed is served stale before the source is
+/// asked again.
+const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Entry {
@@ -151,14 +159,21 @@ impl Cache {
         Ok(before != after)
     }
 
-    /// Records what was just written through this process.
+    /// Records what was just written through this process. A fresh entry
+    /// replaces the old one, so a refresh already in flight (which writes into
+    /// the entry it started with) cannot overwrite this newer answer.
     pub fn insert(&self, key: &CredentialKey, version: String, cred: StoredCredential) {
-        let entry = self.entry(key);
-        *entry.state.write().expect("lock") = Some(Cached {
-            cred: Some(cred),
-            version: Some(version),
-            confirmed: (self.clock)(),
+        let entry = Arc::new(Entry {
+            state: RwLock::new(Some(Cached {
+                cred: Some(cred),
+                version: Some(version),
+                confirmed: (self.clock)(),
+                retry_at: None,
+            })),
+            refreshing: tokio::sync::Mutex::new(()),
+            last_used: AtomicU64::new(self.nanos()),
         });
+        self.entries.lock().expect("lock").insert(key.clone(), entry);
     }
 
     /// Forgets `key`, so the next `get` asks the source.
@@ -169,7 +184,9 @@ impl Cache {
     fn fresh(&self, entry: &Entry, now: Instant) -> Option<Option<StoredCredential>> {
         let state = entry.state.read().expect("lock");
         let cached = state.as_ref()?;
-        (now.saturating_duration_since(cached.confirmed) < self.settings.ttl).then(|| cached.cred.clone())
+        let young = now.saturating_duration_since(cached.confirmed) < self.settings.ttl;
+        let backing_off = cached.retry_at.is_some_and(|at| now < at);
+        (young || backing_off).then(|| cached.cred.clone())
     }
 
     async fn refresh(
@@ -185,6 +202,7 @@ impl Cache {
                 cred: cred.clone(),
                 version,
                 confirmed: now,
+                retry_at: None,
             });
             cred
         };
@@ -209,6 +227,13 @@ impl Cache {
             (Err(cause), Some(old))
                 if now.saturating_duration_since(old.confirmed) <= self.settings.max_stale =>
             {
+                // Keep serving it without asking again for a while; never past
+                // max_stale.
+                let until_too_stale =
+                    (old.confirmed + self.settings.max_stale).saturating_duration_since(now);
+                if let Some(state) = entry.state.write().expect("lock").as_mut() {
+                    state.retry_at = Some(now + FAILED_REFRESH_BACKOFF.min(until_too_stale));
+                }
                 tracing::warn!(
                     credential = %key,
                     %cause,
@@ -219,6 +244,10 @@ impl Cache {
             }
             (Err(cause), _) => Err(StoreError::Unavailable(cause)),
         }
+    }
+
+    fn nanos(&self) -> u64 {
+        (self.clock)().saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     fn entry(&self, key: &CredentialKey) -> Arc<Entry> {

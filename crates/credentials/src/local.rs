@@ -162,7 +162,11 @@ impl SecretStore for LocalStore {
         })
     }
 
-    fn promote_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, StoredCredential> {
+    fn promote_pending<'a>(
+        &'a self,
+        key: &'a CredentialKey,
+        expected: &'a crate::Fingerprint,
+    ) -> StoreFuture<'a, StoredCredential> {
         Box::pin(async move {
             let _guard = self.inner.writes.lock().await;
             let (current, pending, previous) = (
@@ -171,6 +175,7 @@ impl SecretStore for LocalStore {
                 self.slot(key, ".previous"),
             );
             let missing = key.to_string();
+            let expected = expected.clone();
             let cred = blocking(move || {
                 let bytes = match fs::read(&pending) {
                     Ok(b) => b,
@@ -183,6 +188,9 @@ impl SecretStore for LocalStore {
                     serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
                         context: pending.display().to_string(),
                     })?;
+                if cred.fingerprint != expected {
+                    return Err(StoreError::NoPending(missing));
+                }
                 // Each step leaves a consistent state if the next never runs:
                 // previous saved, then current replaced, then pending shredded.
                 if let Ok(old) = fs::read(&current) {

@@ -78,8 +78,13 @@ pub trait SecretStore: Send + Sync + 'static {
     fn put_pending<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()>;
 
     /// Makes the pending credential current (the old one becomes previous)
-    /// and returns it.
-    fn promote_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, StoredCredential>;
+    /// and returns it — only if it is the one with fingerprint `expected`
+    /// (the one that was verified); otherwise [`StoreError::NoPending`].
+    fn promote_pending<'a>(
+        &'a self,
+        key: &'a CredentialKey,
+        expected: &'a crate::Fingerprint,
+    ) -> StoreFuture<'a, StoredCredential>;
 
     /// Removes the pending credential, leaving the current one in use.
     fn discard_pending<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, ()>;

@@ -164,9 +164,12 @@ impl Vault {
     }
 
     /// Checks the backend now for a credential changed outside Valet (after
-    /// a vendor 401); true if the current credential is now a different one.
-    pub async fn refresh(&self, key: &CredentialKey) -> Result<bool, VaultError> {
-        Ok(self.store.refresh(key).await?)
+    /// a vendor 401); true if the current credential differs from `used`, the
+    /// one the failed call carried.
+    pub async fn refresh(&self, key: &CredentialKey, used: &Fingerprint) -> Result<bool, VaultError> {
+        self.store.refresh(key).await?;
+        let current = self.store.get(key).await?;
+        Ok(current.is_some_and(|c| c.fingerprint != *used))
     }
 
     /// Rotation, step 1: seals `secret` into the pending slot beside the
@@ -195,9 +198,14 @@ impl Vault {
         Ok((pending, current.fingerprint))
     }
 
-    /// Rotation, step 2 on success: the pending credential becomes current.
-    pub async fn promote(&self, key: &CredentialKey) -> Result<StoredCredential, VaultError> {
-        Ok(self.store.promote_pending(key).await?)
+    /// Rotation, step 2 on success: the pending credential becomes current —
+    /// only if it is still the `verified` one.
+    pub async fn promote(
+        &self,
+        key: &CredentialKey,
+        verified: &Fingerprint,
+    ) -> Result<StoredCredential, VaultError> {
+        Ok(self.store.promote_pending(key, verified).await?)
     }
 
     /// Rotation, step 2 on failure: the pending credential is removed.

@@ -1,0 +1,442 @@
+//! The quota engine: the effective policy set, where run-time policies are
+//! kept, and the check a call goes through.
+//!
+//! Effective policies are the config file's defaults, overridden (by id) by
+//! run-time policies set through the Admin API. Run-time policies persist:
+//! embedded in `quotas.json` under the state dir; in fleet mode in a Redis
+//! hash, with a version counter every replica polls twice a second, so a
+//! change reaches all replicas within a second without a restart.
+
+use crate::limiter::{Decision, Embedded, Limiter, OnBackendError, Shared};
+use crate::policy::{Mode, Policy, select};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+const POLICIES_KEY: &str = "valet:quota:policies";
+const VERSION_KEY: &str = "valet:quota:version";
+/// How often a fleet replica looks for policy changes.
+pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// The outcome of checking one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No policy covers the call.
+    Unlimited,
+    /// Admitted under `policy` (the most specific one, or an aggregate cap
+    /// when no per-tenant policy matched). `shadow` lists shadow policies
+    /// this call exceeded: counted and reported, not refused.
+    Admitted {
+        /// The policy reported in `ratelimit` metadata.
+        policy: Policy,
+        /// Its bucket's state after this call.
+        decision: Decision,
+        /// Ids of shadow policies the call went over.
+        shadow: Vec<String>,
+    },
+    /// Refused by an enforced policy, or paused by a vendor's 429.
+    Refused {
+        /// The refusing policy's id, or `vendor-pushback`.
+        policy_id: String,
+        /// When a call may succeed again.
+        retry_after: Duration,
+    },
+}
+
+/// Why a policy change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    /// The policy store could not be read or written.
+    #[error("quota policy store: {0}")]
+    Store(String),
+}
+
+enum Store {
+    File(PathBuf),
+    Redis(redis::aio::ConnectionManager),
+}
+
+/// The engine.
+pub struct Quotas {
+    defaults: Vec<Policy>,
+    runtime: RwLock<Vec<Policy>>,
+    effective: RwLock<Arc<Vec<Policy>>>,
+    store: Store,
+    limiter: Arc<dyn Limiter>,
+    /// Serialises changes so read-modify-write of the file cannot interleave.
+    writes: tokio::sync::Mutex<()>,
+    version: AtomicI64,
+}
+
+impl std::fmt::Debug for Quotas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quotas")
+            .field("policies", &self.list().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Quotas {
+    /// Embedded: in-process limiter, run-time policies in `path`.
+    pub fn open_local(defaults: Vec<Policy>, path: PathBuf) -> Result<Self, QuotaError> {
+        let runtime = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|_| QuotaError::Store(format!("{} is corrupt", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(QuotaError::Store(format!("{}: {e}", path.display()))),
+        };
+        Ok(Self::new(
+            defaults,
+            runtime,
+            Store::File(path),
+            Arc::new(Embedded::default()),
+        ))
+    }
+
+    /// Fleet: the shared Redis limiter, run-time policies in Redis.
+    pub async fn open_redis(
+        defaults: Vec<Policy>,
+        url: &str,
+        on_error: OnBackendError,
+        replicas: u32,
+    ) -> Result<Self, QuotaError> {
+        let shared = Shared::connect(url, on_error, replicas)
+            .await
+            .map_err(|e| QuotaError::Store(e.to_string()))?;
+        let mut conn = shared.connection();
+        let runtime = load_redis(&mut conn).await?;
+        let quotas = Self::new(defaults, runtime, Store::Redis(conn.clone()), Arc::new(shared));
+        let version: i64 = redis::cmd("GET")
+            .arg(VERSION_KEY)
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        quotas.version.store(version, Ordering::SeqCst);
+        Ok(quotas)
+    }
+
+    fn new(defaults: Vec<Policy>, runtime: Vec<Policy>, store: Store, limiter: Arc<dyn Limiter>) -> Self {
+        let quotas = Self {
+            defaults,
+            runtime: RwLock::new(runtime),
+            effective: RwLock::new(Arc::new(Vec::new())),
+            store,
+            limiter,
+            writes: tokio::sync::Mutex::new(()),
+            version: AtomicI64::new(0),
+        };
+        quotas.rebuild();
+        quotas
+    }
+
+    fn rebuild(&self) {
+        let runtime = self.runtime.read().expect("lock");
+        let mut effective: Vec<Policy> = self
+            .defaults
+            .iter()
+            .filter(|d| !runtime.iter().any(|r| r.id() == d.id()))
+            .cloned()
+            .collect();
+        effective.extend(runtime.iter().cloned());
+        effective.sort_by_key(Policy::id);
+        *self.effective.write().expect("lock") = Arc::new(effective);
+    }
+
+    /// Every effective policy, by id.
+    pub fn list(&self) -> Vec<Policy> {
+        self.effective.read().expect("lock").as_ref().clone()
+    }
+
+    /// The effective policy with `id`.
+    pub fn get(&self, id: &str) -> Option<Policy> {
+        self.effective
+            .read()
+            .expect("lock")
+            .iter()
+            .find(|p| p.id() == id)
+            .cloned()
+    }
+
+    /// Sets (or replaces) a run-time policy; returns the one it replaced.
+    pub async fn put(&self, policy: Policy) -> Result<Option<Policy>, QuotaError> {
+        let _guard = self.writes.lock().await;
+        let before = self.get(&policy.id());
+        let mut next = self.runtime.read().expect("lock").clone();
+        next.retain(|p| p.id() != policy.id());
+        next.push(policy.clone());
+        self.persist(&next, Some(&policy), None).await?;
+        *self.runtime.write().expect("lock") = next;
+        self.rebuild();
+        Ok(before)
+    }
+
+    /// Removes a run-time policy (a config default with the same id shows
+    /// again); returns what was removed, `None` if there was none.
+    pub async fn delete(&self, id: &str) -> Result<Option<Policy>, QuotaError> {
+        let _guard = self.writes.lock().await;
+        let mut next = self.runtime.read().expect("lock").clone();
+        let Some(at) = next.iter().position(|p| p.id() == id) else {
+            return Ok(None);
+        };
+        let removed = next.remove(at);
+        self.persist(&next, None, Some(id)).await?;
+        *self.runtime.write().expect("lock") = next;
+        self.rebuild();
+        Ok(Some(removed))
+    }
+
+    async fn persist(
+        &self,
+        all: &[Policy],
+        put: Option<&Policy>,
+        delete: Option<&str>,
+    ) -> Result<(), QuotaError> {
+        match &self.store {
+            Store::File(path) => {
+                let bytes = serde_json::to_vec_pretty(all).expect("policies serialise");
+                valet_durable::write_atomically(path, &bytes)
+                    .map_err(|e| QuotaError::Store(format!("{}: {e}", path.display())))
+            }
+            Store::Redis(conn) => {
+                let mut conn = conn.clone();
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if let Some(p) = put {
+                    pipe.hset(
+                        POLICIES_KEY,
+                        p.id(),
+                        serde_json::to_string(p).expect("a policy serialises"),
+                    );
+                }
+                if let Some(id) = delete {
+                    pipe.hdel(POLICIES_KEY, id);
+                }
+                pipe.incr(VERSION_KEY, 1);
+                let (.., version): ((), i64) = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| QuotaError::Store(e.to_string()))?;
+                self.version.store(version, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    }
+
+    /// Fleet mode: picks up changes made by other replicas. Returns whether
+    /// the policies changed. Embedded mode has nothing to sync.
+    pub async fn sync(&self) -> Result<bool, QuotaError> {
+        let Store::Redis(conn) = &self.store else {
+            return Ok(false);
+        };
+        let mut conn = conn.clone();
+        let version: i64 = redis::cmd("GET")
+            .arg(VERSION_KEY)
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .map_err(|e| QuotaError::Store(e.to_string()))?
+            .unwrap_or(0);
+        if version == self.version.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let runtime = load_redis(&mut conn).await?;
+        let _guard = self.writes.lock().await;
+        *self.runtime.write().expect("lock") = runtime;
+        self.version.store(version, Ordering::SeqCst);
+        self.rebuild();
+        Ok(true)
+    }
+
+    /// Runs [`Quotas::sync`] every [`SYNC_EVERY`] until the engine is dropped.
+    pub fn spawn_sync(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        if !matches!(self.store, Store::Redis(_)) {
+            return None;
+        }
+        let weak = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYNC_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(quotas) = weak.upgrade() else { return };
+                if let Err(e) = quotas.sync().await {
+                    tracing::warn!(error = %e, "quota policy sync failed; keeping the last known policies");
+                }
+            }
+        }))
+    }
+
+    /// Checks one call: the vendor's push-back pause, the most specific
+    /// policy, then every aggregate cap.
+    pub async fn check(&self, tenant: &str, vendor: &str, read: bool) -> Verdict {
+        let policies = self.effective.read().expect("lock").clone();
+        let applicable = select(&policies, tenant, vendor, read);
+        let pause_key = format!("{tenant}/{vendor}");
+        let mut reported: Option<(Policy, Decision)> = None;
+        let mut shadow = Vec::new();
+
+        if applicable.primary.is_none()
+            && let Some(left) = self.limiter.paused(&pause_key).await
+        {
+            return pushback(left);
+        }
+        let checks = applicable
+            .primary
+            .into_iter()
+            .map(|p| (p, true))
+            .chain(applicable.aggregates.into_iter().map(|p| (p, false)));
+        for (policy, primary) in checks {
+            let decision = match self
+                .limiter
+                .check(
+                    &policy.bucket(tenant),
+                    primary.then_some(pause_key.as_str()),
+                    policy,
+                )
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "quota check failed; admitting");
+                    continue;
+                }
+            };
+            if decision.paused {
+                return pushback(decision.retry_after);
+            }
+            if !decision.allowed {
+                if policy.mode == Mode::Enforce {
+                    return Verdict::Refused {
+                        policy_id: policy.id(),
+                        retry_after: decision.retry_after,
+                    };
+                }
+                tracing::info!(policy = %policy, tenant, vendor, "shadow quota exceeded; call admitted");
+                shadow.push(policy.id());
+            }
+            reported.get_or_insert_with(|| (policy.clone(), decision));
+        }
+        match reported {
+            Some((policy, decision)) => Verdict::Admitted {
+                policy,
+                decision,
+                shadow,
+            },
+            None => Verdict::Unlimited,
+        }
+    }
+
+    /// A vendor answered 429: refuse this tenant × vendor locally for `for_`.
+    pub async fn pause(&self, tenant: &str, vendor: &str, for_: Duration) {
+        self.limiter.pause(&format!("{tenant}/{vendor}"), for_).await;
+    }
+}
+
+fn pushback(left: Duration) -> Verdict {
+    Verdict::Refused {
+        policy_id: "vendor-pushback".into(),
+        retry_after: left,
+    }
+}
+
+async fn load_redis(conn: &mut redis::aio::ConnectionManager) -> Result<Vec<Policy>, QuotaError> {
+    let raw: Vec<String> = redis::cmd("HVALS")
+        .arg(POLICIES_KEY)
+        .query_async(conn)
+        .await
+        .map_err(|e| QuotaError::Store(e.to_string()))?;
+    raw.iter()
+        .map(|r| serde_json::from_str(r).map_err(|_| QuotaError::Store("a stored policy is corrupt".into())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{OperationMatch, Period};
+
+    fn policy(tenant: &str, vendor: &str, burst: u32, mode: Mode, aggregate: bool) -> Policy {
+        Policy {
+            tenant: tenant.into(),
+            vendor: vendor.into(),
+            operation: OperationMatch::Any,
+            rate: 1,
+            period: Period::Hour,
+            burst,
+            mode,
+            aggregate,
+        }
+    }
+
+    fn admitted(v: &Verdict) -> bool {
+        matches!(v, Verdict::Admitted { .. } | Verdict::Unlimited)
+    }
+
+    #[tokio::test]
+    async fn specific_policies_shadow_and_aggregate_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = vec![
+            policy("*", "stripe", 2, Mode::Enforce, false),
+            policy("acme", "stripe", 3, Mode::Enforce, false),
+            policy("*", "github", 1, Mode::Shadow, false),
+            policy("*", "slack", 3, Mode::Enforce, true),
+        ];
+        let q = Quotas::open_local(defaults, dir.path().join("quotas.json")).unwrap();
+        // acme's own policy (3) outranks the vendor-wide one (2).
+        let acme: Vec<bool> = futures_check(&q, "acme", "stripe", 4).await;
+        assert_eq!(acme, [true, true, true, false]);
+        // Tenant isolation: globex has its own bucket under the * policy.
+        assert_eq!(
+            futures_check(&q, "globex", "stripe", 3).await,
+            [true, true, false]
+        );
+        // Shadow: never refuses, but reports.
+        let v1 = q.check("acme", "github", true).await;
+        let v2 = q.check("acme", "github", true).await;
+        assert!(admitted(&v1) && admitted(&v2));
+        assert!(matches!(&v2, Verdict::Admitted { shadow, .. } if shadow == &vec!["*/github/*".to_owned()]));
+        // Aggregate: three calls across all tenants.
+        let spread: Vec<bool> = [
+            q.check("a", "slack", true).await,
+            q.check("b", "slack", true).await,
+            q.check("c", "slack", true).await,
+            q.check("d", "slack", true).await,
+        ]
+        .iter()
+        .map(admitted)
+        .collect();
+        assert_eq!(spread, [true, true, true, false]);
+        assert_eq!(q.check("x", "unknown", true).await, Verdict::Unlimited);
+    }
+
+    async fn futures_check(q: &Quotas, tenant: &str, vendor: &str, n: usize) -> Vec<bool> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(admitted(&q.check(tenant, vendor, true).await));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn run_time_policies_override_defaults_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quotas.json");
+        let defaults = vec![policy("*", "stripe", 1, Mode::Enforce, false)];
+        let q = Quotas::open_local(defaults.clone(), path.clone()).unwrap();
+        let before = q
+            .put(policy("*", "stripe", 5, Mode::Enforce, false))
+            .await
+            .unwrap();
+        assert_eq!(before.map(|p| p.burst), Some(1));
+        assert_eq!(q.get("*/stripe/*").unwrap().burst, 5);
+        let reopened = Quotas::open_local(defaults, path).unwrap();
+        assert_eq!(reopened.get("*/stripe/*").unwrap().burst, 5);
+        reopened.delete("*/stripe/*").await.unwrap();
+        assert_eq!(
+            reopened.get("*/stripe/*").unwrap().burst,
+            1,
+            "the default shows again"
+        );
+    }
+}

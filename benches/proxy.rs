@@ -212,6 +212,7 @@ async fn start_valet(
         operations: vec![Operation::Read as i32],
         admin: false,
         ttl_seconds: 0,
+        permissions: Vec::new(),
     });
     create.metadata_mut().insert("authorization", bearer);
     let key = admin_client

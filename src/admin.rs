@@ -8,7 +8,7 @@ use crate::status::Failure;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
-use valet_access::{ApiKeyRecord, Caller, Grant, Operation};
+use valet_access::{ApiKeyRecord, Caller, Grant, Operation, Permission};
 use valet_audit::Event;
 use valet_credentials::{CredentialKey, Secret, StoredCredential, valid_name};
 
@@ -242,6 +242,12 @@ impl AdminService {
                 .map(|o| o.as_str().to_owned())
                 .collect(),
             admin: record.grant.admin,
+            permissions: record
+                .grant
+                .permissions
+                .iter()
+                .map(|p| format!("{p:?}").to_ascii_lowercase())
+                .collect(),
             expires_ms: record.expires_ms,
         };
         self.app.audit.append(&actor(&caller), event).await?;
@@ -289,9 +295,24 @@ impl AdminService {
                 }
             });
         }
+        let mut permissions = BTreeSet::new();
+        for p in &req.permissions {
+            permissions.insert(match proto::Permission::try_from(*p) {
+                Ok(proto::Permission::QuotaAdmin) => Permission::QuotaAdmin,
+                Ok(proto::Permission::QuotaView) => Permission::QuotaView,
+                _ => {
+                    return Err(Failure::invalid(
+                        "permissions",
+                        "PERMISSION_INVALID",
+                        "must be PERMISSION_QUOTA_ADMIN or PERMISSION_QUOTA_VIEW",
+                    ));
+                }
+            });
+        }
         let gateway_scope = !req.tenants.is_empty() && !req.vendors.is_empty() && !operations.is_empty();
         let no_gateway_scope = req.tenants.is_empty() && req.vendors.is_empty() && operations.is_empty();
-        if !(gateway_scope || (req.admin && no_gateway_scope)) {
+        let other_scope = req.admin || !permissions.is_empty();
+        if !(gateway_scope || (other_scope && no_gateway_scope)) {
             return Err(Failure::invalid(
                 "tenants",
                 "GRANT_INCOMPLETE",
@@ -311,6 +332,7 @@ impl AdminService {
             vendors: req.vendors.clone(),
             operations,
             admin: req.admin,
+            permissions,
         };
         Ok((grant, ttl_ms))
     }
@@ -382,6 +404,45 @@ impl Admin for AdminService {
         reply(self.revoke_api_key(r).await)
     }
 
+    async fn put_quota_policy(
+        &self,
+        r: Request<proto::PutQuotaPolicyRequest>,
+    ) -> Result<Response<proto::QuotaPolicy>, Status> {
+        reply(self.put_quota_policy(r).await)
+    }
+
+    async fn get_quota_policy(
+        &self,
+        r: Request<proto::GetQuotaPolicyRequest>,
+    ) -> Result<Response<proto::QuotaPolicy>, Status> {
+        reply(self.get_quota_policy(r))
+    }
+
+    async fn list_quota_policies(
+        &self,
+        r: Request<proto::ListQuotaPoliciesRequest>,
+    ) -> Result<Response<proto::ListQuotaPoliciesResponse>, Status> {
+        reply(self.list_quota_policies(r))
+    }
+
+    async fn delete_quota_policy(
+        &self,
+        r: Request<proto::DeleteQuotaPolicyRequest>,
+    ) -> Result<Response<proto::DeleteQuotaPolicyResponse>, Status> {
+        reply(
+            self.delete_quota_policy(r)
+                .await
+                .map(|()| proto::DeleteQuotaPolicyResponse {}),
+        )
+    }
+
+    async fn get_quota_usage(
+        &self,
+        r: Request<proto::GetQuotaUsageRequest>,
+    ) -> Result<Response<proto::GetQuotaUsageResponse>, Status> {
+        reply(self.get_quota_usage(r))
+    }
+
     async fn list_api_keys(
         &self,
         r: Request<proto::ListApiKeysRequest>,
@@ -391,6 +452,8 @@ impl Admin for AdminService {
         }))
     }
 }
+
+mod quota;
 
 fn reply<T>(result: Result<T, Failure>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|f| f.into_status(None))
@@ -434,5 +497,14 @@ fn api_key_info(r: &ApiKeyRecord) -> proto::ApiKeyInfo {
         created: Some(timestamp(r.created_ms)),
         expires: r.expires_ms.map(timestamp),
         revoked: r.revoked_ms.map(timestamp),
+        permissions: r
+            .grant
+            .permissions
+            .iter()
+            .map(|p| match p {
+                Permission::QuotaAdmin => proto::Permission::QuotaAdmin as i32,
+                Permission::QuotaView => proto::Permission::QuotaView as i32,
+            })
+            .collect(),
     }
 }

@@ -5,7 +5,7 @@
 //! comes from elsewhere) and a bootstrap admin API key, written to
 //! `<state dir>/admin.key` with mode 0600 and never logged.
 
-use crate::config::{Config, MasterKeySource, SecretsBackend};
+use crate::config::{Config, MasterKeySource, QuotaBackend, SecretsBackend};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use valet_credentials::aws::SdkConfig;
 use valet_credentials::cache::CacheSettings;
 use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, SecretStore, Vault, aws};
 use valet_egress::{Limits, Registry};
+use valet_quota::Quotas;
 
 /// The actor recorded for changes Valet makes itself.
 pub const SYSTEM_ACTOR: &str = "valet";
@@ -43,6 +44,10 @@ pub struct App {
     pub audit: AuditLog,
     /// Size limits.
     pub limits: Limits,
+    /// Quota policies and their enforcement.
+    pub quotas: Arc<Quotas>,
+    /// Longest pause a vendor's 429 may impose.
+    pub max_pushback: Duration,
     /// Where the bootstrap admin key was written, if this start created it.
     pub bootstrap_key: Option<PathBuf>,
     /// An exclusive lock on the state dir, held while this `App` lives: two
@@ -108,6 +113,8 @@ impl App {
             KeyStore::open(&dir.join("apikeys.json")).map_err(|e| StartError::State(e.to_string()))?,
         );
         let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
+        let quotas = Arc::new(open_quotas(config, dir).await?);
+        quotas.spawn_sync();
 
         let bootstrap_key = if keys.is_empty() {
             Some(bootstrap_admin_key(&keys, &audit, dir).await?)
@@ -120,6 +127,8 @@ impl App {
             registry,
             audit,
             limits,
+            quotas,
+            max_pushback: Duration::from_millis(config.quota.max_pushback_ms),
             bootstrap_key,
             _lock: lock,
         })
@@ -177,6 +186,7 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
         vendors: Vec::new(),
         operations: Default::default(),
         admin: true,
+        permissions: Default::default(),
     };
     // admin.key first: if we crash before the key store records the key,
     // the store is still empty and the next start bootstraps again.
@@ -197,6 +207,7 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
                 vendors: grant.vendors,
                 operations: Vec::new(),
                 admin: true,
+                permissions: Vec::new(),
                 expires_ms: None,
             },
         )
@@ -204,6 +215,21 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
         .map_err(|e| StartError::State(e.to_string()))?;
     tracing::info!(path = %path.display(), key_id = %record.id, "wrote the bootstrap admin API key");
     Ok(path)
+}
+
+async fn open_quotas(config: &Config, dir: &Path) -> Result<Quotas, StartError> {
+    let q = &config.quota;
+    let defaults = q.policies.clone();
+    match q.backend {
+        QuotaBackend::Local => Quotas::open_local(defaults, dir.join("quotas.json"))
+            .map_err(|e| StartError::State(e.to_string())),
+        QuotaBackend::Redis => {
+            let url = q.redis_url.as_deref().unwrap_or_default();
+            Quotas::open_redis(defaults, url, q.on_backend_error, q.replicas)
+                .await
+                .map_err(|e| StartError::State(format!("quota.redis_url: {e}")))
+        }
+    }
 }
 
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File, StartError> {

@@ -4,6 +4,8 @@
 //! 2. [`validate`]: is the request well-formed and safe (vendor known, path
 //!    relative and normalised, headers allowed, sizes bounded, reason given).
 //! 3. [`authorize`]: may this key act for this tenant, vendor and operation.
+//!    Then [`quota`]: is the tenant within its quota (and not paused by the
+//!    vendor's push-back).
 //! 4. [`lease`]: audit the access, then decrypt the credential into a
 //!    zeroizing lease for this call only.
 //! 5. [`forward`]: send to the vendor's origin only, inject, never follow
@@ -11,12 +13,13 @@
 //! 6. [`refresh`]: on a vendor 401, check the store for a credential rotated
 //!    elsewhere; if there is one, lease it and retry once.
 //!
-//! Quota and idempotency slot in between authorize and lease.
+//! Idempotency slots in between quota and lease.
 
 pub mod authenticate;
 pub mod authorize;
 pub mod forward;
 pub mod lease;
+pub mod quota;
 pub mod refresh;
 pub mod validate;
 
@@ -45,6 +48,8 @@ pub struct Outcome {
     pub status: Option<u16>,
     /// Requests sent to the vendor.
     pub attempts: u32,
+    /// RateLimit response metadata for an admitted call.
+    pub ratelimit: quota::RateLimitHeaders,
 }
 
 /// Runs one call through every step.
@@ -59,10 +64,12 @@ pub async fn handle(
     outcome.caller = Some(caller.id.clone());
     let call = validate::call(&app.registry, &app.limits, req)?;
     authorize::call(&caller, &call)?;
+    outcome.ratelimit = quota::check(app, &call).await?;
     let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
     let mut answer = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;
     let used = lease.fingerprint().clone();
     drop(lease);
+    quota::vendor_pushback(app, &call, &answer).await;
     if answer.status == 401 && refresh::changed(app, &caller, &call, &used, &ctx.request_id).await {
         let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
         let retry = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;

@@ -86,6 +86,72 @@ pub enum AdminCommand {
     /// Caller API keys.
     #[command(subcommand, name = "apikey")]
     ApiKey(ApiKeyCommand),
+    /// Quota policies and usage.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+}
+
+/// A permission beyond Gateway calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PermissionArg {
+    /// Change and read quota policies.
+    QuotaAdmin,
+    /// Read quota policies and usage.
+    QuotaView,
+}
+
+/// `valet admin quota …`.
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set (or replace) a policy; takes effect on every replica within a
+    /// second and persists.
+    Set {
+        /// Tenant, or "*" for each tenant.
+        #[arg(long, default_value = "*")]
+        tenant: String,
+        /// Vendor, or "*".
+        #[arg(long, default_value = "*")]
+        vendor: String,
+        /// read, write or "*".
+        #[arg(long, default_value = "*")]
+        operation: String,
+        /// Steady rate: COUNT/s, COUNT/m or COUNT/h (e.g. 10/s).
+        #[arg(long)]
+        rate: String,
+        /// Calls admitted at once after an idle spell.
+        #[arg(long)]
+        burst: u32,
+        /// Evaluate and report, never refuse.
+        #[arg(long)]
+        shadow: bool,
+        /// One bucket for all tenants (tenant must be "*").
+        #[arg(long)]
+        aggregate: bool,
+    },
+    /// Show one policy.
+    Get {
+        /// The policy id (tenant/vendor/operation).
+        id: String,
+    },
+    /// List every effective policy.
+    List,
+    /// Remove a run-time policy.
+    Delete {
+        /// The policy id.
+        id: String,
+    },
+    /// Remaining calls and reset time for one tenant, vendor and operation.
+    Usage {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Vendor.
+        #[arg(long)]
+        vendor: String,
+        /// read or write.
+        #[arg(long, default_value = "read")]
+        operation: String,
+    },
 }
 
 /// `valet admin credential …`.
@@ -159,6 +225,9 @@ pub enum ApiKeyCommand {
         /// Allow the Admin service.
         #[arg(long)]
         admin: bool,
+        /// A narrower Admin permission (repeat for several).
+        #[arg(long = "permission", value_enum)]
+        permissions: Vec<PermissionArg>,
         /// Expire after this many days (default: never).
         #[arg(long)]
         ttl_days: Option<u64>,

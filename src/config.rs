@@ -26,6 +26,9 @@ pub struct Config {
     /// Size limits on calls.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Per-tenant quotas.
+    #[serde(default)]
+    pub quota: QuotaConfig,
     /// The vendor registry: the only places credentials are sent.
     #[serde(default)]
     pub vendors: Vec<VendorConfig>,
@@ -173,6 +176,63 @@ pub enum MasterKeySource {
     AwsSecret(String),
 }
 
+/// Quotas: where they are enforced and the default policies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// `local` (in process; one replica) or `redis` (every replica shares one
+    /// limit).
+    #[serde(default)]
+    pub backend: QuotaBackend,
+    /// Redis URL for `backend = "redis"`, e.g. `redis://127.0.0.1:6379`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// When Redis cannot answer: `local` (an in-process limiter at
+    /// rate / replicas), `deny` or `allow`.
+    #[serde(default)]
+    pub on_backend_error: valet_quota::OnBackendError,
+    /// How many replicas share the limits (for the `local` fallback).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// Longest pause a vendor's 429 Retry-After can impose, milliseconds.
+    #[serde(default = "default_max_pushback_ms")]
+    pub max_pushback_ms: u64,
+    /// Default policies; run-time policies with the same key override them.
+    #[serde(default)]
+    pub policies: Vec<valet_quota::Policy>,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            backend: QuotaBackend::Local,
+            redis_url: None,
+            on_backend_error: valet_quota::OnBackendError::Local,
+            replicas: default_replicas(),
+            max_pushback_ms: default_max_pushback_ms(),
+            policies: Vec::new(),
+        }
+    }
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+fn default_max_pushback_ms() -> u64 {
+    600_000
+}
+
+/// Where quotas are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaBackend {
+    /// In process.
+    #[default]
+    Local,
+    /// In Redis, shared by every replica.
+    Redis,
+}
+
 /// Size limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,7 +366,34 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         self.registry().map(|_| ())?;
         self.limits().map(|_| ())?;
-        self.check_secrets()
+        self.check_secrets()?;
+        self.check_quota()
+    }
+
+    fn check_quota(&self) -> Result<(), ConfigError> {
+        let q = &self.quota;
+        if q.backend == QuotaBackend::Redis && q.redis_url.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "quota.redis_url: required with backend = \"redis\"".into(),
+            ));
+        }
+        if q.replicas == 0 {
+            return Err(invalid("quota.replicas: must be greater than 0".into()));
+        }
+        for (i, p) in q.policies.iter().enumerate() {
+            self.check_policy(p)
+                .map_err(|e| invalid(format!("quota.policies[{i}].{e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Checks a quota policy: its values, and that its vendor is configured.
+    pub fn check_policy(&self, p: &valet_quota::Policy) -> Result<(), String> {
+        p.check().map_err(|e| e.to_string())?;
+        if p.vendor != "*" && !self.vendors.iter().any(|v| v.name == p.vendor) {
+            return Err(format!("vendor: '{}' is not a configured vendor", p.vendor));
+        }
+        Ok(())
     }
 
     fn check_secrets(&self) -> Result<(), ConfigError> {

@@ -61,6 +61,11 @@ impl Gateway for GatewayService {
                 if let Ok(id) = ctx.request_id.parse() {
                     response.metadata_mut().insert("x-request-id", id);
                 }
+                for (name, value) in &outcome.ratelimit {
+                    if let Ok(value) = value.parse() {
+                        response.metadata_mut().insert(*name, value);
+                    }
+                }
                 Ok(response)
             }
             Err(failure) => Err(failure.into_status(Some(&ctx.request_id))),

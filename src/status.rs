@@ -23,6 +23,10 @@ pub struct Failure {
     pub reason: &'static str,
     /// A message for people; names the field, never a secret.
     pub message: String,
+    /// When a retry may succeed (quota refusals).
+    pub retry_after: Option<std::time::Duration>,
+    /// Extra `ErrorInfo` metadata (the refusing quota policy).
+    pub info: Vec<(&'static str, String)>,
 }
 
 impl Failure {
@@ -32,7 +36,22 @@ impl Failure {
             code,
             reason,
             message: message.into(),
+            retry_after: None,
+            info: Vec::new(),
         }
+    }
+
+    /// Adds when a retry may succeed: a `google.rpc.RetryInfo` detail and
+    /// `retry-after` (milliseconds) trailing metadata.
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// Adds an `ErrorInfo` metadata entry.
+    pub fn with_info(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.info.push((key, value.into()));
+        self
     }
 
     /// INVALID_ARGUMENT for `field`.
@@ -42,8 +61,22 @@ impl Failure {
 
     /// The status sent to the caller, tagged with the call's request id.
     pub fn into_status(self, request_id: Option<&str>) -> Status {
-        let details = ErrorDetails::with_error_info(self.reason, DOMAIN, std::collections::HashMap::new());
+        let info: std::collections::HashMap<String, String> = self
+            .info
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let mut details = ErrorDetails::with_error_info(self.reason, DOMAIN, info);
+        if let Some(after) = self.retry_after {
+            details.set_retry_info(Some(after));
+        }
         let mut status = Status::with_error_details(self.code, self.message, details);
+        if let Some(ms) = self
+            .retry_after
+            .and_then(|a| a.as_millis().to_string().parse().ok())
+        {
+            status.metadata_mut().insert("retry-after", ms);
+        }
         if let Some(id) = request_id.and_then(|id| id.parse().ok()) {
             status.metadata_mut().insert("x-request-id", id);
         }
@@ -70,6 +103,14 @@ impl From<Denied> for Failure {
             Denied::Vendor => ("VENDOR_NOT_ALLOWED", "this vendor"),
             Denied::Operation => ("OPERATION_NOT_ALLOWED", "this operation"),
             Denied::Admin => ("ADMIN_REQUIRED", "the Admin service"),
+            Denied::Permission(valet_access::Permission::QuotaAdmin) => (
+                "PERMISSION_REQUIRED",
+                "quota administration (needs the quota_admin permission)",
+            ),
+            Denied::Permission(valet_access::Permission::QuotaView) => (
+                "PERMISSION_REQUIRED",
+                "quota viewing (needs the quota_view permission)",
+            ),
         };
         Self::new(
             Code::PermissionDenied,

@@ -214,6 +214,7 @@ async fn bad_api_key_requests_are_invalid() {
         operations: vec![Operation::Read as i32],
         admin: false,
         ttl_seconds: 0,
+        permissions: Vec::new(),
     };
     let cases = [
         (

@@ -1,6 +1,8 @@
 //! `valet admin …`: a client of the Admin service.
 
-use super::{AdminArgs, AdminCommand, ApiKeyCommand, CredentialCommand, OperationArg};
+use super::{
+    AdminArgs, AdminCommand, ApiKeyCommand, CredentialCommand, OperationArg, PermissionArg, QuotaCommand,
+};
 use crate::proto::{self, admin_client::AdminClient};
 use std::io::{IsTerminal as _, Read as _};
 use std::time::{Duration, UNIX_EPOCH};
@@ -52,6 +54,7 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
     match args.command {
         AdminCommand::Credential(cmd) => credential(&mut client, cmd).await,
         AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
+        AdminCommand::Quota(cmd) => quota(&mut client, cmd).await,
     }
 }
 
@@ -140,6 +143,7 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
             vendors,
             operations,
             admin,
+            permissions,
             ttl_days,
         } => {
             let created = client
@@ -150,6 +154,13 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
                     operations: operations.iter().map(|o| operation(*o)).collect(),
                     admin,
                     ttl_seconds: ttl_days.map_or(0, |d| d.saturating_mul(86_400)),
+                    permissions: permissions
+                        .iter()
+                        .map(|p| match p {
+                            PermissionArg::QuotaAdmin => proto::Permission::QuotaAdmin as i32,
+                            PermissionArg::QuotaView => proto::Permission::QuotaView as i32,
+                        })
+                        .collect(),
                 })
                 .await
                 .map_err(describe)?
@@ -200,6 +211,111 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+async fn quota(client: &mut Client, cmd: QuotaCommand) -> Result<(), String> {
+    let print = |p: &proto::QuotaPolicy| {
+        let period = match proto::RatePeriod::try_from(p.period) {
+            Ok(proto::RatePeriod::Second) => "s",
+            Ok(proto::RatePeriod::Minute) => "m",
+            Ok(proto::RatePeriod::Hour) => "h",
+            _ => "?",
+        };
+        let mode = if p.shadow { "shadow" } else { "enforce" };
+        let scope = if p.aggregate { "aggregate" } else { "per-tenant" };
+        println!(
+            "{}\t{}/{period}\tburst {}\t{mode}\t{scope}",
+            p.id, p.rate, p.burst
+        );
+    };
+    match cmd {
+        QuotaCommand::Set {
+            tenant,
+            vendor,
+            operation,
+            rate,
+            burst,
+            shadow,
+            aggregate,
+        } => {
+            let (rate, period) = parse_rate(&rate)?;
+            let policy = proto::QuotaPolicy {
+                id: String::new(),
+                tenant,
+                vendor,
+                operation,
+                rate,
+                period: period as i32,
+                burst,
+                shadow,
+                aggregate,
+            };
+            let set = client
+                .put_quota_policy(proto::PutQuotaPolicyRequest { policy: Some(policy) })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            print(&set);
+        }
+        QuotaCommand::Get { id } => {
+            let p = client
+                .get_quota_policy(proto::GetQuotaPolicyRequest { id })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            print(&p);
+        }
+        QuotaCommand::List => {
+            let list = client
+                .list_quota_policies(proto::ListQuotaPoliciesRequest {})
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("ID\tRATE\tBURST\tMODE\tSCOPE");
+            list.policies.iter().for_each(print);
+        }
+        QuotaCommand::Delete { id } => {
+            client
+                .delete_quota_policy(proto::DeleteQuotaPolicyRequest { id: id.clone() })
+                .await
+                .map_err(describe)?;
+            println!("deleted quota policy {id}");
+        }
+        QuotaCommand::Usage {
+            tenant,
+            vendor,
+            operation,
+        } => {
+            let usage = client
+                .get_quota_usage(proto::GetQuotaUsageRequest {
+                    tenant,
+                    vendor,
+                    operation,
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("POLICY\tREMAINING\tRESET_MS");
+            for u in usage.usage {
+                println!("{}\t{}\t{}", u.policy_id, u.remaining, u.reset_ms);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `10/s`, `100/m`, `1000/h` (also `/second`, `/minute`, `/hour`).
+fn parse_rate(text: &str) -> Result<(u32, proto::RatePeriod), String> {
+    let bad = || format!("--rate {text}: use COUNT/s, COUNT/m or COUNT/h, e.g. 10/s");
+    let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let period = match unit.trim() {
+        "s" | "sec" | "second" => proto::RatePeriod::Second,
+        "m" | "min" | "minute" => proto::RatePeriod::Minute,
+        "h" | "hour" => proto::RatePeriod::Hour,
+        _ => return Err(bad()),
+    };
+    Ok((count, period))
 }
 
 /// Reads the secret: prompted without echo on a terminal, else all of stdin

@@ -174,6 +174,7 @@ impl Valet {
             operations: ops.iter().map(|o| *o as i32).collect(),
             admin: false,
             ttl_seconds: ttl,
+            permissions: Vec::new(),
         };
         let resp = self
             .admin()

@@ -23,6 +23,16 @@ impl Operation {
     }
 }
 
+/// A permission beyond Gateway calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Change (and read) quota policies.
+    QuotaAdmin,
+    /// Read quota policies and usage.
+    QuotaView,
+}
+
 /// The wildcard for tenants and vendors.
 pub const ANY: &str = "*";
 
@@ -38,6 +48,9 @@ pub struct Grant {
     pub operations: BTreeSet<Operation>,
     /// Whether the key may use the Admin service.
     pub admin: bool,
+    /// Narrower Admin permissions (an admin key has them all).
+    #[serde(default)]
+    pub permissions: BTreeSet<Permission>,
 }
 
 /// Which part of a grant refused a call.
@@ -55,6 +68,9 @@ pub enum Denied {
     /// The key may not use the Admin service.
     #[error("this API key is not an admin key")]
     Admin,
+    /// The key lacks a permission.
+    #[error("this API key lacks a permission")]
+    Permission(Permission),
 }
 
 impl Grant {
@@ -77,6 +93,19 @@ impl Grant {
     pub fn allows_admin(&self) -> Result<(), Denied> {
         if self.admin { Ok(()) } else { Err(Denied::Admin) }
     }
+
+    /// Whether `permission` is granted (admin keys have every permission;
+    /// quota administration includes viewing).
+    pub fn has(&self, permission: Permission) -> Result<(), Denied> {
+        let granted = self.admin
+            || self.permissions.contains(&permission)
+            || (permission == Permission::QuotaView && self.permissions.contains(&Permission::QuotaAdmin));
+        if granted {
+            Ok(())
+        } else {
+            Err(Denied::Permission(permission))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +119,13 @@ mod tests {
             vendors: vec![ANY.into()],
             operations: [Operation::Read].into(),
             admin: false,
+            permissions: [Permission::QuotaAdmin].into(),
         };
+        assert_eq!(
+            g.has(Permission::QuotaView),
+            Ok(()),
+            "quota admin includes viewing"
+        );
         assert_eq!(g.allows("acme", "stripe", Operation::Read), Ok(()));
         assert_eq!(g.allows("globex", "stripe", Operation::Read), Err(Denied::Tenant));
         assert_eq!(

@@ -291,6 +291,7 @@ mod tests {
             vendors: vec!["mock".into()],
             operations: [Operation::Read].into(),
             admin: false,
+            permissions: Default::default(),
         }
     }
 

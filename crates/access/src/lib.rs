@@ -12,5 +12,5 @@
 pub mod grant;
 pub mod keys;
 
-pub use grant::{Denied, Grant, Operation};
+pub use grant::{Denied, Grant, Operation, Permission};
 pub use keys::{ApiKey, ApiKeyRecord, AuthError, Caller, KeyStore, KeyStoreError};

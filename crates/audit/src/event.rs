@@ -61,6 +61,22 @@ pub enum Event {
         /// The call's request id.
         request_id: String,
     },
+    /// A quota policy was set or replaced.
+    QuotaPolicyPut {
+        /// The policy's id.
+        policy_id: String,
+        /// The effective policy before, if any.
+        before: Option<serde_json::Value>,
+        /// The policy after.
+        after: serde_json::Value,
+    },
+    /// A run-time quota policy was removed.
+    QuotaPolicyDelete {
+        /// The policy's id.
+        policy_id: String,
+        /// The policy removed.
+        before: serde_json::Value,
+    },
     /// A credential was deleted.
     CredentialDelete {
         /// Owning tenant.
@@ -84,6 +100,8 @@ pub enum Event {
         operations: Vec<String>,
         /// Whether it is an admin key.
         admin: bool,
+        /// Extra permissions granted.
+        permissions: Vec<String>,
         /// Expiry, Unix milliseconds, if any.
         expires_ms: Option<u64>,
     },

@@ -67,6 +67,22 @@ pub struct Quotas {
     /// Serialises changes so read-modify-write of the file cannot interleave.
     writes: tokio::sync::Mutex<()>,
     version: AtomicI64,
+    /// The last decision seen per bucket, for usage reports.
+    last: std::sync::Mutex<std::collections::HashMap<String, (Decision, std::time::Instant)>>,
+}
+
+/// Buckets remembered for usage reports before the memory is cleared.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// One bucket's state in a usage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The policy's id.
+    pub policy_id: String,
+    /// Calls admissible now.
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset: Duration,
 }
 
 impl std::fmt::Debug for Quotas {
@@ -127,6 +143,7 @@ impl Quotas {
             limiter,
             writes: tokio::sync::Mutex::new(()),
             version: AtomicI64::new(0),
+            last: Default::default(),
         };
         quotas.rebuild();
         quotas
@@ -305,6 +322,7 @@ impl Quotas {
             if decision.paused {
                 return pushback(decision.retry_after);
             }
+            self.remember(policy.bucket(tenant), decision);
             if !decision.allowed {
                 if policy.mode == Mode::Enforce {
                     return Verdict::Refused {
@@ -325,6 +343,46 @@ impl Quotas {
             },
             None => Verdict::Unlimited,
         }
+    }
+
+    fn remember(&self, bucket: String, decision: Decision) {
+        let mut last = self.last.lock().expect("lock");
+        if last.len() >= MAX_REMEMBERED {
+            last.clear();
+        }
+        last.insert(bucket, (decision, std::time::Instant::now()));
+    }
+
+    /// Each applicable policy's bucket for a tenant, vendor and operation, as
+    /// last seen by this replica and projected to now (a bucket never seen is
+    /// full). Nothing is counted.
+    pub fn usage(&self, tenant: &str, vendor: &str, read: bool) -> Vec<Usage> {
+        let policies = self.effective.read().expect("lock").clone();
+        let applicable = select(&policies, tenant, vendor, read);
+        let last = self.last.lock().expect("lock");
+        applicable
+            .primary
+            .into_iter()
+            .chain(applicable.aggregates)
+            .map(|p| {
+                let (remaining, reset) = match last.get(&p.bucket(tenant)) {
+                    None => (p.burst, Duration::ZERO),
+                    Some((d, at)) => {
+                        let elapsed = at.elapsed();
+                        let refilled = (elapsed.as_nanos() / p.emission_interval().as_nanos().max(1)) as u32;
+                        (
+                            d.remaining.saturating_add(refilled).min(p.burst),
+                            d.reset.saturating_sub(elapsed),
+                        )
+                    }
+                };
+                Usage {
+                    policy_id: p.id(),
+                    remaining,
+                    reset,
+                }
+            })
+            .collect()
     }
 
     /// A vendor answered 429: refuse this tenant × vendor locally for `for_`.

@@ -13,6 +13,8 @@
 //!   form (raw, Base64, percent-encoded) in an output.
 //! - [`moto`]: [`Moto`], the Secrets Manager emulator (moto's server mode)
 //!   on a free port.
+//! - [`redis_server`]: [`RedisServer`], a private `redis-server` on a free
+//!   port that a test can kill and restart.
 //! - [`counting_proxy`]: [`CountingProxy`], counts Secrets Manager requests
 //!   by operation on their way to the emulator, and can play an outage or
 //!   throttling.
@@ -22,11 +24,13 @@ pub mod counting_proxy;
 pub mod leak;
 pub mod mock_vendor;
 pub mod moto;
+pub mod redis_server;
 pub mod tls;
 
 pub use counting_proxy::CountingProxy;
 pub use mock_vendor::{MockVendor, Recorded, Scripted};
 pub use moto::Moto;
+pub use redis_server::RedisServer;
 pub use tls::TestCa;
 
 /// A canary credential unique to this run: if it shows up in any output, a

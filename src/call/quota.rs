@@ -1,0 +1,129 @@
+//! Step 3b: the tenant's quota, between authorization and the credential
+//! lease; and, after the vendor answered, its push-back.
+
+use super::validate::ValidCall;
+use crate::app::App;
+use crate::status::Failure;
+use std::time::{Duration, SystemTime};
+use tonic::Code;
+use valet_access::Operation;
+use valet_egress::ProxyResponse;
+use valet_quota::Verdict;
+
+/// Response metadata for an admitted call, in the shape of the IETF
+/// RateLimit header fields.
+pub type RateLimitHeaders = Vec<(&'static str, String)>;
+
+/// Checks the call against its policies. Admitted calls get RateLimit
+/// metadata; refused ones RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` naming the
+/// policy, with a retry-after.
+pub async fn check(app: &App, call: &ValidCall) -> Result<RateLimitHeaders, Failure> {
+    let read = call.operation == Operation::Read;
+    match app.quotas.check(&call.key.tenant, &call.key.vendor, read).await {
+        Verdict::Unlimited => Ok(Vec::new()),
+        Verdict::Admitted { policy, decision, .. } => {
+            let id = policy.id();
+            Ok(vec![
+                (
+                    "ratelimit-policy",
+                    format!("\"{id}\";q={};w={}", policy.burst, ceil_secs(policy.window())),
+                ),
+                (
+                    "ratelimit",
+                    format!(
+                        "\"{id}\";r={};t={}",
+                        decision.remaining,
+                        ceil_secs(decision.reset)
+                    ),
+                ),
+            ])
+        }
+        Verdict::Refused {
+            policy_id,
+            retry_after,
+        } => {
+            let why = if policy_id == "vendor-pushback" {
+                format!(
+                    "vendor '{}' asked Valet to back off (429 Retry-After)",
+                    call.key.vendor
+                )
+            } else {
+                format!("over quota policy '{policy_id}'")
+            };
+            Err(Failure::new(
+                Code::ResourceExhausted,
+                "QUOTA_EXCEEDED",
+                format!(
+                    "tenant '{}' vendor '{}': {why}; retry after {} ms",
+                    call.key.tenant,
+                    call.key.vendor,
+                    retry_after.as_millis()
+                ),
+            )
+            .with_retry_after(retry_after)
+            .with_info("policy", policy_id))
+        }
+    }
+}
+
+/// After a vendor 429 with `Retry-After`, refuses this tenant × vendor
+/// locally until then (at most `app.max_pushback`), so the next calls do not
+/// hammer the vendor.
+pub async fn vendor_pushback(app: &App, call: &ValidCall, answer: &ProxyResponse) {
+    if answer.status != 429 {
+        return;
+    }
+    let header = answer
+        .headers
+        .iter()
+        .find(|(n, _)| n == "retry-after")
+        .map(|(_, v)| v.as_str());
+    if let Some(wait) = header.and_then(|v| retry_after(v, SystemTime::now())) {
+        let wait = wait.min(app.max_pushback);
+        tracing::info!(
+            tenant = call.key.tenant,
+            vendor = call.key.vendor,
+            pause_ms = wait.as_millis() as u64,
+            "vendor push-back"
+        );
+        app.quotas.pause(&call.key.tenant, &call.key.vendor, wait).await;
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP-date. Garbage, negative
+/// numbers and past dates give `None`.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(now).ok().filter(|d| !d.is_zero())
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(retry_after("30", now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after(" 5 ", now), Some(Duration::from_secs(5)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(90)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        for bad in ["-5", "0", "soon", "", "1.5", earlier.as_str()] {
+            assert_eq!(retry_after(bad, now), None, "{bad:?}");
+        }
+        assert_eq!(
+            retry_after("99999999999", now),
+            Some(Duration::from_secs(99_999_999_999)),
+            "capped by the caller"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Quotas in fleet mode: several Valet instances sharing one Redis enforce
+//! one limit, see each other's policy changes within a second, and fall back
+//! to a local limiter while Redis is down.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{Valet, authed, bearer, get, reason, vendor};
+use valet::config::{Config, QuotaBackend};
+use valet::proto::{ListQuotaPoliciesRequest, Operation, PutQuotaPolicyRequest, QuotaPolicy, RatePeriod};
+use valet_quota::{Mode, OnBackendError, OperationMatch, Period, Policy};
+use valet_testkit::{MockVendor, RedisServer};
+
+fn config(mock: &MockVendor, redis: &RedisServer, policies: Vec<Policy>, replicas: u32) -> Config {
+    let mut config = Config {
+        vendors: vec![vendor("mock", &mock.base_url(), bearer())],
+        ..Config::default()
+    };
+    config.quota.backend = QuotaBackend::Redis;
+    config.quota.redis_url = Some(redis.url());
+    config.quota.on_backend_error = OnBackendError::Local;
+    config.quota.replicas = replicas;
+    config.quota.policies = policies;
+    config
+}
+
+async fn replica(config: Config) -> (Valet, String) {
+    let valet = Valet::start_with(config, tempfile::tempdir().unwrap()).await;
+    valet
+        .put_credential("acme", "mock", "fleet-quota-secret-0001")
+        .await;
+    let key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
+    (valet, key)
+}
+
+fn per_second(rate: u32, burst: u32) -> Policy {
+    Policy {
+        tenant: "*".into(),
+        vendor: "mock".into(),
+        operation: OperationMatch::Any,
+        rate,
+        period: Period::Second,
+        burst,
+        mode: Mode::Enforce,
+        aggregate: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_at_most_burst_plus_rate_times_t() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let (rate, burst) = (20u32, 5u32);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(config(&mock, &redis, vec![per_second(rate, burst)], 3)).await);
+    }
+
+    let window = Duration::from_millis(1500);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (valet, key) in &replicas {
+        let (mut gateway, key) = (valet.gateway().await, key.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut admitted, mut refused) = (0u32, 0u32);
+            while started.elapsed() < window {
+                match gateway.call(authed(get("acme", "mock", "/x"), &key)).await {
+                    Ok(_) => admitted += 1,
+                    Err(e) if reason(&e) == "QUOTA_EXCEEDED" => refused += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            (admitted, refused)
+        }));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        admitted += a;
+        refused += r;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = f64::from(burst) + f64::from(rate) * elapsed;
+    assert!(
+        f64::from(admitted) <= bound + 1.0,
+        "admitted {admitted} > burst + rate x t = {bound:.1}"
+    );
+    assert!(
+        refused > 0,
+        "the limit was never reached: the test proves nothing"
+    );
+    assert!(f64::from(admitted) >= f64::from(burst), "admitted {admitted}");
+    assert_eq!(mock.requests().len() as u32, admitted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_on_one_replica_reaches_the_others_within_a_second() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let (a, _) = replica(config(&mock, &redis, vec![], 2)).await;
+    let (b, b_key) = replica(config(&mock, &redis, vec![], 2)).await;
+
+    let policy = QuotaPolicy {
+        tenant: "acme".into(),
+        vendor: "mock".into(),
+        operation: "*".into(),
+        rate: 1,
+        period: RatePeriod::Hour as i32,
+        burst: 1,
+        ..Default::default()
+    };
+    let set_at = Instant::now();
+    a.admin()
+        .await
+        .put_quota_policy(authed(
+            PutQuotaPolicyRequest { policy: Some(policy) },
+            &a.admin_key,
+        ))
+        .await
+        .unwrap();
+    let mut admin_b = b.admin().await;
+    loop {
+        let seen = admin_b
+            .list_quota_policies(authed(ListQuotaPoliciesRequest {}, &b.admin_key))
+            .await
+            .unwrap()
+            .into_inner()
+            .policies;
+        if seen.iter().any(|p| p.id == "acme/mock/*") {
+            break;
+        }
+        assert!(
+            set_at.elapsed() < Duration::from_secs(3),
+            "replica b never saw the policy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        set_at.elapsed() < Duration::from_millis(1200),
+        "took {:?}",
+        set_at.elapsed()
+    );
+    // And b enforces it against the shared bucket.
+    b.call(&b_key, get("acme", "mock", "/x")).await.unwrap();
+    let err = b.call(&b_key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_falls_back_to_local_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let hourly = Policy {
+        rate: 1,
+        period: Period::Hour,
+        ..per_second(1, 2)
+    };
+    let (valet, key) = replica(config(&mock, &redis, vec![hourly], 1)).await;
+    let call = || valet.call(&key, get("acme", "mock", "/x"));
+
+    // Redis enforces: 2, then refused.
+    call().await.unwrap();
+    call().await.unwrap();
+    assert_eq!(reason(&call().await.unwrap_err()), "QUOTA_EXCEEDED");
+
+    // Redis gone: the local fallback takes over (a fresh local bucket), so
+    // traffic neither stops nor runs unlimited.
+    redis.stop();
+    call().await.expect("the local fallback admits");
+    call().await.expect("the local fallback admits");
+    assert_eq!(
+        reason(&call().await.unwrap_err()),
+        "QUOTA_EXCEEDED",
+        "the fallback limits too"
+    );
+
+    // Redis back (empty): after the retry window Valet uses it again — its
+    // fresh bucket admits where the exhausted local one would not.
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut recovered = false;
+    for _ in 0..20 {
+        if call().await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "Valet did not return to Redis");
+}

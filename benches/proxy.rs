@@ -77,6 +77,26 @@ async fn main() {
             through_valet(&mock, shm.path(), calls, concurrency).await,
         ));
     }
+    // (d) and (e): as (b), with a quota policy that admits every call,
+    // checked in process and in Redis: what quotas cost a call.
+    let quota_local = tempfile::tempdir().unwrap();
+    runs.push((
+        "(d) Valet + quota (local)",
+        through_valet_with(&mock, quota_local.path(), calls, concurrency, Quota::Local).await,
+    ));
+    let redis = valet_testkit::RedisServer::start().await;
+    let quota_redis = tempfile::tempdir().unwrap();
+    runs.push((
+        "(e) Valet + quota (redis)",
+        through_valet_with(
+            &mock,
+            quota_redis.path(),
+            calls,
+            concurrency,
+            Quota::Redis(redis.url()),
+        )
+        .await,
+    ));
 
     println!(
         "proxy overhead: {calls} GET calls, {concurrency} in flight, loopback, {} cores",
@@ -102,8 +122,25 @@ async fn main() {
 }
 
 /// Starts Valet with its state under `state` and measures calls through it.
+/// Quota set-up for a run.
+enum Quota {
+    Off,
+    Local,
+    Redis(String),
+}
+
 async fn through_valet(mock: &MockVendor, state: &std::path::Path, calls: usize, concurrency: usize) -> Run {
-    let (gateway, key) = start_valet(mock, state).await;
+    through_valet_with(mock, state, calls, concurrency, Quota::Off).await
+}
+
+async fn through_valet_with(
+    mock: &MockVendor,
+    state: &std::path::Path,
+    calls: usize,
+    concurrency: usize,
+    quota: Quota,
+) -> Run {
+    let (gateway, key) = start_valet(mock, state, quota).await;
     let request = CallRequest {
         tenant: "acme".into(),
         vendor: "mock".into(),
@@ -168,6 +205,7 @@ where
 async fn start_valet(
     mock: &MockVendor,
     state: &std::path::Path,
+    quota: Quota,
 ) -> (GatewayClient<tonic::transport::Channel>, String) {
     let mut config = Config {
         vendors: vec![VendorConfig {
@@ -182,6 +220,25 @@ async fn start_valet(
         ..Config::default()
     };
     config.state.dir = state.join("state");
+    let generous = valet_quota::Policy {
+        tenant: "*".into(),
+        vendor: "mock".into(),
+        operation: valet_quota::OperationMatch::Any,
+        rate: 1_000_000,
+        period: valet_quota::Period::Second,
+        burst: 1_000_000,
+        mode: valet_quota::Mode::Enforce,
+        aggregate: false,
+    };
+    match quota {
+        Quota::Off => {}
+        Quota::Local => config.quota.policies = vec![generous],
+        Quota::Redis(url) => {
+            config.quota.policies = vec![generous];
+            config.quota.backend = valet::config::QuotaBackend::Redis;
+            config.quota.redis_url = Some(url);
+        }
+    }
     let app = Arc::new(App::open(&config).await.expect("valet starts"));
     let listeners = Listeners {
         gateway: TcpListener::bind("127.0.0.1:0").await.unwrap(),

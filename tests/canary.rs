@@ -7,20 +7,11 @@ mod support;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use support::{authed, get, valet_bin};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use support::{authed, collect, free_port, get, valet_bin};
 use tokio::process::{Child, Command};
 use valet::proto::gateway_client::GatewayClient;
 use valet::proto::{CallRequest, Header, Operation};
 use valet_testkit::{MockVendor, Scripted, leak};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs `valet admin …`; returns (exit code, stdout, stderr).
 async fn admin_cli(endpoint: &str, key_file: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
@@ -30,28 +21,6 @@ async fn admin_cli(endpoint: &str, key_file: &Path, args: &[&str], stdin: &str) 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Collects a child's output; resolves `ready` when the serving line shows.
-fn collect(
-    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    into: Arc<Mutex<Vec<u8>>>,
-    ready: Option<tokio::sync::oneshot::Sender<()>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        let mut ready = ready;
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("valet serving")
-                && let Some(tx) = ready.take()
-            {
-                let _ = tx.send(());
-            }
-            let mut buf = into.lock().unwrap();
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-        }
-    })
 }
 
 /// Checks `bytes` for every form of every secret in `secrets`.

@@ -256,3 +256,120 @@ pub async fn admin_cli(endpoint: &str, key_file: &Path, args: &[&str], stdin: &s
     drop(input);
     child.wait_with_output().await.expect("valet exits")
 }
+
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Collects a child's output line by line; resolves `ready` when the
+/// "valet serving" log line shows.
+pub fn collect(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    ready: Option<oneshot::Sender<()>>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let mut ready = ready;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("valet serving")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
+            }
+            let mut buf = into.lock().expect("lock");
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+    })
+}
+
+/// The built `valet serve` binary in its own process, on free ports.
+pub struct ValetProcess {
+    child: tokio::process::Child,
+    /// The Gateway's URL.
+    pub gateway_url: String,
+    /// The Admin service's URL.
+    pub admin_url: String,
+    /// Its bootstrap admin key file.
+    pub key_file: PathBuf,
+    /// Its stderr so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _dir: TempDir,
+}
+
+impl ValetProcess {
+    /// Starts `valet serve` with `[server]`, `[state]` and then `body` as its
+    /// config, and waits for it to serve.
+    pub async fn spawn(body: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gw, admin) = (free_port(), free_port());
+        let state = dir.path().join("state");
+        let config = dir.path().join("valet.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{gw}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[state]\ndir = \"{}\"\n{body}",
+            state.display()
+        );
+        std::fs::write(&config, text).expect("config");
+        let mut child = tokio::process::Command::new(valet_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("valet runs");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = oneshot::channel();
+        collect(child.stdout.take().expect("stdout"), stdout, Some(tx));
+        collect(child.stderr.take().expect("stderr"), stderr.clone(), None);
+        if rx.await.is_err() {
+            panic!(
+                "valet did not start: {}",
+                String::from_utf8_lossy(&stderr.lock().expect("lock"))
+            );
+        }
+        Self {
+            child,
+            gateway_url: format!("http://127.0.0.1:{gw}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
+            key_file: state.join("admin.key"),
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `valet admin ARGS` against it; returns stdout, failing on error.
+    pub async fn admin(&self, args: &[&str], stdin: &str) -> String {
+        let out = admin_cli(&self.admin_url, &self.key_file, args, stdin).await;
+        assert!(
+            out.status.success(),
+            "valet admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A Gateway client.
+    pub async fn gateway(&self) -> GatewayClient<Channel> {
+        GatewayClient::connect(self.gateway_url.clone())
+            .await
+            .expect("connect gateway")
+    }
+
+    /// SIGTERM, then the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running").to_string();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await;
+        self.child.wait().await.ok().and_then(|s| s.code())
+    }
+}

@@ -250,42 +250,24 @@ async fn the_canary_and_the_master_key_appear_nowhere_with_secrets_manager() {
     let canary = valet_testkit::canary("sm");
     let moto = valet_testkit::Moto::start().await;
     let mock = MockVendor::start().await;
-    let master_key = base64::engine::general_purpose::STANDARD.encode(
-        canary
-            .as_bytes()
-            .iter()
-            .cycle()
-            .take(32)
-            .copied()
-            .collect::<Vec<u8>>(),
-    );
+    let key_bytes: Vec<u8> = canary.as_bytes().iter().cycle().take(32).copied().collect();
+    let master_key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
     let sm = valet_credentials::aws::sdk_config(&valet_credentials::aws::AwsConnection {
         region: "us-east-1".into(),
         endpoint_url: Some(moto.endpoint()),
         static_credentials: Some(("testing".into(), "testing".into())),
     })
     .await;
-    aws_sdk_secretsmanager::Client::new(&sm)
-        .create_secret()
+    let sm = aws_sdk_secretsmanager::Client::new(&sm);
+    sm.create_secret()
         .name("canary-master")
         .secret_string(&master_key)
         .send()
         .await
         .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let (gw_port, admin_port) = (free_port(), free_port());
-    let config = dir.path().join("valet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{gw_port}"
-admin_listen = "127.0.0.1:{admin_port}"
-[state]
-dir = "{state}"
+    let body = format!(
+        r#"
 [secrets]
 backend = "aws"
 region = "us-east-1"
@@ -297,41 +279,22 @@ base_url = "{base}"
 allow_insecure_http = true
 auth = {{ scheme = "bearer" }}
 "#,
-            state = state.display(),
-            endpoint = moto.endpoint(),
-            base = mock.base_url()
-        ),
-    )
-    .unwrap();
-    let mut server: Child = Command::new(valet_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let out_task = collect(server.stdout.take().unwrap(), stdout.clone(), Some(ready_tx));
-    let err_task = collect(server.stderr.take().unwrap(), stderr.clone(), None);
-    if ready_rx.await.is_err() {
-        panic!(
-            "valet did not start: {}",
-            String::from_utf8_lossy(&stderr.lock().unwrap())
-        );
-    }
-
-    let endpoint = format!("http://127.0.0.1:{admin_port}");
-    let key_file = state.join("admin.key");
-    let put = ["credential", "put", "--tenant", "acme", "--vendor", "bearer"];
-    let (code, _, err) = admin_cli(&endpoint, &key_file, &put, &format!("{canary}\n")).await;
-    assert_eq!(code, 0, "{err}");
+        endpoint = moto.endpoint(),
+        base = mock.base_url()
+    );
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let valet = support::ValetProcess::spawn_with(&body, &env).await;
+    valet
+        .admin(
+            &["credential", "put", "--tenant", "acme", "--vendor", "bearer"],
+            &format!("{canary}\n"),
+        )
+        .await;
     let create = [
         "apikey",
         "create",
@@ -344,40 +307,27 @@ auth = {{ scheme = "bearer" }}
         "--operation",
         "read",
     ];
-    let (code, api_key, err) = admin_cli(&endpoint, &key_file, &create, "").await;
-    assert_eq!(code, 0, "{err}");
-    let api_key = api_key.trim().to_owned();
+    let api_key = valet.admin(&create, "").await.trim().to_owned();
 
-    let mut gateway = GatewayClient::connect(format!("http://127.0.0.1:{gw_port}"))
+    let resp = valet
+        .gateway()
         .await
-        .unwrap();
-    let resp = gateway
         .call(authed(get("acme", "bearer", "/echo"), &api_key))
         .await
         .unwrap()
         .into_inner();
     assert!(mock.requests().iter().any(|r| format!("{r:?}").contains(&canary)));
 
-    let pid = server.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
-    assert_eq!(server.wait().await.unwrap().code(), Some(0));
-    out_task.await.unwrap();
-    err_task.await.unwrap();
-
+    let state = valet.state.clone();
+    let exited = valet.terminate().await;
+    assert_eq!(exited.code, Some(0));
     let secrets = [
         ("the canary credential", canary.as_str()),
         ("the master key", master_key.as_str()),
     ];
     assert_clean("response", &resp.body, &secrets);
-    assert_clean("server stdout", &stdout.lock().unwrap(), &secrets);
-    assert_clean("server stderr", &stderr.lock().unwrap(), &secrets);
+    assert_clean("server stdout", &exited.stdout, &secrets);
+    assert_clean("server stderr", &exited.stderr, &secrets);
     assert_clean(
         "audit log",
         &std::fs::read(state.join("audit.log")).unwrap(),
@@ -391,7 +341,7 @@ auth = {{ scheme = "bearer" }}
         );
     }
     assert!(!state.join("master.key").exists());
-    let stored = aws_sdk_secretsmanager::Client::new(&sm)
+    let stored = sm
         .get_secret_value()
         .secret_id("valet/acme/bearer")
         .send()

@@ -139,7 +139,7 @@ auth = {{ scheme = "bearer" }}
     assert!(admitted >= burst, "admitted {admitted}");
     assert_eq!(mock.requests().len() as u32, admitted);
     for (p, _) in processes {
-        assert_eq!(p.terminate().await, Some(0));
+        assert_eq!(p.terminate().await.code, Some(0));
     }
 }
 

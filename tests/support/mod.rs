@@ -298,8 +298,23 @@ pub struct ValetProcess {
     pub admin_url: String,
     /// Its bootstrap admin key file.
     pub key_file: PathBuf,
-    /// Its stderr so far.
-    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Its state dir.
+    pub state: PathBuf,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+/// How a [`ValetProcess`] ended.
+pub struct Exited {
+    /// Its exit code.
+    pub code: Option<i32>,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+    /// Keeps its config and state dir until the test is done with them.
     _dir: TempDir,
 }
 
@@ -307,6 +322,11 @@ impl ValetProcess {
     /// Starts `valet serve` with `[server]`, `[state]` and then `body` as its
     /// config, and waits for it to serve.
     pub async fn spawn(body: &str) -> Self {
+        Self::spawn_with(body, &[]).await
+    }
+
+    /// [`ValetProcess::spawn`] with extra environment variables.
+    pub async fn spawn_with(body: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (gw, admin) = (free_port(), free_port());
         let state = dir.path().join("state");
@@ -319,6 +339,7 @@ impl ValetProcess {
         let mut child = tokio::process::Command::new(valet_bin())
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -327,8 +348,10 @@ impl ValetProcess {
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = oneshot::channel();
-        collect(child.stdout.take().expect("stdout"), stdout, Some(tx));
-        collect(child.stderr.take().expect("stderr"), stderr.clone(), None);
+        let readers = vec![
+            collect(child.stdout.take().expect("stdout"), stdout.clone(), Some(tx)),
+            collect(child.stderr.take().expect("stderr"), stderr.clone(), None),
+        ];
         if rx.await.is_err() {
             panic!(
                 "valet did not start: {}",
@@ -340,7 +363,10 @@ impl ValetProcess {
             gateway_url: format!("http://127.0.0.1:{gw}"),
             admin_url: format!("http://127.0.0.1:{admin}"),
             key_file: state.join("admin.key"),
+            state,
+            stdout,
             stderr,
+            readers,
             _dir: dir,
         }
     }
@@ -363,13 +389,24 @@ impl ValetProcess {
             .expect("connect gateway")
     }
 
-    /// SIGTERM, then the exit code.
-    pub async fn terminate(mut self) -> Option<i32> {
+    /// SIGTERM; waits for the exit and for all its output.
+    pub async fn terminate(mut self) -> Exited {
         let pid = self.child.id().expect("running").to_string();
         let _ = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .await;
-        self.child.wait().await.ok().and_then(|s| s.code())
+        let code = self.child.wait().await.ok().and_then(|s| s.code());
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        let take =
+            |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().expect("lock"));
+        Exited {
+            code,
+            stdout: take(&self.stdout),
+            stderr: take(&self.stderr),
+            _dir: self._dir,
+        }
     }
 }

@@ -46,15 +46,7 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// written to a temporary file and hard-linked into place, so the file is
 /// never seen half-written and never replaces another.
 pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = temp_path(path);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let tmp = write_temp(path, bytes)?;
     let linked = fs::hard_link(&tmp, path);
     fs::remove_file(&tmp)?;
     linked?;
@@ -68,6 +60,13 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Replaces `path` with `bytes` (mode 0600), atomically and durably.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = write_temp(path, bytes)?;
+    fs::rename(&tmp, path)?;
+    sync_dir(parent(path))
+}
+
+/// Writes `bytes` to [`temp_path`] (mode 0600) and fsyncs it.
+fn write_temp(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
     let tmp = temp_path(path);
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -77,8 +76,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    sync_dir(parent(path))
+    Ok(tmp)
 }
 
 /// Overwrites `path` with zeros, fsyncs, then unlinks it durably.

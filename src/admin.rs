@@ -440,7 +440,7 @@ impl Admin for AdminService {
         &self,
         r: Request<proto::GetQuotaUsageRequest>,
     ) -> Result<Response<proto::GetQuotaUsageResponse>, Status> {
-        reply(self.get_quota_usage(r))
+        reply(self.get_quota_usage(r).await)
     }
 
     async fn list_api_keys(

@@ -175,6 +175,14 @@ impl From<VaultError> for Failure {
                     "the credential store is unavailable and no cached credential is recent enough (max_stale) to use",
                 )
             }
+            VaultError::Store(valet_credentials::StoreError::Corrupt { context }) => {
+                tracing::error!(%context, "stored credential is not a valid sealed record");
+                Self::new(
+                    Code::Internal,
+                    "CREDENTIAL_UNREADABLE",
+                    "the stored credential is not a valid Valet sealed record; put or rotate it again",
+                )
+            }
             VaultError::Store(valet_credentials::StoreError::NoPending(key)) => Self::new(
                 Code::Aborted,
                 "ROTATION_CONFLICT",

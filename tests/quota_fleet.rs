@@ -7,7 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 use support::{Valet, ValetProcess, authed, bearer, get, reason, vendor};
 use valet::config::{Config, QuotaBackend};
-use valet::proto::{ListQuotaPoliciesRequest, Operation, PutQuotaPolicyRequest, QuotaPolicy, RatePeriod};
+use valet::proto::{
+    GetQuotaUsageRequest, ListQuotaPoliciesRequest, Operation, PutQuotaPolicyRequest, QuotaPolicy, RatePeriod,
+};
 use valet_quota::{Mode, OnBackendError, OperationMatch, Period, Policy};
 use valet_testkit::{MockVendor, RedisServer};
 
@@ -194,6 +196,56 @@ async fn a_policy_set_on_one_replica_reaches_the_others_within_a_second() {
     b.call(&b_key, get("acme", "mock", "/x")).await.unwrap();
     let err = b.call(&b_key, get("acme", "mock", "/x")).await.unwrap_err();
     assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+
+    // Usage on a, which saw none of these calls, is read from Redis.
+    let usage = a
+        .admin()
+        .await
+        .get_quota_usage(authed(
+            GetQuotaUsageRequest {
+                tenant: "acme".into(),
+                vendor: "mock".into(),
+                operation: "read".into(),
+            },
+            &a.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage;
+    assert_eq!(usage.len(), 1);
+    assert_eq!(
+        (usage[0].policy_id.as_str(), usage[0].remaining),
+        ("acme/mock/*", 0)
+    );
+    assert!(usage[0].reset_ms > 3_500_000, "{}", usage[0].reset_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_deny_refuses_and_allow_admits() {
+    let mut redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let one = Policy {
+        rate: 1,
+        period: Period::Hour,
+        ..per_second(1, 1)
+    };
+    let mut deny = config(&mock, &redis, vec![one.clone()], 1);
+    deny.quota.on_backend_error = OnBackendError::Deny;
+    let mut allow = config(&mock, &redis, vec![one], 1);
+    allow.quota.on_backend_error = OnBackendError::Allow;
+    let (deny, deny_key) = replica(deny).await;
+    let (allow, allow_key) = replica(allow).await;
+
+    redis.stop();
+    let err = deny.call(&deny_key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED", "deny refuses while Redis is down");
+    for _ in 0..3 {
+        allow
+            .call(&allow_key, get("acme", "mock", "/x"))
+            .await
+            .expect("allow admits while Redis is down, beyond the burst");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

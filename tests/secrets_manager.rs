@@ -495,3 +495,31 @@ async fn the_master_key_can_live_in_its_own_secret() {
         "no local key file was made"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_secret_is_an_error_not_an_outage() {
+    let f = fleet(300, 3_600_000).await;
+    f.valet
+        .put_credential("acme", "mock", "soon-overwritten-00001")
+        .await;
+    f.valet.call(&f.key, get("acme", "mock", "/x")).await.unwrap();
+    direct(&f.moto)
+        .await
+        .put_secret_value()
+        .secret_id(secret_name())
+        .secret_string("not a sealed record")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = f.valet.call(&f.key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Internal, "CREDENTIAL_UNREADABLE")
+    );
+    assert_eq!(
+        f.mock.requests().len(),
+        1,
+        "nothing was sent with a stale or partial credential"
+    );
+}

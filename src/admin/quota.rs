@@ -88,7 +88,7 @@ impl AdminService {
         Ok(())
     }
 
-    pub(super) fn get_quota_usage(
+    pub(super) async fn get_quota_usage(
         &self,
         request: Request<proto::GetQuotaUsageRequest>,
     ) -> Result<proto::GetQuotaUsageResponse, Failure> {
@@ -117,6 +117,7 @@ impl AdminService {
             .app
             .quotas
             .usage(&req.tenant, &req.vendor, read)
+            .await
             .into_iter()
             .map(|u| proto::QuotaUsage {
                 policy_id: u.policy_id,

@@ -13,7 +13,7 @@
 //! own rotation does. Throttling and transient errors are retried by the SDK
 //! with exponential backoff and full jitter, a bounded number of times.
 
-use crate::cache::{Cache, CacheSettings, Clock, Source};
+use crate::cache::{Cache, CacheSettings, Clock, Source, SourceError};
 use crate::key::{CredentialKey, valid_name};
 use crate::store::{SecretStore, StoreError, StoreFuture, StoredCredential};
 pub use aws_config::SdkConfig;
@@ -119,16 +119,16 @@ struct Remote<'a> {
 }
 
 impl Source for Remote<'_> {
-    async fn version(&self, _key: &CredentialKey) -> Result<Option<String>, String> {
+    async fn version(&self, _key: &CredentialKey) -> Result<Option<String>, SourceError> {
         match self.client.describe_secret().secret_id(&self.name).send().await {
             Ok(out) if out.deleted_date().is_some() => Ok(None),
             Ok(out) => Ok(stage_version(out.version_ids_to_stages(), CURRENT)),
             Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(describe(&e)),
+            Err(e) => Err(SourceError::Unavailable(describe(&e))),
         }
     }
 
-    async fn fetch(&self, _key: &CredentialKey) -> Result<Option<(String, StoredCredential)>, String> {
+    async fn fetch(&self, _key: &CredentialKey) -> Result<Option<(String, StoredCredential)>, SourceError> {
         let out = match self
             .client
             .get_secret_value()
@@ -139,11 +139,15 @@ impl Source for Remote<'_> {
         {
             Ok(out) => out,
             Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(describe(&e)),
+            Err(e) => return Err(SourceError::Unavailable(describe(&e))),
         };
         let version = out.version_id().unwrap_or_default().to_owned();
-        let cred = serde_json::from_str(out.secret_string().unwrap_or_default())
-            .map_err(|_| format!("secret {} does not hold a Valet sealed record", self.name))?;
+        let cred = serde_json::from_str(out.secret_string().unwrap_or_default()).map_err(|_| {
+            SourceError::Corrupt(format!(
+                "secret {} does not hold a Valet sealed record",
+                self.name
+            ))
+        })?;
         Ok(Some((version, cred)))
     }
 }

@@ -45,15 +45,28 @@ impl Default for CacheSettings {
     }
 }
 
+/// Why the source could not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceError {
+    /// Unreachable, throttling, failing: a cached record may be served stale.
+    Unavailable(String),
+    /// It answered with something that is not a Valet sealed record: never
+    /// papered over with a stale one.
+    Corrupt(String),
+}
+
 /// What the source answers about a key's current version.
 pub trait Source: Send + Sync {
     /// The current version id, `None` if the credential does not exist.
-    fn version(&self, key: &CredentialKey) -> impl Future<Output = Result<Option<String>, String>> + Send;
+    fn version(
+        &self,
+        key: &CredentialKey,
+    ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
     /// The current version id and record, `None` if it does not exist.
     fn fetch(
         &self,
         key: &CredentialKey,
-    ) -> impl Future<Output = Result<Option<(String, StoredCredential)>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<(String, StoredCredential)>, SourceError>> + Send;
 }
 
 /// A cached answer: the record (or its absence) at a version.
@@ -224,7 +237,8 @@ impl Cache {
         };
         match (outcome, cached) {
             (Ok(cred), _) => Ok(cred),
-            (Err(cause), Some(old))
+            (Err(SourceError::Corrupt(what)), _) => Err(StoreError::Corrupt { context: what }),
+            (Err(SourceError::Unavailable(cause)), Some(old))
                 if now.saturating_duration_since(old.confirmed) <= self.settings.max_stale =>
             {
                 // Keep serving it without asking again for a while; never past
@@ -242,7 +256,7 @@ impl Cache {
                 );
                 Ok(old.cred)
             }
-            (Err(cause), _) => Err(StoreError::Unavailable(cause)),
+            (Err(SourceError::Unavailable(cause)), _) => Err(StoreError::Unavailable(cause)),
         }
     }
 
@@ -310,18 +324,21 @@ mod tests {
     }
 
     impl Source for Fake {
-        async fn version(&self, _key: &CredentialKey) -> Result<Option<String>, String> {
+        async fn version(&self, _key: &CredentialKey) -> Result<Option<String>, SourceError> {
             self.checks.fetch_add(1, Ordering::SeqCst);
             if self.down.load(Ordering::SeqCst) {
-                return Err("down".into());
+                return Err(SourceError::Unavailable("down".into()));
             }
             Ok(self.version.lock().unwrap().clone())
         }
-        async fn fetch(&self, _key: &CredentialKey) -> Result<Option<(String, StoredCredential)>, String> {
+        async fn fetch(
+            &self,
+            _key: &CredentialKey,
+        ) -> Result<Option<(String, StoredCredential)>, SourceError> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             tokio::task::yield_now().await;
             if self.down.load(Ordering::SeqCst) {
-                return Err("down".into());
+                return Err(SourceError::Unavailable("down".into()));
             }
             Ok(self
                 .version

@@ -54,6 +54,7 @@ impl Scrubber {
                 pct.replace("%20", "+").into_bytes(),
                 json_escape(text, false).into_bytes(),
                 json_escape(text, true).into_bytes(),
+                html_safe_json(text).into_bytes(),
             ];
             for c in candidates {
                 let c = Zeroizing::new(c);
@@ -98,6 +99,15 @@ fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// JSON as Go's encoder (and others) write it: `<`, `>`, `&` as `\u003c`,
+/// `\u003e`, `\u0026`.
+fn html_safe_json(text: &str) -> String {
+    json_escape(text, false)
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
 fn json_escape(text: &str, escape_slash: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -124,6 +134,14 @@ mod tests {
             .scrub(format!("?api_key={sent}").as_bytes())
             .unwrap();
         assert_eq!(out, b"?api_key=[REDACTED]");
+    }
+
+    #[test]
+    fn removes_html_safe_json_escapes() {
+        let secret = Secret::from("tok<en>&more-0123456789".to_owned());
+        let body = br#"{"echo":"tok\u003cen\u003e\u0026more-0123456789"}"#;
+        let out = Scrubber::new(&secret, false).scrub(body).unwrap();
+        assert_eq!(out, br#"{"echo":"[REDACTED]"}"#);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct BackendError(pub String);
 /// A boxed future (the engine holds limiters as trait objects).
 pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send + 'a>>;
 
+/// A boxed future for [`Limiter::peek`].
+pub type PeekFuture<'a> = Pin<Box<dyn Future<Output = Option<Decision>> + Send + 'a>>;
+
 /// Checks one call against one bucket of one policy.
 pub trait Limiter: Send + Sync {
     /// Counts a call in `bucket` under `policy` — unless `pause_key` (tenant ×
@@ -48,6 +51,9 @@ pub trait Limiter: Send + Sync {
         pause_key: Option<&'a str>,
         policy: &'a Policy,
     ) -> CheckFuture<'a>;
+    /// The bucket's state now, counting nothing; `None` when this limiter
+    /// cannot tell (the engine then reports what it last saw).
+    fn peek<'a>(&'a self, bucket: &'a str, policy: &'a Policy) -> PeekFuture<'a>;
     /// Whether calls for `pause_key` are paused by a vendor's push-back, and
     /// for how long; `None` if not.
     fn paused<'a>(
@@ -211,6 +217,12 @@ where
         Box::pin(async move { Ok(decision) })
     }
 
+    fn peek<'a>(&'a self, _bucket: &'a str, _policy: &'a Policy) -> PeekFuture<'a> {
+        // governor offers no read without a check; the engine's record of the
+        // last decision serves instead.
+        Box::pin(async { None })
+    }
+
     fn paused<'a>(
         &'a self,
         pause_key: &'a str,
@@ -258,6 +270,20 @@ if remaining < 0 then remaining = 0 end
 return {1, remaining, new_tat - now, 0, 0}
 "#;
 
+/// A bucket's state without counting a call: {remaining, reset_us}.
+const PEEK_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tolerance = interval * (burst - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local remaining = math.floor((tolerance - (tat - now)) / interval) + 1
+if remaining < 0 then remaining = 0 end
+return {remaining, tat - now}
+"#;
+
 /// What to do when Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -278,6 +304,7 @@ const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
 pub struct Shared {
     conn: redis::aio::ConnectionManager,
     script: redis::Script,
+    peek: redis::Script,
     on_error: OnBackendError,
     replicas: u32,
     fallback: Embedded,
@@ -306,6 +333,7 @@ impl Shared {
         Ok(Self {
             conn,
             script: redis::Script::new(GCRA_LUA),
+            peek: redis::Script::new(PEEK_LUA),
             on_error,
             replicas: replicas.max(1),
             fallback: Embedded::default(),
@@ -415,6 +443,30 @@ impl Limiter for Shared {
                 return Ok(paused(left));
             }
             Ok(self.fallback(bucket, policy))
+        })
+    }
+
+    fn peek<'a>(&'a self, bucket: &'a str, policy: &'a Policy) -> PeekFuture<'a> {
+        Box::pin(async move {
+            if self.skipping_redis() {
+                return None;
+            }
+            let mut conn = self.conn.clone();
+            let answer: Vec<i64> = self
+                .peek
+                .key(format!("valet:quota:{bucket}"))
+                .arg(policy.emission_interval().as_micros() as u64)
+                .arg(policy.burst)
+                .invoke_async(&mut conn)
+                .await
+                .ok()?;
+            Some(Decision {
+                allowed: true,
+                remaining: answer.first().copied().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+                reset: Duration::from_micros(answer.get(1).copied().unwrap_or(0).max(0) as u64),
+                retry_after: Duration::ZERO,
+                paused: false,
+            })
         })
     }
 

@@ -353,36 +353,41 @@ impl Quotas {
         last.insert(bucket, (decision, std::time::Instant::now()));
     }
 
-    /// Each applicable policy's bucket for a tenant, vendor and operation, as
-    /// last seen by this replica and projected to now (a bucket never seen is
-    /// full). Nothing is counted.
-    pub fn usage(&self, tenant: &str, vendor: &str, read: bool) -> Vec<Usage> {
+    /// Each applicable policy's bucket for a tenant, vendor and operation,
+    /// counting nothing: read from Redis in fleet mode; in process, as last
+    /// seen by this replica and projected to now (a bucket never seen is
+    /// full).
+    pub async fn usage(&self, tenant: &str, vendor: &str, read: bool) -> Vec<Usage> {
         let policies = self.effective.read().expect("lock").clone();
         let applicable = select(&policies, tenant, vendor, read);
-        let last = self.last.lock().expect("lock");
-        applicable
-            .primary
-            .into_iter()
-            .chain(applicable.aggregates)
-            .map(|p| {
-                let (remaining, reset) = match last.get(&p.bucket(tenant)) {
-                    None => (p.burst, Duration::ZERO),
-                    Some((d, at)) => {
-                        let elapsed = at.elapsed();
-                        let refilled = (elapsed.as_nanos() / p.emission_interval().as_nanos().max(1)) as u32;
-                        (
-                            d.remaining.saturating_add(refilled).min(p.burst),
-                            d.reset.saturating_sub(elapsed),
-                        )
-                    }
-                };
-                Usage {
-                    policy_id: p.id(),
-                    remaining,
-                    reset,
-                }
-            })
-            .collect()
+        let mut usage = Vec::new();
+        for p in applicable.primary.into_iter().chain(applicable.aggregates) {
+            let bucket = p.bucket(tenant);
+            let (remaining, reset) = match self.limiter.peek(&bucket, p).await {
+                Some(d) => (d.remaining, d.reset),
+                None => self.projected(&bucket, p),
+            };
+            usage.push(Usage {
+                policy_id: p.id(),
+                remaining,
+                reset,
+            });
+        }
+        usage
+    }
+
+    fn projected(&self, bucket: &str, p: &Policy) -> (u32, Duration) {
+        match self.last.lock().expect("lock").get(bucket) {
+            None => (p.burst, Duration::ZERO),
+            Some((d, at)) => {
+                let elapsed = at.elapsed();
+                let refilled = (elapsed.as_nanos() / p.emission_interval().as_nanos().max(1)) as u32;
+                (
+                    d.remaining.saturating_add(refilled).min(p.burst),
+                    d.reset.saturating_sub(elapsed),
+                )
+            }
+        }
     }
 
     /// A vendor answered 429: refuse this tenant × vendor locally for `for_`.

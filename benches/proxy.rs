@@ -216,6 +216,8 @@ async fn start_valet(
             ca_file: None,
             timeout_ms: 10_000,
             verify: None,
+            idempotency_header: None,
+            require_idempotency_key: true,
         }],
         ..Config::default()
     };

@@ -48,6 +48,12 @@ pub struct App {
     pub quotas: Arc<Quotas>,
     /// Longest pause a vendor's 429 may impose.
     pub max_pushback: Duration,
+    /// Idempotency records.
+    pub idempotency: valet_idempotency::Embedded,
+    /// Their retention and in-flight lease.
+    pub idempotency_config: crate::config::IdempotencyConfig,
+    /// Calls since the last purge of expired idempotency records.
+    pub idempotency_calls: std::sync::atomic::AtomicU64,
     /// Where the bootstrap admin key was written, if this start created it.
     pub bootstrap_key: Option<PathBuf>,
     /// An exclusive lock on the state dir, held while this `App` lives: two
@@ -114,6 +120,16 @@ impl App {
         );
         let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
+        let idem = &config.idempotency;
+        let idempotency =
+            valet_idempotency::Embedded::open(&dir.join("idempotency.redb"), now_ms(), idem.lease_ms)
+                .map_err(|e| StartError::State(e.to_string()))?;
+        let purged = idempotency
+            .purge_expired(now_ms())
+            .map_err(|e| StartError::State(e.to_string()))?;
+        if purged > 0 {
+            tracing::info!(purged, "removed expired idempotency records");
+        }
         quotas.spawn_sync();
 
         let bootstrap_key = if keys.is_empty() {
@@ -129,6 +145,9 @@ impl App {
             limits,
             quotas,
             max_pushback: Duration::from_millis(config.quota.max_pushback_ms),
+            idempotency,
+            idempotency_config: config.idempotency.clone(),
+            idempotency_calls: Default::default(),
             bootstrap_key,
             _lock: lock,
         })
@@ -230,6 +249,13 @@ async fn open_quotas(config: &Config, dir: &Path) -> Result<Quotas, StartError> 
                 .map_err(|e| StartError::State(format!("quota.redis_url: {e}")))
         }
     }
+}
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File, StartError> {

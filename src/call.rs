@@ -13,11 +13,13 @@
 //! 6. [`refresh`]: on a vendor 401, check the store for a credential rotated
 //!    elsewhere; if there is one, lease it and retry once.
 //!
-//! Idempotency slots in between quota and lease.
+//!    Then [`idempotency`]: claim the call's key, or replay the vendor's
+//!    earlier answer to it.
 
 pub mod authenticate;
 pub mod authorize;
 pub mod forward;
+pub mod idempotency;
 pub mod lease;
 pub mod quota;
 pub mod refresh;
@@ -62,22 +64,22 @@ pub async fn handle(
 ) -> Result<proto::CallResponse, Failure> {
     let caller = authenticate::caller(&app.keys, metadata)?;
     outcome.caller = Some(caller.id.clone());
-    let call = validate::call(&app.registry, &app.limits, req)?;
+    let mut call = validate::call(&app.registry, &app.limits, req)?;
     authorize::call(&caller, &call)?;
     outcome.ratelimit = quota::check(app, &call).await?;
-    let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
-    let mut answer = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;
-    let used = lease.fingerprint().clone();
-    drop(lease);
-    quota::vendor_pushback(app, &call, &answer).await;
-    if answer.status == 401 && refresh::changed(app, &caller, &call, &used, &ctx.request_id).await {
-        let lease = lease::credential(app, &caller, &call, &ctx.request_id).await?;
-        let retry = forward::send(&call, &lease, &app.limits, ctx.deadline).await?;
-        answer = ProxyResponse {
-            attempts: answer.attempts + retry.attempts,
-            ..retry
-        };
-    }
+    let scope = match idempotency::begin(app, &mut call).await? {
+        idempotency::Step::Replay(mut answer) => {
+            answer.replayed = true;
+            answer.request_id = ctx.request_id.clone();
+            outcome.status = u16::try_from(answer.status).ok();
+            return Ok(answer);
+        }
+        idempotency::Step::Proceed(scope) => scope,
+    };
+    let mut sent = false;
+    let result = exchange(app, &caller, &call, ctx, &mut sent).await;
+    idempotency::finish(app, scope, &result, sent).await;
+    let answer = result?;
     outcome.status = Some(answer.status);
     outcome.attempts = answer.attempts;
     Ok(proto::CallResponse {
@@ -92,4 +94,30 @@ pub async fn handle(
         replayed: false,
         request_id: ctx.request_id.clone(),
     })
+}
+
+/// Lease, send, and on a 401 refresh and retry once. `sent` turns true once
+/// a request may have left for the vendor.
+async fn exchange(
+    app: &App,
+    caller: &valet_access::Caller,
+    call: &validate::ValidCall,
+    ctx: &CallContext,
+    sent: &mut bool,
+) -> Result<ProxyResponse, Failure> {
+    let lease = lease::credential(app, caller, call, &ctx.request_id).await?;
+    *sent = true;
+    let mut answer = forward::send(call, &lease, &app.limits, ctx.deadline).await?;
+    let used = lease.fingerprint().clone();
+    drop(lease);
+    quota::vendor_pushback(app, call, &answer).await;
+    if answer.status == 401 && refresh::changed(app, caller, call, &used, &ctx.request_id).await {
+        let lease = lease::credential(app, caller, call, &ctx.request_id).await?;
+        let retry = forward::send(call, &lease, &app.limits, ctx.deadline).await?;
+        answer = ProxyResponse {
+            attempts: answer.attempts + retry.attempts,
+            ..retry
+        };
+    }
+    Ok(answer)
 }

@@ -29,6 +29,9 @@ pub struct Config {
     /// Per-tenant quotas.
     #[serde(default)]
     pub quota: QuotaConfig,
+    /// Idempotency records.
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
     /// The vendor registry: the only places credentials are sent.
     #[serde(default)]
     pub vendors: Vec<VendorConfig>,
@@ -176,6 +179,37 @@ pub enum MasterKeySource {
     AwsSecret(String),
 }
 
+/// Idempotency records: how long they are kept and how long a call holds
+/// its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a key's record (and its sealed response) is kept.
+    #[serde(default = "default_retention_ms")]
+    pub retention_ms: u64,
+    /// How long a call holds its key while talking to the vendor; after a
+    /// lost call, retries with the key wait this long. Keep it above the
+    /// longest vendor timeout.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention_ms: default_retention_ms(),
+            lease_ms: default_lease_ms(),
+        }
+    }
+}
+
+fn default_retention_ms() -> u64 {
+    86_400_000
+}
+fn default_lease_ms() -> u64 {
+    120_000
+}
+
 /// Quotas: where they are enforced and the default policies.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -304,6 +338,18 @@ pub struct VendorConfig {
     /// answer commits. Without it, rotation is refused.
     #[serde(default)]
     pub verify: Option<VerifyConfig>,
+    /// The header a vendor dedupes by (e.g. `Idempotency-Key`): Valet sends
+    /// the caller's key there, namespaced per tenant, so the vendor dedupes
+    /// Valet's own retries too.
+    #[serde(default)]
+    pub idempotency_header: Option<String>,
+    /// Whether WRITE calls must carry an idempotency key.
+    #[serde(default = "default_true")]
+    pub require_idempotency_key: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A vendor's credential check.
@@ -502,7 +548,18 @@ impl Config {
                     Some(verify_request(verify).map_err(|e| invalid(format!("{}: {e}", key("verify"))))?)
                 }
             };
+            let idempotency_header = match &v.idempotency_header {
+                None => None,
+                Some(name) => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid(format!(
+                        "{}: '{name}' is not a valid header name",
+                        key("idempotency_header")
+                    ))
+                })?),
+            };
             let spec = VendorSpec {
+                require_idempotency_key: v.require_idempotency_key,
+                idempotency_header,
                 verify,
                 name: v.name.clone(),
                 base_url: v.base_url.clone(),

@@ -120,6 +120,7 @@ async fn grants_limit_tenant_vendor_and_operation() {
             valet::proto::CallRequest {
                 operation: Operation::Write as i32,
                 method: "POST".into(),
+                idempotency_key: "grant-test-1".into(),
                 ..get("acme", "mock", "/x")
             },
             "OPERATION_NOT_ALLOWED",

@@ -143,7 +143,7 @@ async fn writes_carry_method_and_body_and_vendor_errors_are_answers() {
         }],
         body: br#"{"amount":100}"#.to_vec(),
         reason: "billing".into(),
-        ..Default::default()
+        idempotency_key: "charge-0001".into(),
     };
     let resp = valet.call(&key, req).await.unwrap();
     assert_eq!(resp.status, 502);

@@ -27,7 +27,12 @@ pub struct ValidCall {
     pub request: ProxyRequest,
     /// Why the credential is used.
     pub reason: String,
+    /// The caller's idempotency key, if it sent one.
+    pub idempotency_key: Option<String>,
 }
+
+/// The longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// Checks every field of `req`.
 pub fn call(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Result<ValidCall, Failure> {
@@ -58,13 +63,19 @@ pub fn call(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Re
     vendor.check_query(rel.query)?;
     let headers = request::headers(
         req.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())),
-        vendor.auth().header(),
+        &vendor
+            .auth()
+            .header()
+            .into_iter()
+            .chain(vendor.idempotency_header())
+            .collect::<Vec<_>>(),
         limits,
     )?;
     if req.body.len() > limits.max_request_body_bytes {
         return Err(RequestError::BodyTooLarge(limits.max_request_body_bytes).into());
     }
     let reason = check_reason(&req.reason)?;
+    let idempotency_key = check_idempotency_key(&req.idempotency_key, operation, &vendor)?;
     let request = ProxyRequest {
         method,
         path: rel.path.to_owned(),
@@ -78,7 +89,35 @@ pub fn call(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Re
         operation,
         request,
         reason,
+        idempotency_key,
     })
+}
+
+/// 1-255 printable ASCII characters; required for WRITE unless the vendor's
+/// config relaxes it.
+fn check_idempotency_key(
+    key: &str,
+    operation: Operation,
+    vendor: &Vendor,
+) -> Result<Option<String>, Failure> {
+    if key.is_empty() {
+        if operation == Operation::Write && vendor.requires_idempotency_key() {
+            return Err(Failure::invalid(
+                "idempotency_key",
+                "IDEMPOTENCY_KEY_REQUIRED",
+                "a WRITE needs an idempotency key (the same key on every retry of the same write)",
+            ));
+        }
+        return Ok(None);
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(Failure::invalid(
+            "idempotency_key",
+            "IDEMPOTENCY_KEY_INVALID",
+            format!("must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"),
+        ));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 fn check_reason(reason: &str) -> Result<String, Failure> {

@@ -40,6 +40,8 @@ pub fn vendor(name: &str, base_url: &str, auth: AuthConfig) -> VendorConfig {
         ca_file: None,
         timeout_ms: 10_000,
         verify: None,
+        idempotency_header: None,
+        require_idempotency_key: true,
     }
 }
 
@@ -327,7 +329,19 @@ impl ValetProcess {
 
     /// [`ValetProcess::spawn`] with extra environment variables.
     pub async fn spawn_with(body: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_in(tempfile::tempdir().expect("tempdir"), body, env).await
+    }
+
+    /// Kills it with SIGKILL (no chance to clean up) and returns its
+    /// directory, state included, for [`ValetProcess::spawn_in`].
+    pub async fn kill9(mut self) -> TempDir {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self._dir
+    }
+
+    /// Starts `valet serve` on the state kept in `dir` (on new ports).
+    pub async fn spawn_in(dir: TempDir, body: &str, env: &[(&str, &str)]) -> Self {
         let (gw, admin) = (free_port(), free_port());
         let state = dir.path().join("state");
         let config = dir.path().join("valet.toml");

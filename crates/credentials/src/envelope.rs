@@ -97,6 +97,57 @@ pub fn open(master: &MasterKey, key: &CredentialKey, env: &Envelope) -> Result<S
     Ok(Secret::new(plain))
 }
 
+/// Seals other tenant data (stored vendor responses) under the tenant's key;
+/// `label` names what it is and where it belongs, and must match to open.
+pub fn seal_data(master: &MasterKey, tenant: &str, label: &str, data: &[u8]) -> Envelope {
+    let cipher = tenant_cipher(master, tenant);
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::getrandom(&mut nonce).expect("the OS random source is available");
+    let aad = data_aad(tenant, label, master.id());
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: data, aad: &aad })
+        .expect("AES-GCM encryption of a bounded message cannot fail");
+    Envelope {
+        v: VERSION,
+        kid: master.id().to_owned(),
+        nonce: STANDARD.encode(nonce),
+        ct: STANDARD.encode(ct),
+    }
+}
+
+/// Opens data sealed with [`seal_data`] for the same tenant and label.
+pub fn open_data(
+    master: &MasterKey,
+    tenant: &str,
+    label: &str,
+    env: &Envelope,
+) -> Result<Vec<u8>, SealError> {
+    if env.kid != master.id() {
+        return Err(SealError::WrongMasterKey {
+            found: env.kid.clone(),
+            loaded: master.id().to_owned(),
+        });
+    }
+    let nonce = STANDARD.decode(&env.nonce).map_err(|_| SealError::Corrupt)?;
+    let ct = STANDARD.decode(&env.ct).map_err(|_| SealError::Corrupt)?;
+    if nonce.len() != NONCE_LEN || env.v != VERSION {
+        return Err(SealError::Corrupt);
+    }
+    let aad = data_aad(tenant, label, &env.kid);
+    tenant_cipher(master, tenant)
+        .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad: &aad })
+        .map_err(|_| SealError::Corrupt)
+}
+
+fn data_aad(tenant: &str, label: &str, kid: &str) -> Vec<u8> {
+    let mut aad = b"valet/data/v1".to_vec();
+    for part in [tenant, label, kid] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad
+}
+
 fn tenant_cipher(master: &MasterKey, tenant: &str) -> Aes256Gcm {
     let mut info = Vec::with_capacity(7 + tenant.len());
     info.extend_from_slice(b"tenant:");

@@ -163,6 +163,19 @@ impl Vault {
         Ok(self.store.list(tenant).await?)
     }
 
+    /// Seals tenant data (a stored vendor response) under the tenant's key,
+    /// as JSON text; `label` binds it to its use.
+    pub fn seal_data(&self, tenant: &str, label: &str, data: &[u8]) -> Vec<u8> {
+        let env = envelope::seal_data(&self.master, tenant, label, data);
+        serde_json::to_vec(&env).expect("an envelope serialises")
+    }
+
+    /// Opens what [`Vault::seal_data`] sealed for the same tenant and label.
+    pub fn open_data(&self, tenant: &str, label: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let env: envelope::Envelope = serde_json::from_slice(sealed).map_err(|_| SealError::Corrupt)?;
+        envelope::open_data(&self.master, tenant, label, &env)
+    }
+
     /// Checks the backend now for a credential changed outside Valet (after
     /// a vendor 401); true if the current credential differs from `used`, the
     /// one the failed call carried.

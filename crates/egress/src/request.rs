@@ -162,11 +162,12 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Checks and converts caller headers. `vendor_auth_header` is the vendor's
-/// own credential header, if its scheme uses a custom one.
+/// Checks and converts caller headers. `reserved` are the vendor's own
+/// credential header (if its scheme uses a custom one) and its idempotency
+/// header: Valet sets those.
 pub fn headers<'a>(
     raw: impl IntoIterator<Item = (&'a str, &'a str)>,
-    vendor_auth_header: Option<&HeaderName>,
+    reserved: &[&HeaderName],
     limits: &Limits,
 ) -> Result<HeaderMap, RequestError> {
     let mut map = HeaderMap::new();
@@ -186,7 +187,7 @@ pub fn headers<'a>(
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| RequestError::HeaderName(index))?;
         let forbidden = FORBIDDEN.contains(&name.as_str())
             || name.as_str().starts_with("x-forwarded-")
-            || vendor_auth_header == Some(&name);
+            || reserved.contains(&&name);
         if forbidden {
             return Err(RequestError::HeaderForbidden {
                 index,
@@ -228,7 +229,7 @@ mod tests {
         let custom = HeaderName::from_static("x-api-key");
         let ok = headers(
             [("Accept", "application/json"), ("X-Trace", "a b")],
-            Some(&custom),
+            &[&custom],
             &limits,
         )
         .unwrap();
@@ -242,22 +243,22 @@ mod tests {
             "Content-Length",
             "X-Api-Key",
         ] {
-            let err = headers([(name, "v")], Some(&custom), &limits).unwrap_err();
+            let err = headers([(name, "v")], &[&custom], &limits).unwrap_err();
             assert_eq!(err.reason(), "HEADER_FORBIDDEN", "{name}");
         }
         assert_eq!(
-            headers([("bad name", "v")], None, &limits).unwrap_err().reason(),
+            headers([("bad name", "v")], &[], &limits).unwrap_err().reason(),
             "HEADER_NAME_INVALID"
         );
         assert_eq!(
-            headers([("x-a", "v\r\nx: y")], None, &limits)
+            headers([("x-a", "v\r\nx: y")], &[], &limits)
                 .unwrap_err()
                 .reason(),
             "HEADER_VALUE_INVALID"
         );
         let many: Vec<(&str, &str)> = (0..65).map(|_| ("x-a", "v")).collect();
         assert_eq!(
-            headers(many, None, &limits).unwrap_err().reason(),
+            headers(many, &[], &limits).unwrap_err().reason(),
             "HEADERS_TOO_LARGE"
         );
     }

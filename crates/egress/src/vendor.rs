@@ -72,6 +72,11 @@ pub struct VendorSpec {
     pub timeout: Duration,
     /// The request that proves a new credential works, made by rotation.
     pub verify: Option<VerifyRequest>,
+    /// The header carrying our idempotency key to a vendor that dedupes by
+    /// it (e.g. `Idempotency-Key`).
+    pub idempotency_header: Option<HeaderName>,
+    /// Whether WRITE calls must carry an idempotency key.
+    pub require_idempotency_key: bool,
 }
 
 /// A vendor's credential check: a request that needs a valid credential.
@@ -162,6 +167,16 @@ impl Vendor {
     /// How the vendor's credential is injected.
     pub fn auth(&self) -> &AuthScheme {
         &self.spec.auth
+    }
+
+    /// Whether WRITE calls to this vendor must carry an idempotency key.
+    pub fn requires_idempotency_key(&self) -> bool {
+        self.spec.require_idempotency_key
+    }
+
+    /// The vendor's idempotency header, if it dedupes by one.
+    pub fn idempotency_header(&self) -> Option<&HeaderName> {
+        self.spec.idempotency_header.as_ref()
     }
 
     /// The request rotation makes to check a new credential, if configured.
@@ -332,6 +347,8 @@ mod tests {
             ca_file: None,
             timeout: Duration::from_secs(1),
             verify: None,
+            idempotency_header: None,
+            require_idempotency_key: true,
         }
     }
 

@@ -1,0 +1,242 @@
+//! Records in a redb database (`idempotency.redb` under the state dir).
+//!
+//! Why redb: a pure-Rust, well-kept embedded database with ACID write
+//! transactions that fsync on commit — exactly what a record that must
+//! survive `kill -9` between "in flight" and "completed" needs — with no C
+//! library to build (SQLite would bring one).
+
+use crate::{Begin, Record, Scope, State, StoreError, Terms, decide};
+use base64::Engine as _;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct Embedded {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Embedded")
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl Embedded {
+    /// Opens (creating) the database at `path`. Records left `in_flight` by a
+    /// process that died become `unknown`: whether their request reached the
+    /// vendor cannot be known.
+    pub fn open(path: &Path, now_ms: u64, lease_ms: u64) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(err)?;
+        let store = Self { db: Arc::new(db) };
+        store.write(|table| {
+            let mut lost = Vec::new();
+            for entry in table.iter().map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                if let Ok(mut record) = serde_json::from_slice::<Record>(v.value())
+                    && matches!(record.state, State::InFlight { .. })
+                {
+                    record.state = State::Unknown {
+                        lease_until_ms: now_ms + lease_ms,
+                    };
+                    lost.push((k.value().to_owned(), record));
+                }
+            }
+            for (k, record) in lost {
+                put(table, &k, &record)?;
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let out = {
+            let mut table = txn.open_table(RECORDS).map_err(err)?;
+            f(&mut table)?
+        };
+        txn.commit().map_err(err)?;
+        Ok(out)
+    }
+
+    /// Atomically decides what the call may do and, if it may proceed,
+    /// records the key `in_flight`.
+    pub fn begin(&self, scope: &Scope, fingerprint: &str, terms: &Terms) -> Result<Begin, StoreError> {
+        let key = scope.storage_key();
+        self.write(|table| {
+            let existing = get(table, &key)?;
+            let decision = decide(existing.as_ref(), fingerprint, terms);
+            if decision == Begin::Proceed {
+                let record = Record {
+                    fingerprint: fingerprint.to_owned(),
+                    state: State::InFlight {
+                        lease_until_ms: terms.now_ms + terms.lease_ms,
+                    },
+                    expires_ms: terms.now_ms + terms.retention_ms,
+                };
+                put(table, &key, &record)?;
+            }
+            Ok(decision)
+        })
+    }
+
+    /// The vendor answered: keep its sealed response for replays.
+    pub fn complete(
+        &self,
+        scope: &Scope,
+        sealed: &[u8],
+        now_ms: u64,
+        retention_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.transition(scope, |record| {
+            record.state = State::Completed {
+                sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+            };
+            record.expires_ms = now_ms + retention_ms;
+        })
+    }
+
+    /// The outcome is unknown: refuse retries until `lease_until_ms`.
+    pub fn mark_unknown(&self, scope: &Scope, lease_until_ms: u64) -> Result<(), StoreError> {
+        self.transition(scope, |record| record.state = State::Unknown { lease_until_ms })
+    }
+
+    /// The request never reached the vendor: forget the key, so a retry with
+    /// it proceeds.
+    pub fn abandon(&self, scope: &Scope) -> Result<(), StoreError> {
+        let key = scope.storage_key();
+        self.write(|table| {
+            table.remove(key.as_str()).map_err(err)?;
+            Ok(())
+        })
+    }
+
+    /// Removes every record expired at `now_ms`; returns how many.
+    pub fn purge_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.purge(|_, r| r.expires_ms <= now_ms)
+    }
+
+    /// Removes every record of `tenant` (offboarding); returns how many.
+    pub fn purge_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+        let prefix = format!("{tenant}\u{1f}");
+        self.purge(|k, _| k.starts_with(&prefix))
+    }
+
+    fn purge(&self, doomed: impl Fn(&str, &Record) -> bool) -> Result<usize, StoreError> {
+        self.write(|table| {
+            let mut gone = Vec::new();
+            for entry in table.iter().map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                let record = serde_json::from_slice::<Record>(v.value());
+                if record.is_ok_and(|r| doomed(k.value(), &r)) {
+                    gone.push(k.value().to_owned());
+                }
+            }
+            for k in &gone {
+                table.remove(k.as_str()).map_err(err)?;
+            }
+            Ok(gone.len())
+        })
+    }
+
+    fn transition(&self, scope: &Scope, change: impl FnOnce(&mut Record)) -> Result<(), StoreError> {
+        let key = scope.storage_key();
+        self.write(|table| {
+            let Some(mut record) = get(table, &key)? else {
+                return Ok(()); // purged meanwhile: nothing to update
+            };
+            change(&mut record);
+            put(table, &key, &record)
+        })
+    }
+}
+
+fn get(table: &redb::Table<&str, &[u8]>, key: &str) -> Result<Option<Record>, StoreError> {
+    match table.get(key).map_err(err)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|_| StoreError(format!("record for {key:?} is corrupt"))),
+    }
+}
+
+fn put(table: &mut redb::Table<&str, &[u8]>, key: &str, record: &Record) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(record).expect("a record serialises");
+    table.insert(key, bytes.as_slice()).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terms(now_ms: u64) -> Terms {
+        Terms {
+            now_ms,
+            lease_ms: 1_000,
+            retention_ms: 10_000,
+            vendor_dedupes: false,
+        }
+    }
+
+    fn scope(tenant: &str) -> Scope {
+        Scope {
+            tenant: tenant.into(),
+            vendor: "v".into(),
+            key: "k1".into(),
+        }
+    }
+
+    #[test]
+    fn lifecycle_scoping_restart_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idem.redb");
+        let store = Embedded::open(&path, 0, 1_000).unwrap();
+        assert_eq!(store.begin(&scope("a"), "f", &terms(0)).unwrap(), Begin::Proceed);
+        assert!(matches!(
+            store.begin(&scope("a"), "f", &terms(1)).unwrap(),
+            Begin::InFlight(_)
+        ));
+        // Another tenant's identical key is its own record.
+        assert_eq!(store.begin(&scope("b"), "f", &terms(1)).unwrap(), Begin::Proceed);
+        store.complete(&scope("a"), b"sealed", 2, 10_000).unwrap();
+        assert_eq!(
+            store.begin(&scope("a"), "f", &terms(3)).unwrap(),
+            Begin::Replay(b"sealed".to_vec())
+        );
+        assert_eq!(store.begin(&scope("a"), "g", &terms(3)).unwrap(), Begin::Reused);
+
+        // Reopened: completed kept, in-flight (b) now unknown.
+        drop(store);
+        let store = Embedded::open(&path, 5, 1_000).unwrap();
+        assert_eq!(
+            store.begin(&scope("a"), "f", &terms(6)).unwrap(),
+            Begin::Replay(b"sealed".to_vec())
+        );
+        assert!(matches!(
+            store.begin(&scope("b"), "f", &terms(6)).unwrap(),
+            Begin::Unknown(Some(_))
+        ));
+
+        // Abandoned keys free up; purges remove.
+        store.abandon(&scope("b")).unwrap();
+        assert_eq!(store.begin(&scope("b"), "f", &terms(7)).unwrap(), Begin::Proceed);
+        assert_eq!(store.purge_tenant("b").unwrap(), 1);
+        assert_eq!(store.purge_expired(50_000).unwrap(), 1);
+        assert_eq!(
+            store.begin(&scope("a"), "f", &terms(50_001)).unwrap(),
+            Begin::Proceed
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Step 3c: idempotency keys — a write reaches the vendor at most once per
+//! key. After quota (a refused call stores nothing), before the lease.
+
+use super::validate::ValidCall;
+use crate::app::{App, now_ms};
+use crate::proto;
+use crate::status::Failure;
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tonic::Code;
+use valet_egress::{ProxyRequest, ProxyResponse};
+use valet_idempotency::{Begin, Scope, Terms};
+
+/// Purge expired records every this many keyed calls.
+const PURGE_EVERY: u64 = 4096;
+
+/// Reasons of failures that prove the request never reached the vendor.
+const NOT_SENT: &[&str] = &["VENDOR_UNREACHABLE", "VENDOR_TLS_ERROR", "PATH_ESCAPES_ORIGIN"];
+
+/// What the call does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Go to the vendor; `Some` holds the key's record to complete after.
+    Proceed(Option<Scope>),
+    /// The vendor already answered this key: return its answer again.
+    Replay(proto::CallResponse),
+}
+
+/// Claims the call's key, or answers from its record.
+pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
+    let Some(key) = call.idempotency_key.clone() else {
+        return Ok(Step::Proceed(None));
+    };
+    let scope = Scope {
+        tenant: call.key.tenant.clone(),
+        vendor: call.key.vendor.clone(),
+        key,
+    };
+    let fingerprint = fingerprint(&call.request);
+    let header = call.vendor.idempotency_header().cloned();
+    if let Some(name) = &header {
+        let value = namespaced(&scope).parse().expect("hex is a valid header value");
+        call.request.headers.insert(name.clone(), value);
+    }
+    let terms = Terms {
+        now_ms: now_ms(),
+        lease_ms: app.idempotency_config.lease_ms,
+        retention_ms: app.idempotency_config.retention_ms,
+        vendor_dedupes: header.is_some(),
+    };
+    maybe_purge(app);
+    let store = app.idempotency.clone();
+    let claim = scope.clone();
+    let decision = tokio::task::spawn_blocking(move || store.begin(&claim, &fingerprint, &terms))
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|e| {
+            tracing::error!(error = %e, "idempotency store failed");
+            unavailable()
+        })?;
+    let retry = |code, reason, message: String, after: Option<Duration>| {
+        let f = Failure::new(code, reason, message);
+        Err(match after {
+            Some(d) => f.with_retry_after(d),
+            None => f,
+        })
+    };
+    match decision {
+        Begin::Proceed => Ok(Step::Proceed(Some(scope))),
+        Begin::Replay(sealed) => replay(app, &scope, &sealed).map(Step::Replay),
+        Begin::InFlight(after) => retry(
+            Code::Aborted,
+            "IDEMPOTENCY_IN_FLIGHT",
+            "a call with this idempotency key is in flight; retry after it finishes".into(),
+            Some(after),
+        ),
+        Begin::Reused => retry(
+            Code::FailedPrecondition,
+            "IDEMPOTENCY_KEY_REUSED",
+            "this idempotency key was used with a different request (method, path, headers or body)".into(),
+            None,
+        ),
+        Begin::Unknown(Some(after)) => retry(
+            Code::Aborted,
+            "IDEMPOTENCY_OUTCOME_UNKNOWN",
+            "an earlier call with this key may or may not have reached the vendor; retry after the lease".into(),
+            Some(after),
+        ),
+        Begin::Unknown(None) => retry(
+            Code::FailedPrecondition,
+            "IDEMPOTENCY_OUTCOME_UNKNOWN",
+            "an earlier call with this key may or may not have reached the vendor, and the vendor does not dedupe by key: check with the vendor, then use a new key".into(),
+            None,
+        ),
+    }
+}
+
+/// Records how the call ended: the vendor's answer (sealed) for replays; the
+/// key freed when the request provably never left; `unknown` otherwise.
+pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyResponse, Failure>, sent: bool) {
+    let Some(scope) = scope else { return };
+    let store = app.idempotency.clone();
+    let config = app.idempotency_config.clone();
+    let done = match result {
+        Ok(answer) => {
+            let response = proto::CallResponse {
+                status: u32::from(answer.status),
+                headers: answer
+                    .headers
+                    .iter()
+                    .map(|(name, value)| proto::Header {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+                body: answer.body.to_vec(),
+                attempts: answer.attempts,
+                replayed: false,
+                request_id: String::new(),
+            };
+            let sealed = app
+                .vault
+                .seal_data(&scope.tenant, &label(&scope), &response.encode_to_vec());
+            tokio::task::spawn_blocking(move || {
+                store.complete(&scope, &sealed, now_ms(), config.retention_ms)
+            })
+            .await
+        }
+        Err(f) if !sent || NOT_SENT.contains(&f.reason) => {
+            tokio::task::spawn_blocking(move || store.abandon(&scope)).await
+        }
+        Err(_) => {
+            let until = now_ms() + config.lease_ms;
+            tokio::task::spawn_blocking(move || store.mark_unknown(&scope, until)).await
+        }
+    };
+    if let Ok(Err(e)) | Err(e) = done.map_err(|e| valet_idempotency::StoreError(e.to_string())) {
+        tracing::error!(error = %e, "cannot record how an idempotent call ended");
+    }
+}
+
+fn replay(app: &App, scope: &Scope, sealed: &[u8]) -> Result<proto::CallResponse, Failure> {
+    let plain = app
+        .vault
+        .open_data(&scope.tenant, &label(scope), sealed)
+        .map_err(|e| {
+            tracing::error!(error = %e, "stored idempotent response does not open");
+            Failure::new(
+                Code::Internal,
+                "IDEMPOTENCY_RECORD_UNREADABLE",
+                "the stored response cannot be read",
+            )
+        })?;
+    proto::CallResponse::decode(plain.as_slice()).map_err(|_| {
+        Failure::new(
+            Code::Internal,
+            "IDEMPOTENCY_RECORD_UNREADABLE",
+            "the stored response cannot be read",
+        )
+    })
+}
+
+/// SHA-256 over method, path and query, the caller's headers in order, and
+/// the body — each part length-prefixed, so no two requests collide.
+pub fn fingerprint(req: &ProxyRequest) -> String {
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    part(req.method.as_str().as_bytes());
+    part(req.path.as_bytes());
+    part(req.query.as_deref().unwrap_or("").as_bytes());
+    for (name, value) in &req.headers {
+        part(name.as_str().as_bytes());
+        part(value.as_bytes());
+    }
+    part(&req.body);
+    hex::encode(h.finalize())
+}
+
+/// The key the vendor sees: per tenant, so two tenants' equal keys never
+/// collide at the vendor, and stable, so the vendor dedupes our retries.
+fn namespaced(scope: &Scope) -> String {
+    let digest = Sha256::digest(format!("{}\u{1f}{}", scope.tenant, scope.key));
+    format!("valet-{}", hex::encode(&digest[..16]))
+}
+
+fn label(scope: &Scope) -> String {
+    format!("idempotency/{}/{}", scope.vendor, scope.key)
+}
+
+fn unavailable() -> Failure {
+    Failure::new(
+        Code::Unavailable,
+        "IDEMPOTENCY_STORE_UNAVAILABLE",
+        "the idempotency store is unavailable",
+    )
+}
+
+fn maybe_purge(app: &App) {
+    if app.idempotency_calls.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
+        let store = app.idempotency.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.purge_expired(now_ms()) {
+                tracing::warn!(error = %e, "purging expired idempotency records failed");
+            }
+        });
+    }
+}

@@ -1,0 +1,354 @@
+//! Idempotency keys: a write reaches the vendor at most once per key.
+
+mod support;
+
+use std::time::Duration;
+use support::{Valet, ValetProcess, authed, bearer, reason, vendor};
+use tonic::Code;
+use valet::config::{Config, VendorConfig};
+use valet::proto::{CallRequest, Operation, PutQuotaPolicyRequest, QuotaPolicy, RatePeriod};
+use valet_testkit::{MockVendor, Scripted, leak};
+
+fn write(tenant: &str, key: &str, body: &str) -> CallRequest {
+    CallRequest {
+        tenant: tenant.into(),
+        vendor: "mock".into(),
+        operation: Operation::Write as i32,
+        method: "POST".into(),
+        path: "/v1/charges".into(),
+        body: body.as_bytes().to_vec(),
+        idempotency_key: key.into(),
+        reason: "billing".into(),
+        ..Default::default()
+    }
+}
+
+async fn setup(tweak: impl FnOnce(&mut Config)) -> (MockVendor, Valet, String) {
+    let mock = MockVendor::start().await;
+    let mut config = Config {
+        vendors: vec![vendor("mock", &mock.base_url(), bearer())],
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let valet = Valet::start_with(config, tempfile::tempdir().unwrap()).await;
+    for t in ["acme", "globex"] {
+        valet.put_credential(t, "mock", "idempotency-secret-0001").await;
+    }
+    let key = valet
+        .api_key(&["*"], &["*"], &[Operation::Read, Operation::Write])
+        .await;
+    (mock, valet, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_reaches_the_vendor_once_under_100_concurrent_calls() {
+    let (mock, valet, key) = setup(|_| {}).await;
+    mock.script(
+        "/v1/charges",
+        Scripted::status(201)
+            .body("{\"id\":\"ch_1\"}")
+            .delay(Duration::from_millis(300)),
+    );
+    let gateway = valet.gateway().await;
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let (mut gateway, key) = (gateway.clone(), key.clone());
+            tokio::spawn(async move {
+                gateway
+                    .call(authed(write("acme", "k-100", "{\"amount\":5}"), &key))
+                    .await
+            })
+        })
+        .collect();
+    let (mut first, mut replays, mut in_flight) = (0, 0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(r) if r.get_ref().replayed => replays += 1,
+            Ok(r) => {
+                assert_eq!(r.get_ref().status, 201);
+                first += 1;
+            }
+            Err(e) => {
+                assert_eq!(
+                    (e.code(), reason(&e).as_str()),
+                    (Code::Aborted, "IDEMPOTENCY_IN_FLIGHT")
+                );
+                in_flight += 1;
+            }
+        }
+    }
+    assert_eq!(
+        first, 1,
+        "exactly one call made the write ({replays} replays, {in_flight} in flight)"
+    );
+    assert_eq!(mock.requests().len(), 1);
+
+    let again = valet
+        .call(&key, write("acme", "k-100", "{\"amount\":5}"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(
+        (again.status, again.body.as_slice()),
+        (201, b"{\"id\":\"ch_1\"}".as_slice())
+    );
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_checked_scoped_and_vendor_errors_replayed() {
+    let (mock, valet, key) = setup(|_| {}).await;
+    mock.script("/v1/charges", Scripted::status(500).body("boom"));
+    let first = valet.call(&key, write("acme", "k-1", "a")).await.unwrap();
+    assert_eq!((first.status, first.replayed), (500, false));
+    let again = valet.call(&key, write("acme", "k-1", "a")).await.unwrap();
+    assert_eq!(
+        (again.status, again.replayed, again.body.as_slice()),
+        (500, true, b"boom".as_slice())
+    );
+
+    let err = valet.call(&key, write("acme", "k-1", "b")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED")
+    );
+
+    // The same key for another tenant is its own record.
+    assert!(
+        !valet
+            .call(&key, write("globex", "k-1", "a"))
+            .await
+            .unwrap()
+            .replayed
+    );
+    assert_eq!(mock.requests().len(), 2);
+
+    // Keys are required for writes and must be printable ASCII.
+    let err = valet.call(&key, write("acme", "", "a")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::InvalidArgument, "IDEMPOTENCY_KEY_REQUIRED")
+    );
+    let err = valet
+        .call(&key, write("acme", "bad\nkey", "a"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "IDEMPOTENCY_KEY_INVALID");
+    let err = valet
+        .call(&key, write("acme", &"k".repeat(256), "a"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "IDEMPOTENCY_KEY_INVALID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_unsent_calls_store_nothing() {
+    let dead = support::free_port();
+    let (mock, valet, key) = setup(|c| {
+        c.vendors
+            .push(vendor("dead", &format!("http://127.0.0.1:{dead}"), bearer()));
+        c.quota.policies = vec![valet_quota::Policy {
+            tenant: "acme".into(),
+            vendor: "mock".into(),
+            operation: valet_quota::OperationMatch::Any,
+            rate: 1,
+            period: valet_quota::Period::Hour,
+            burst: 1,
+            mode: valet_quota::Mode::Enforce,
+            aggregate: false,
+        }];
+    })
+    .await;
+    valet
+        .put_credential("acme", "dead", "idempotency-secret-0002")
+        .await;
+    valet.call(&key, write("acme", "k-a", "x")).await.unwrap();
+    let err = valet.call(&key, write("acme", "k-b", "x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    // Quota raised: the same key goes through, as a first call.
+    let raise = QuotaPolicy {
+        tenant: "acme".into(),
+        vendor: "mock".into(),
+        operation: "*".into(),
+        rate: 100,
+        period: RatePeriod::Hour as i32,
+        burst: 100,
+        ..Default::default()
+    };
+    valet
+        .admin()
+        .await
+        .put_quota_policy(authed(
+            PutQuotaPolicyRequest { policy: Some(raise) },
+            &valet.admin_key,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !valet
+            .call(&key, write("acme", "k-b", "x"))
+            .await
+            .unwrap()
+            .replayed
+    );
+    assert_eq!(mock.requests().len(), 2);
+
+    // A refused connection never sent a byte: the key stays free.
+    let unsent = CallRequest {
+        vendor: "dead".into(),
+        ..write("acme", "k-c", "x")
+    };
+    for _ in 0..2 {
+        let err = valet.call(&key, unsent.clone()).await.unwrap_err();
+        assert_eq!(
+            reason(&err),
+            "VENDOR_UNREACHABLE",
+            "not IDEMPOTENCY_*: nothing was stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_survive_a_restart_expire_and_are_sealed() {
+    let canary = valet_testkit::canary("idem-body");
+    let (mock, valet, key) = setup(|c| c.idempotency.retention_ms = 1_500).await;
+    mock.script("/v1/charges", Scripted::status(200).body(canary.clone()));
+    valet.call(&key, write("acme", "k-r", "x")).await.unwrap();
+    let valet = valet.restart().await;
+    let again = valet.call(&key, write("acme", "k-r", "x")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.body, canary.as_bytes());
+    assert_eq!(
+        leak::files_containing(&valet.state_dir(), &canary),
+        vec![],
+        "stored bodies are ciphertext"
+    );
+
+    // Past retention the key is free again.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert!(
+        !valet
+            .call(&key, write("acme", "k-r", "x"))
+            .await
+            .unwrap()
+            .replayed
+    );
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_is_retried_only_where_the_vendor_dedupes() {
+    let (mock, valet, key) = setup(|c| {
+        c.vendors[0].timeout_ms = 200;
+        c.idempotency.lease_ms = 600;
+        let deduping = VendorConfig {
+            idempotency_header: Some("Idempotency-Key".into()),
+            ..c.vendors[0].clone()
+        };
+        c.vendors.push(VendorConfig {
+            name: "dedup".into(),
+            ..deduping
+        });
+    })
+    .await;
+    valet
+        .put_credential("acme", "dedup", "idempotency-secret-0003")
+        .await;
+    mock.script("/v1/charges", Scripted::status(201).delay(Duration::from_secs(2)));
+
+    for vendor in ["mock", "dedup"] {
+        let req = CallRequest {
+            vendor: vendor.into(),
+            ..write("acme", "k-u", "x")
+        };
+        let err = valet.call(&key, req.clone()).await.unwrap_err();
+        assert_eq!(reason(&err), "VENDOR_TIMEOUT");
+        let err = valet.call(&key, req.clone()).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::Aborted, "IDEMPOTENCY_OUTCOME_UNKNOWN")
+        );
+        assert!(err.metadata().get("retry-after").is_some());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let after = valet.call(&key, req).await;
+        if vendor == "mock" {
+            let err = after.unwrap_err();
+            assert_eq!(
+                (err.code(), reason(&err).as_str()),
+                (Code::FailedPrecondition, "IDEMPOTENCY_OUTCOME_UNKNOWN")
+            );
+        } else {
+            // Let through: the vendor dedupes by the key we send, the same
+            // each time and namespaced per tenant.
+            assert_eq!(reason(&after.unwrap_err()), "VENDOR_TIMEOUT");
+        }
+    }
+    let sent: Vec<Option<String>> = mock
+        .requests()
+        .iter()
+        .map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(sent.len(), 3, "mock once, dedup twice");
+    assert_eq!(sent[0], None);
+    assert!(
+        sent[1]
+            .as_deref()
+            .is_some_and(|k| k.starts_with("valet-") && !k.contains("k-u"))
+    );
+    assert_eq!(sent[1], sent[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_call_leaves_the_outcome_unknown() {
+    let mock = MockVendor::start().await;
+    mock.script(
+        "/v1/charges",
+        Scripted::status(201).delay(Duration::from_secs(30)),
+    );
+    let body = format!(
+        "[idempotency]\nlease_ms = 60000\n[[vendors]]\nname = \"mock\"\nbase_url = \"{}\"\nallow_insecure_http = true\nauth = {{ scheme = \"bearer\" }}\n",
+        mock.base_url()
+    );
+    let first = ValetProcess::spawn(&body).await;
+    first
+        .admin(
+            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
+            "idempotency-secret-0004\n",
+        )
+        .await;
+    let create = [
+        "apikey",
+        "create",
+        "--name",
+        "w",
+        "--tenant",
+        "acme",
+        "--vendor",
+        "mock",
+        "--operation",
+        "write",
+    ];
+    let key = first.admin(&create, "").await.trim().to_owned();
+
+    let mut gateway = first.gateway().await;
+    let call_key = key.clone();
+    let pending =
+        tokio::spawn(async move { gateway.call(authed(write("acme", "k-9", "x"), &call_key)).await });
+    mock.wait_until(|reqs, _| !reqs.is_empty()).await;
+    let dir = first.kill9().await;
+    assert!(pending.await.unwrap().is_err());
+
+    let second = ValetProcess::spawn_in(dir, &body, &[]).await;
+    let err = second
+        .gateway()
+        .await
+        .call(authed(write("acme", "k-9", "x"), &key))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Aborted, "IDEMPOTENCY_OUTCOME_UNKNOWN")
+    );
+    assert_eq!(mock.requests().len(), 1, "never re-sent");
+    assert_eq!(second.terminate().await.code, Some(0));
+}

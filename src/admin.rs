@@ -181,6 +181,30 @@ impl AdminService {
         }
     }
 
+    /// Offboarding: deletes the tenant's stored responses.
+    async fn purge_tenant_records(
+        &self,
+        request: Request<proto::PurgeTenantRecordsRequest>,
+    ) -> Result<proto::PurgeTenantRecordsResponse, Failure> {
+        let caller = self.admin(&request)?;
+        let tenant = request.into_inner().tenant;
+        valid_name(&tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+        let purged = self.app.idempotency.purge_tenant(&tenant).await.map_err(|e| {
+            tracing::error!(error = %e, "idempotency purge failed");
+            Failure::new(
+                Code::Unavailable,
+                "IDEMPOTENCY_STORE_UNAVAILABLE",
+                "the idempotency store is unavailable",
+            )
+        })? as u64;
+        let event = Event::IdempotencyPurge {
+            tenant: tenant.clone(),
+            purged,
+        };
+        self.app.audit.append(&actor(&caller), event).await?;
+        Ok(proto::PurgeTenantRecordsResponse { purged })
+    }
+
     async fn delete_credential(
         &self,
         request: Request<proto::DeleteCredentialRequest>,
@@ -402,6 +426,13 @@ impl Admin for AdminService {
         r: Request<proto::RevokeApiKeyRequest>,
     ) -> Result<Response<proto::ApiKeyInfo>, Status> {
         reply(self.revoke_api_key(r).await)
+    }
+
+    async fn purge_tenant_records(
+        &self,
+        r: Request<proto::PurgeTenantRecordsRequest>,
+    ) -> Result<Response<proto::PurgeTenantRecordsResponse>, Status> {
+        reply(self.purge_tenant_records(r).await)
     }
 
     async fn put_quota_policy(

@@ -49,7 +49,7 @@ pub struct App {
     /// Longest pause a vendor's 429 may impose.
     pub max_pushback: Duration,
     /// Idempotency records.
-    pub idempotency: valet_idempotency::Embedded,
+    pub idempotency: valet_idempotency::Store,
     /// Their retention and in-flight lease.
     pub idempotency_config: crate::config::IdempotencyConfig,
     /// Calls since the last purge of expired idempotency records.
@@ -120,12 +120,10 @@ impl App {
         );
         let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
-        let idem = &config.idempotency;
-        let idempotency =
-            valet_idempotency::Embedded::open(&dir.join("idempotency.redb"), now_ms(), idem.lease_ms)
-                .map_err(|e| StartError::State(e.to_string()))?;
+        let idempotency = open_idempotency(config, dir).await?;
         let purged = idempotency
             .purge_expired(now_ms())
+            .await
             .map_err(|e| StartError::State(e.to_string()))?;
         if purged > 0 {
             tracing::info!(purged, "removed expired idempotency records");
@@ -249,6 +247,21 @@ async fn open_quotas(config: &Config, dir: &Path) -> Result<Quotas, StartError> 
                 .map_err(|e| StartError::State(format!("quota.redis_url: {e}")))
         }
     }
+}
+
+async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempotency::Store, StartError> {
+    let idem = &config.idempotency;
+    Ok(match idem.backend {
+        QuotaBackend::Local => valet_idempotency::Store::Embedded(
+            valet_idempotency::Embedded::open(&dir.join("idempotency.redb"), now_ms(), idem.lease_ms)
+                .map_err(|e| StartError::State(e.to_string()))?,
+        ),
+        QuotaBackend::Redis => valet_idempotency::Store::Shared(
+            valet_idempotency::Shared::connect(idem.redis_url.as_deref().unwrap_or_default())
+                .await
+                .map_err(|e| StartError::State(format!("idempotency.redis_url: {e}")))?,
+        ),
+    })
 }
 
 /// Now, Unix milliseconds.

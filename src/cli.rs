@@ -89,6 +89,21 @@ pub enum AdminCommand {
     /// Quota policies and usage.
     #[command(subcommand)]
     Quota(QuotaCommand),
+    /// Idempotency records.
+    #[command(subcommand)]
+    Idempotency(IdempotencyCommand),
+}
+
+/// `valet admin idempotency …`.
+#[derive(Debug, Subcommand)]
+pub enum IdempotencyCommand {
+    /// Delete every idempotency record (stored vendor response) of a tenant,
+    /// when it is offboarded.
+    Purge {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 /// A permission beyond Gateway calls.

@@ -184,6 +184,13 @@ pub enum MasterKeySource {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyConfig {
+    /// `local` (an embedded database under the state dir) or `redis`
+    /// (shared by every replica).
+    #[serde(default)]
+    pub backend: QuotaBackend,
+    /// Redis URL for `backend = "redis"`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
     /// How long a key's record (and its sealed response) is kept.
     #[serde(default = "default_retention_ms")]
     pub retention_ms: u64,
@@ -197,6 +204,8 @@ pub struct IdempotencyConfig {
 impl Default for IdempotencyConfig {
     fn default() -> Self {
         Self {
+            backend: QuotaBackend::Local,
+            redis_url: None,
             retention_ms: default_retention_ms(),
             lease_ms: default_lease_ms(),
         }
@@ -256,7 +265,7 @@ fn default_max_pushback_ms() -> u64 {
     600_000
 }
 
-/// Where quotas are enforced.
+/// Where quotas (and idempotency records) are kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QuotaBackend {
@@ -421,6 +430,22 @@ impl Config {
         if q.backend == QuotaBackend::Redis && q.redis_url.as_deref().is_none_or(str::is_empty) {
             return Err(invalid(
                 "quota.redis_url: required with backend = \"redis\"".into(),
+            ));
+        }
+        let idem = &self.idempotency;
+        if idem.backend == QuotaBackend::Redis && idem.redis_url.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "idempotency.redis_url: required with backend = \"redis\"".into(),
+            ));
+        }
+        if idem.backend == QuotaBackend::Redis && self.secrets.master_key.is_none() {
+            return Err(invalid(
+                "secrets.master_key: required with idempotency.backend = \"redis\": every replica must open the responses the others sealed".into(),
+            ));
+        }
+        if idem.retention_ms == 0 || idem.lease_ms == 0 {
+            return Err(invalid(
+                "idempotency: retention_ms and lease_ms must be greater than 0".into(),
             ));
         }
         if q.replicas == 0 {
@@ -678,6 +703,11 @@ mod tests {
             (
                 "[secrets]\ncache_ttl_ms = 10\nmax_stale_ms = 5\n",
                 "secrets.max_stale_ms",
+            ),
+            ("[idempotency]\nbackend = \"redis\"\n", "idempotency.redis_url"),
+            (
+                "[idempotency]\nbackend = \"redis\"\nredis_url = \"redis://x\"\n",
+                "secrets.master_key",
             ),
             ("[secrets]\nbackend = \"vault\"\n", "vault"),
             (

@@ -352,3 +352,43 @@ async fn kill_9_mid_call_leaves_the_outcome_unknown() {
     assert_eq!(mock.requests().len(), 1, "never re-sent");
     assert_eq!(second.terminate().await.code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_purges_a_tenants_records() {
+    let (mock, valet, key) = setup(|_| {}).await;
+    valet.call(&key, write("acme", "k-p", "x")).await.unwrap();
+    valet.call(&key, write("globex", "k-p", "x")).await.unwrap();
+    let purged = valet
+        .admin()
+        .await
+        .purge_tenant_records(authed(
+            valet::proto::PurgeTenantRecordsRequest {
+                tenant: "acme".into(),
+            },
+            &valet.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .purged;
+    assert_eq!(purged, 1);
+    assert!(
+        !valet
+            .call(&key, write("acme", "k-p", "x"))
+            .await
+            .unwrap()
+            .replayed,
+        "acme's record is gone"
+    );
+    assert!(
+        valet
+            .call(&key, write("globex", "k-p", "x"))
+            .await
+            .unwrap()
+            .replayed,
+        "globex's is kept"
+    );
+    assert_eq!(mock.requests().len(), 3);
+    let log = std::fs::read_to_string(valet.audit_log()).unwrap();
+    assert!(log.contains("\"event\":\"idempotency_purge\""));
+}

@@ -51,11 +51,10 @@ pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
         vendor_dedupes: header.is_some(),
     };
     maybe_purge(app);
-    let store = app.idempotency.clone();
-    let claim = scope.clone();
-    let decision = tokio::task::spawn_blocking(move || store.begin(&claim, &fingerprint, &terms))
+    let decision = app
+        .idempotency
+        .begin(&scope, &fingerprint, &terms)
         .await
-        .map_err(|_| unavailable())?
         .map_err(|e| {
             tracing::error!(error = %e, "idempotency store failed");
             unavailable()
@@ -101,8 +100,8 @@ pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
 /// key freed when the request provably never left; `unknown` otherwise.
 pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyResponse, Failure>, sent: bool) {
     let Some(scope) = scope else { return };
-    let store = app.idempotency.clone();
-    let config = app.idempotency_config.clone();
+    let store = &app.idempotency;
+    let config = &app.idempotency_config;
     let done = match result {
         Ok(answer) => {
             let response = proto::CallResponse {
@@ -123,20 +122,18 @@ pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyRespon
             let sealed = app
                 .vault
                 .seal_data(&scope.tenant, &label(&scope), &response.encode_to_vec());
-            tokio::task::spawn_blocking(move || {
-                store.complete(&scope, &sealed, now_ms(), config.retention_ms)
-            })
-            .await
+            store
+                .complete(&scope, sealed, now_ms(), config.retention_ms)
+                .await
         }
-        Err(f) if !sent || NOT_SENT.contains(&f.reason) => {
-            tokio::task::spawn_blocking(move || store.abandon(&scope)).await
-        }
+        Err(f) if !sent || NOT_SENT.contains(&f.reason) => store.abandon(&scope).await,
         Err(_) => {
-            let until = now_ms() + config.lease_ms;
-            tokio::task::spawn_blocking(move || store.mark_unknown(&scope, until)).await
+            store
+                .mark_unknown(&scope, now_ms() + config.lease_ms, now_ms())
+                .await
         }
     };
-    if let Ok(Err(e)) | Err(e) = done.map_err(|e| valet_idempotency::StoreError(e.to_string())) {
+    if let Err(e) = done {
         tracing::error!(error = %e, "cannot record how an idempotent call ended");
     }
 }
@@ -203,8 +200,8 @@ fn unavailable() -> Failure {
 fn maybe_purge(app: &App) {
     if app.idempotency_calls.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
         let store = app.idempotency.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.purge_expired(now_ms()) {
+        tokio::spawn(async move {
+            if let Err(e) = store.purge_expired(now_ms()).await {
                 tracing::warn!(error = %e, "purging expired idempotency records failed");
             }
         });

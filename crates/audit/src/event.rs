@@ -77,6 +77,13 @@ pub enum Event {
         /// The policy removed.
         before: serde_json::Value,
     },
+    /// A tenant's idempotency records (stored responses) were deleted.
+    IdempotencyPurge {
+        /// The tenant.
+        tenant: String,
+        /// Records deleted.
+        purged: u64,
+    },
     /// A credential was deleted.
     CredentialDelete {
         /// Owning tenant.

@@ -8,6 +8,9 @@
 //! - [`embedded`]: [`Embedded`], records in a redb database under the state
 //!   dir: every transition is one committed (fsync'd) transaction, so records
 //!   survive a restart and a `kill -9`.
+//! - [`shared`]: [`Shared`], records in Redis for fleets, one Lua script per
+//!   transition.
+//! - [`store`]: [`Store`], either of them behind one face.
 //!
 //! States: a first call records `in_flight` (with a lease) before calling the
 //! vendor; when the vendor answers — any status, 5xx included — the sealed
@@ -19,8 +22,12 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod shared;
+pub mod store;
 
 pub use embedded::Embedded;
+pub use shared::Shared;
+pub use store::Store;
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".valet.v1.CreateApiKeyResponse",
     ]);
     let include = protoc_bin_vendored::include_path()?;
+    // Served by gRPC reflection, so grpcurl needs no .proto files.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    config.file_descriptor_set_path(out_dir.join("valet_descriptor.bin"));
     tonic_prost_build::configure().compile_with_config(
         config,
         &[

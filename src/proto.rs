@@ -7,6 +7,9 @@
 
 tonic::include_proto!("valet.v1");
 
+/// The encoded descriptors of `valet.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("valet_descriptor");
+
 impl std::fmt::Debug for PutCredentialRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PutCredentialRequest")

@@ -40,15 +40,33 @@ impl Listeners {
 }
 
 /// Serves both services until `shutdown` resolves, then lets in-flight
-/// calls finish.
+/// calls finish. The Gateway listener also serves `grpc.health.v1.Health`
+/// (SERVING for `valet.v1.Gateway`, `valet.v1.Admin` and the server, turned
+/// NOT_SERVING as shutdown begins) and gRPC server reflection, so grpcurl
+/// works without the .proto files.
 pub async fn serve(
     app: Arc<App>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GatewayServer<GatewayService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled descriptors are valid");
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        // Probes see the replica leave before its listeners close.
+        health.set_not_serving::<GatewayServer<GatewayService>>().await;
+        health.set_not_serving::<AdminServer<AdminService>>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -60,6 +78,8 @@ pub async fn serve(
     let admin = AdminServer::new(AdminService::new(app));
 
     let gateway = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(gateway)
         .serve_with_incoming_shutdown(incoming(listeners.gateway), stopped(stop_rx.clone()));
     let admin = Server::builder()

@@ -244,14 +244,9 @@ where
     }
 }
 
-/// GCRA on one Redis key, atomically, with Redis's own clock so every
-/// replica agrees; the vendor pause key is checked in the same round trip.
-/// Returns {allowed, remaining, reset_us, retry_after_us, paused}.
-const GCRA_LUA: &str = r#"
-local pause = redis.call('PTTL', KEYS[2])
-if pause > 0 then
-  return {0, 0, 0, pause * 1000, 1}
-end
+/// Redis's clock and the bucket's theoretical arrival time (TAT), shared
+/// by both scripts. KEYS[1] is the bucket; ARGV is {interval_us, burst}.
+const GCRA_STATE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -259,6 +254,12 @@ local burst = tonumber(ARGV[2])
 local tolerance = interval * (burst - 1)
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+"#;
+
+/// GCRA on one Redis key, atomically, with Redis's own clock so every
+/// replica agrees; the vendor pause key (KEYS[2]) is checked in the same
+/// round trip. Returns {allowed, remaining, reset_us, retry_after_us, paused}.
+const CHECK_LUA: &str = r#"
 local allow_at = tat - tolerance
 if now < allow_at then
   return {0, 0, tat - now, allow_at - now, 0}
@@ -270,15 +271,16 @@ if remaining < 0 then remaining = 0 end
 return {1, remaining, new_tat - now, 0, 0}
 "#;
 
+/// Refuses, uncounted, while a vendor's push-back pause runs.
+const PAUSE_LUA: &str = r#"
+local pause = redis.call('PTTL', KEYS[2])
+if pause > 0 then
+  return {0, 0, 0, pause * 1000, 1}
+end
+"#;
+
 /// A bucket's state without counting a call: {remaining, reset_us}.
 const PEEK_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tolerance = interval * (burst - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
 local remaining = math.floor((tolerance - (tat - now)) / interval) + 1
 if remaining < 0 then remaining = 0 end
 return {remaining, tat - now}
@@ -332,8 +334,8 @@ impl Shared {
             .map_err(|e| BackendError(e.to_string()))?;
         Ok(Self {
             conn,
-            script: redis::Script::new(GCRA_LUA),
-            peek: redis::Script::new(PEEK_LUA),
+            script: redis::Script::new(&format!("{PAUSE_LUA}{GCRA_STATE_LUA}{CHECK_LUA}")),
+            peek: redis::Script::new(&format!("{GCRA_STATE_LUA}{PEEK_LUA}")),
             on_error,
             replicas: replicas.max(1),
             fallback: Embedded::default(),

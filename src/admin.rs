@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 use valet_access::{ApiKeyRecord, Caller, Grant, Operation, Permission};
 use valet_audit::Event;
-use valet_credentials::{CredentialKey, Secret, StoredCredential, valid_name};
+use valet_credentials::{CredentialKey, CredentialMeta, Secret, valid_name};
 
 /// The longest API key lifetime: ten years.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
@@ -85,7 +85,7 @@ impl AdminService {
             replaced: replaced.map(|f| f.to_string()),
         };
         self.app.audit.append(&actor(&caller), event).await?;
-        Ok(credential_info(&key, &stored))
+        Ok(credential_info(&key, &stored.meta()))
     }
 
     /// Stage, verify with the vendor, then commit or abort — every step
@@ -150,7 +150,7 @@ impl AdminService {
                     .append(&actor, step("committed", Some(answer.status), None))
                     .await?;
                 Ok(proto::RotateCredentialResponse {
-                    credential: Some(credential_info(&key, &current)),
+                    credential: Some(credential_info(&key, &current.meta())),
                     previous_fingerprint: old.to_string(),
                     verify_status: u32::from(answer.status),
                 })
@@ -497,7 +497,7 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
     }
 }
 
-fn credential_info(key: &CredentialKey, c: &StoredCredential) -> proto::CredentialInfo {
+fn credential_info(key: &CredentialKey, c: &CredentialMeta) -> proto::CredentialInfo {
     proto::CredentialInfo {
         tenant: key.tenant.clone(),
         vendor: key.vendor.clone(),

@@ -15,7 +15,7 @@
 
 use crate::cache::{Cache, CacheSettings, Clock, Source, SourceError};
 use crate::key::{CredentialKey, valid_name};
-use crate::store::{SecretStore, StoreError, StoreFuture, StoredCredential};
+use crate::store::{CredentialMeta, SecretStore, StoreError, StoreFuture, StoredCredential};
 pub use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -287,10 +287,7 @@ impl SecretStore for AwsStore {
         })
     }
 
-    fn list<'a>(
-        &'a self,
-        tenant: Option<&'a str>,
-    ) -> StoreFuture<'a, Vec<(CredentialKey, StoredCredential)>> {
+    fn list<'a>(&'a self, tenant: Option<&'a str>) -> StoreFuture<'a, Vec<(CredentialKey, CredentialMeta)>> {
         Box::pin(async move {
             let prefix = match tenant {
                 Some(t) => format!("{}/{t}/", self.prefix),
@@ -330,13 +327,7 @@ impl SecretStore for AwsStore {
                     let ms = |d: Option<&aws_sdk_secretsmanager::primitives::DateTime>| {
                         d.and_then(|d| d.to_millis().ok()).map_or(0, |m| m.max(0) as u64)
                     };
-                    let meta = StoredCredential {
-                        envelope: crate::Envelope {
-                            v: 0,
-                            kid: String::new(),
-                            nonce: String::new(),
-                            ct: String::new(),
-                        },
+                    let meta = CredentialMeta {
                         fingerprint: crate::Fingerprint::from_hex(tag("valet:fingerprint")),
                         last4: tag("valet:last4").to_owned(),
                         created_ms: ms(entry.created_date()),

@@ -43,5 +43,5 @@ pub use key::{CredentialKey, NameError, valid_name};
 pub use local::LocalStore;
 pub use master_key::{MasterKey, MasterKeyError};
 pub use secret::Secret;
-pub use store::{SecretStore, StoreError, StoredCredential};
+pub use store::{CredentialMeta, SecretStore, StoreError, StoredCredential};
 pub use vault::{Lease, LeaseAudit, LeaseEvent, Vault, VaultError};

@@ -13,7 +13,7 @@
 //! rotation that never committed and is shredded.
 
 use crate::key::{CredentialKey, valid_name};
-use crate::store::{SecretStore, StoreError, StoreFuture, StoredCredential};
+use crate::store::{CredentialMeta, SecretStore, StoreError, StoreFuture, StoredCredential};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -135,15 +135,12 @@ impl SecretStore for LocalStore {
         })
     }
 
-    fn list<'a>(
-        &'a self,
-        tenant: Option<&'a str>,
-    ) -> StoreFuture<'a, Vec<(CredentialKey, StoredCredential)>> {
+    fn list<'a>(&'a self, tenant: Option<&'a str>) -> StoreFuture<'a, Vec<(CredentialKey, CredentialMeta)>> {
         let records = self.inner.records.read().expect("lock");
         let found = records
             .iter()
             .filter(|(k, _)| tenant.is_none_or(|t| k.tenant == t))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.meta()))
             .collect();
         Box::pin(async move { Ok(found) })
     }

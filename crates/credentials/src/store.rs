@@ -26,6 +26,31 @@ pub struct StoredCredential {
     pub updated_ms: u64,
 }
 
+/// What may be shown about a credential: everything but the sealed secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialMeta {
+    /// Keyed hash of the secret.
+    pub fingerprint: Fingerprint,
+    /// Last 4 characters of long secrets; empty for short ones.
+    pub last4: String,
+    /// First stored, Unix milliseconds.
+    pub created_ms: u64,
+    /// Last replaced, Unix milliseconds.
+    pub updated_ms: u64,
+}
+
+impl StoredCredential {
+    /// The record's metadata.
+    pub fn meta(&self) -> CredentialMeta {
+        CredentialMeta {
+            fingerprint: self.fingerprint.clone(),
+            last4: self.last4.clone(),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
 /// A store failure. Messages name the credential, never its value.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,9 +89,9 @@ pub trait SecretStore: Send + Sync + 'static {
     fn put<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()>;
     /// Removes the credential for `key`; false if there was none.
     fn delete<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, bool>;
-    /// Every stored credential of `tenant` (all tenants when `None`), sorted.
-    fn list<'a>(&'a self, tenant: Option<&'a str>)
-    -> StoreFuture<'a, Vec<(CredentialKey, StoredCredential)>>;
+    /// Metadata of every stored credential of `tenant` (all tenants when
+    /// `None`), sorted. No secret, sealed or not: a listing never needs one.
+    fn list<'a>(&'a self, tenant: Option<&'a str>) -> StoreFuture<'a, Vec<(CredentialKey, CredentialMeta)>>;
 
     /// Checks now, bypassing any cache TTL, whether the current credential
     /// changed outside this process; true if it did (the new one is then

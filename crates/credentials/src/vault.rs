@@ -10,7 +10,7 @@ use crate::fingerprint::Fingerprint;
 use crate::key::CredentialKey;
 use crate::master_key::MasterKey;
 use crate::secret::Secret;
-use crate::store::{SecretStore, StoreError, StoredCredential};
+use crate::store::{CredentialMeta, SecretStore, StoreError, StoredCredential};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -159,7 +159,7 @@ impl Vault {
     pub async fn list(
         &self,
         tenant: Option<&str>,
-    ) -> Result<Vec<(CredentialKey, StoredCredential)>, VaultError> {
+    ) -> Result<Vec<(CredentialKey, CredentialMeta)>, VaultError> {
         Ok(self.store.list(tenant).await?)
     }
 

@@ -98,6 +98,17 @@ async fn main() {
         .await,
     ));
 
+    // (f) as (b), with the production subscriber installed: a server span,
+    // child spans and a JSON log line per call (written to a sink), no
+    // exporter. Last, because the subscriber is process-wide.
+    let _telemetry =
+        valet_telemetry::subscriber::init_with(&Default::default(), std::io::sink).expect("telemetry starts");
+    let traced = tempfile::tempdir().unwrap();
+    runs.push((
+        "(f) Valet + spans and logs",
+        through_valet(&mock, traced.path(), calls, concurrency).await,
+    ));
+
     println!(
         "proxy overhead: {calls} GET calls, {concurrency} in flight, loopback, {} cores",
         cores()
@@ -245,12 +256,19 @@ async fn start_valet(
     let listeners = Listeners {
         gateway: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ops: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let (gw, admin) = (
         listeners.gateway.local_addr().unwrap(),
         listeners.admin.local_addr().unwrap(),
     );
-    tokio::spawn(server::serve(app, listeners, std::future::pending()));
+    let probe_interval = std::time::Duration::from_secs(5);
+    tokio::spawn(server::serve(
+        app,
+        listeners,
+        probe_interval,
+        std::future::pending(),
+    ));
 
     let admin_key = std::fs::read_to_string(config.state.dir.join("admin.key")).unwrap();
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", admin_key.trim()).parse().unwrap();

@@ -84,7 +84,7 @@ impl AdminService {
             fingerprint: stored.fingerprint.to_string(),
             replaced: replaced.map(|f| f.to_string()),
         };
-        self.app.audit.append(&actor(&caller), event).await?;
+        self.app.record(&actor(&caller), event).await?;
         Ok(credential_info(&key, &stored.meta()))
     }
 
@@ -138,7 +138,7 @@ impl AdminService {
             vendor_status,
             error: error.map(str::to_owned),
         };
-        self.app.audit.append(&actor, step("staged", None, None)).await?;
+        self.app.record(&actor, step("staged", None, None)).await?;
 
         let checked = vendor.send(verify, &secret, &self.app.limits, None).await;
         drop(secret);
@@ -146,8 +146,7 @@ impl AdminService {
             Ok(answer) if (200..300).contains(&answer.status) => {
                 let current = self.app.vault.promote(&key, &pending.fingerprint).await?;
                 self.app
-                    .audit
-                    .append(&actor, step("committed", Some(answer.status), None))
+                    .record(&actor, step("committed", Some(answer.status), None))
                     .await?;
                 Ok(proto::RotateCredentialResponse {
                     credential: Some(credential_info(&key, &current.meta())),
@@ -169,8 +168,7 @@ impl AdminService {
                 self.app.vault.discard(&key).await?;
                 let reason = failed.as_ref().err().map_or("VENDOR_REFUSED", |e| e.reason());
                 self.app
-                    .audit
-                    .append(&actor, step("aborted", status, Some(reason)))
+                    .record(&actor, step("aborted", status, Some(reason)))
                     .await?;
                 Err(Failure::new(
                     Code::FailedPrecondition,
@@ -201,7 +199,7 @@ impl AdminService {
             tenant: tenant.clone(),
             purged,
         };
-        self.app.audit.append(&actor(&caller), event).await?;
+        self.app.record(&actor(&caller), event).await?;
         Ok(proto::PurgeTenantRecordsResponse { purged })
     }
 
@@ -220,7 +218,7 @@ impl AdminService {
             vendor: key.vendor,
             fingerprint: old.fingerprint.to_string(),
         };
-        self.app.audit.append(&actor(&caller), event).await?;
+        self.app.record(&actor(&caller), event).await?;
         Ok(())
     }
 
@@ -274,7 +272,7 @@ impl AdminService {
                 .collect(),
             expires_ms: record.expires_ms,
         };
-        self.app.audit.append(&actor(&caller), event).await?;
+        self.app.record(&actor(&caller), event).await?;
         Ok(proto::CreateApiKeyResponse {
             key: key.expose().to_owned(),
             info: Some(api_key_info(&record)),
@@ -375,7 +373,7 @@ impl AdminService {
             key_id: record.id.clone(),
             name: record.name.clone(),
         };
-        self.app.audit.append(&actor(&caller), event).await?;
+        self.app.record(&actor(&caller), event).await?;
         Ok(api_key_info(&record))
     }
 }

@@ -6,16 +6,19 @@
 //! `<state dir>/admin.key` with mode 0600 and never logged.
 
 use crate::config::{Config, MasterKeySource, QuotaBackend, SecretsBackend};
+use crate::readiness::{Readiness, Required};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 use valet_access::{ApiKey, Caller, Grant, KeyStore};
-use valet_audit::{AuditLog, Event};
+use valet_audit::{AuditError, AuditLog, Event};
 use valet_credentials::aws::SdkConfig;
 use valet_credentials::cache::CacheSettings;
 use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, SecretStore, Vault, aws};
 use valet_egress::{Limits, Registry};
 use valet_quota::Quotas;
+use valet_telemetry::Metrics;
 
 /// The actor recorded for changes Valet makes itself.
 pub const SYSTEM_ACTOR: &str = "valet";
@@ -56,6 +59,12 @@ pub struct App {
     pub idempotency_calls: std::sync::atomic::AtomicU64,
     /// Where the bootstrap admin key was written, if this start created it.
     pub bootstrap_key: Option<PathBuf>,
+    /// Counters and histograms for `/metrics` and OTLP.
+    pub metrics: Metrics,
+    /// Whether this replica should receive calls.
+    pub readiness: Readiness,
+    /// Which backends readiness requires.
+    pub required: Required,
     /// An exclusive lock on the state dir, held while this `App` lives: two
     /// processes on one state dir would interleave the audit chain and undo
     /// each other's revocations.
@@ -100,6 +109,7 @@ impl App {
             ),
         };
 
+        let metrics = Metrics::new(&config.telemetry).map_err(|e| StartError::State(e.to_string()))?;
         let master = Arc::new(load_master_key(config, dir, aws.as_ref()).await?);
         let store: Arc<dyn SecretStore> = match (secrets.backend, &aws) {
             (SecretsBackend::Aws, Some(sdk)) => {
@@ -108,7 +118,7 @@ impl App {
                     max_stale: Duration::from_millis(secrets.max_stale_ms),
                     capacity: secrets.cache_capacity,
                 };
-                Arc::new(aws::AwsStore::new(sdk, &secrets.prefix, settings))
+                Arc::new(aws::AwsStore::new(sdk, &secrets.prefix, settings).with_metrics(metrics.clone()))
             }
             _ => Arc::new(
                 LocalStore::open(&dir.join("credentials")).map_err(|e| StartError::State(e.to_string()))?,
@@ -129,6 +139,8 @@ impl App {
             tracing::info!(purged, "removed expired idempotency records");
         }
         quotas.spawn_sync();
+        let readiness = Readiness::default();
+        register_gauges(&metrics, &quotas, &readiness);
 
         let bootstrap_key = if keys.is_empty() {
             Some(bootstrap_admin_key(&keys, &audit, dir).await?)
@@ -147,6 +159,9 @@ impl App {
             idempotency_config: config.idempotency.clone(),
             idempotency_calls: Default::default(),
             bootstrap_key,
+            metrics,
+            readiness,
+            required: Required::from_config(config),
             _lock: lock,
         })
     }
@@ -264,6 +279,20 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
     })
 }
 
+/// Gauges read at collection time: readiness and the quota fallback.
+fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readiness) {
+    let ready = readiness.clone();
+    metrics.gauge("valet.ready", "1 while this replica is SERVING", move || {
+        i64::from(ready.is_ready())
+    });
+    let quotas = Arc::clone(quotas);
+    metrics.gauge(
+        "valet.quota.fallback_active",
+        "1 while the local fallback stands in for the shared quota backend",
+        move || i64::from(quotas.fallback_active()),
+    );
+}
+
 /// Now, Unix milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -313,11 +342,28 @@ pub fn actor(caller: &Caller) -> String {
     format!("{}:{}", caller.id, caller.name)
 }
 
+impl App {
+    /// Appends to the audit log under its own span, counting failures.
+    pub async fn record(&self, actor: &str, event: Event) -> Result<(), AuditError> {
+        let span = tracing::info_span!(
+            "valet.audit.append",
+            valet.audit.event = event.kind(),
+            otel.status_code = tracing::field::Empty
+        );
+        let result = self.audit.append(actor, event).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+            self.metrics.audit_write_failed();
+        }
+        result
+    }
+}
+
 /// Records credential leases in the audit log (the glue between the vault's
 /// [`LeaseAudit`] and the audit crate).
 pub struct LeaseRecorder<'a> {
-    /// The log.
-    pub log: &'a AuditLog,
+    /// Valet, whose audit log records the lease.
+    pub app: &'a App,
 }
 
 impl LeaseAudit for LeaseRecorder<'_> {
@@ -329,8 +375,8 @@ impl LeaseAudit for LeaseRecorder<'_> {
             reason: e.reason.to_owned(),
             request_id: e.request_id.to_owned(),
         };
-        self.log
-            .append(e.caller, event)
+        self.app
+            .record(e.caller, event)
             .await
             .map_err(|err| err.to_string())
     }

@@ -41,11 +41,21 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
 }
 
-/// What the log line of a finished call reports.
+/// What the log line, span and metrics of a finished call report.
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
     /// The caller's key id, once authenticated.
     pub caller: Option<String>,
+    /// The caller's key name, once authenticated.
+    pub caller_name: Option<String>,
+    /// The tenant, once the caller is authorized for it.
+    pub tenant: Option<String>,
+    /// The vendor, once the request is validated.
+    pub vendor: Option<String>,
+    /// `read` or `write`, once the request is validated.
+    pub operation: Option<&'static str>,
+    /// Whether a stored answer was replayed.
+    pub replayed: bool,
     /// Vendor status, if the vendor answered.
     pub status: Option<u16>,
     /// Requests sent to the vendor.
@@ -64,14 +74,20 @@ pub async fn handle(
 ) -> Result<proto::CallResponse, Failure> {
     let caller = authenticate::caller(&app.keys, metadata)?;
     outcome.caller = Some(caller.id.clone());
+    outcome.caller_name = Some(caller.name.clone());
     let mut call = validate::call(&app.registry, &app.limits, req)?;
+    outcome.vendor = Some(call.key.vendor.clone());
+    outcome.operation = Some(call.operation.as_str());
     authorize::call(&caller, &call)?;
+    outcome.tenant = Some(call.key.tenant.clone());
     outcome.ratelimit = quota::check(app, &call).await?;
     let scope = match idempotency::begin(app, &mut call).await? {
         idempotency::Step::Replay(mut answer) => {
             answer.replayed = true;
             answer.request_id = ctx.request_id.clone();
             outcome.status = u16::try_from(answer.status).ok();
+            outcome.replayed = true;
+            app.metrics.replayed(&call.key.tenant, &call.key.vendor);
             return Ok(answer);
         }
         idempotency::Step::Proceed(scope) => scope,
@@ -107,13 +123,13 @@ async fn exchange(
 ) -> Result<ProxyResponse, Failure> {
     let lease = lease::credential(app, caller, call, &ctx.request_id).await?;
     *sent = true;
-    let mut answer = forward::send(call, &lease, &app.limits, ctx.deadline).await?;
+    let mut answer = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline).await?;
     let used = lease.fingerprint().clone();
     drop(lease);
     quota::vendor_pushback(app, call, &answer).await;
     if answer.status == 401 && refresh::changed(app, caller, call, &used, &ctx.request_id).await {
         let lease = lease::credential(app, caller, call, &ctx.request_id).await?;
-        let retry = forward::send(call, &lease, &app.limits, ctx.deadline).await?;
+        let retry = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline).await?;
         answer = ProxyResponse {
             attempts: answer.attempts + retry.attempts,
             ..retry

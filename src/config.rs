@@ -32,6 +32,9 @@ pub struct Config {
     /// Idempotency records.
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
+    /// Traces, metrics and their labels.
+    #[serde(default)]
+    pub telemetry: valet_telemetry::Settings,
     /// The vendor registry: the only places credentials are sent.
     #[serde(default)]
     pub vendors: Vec<VendorConfig>,
@@ -47,6 +50,14 @@ pub struct ServerConfig {
     /// The Admin service, on its own listener so it can be firewalled apart.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// Plain HTTP for operators: `GET /metrics` (Prometheus text),
+    /// `/healthz` (alive) and `/readyz` (serving).
+    #[serde(default = "default_ops_listen")]
+    pub ops_listen: SocketAddr,
+    /// How often required backends (Redis, Secrets Manager, the audit log)
+    /// are checked; one that fails turns health NOT_SERVING until it answers.
+    #[serde(default = "default_health_probe_interval_ms")]
+    pub health_probe_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -54,8 +65,18 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            ops_listen: default_ops_listen(),
+            health_probe_interval_ms: default_health_probe_interval_ms(),
         }
     }
+}
+
+fn default_ops_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+fn default_health_probe_interval_ms() -> u64 {
+    5000
 }
 
 fn default_listen() -> SocketAddr {
@@ -422,6 +443,12 @@ impl Config {
         self.registry().map(|_| ())?;
         self.limits().map(|_| ())?;
         self.check_secrets()?;
+        self.telemetry.validate().map_err(invalid)?;
+        if self.server.health_probe_interval_ms == 0 {
+            return Err(invalid(
+                "server.health_probe_interval_ms must be greater than 0".into(),
+            ));
+        }
         self.check_quota()
     }
 

@@ -1,5 +1,6 @@
-//! The `valet.v1.Gateway` service: transport in, [`crate::call`] steps, one
-//! log line per call out.
+//! The `valet.v1.Gateway` service: transport in, [`crate::call`] steps under
+//! one server span (its parent taken from the caller's `traceparent`), and
+//! out: one log line, the call's metrics, the span's attributes.
 
 use crate::app::App;
 use crate::call::{self, CallContext, Outcome};
@@ -8,7 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use valet_telemetry::metrics::CallLabels;
+use valet_telemetry::propagation;
 
 /// Margin kept before the caller's deadline, so Valet answers
 /// DEADLINE_EXCEEDED itself instead of the transport cancelling the call.
@@ -34,27 +39,50 @@ impl Gateway for GatewayService {
         request: Request<proto::CallRequest>,
     ) -> Result<Response<proto::CallResponse>, Status> {
         let started = Instant::now();
+        let _in_flight = self.app.metrics.call_started();
         let ctx = CallContext {
             request_id: new_request_id(),
             deadline: deadline(request.metadata(), started),
         };
+        let span = server_span(&ctx.request_id);
+        propagation::continue_trace(&span, request.metadata());
         let (metadata, _, req) = request.into_parts();
-        let (tenant, vendor, operation) = (clip(&req.tenant), clip(&req.vendor), req.operation);
         let mut outcome = Outcome::default();
-        let result = call::handle(&self.app, &metadata, req, &ctx, &mut outcome).await;
+        let result = call::handle(&self.app, &metadata, req, &ctx, &mut outcome)
+            .instrument(span.clone())
+            .await;
         let reason = result.as_ref().err().map_or("OK", |f| f.reason);
-        tracing::info!(
-            request_id = %ctx.request_id,
-            caller = outcome.caller.as_deref().unwrap_or("-"),
-            tenant,
-            vendor,
-            operation,
-            outcome = reason,
-            vendor_status = outcome.status,
-            attempts = outcome.attempts,
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "call"
+        let code = result.as_ref().err().map_or(Code::Ok, |f| f.code);
+        let elapsed = started.elapsed();
+        record(&span, &outcome, reason, code);
+        self.app.metrics.call_finished(
+            CallLabels {
+                tenant: outcome.tenant.as_deref(),
+                vendor: outcome.vendor.as_deref(),
+                operation: outcome.operation,
+            },
+            reason,
+            outcome.status,
+            elapsed,
         );
+        span.in_scope(|| {
+            tracing::info!(
+                request_id = %ctx.request_id,
+                trace_id = propagation::trace_id(&span).as_deref().unwrap_or("-"),
+                caller = outcome.caller.as_deref().unwrap_or("-"),
+                caller_name = outcome.caller_name.as_deref().unwrap_or("-"),
+                tenant = outcome.tenant.as_deref().unwrap_or("-"),
+                vendor = outcome.vendor.as_deref().unwrap_or("-"),
+                operation = outcome.operation.unwrap_or("-"),
+                outcome = reason,
+                grpc_status = code as i32,
+                vendor_status = outcome.status,
+                attempts = outcome.attempts,
+                replayed = outcome.replayed,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "call"
+            );
+        });
         match result {
             Ok(answer) => {
                 let mut response = Response::new(answer);
@@ -70,6 +98,55 @@ impl Gateway for GatewayService {
             }
             Err(failure) => Err(failure.into_status(Some(&ctx.request_id))),
         }
+    }
+}
+
+/// The call's server span (RPC semantic conventions), with the fields the
+/// steps and [`record`] fill in.
+fn server_span(request_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "valet.v1.Gateway/Call",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        rpc.system = "grpc",
+        rpc.service = "valet.v1.Gateway",
+        rpc.method = "Call",
+        rpc.grpc.status_code = Empty,
+        valet.request_id = request_id,
+        valet.tenant = Empty,
+        valet.vendor = Empty,
+        valet.operation = Empty,
+        valet.reason = Empty,
+        valet.vendor.status = Empty,
+        valet.attempts = Empty,
+        valet.idempotency.replayed = Empty,
+        valet.quota = Empty,
+    )
+}
+
+/// Fills in what the finished call learned. Only checked values go on the
+/// span: a tenant the caller was not authorized for never does.
+fn record(span: &tracing::Span, outcome: &Outcome, reason: &'static str, code: Code) {
+    span.record("rpc.grpc.status_code", code as i64);
+    span.record("valet.reason", reason);
+    if let Some(tenant) = &outcome.tenant {
+        span.record("valet.tenant", tenant.as_str());
+    }
+    if let Some(vendor) = &outcome.vendor {
+        span.record("valet.vendor", vendor.as_str());
+    }
+    if let Some(operation) = outcome.operation {
+        span.record("valet.operation", operation);
+    }
+    if let Some(status) = outcome.status {
+        span.record("valet.vendor.status", i64::from(status));
+    }
+    span.record("valet.attempts", i64::from(outcome.attempts));
+    span.record("valet.idempotency.replayed", outcome.replayed);
+    if code != Code::Ok {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", reason);
     }
 }
 
@@ -95,9 +172,4 @@ fn deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
         _ => return None,
     };
     now.checked_add(timeout.saturating_sub(DEADLINE_MARGIN))
-}
-
-/// Caller-supplied text bounded for a log line.
-fn clip(s: &str) -> String {
-    s.chars().take(128).collect()
 }

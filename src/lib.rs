@@ -13,7 +13,9 @@
 //! - [`admin`]: the Admin gRPC service (credentials, API keys).
 //! - [`status`]: the one mapping from failures to gRPC statuses with stable
 //!   reason codes.
-//! - [`server`]: listeners and serving with graceful shutdown.
+//! - [`server`]: listeners and serving with graceful shutdown; health
+//!   driven by [`readiness`] (draining, required backends).
+//! - [`ops`]: the ops HTTP listener — `/metrics`, `/healthz`, `/readyz`.
 //! - [`proto`]: generated `valet.v1` types.
 //! - [`cli`]: the `valet admin` and `valet audit` commands.
 //!
@@ -21,7 +23,8 @@
 //! `valet-access` (API keys, grants), `valet-egress` (vendors, request
 //! rules, outbound client, scrubbing), `valet-audit` (hash-chained log),
 //! `valet-durable` (atomic file replacement and shredding for the embedded
-//! stores).
+//! stores), `valet-quota`, `valet-idempotency`, and `valet-telemetry` (logs,
+//! OTLP traces, metrics, trace context).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -30,6 +33,8 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod ops;
 pub mod proto;
+pub mod readiness;
 pub mod server;
 pub mod status;

@@ -5,11 +5,7 @@
 use clap::Parser as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracing::Level;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets};
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
+use std::time::Duration;
 use valet::app::{App, StartError};
 use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE};
 use valet::config::Config;
@@ -37,7 +33,6 @@ async fn main() {
 }
 
 async fn serve(config_path: Option<PathBuf>) -> i32 {
-    init_logging();
     let config = match config_path {
         Some(path) => match Config::load(&path) {
             Ok(c) => c,
@@ -48,7 +43,21 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
         },
         None => Config::default(),
     };
-    let app = match App::open(&config).await {
+    let telemetry = match valet_telemetry::subscriber::init(&config.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("valet: telemetry: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let code = run(&config).await;
+    // Flush queued spans before `exit`, which runs no destructors.
+    drop(telemetry);
+    code
+}
+
+async fn run(config: &Config) -> i32 {
+    let app = match App::open(config).await {
         Ok(app) => Arc::new(app),
         Err(e @ StartError::Config(_)) => {
             eprintln!("{e}");
@@ -65,7 +74,7 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
             path.display()
         );
     }
-    let listeners = match Listeners::bind(&config).await {
+    let listeners = match Listeners::bind(config).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("valet: {e}");
@@ -75,10 +84,13 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
     tracing::info!(
         gateway = %config.server.listen,
         admin = %config.server.admin_listen,
+        ops = %config.server.ops_listen,
         vendors = config.vendors.len(),
+        traces_exported = config.telemetry.exports_traces(),
         "valet serving"
     );
-    match server::serve(app, listeners, shutdown_signal()).await {
+    let probe_interval = Duration::from_millis(config.server.health_probe_interval_ms);
+    match server::serve(app, listeners, probe_interval, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("valet stopped");
             0
@@ -88,42 +100,6 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
             1
         }
     }
-}
-
-/// JSON logs on stdout, filtered by `RUST_LOG` (default `info`). The HTTP,
-/// TLS, gRPC and AWS SDK libraries are capped at `info` whatever `RUST_LOG`
-/// says: their debug and trace output can print request URLs, headers and
-/// bodies, which is where credentials (and a master key read from Secrets
-/// Manager) travel.
-fn init_logging() {
-    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let cap = [
-        "hyper",
-        "hyper_util",
-        "h2",
-        "rustls",
-        "tokio_rustls",
-        "hyper_rustls",
-        "tonic",
-        "tower",
-        "aws_config",
-        "aws_runtime",
-        "aws_sdk_secretsmanager",
-        "aws_sigv4",
-        "aws_smithy_http_client",
-        "aws_smithy_runtime",
-        "aws_smithy_runtime_api",
-        "aws_smithy_types",
-    ]
-    .into_iter()
-    .fold(Targets::new().with_default(Level::TRACE), |t, target| {
-        t.with_target(target, Level::INFO)
-    });
-    let layer = tracing_subscriber::fmt::layer()
-        .json()
-        .with_current_span(false)
-        .with_filter(env.and(cap));
-    tracing_subscriber::registry().with(layer).init();
 }
 
 async fn shutdown_signal() {

@@ -6,11 +6,16 @@ use crate::app::App;
 use crate::gateway::GatewayService;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::gateway_server::GatewayServer;
+use crate::{ops, readiness};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::server::NamedService as _;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 /// Room for the rest of a CallRequest beyond its body.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
@@ -22,6 +27,8 @@ pub struct Listeners {
     pub gateway: TcpListener,
     /// For `valet.v1.Admin`.
     pub admin: TcpListener,
+    /// For `/metrics`, `/healthz` and `/readyz`.
+    pub ops: TcpListener,
 }
 
 impl Listeners {
@@ -35,47 +42,66 @@ impl Listeners {
         Ok(Self {
             gateway: bind(config.server.listen).await?,
             admin: bind(config.server.admin_listen).await?,
+            ops: bind(config.server.ops_listen).await?,
         })
     }
 }
 
 /// Serves both services until `shutdown` resolves, then lets in-flight
 /// calls finish. The Gateway listener also serves `grpc.health.v1.Health`
-/// (SERVING for `valet.v1.Gateway`, `valet.v1.Admin` and the server, turned
-/// NOT_SERVING as shutdown begins) and gRPC server reflection, so grpcurl
-/// works without the .proto files.
+/// and gRPC server reflection (so grpcurl works without the .proto files);
+/// the ops listener serves `/metrics`, `/healthz` and `/readyz`.
+///
+/// Health is SERVING for `valet.v1.Gateway`, `valet.v1.Admin` and the server
+/// (`""`) while [`readiness`] holds: it turns NOT_SERVING while a required
+/// backend fails its probe (every `probe_interval`), and for good as
+/// shutdown begins, before the listeners close.
 pub async fn serve(
     app: Arc<App>,
     listeners: Listeners,
+    probe_interval: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<GatewayServer<GatewayService>>().await;
-    health.set_serving::<AdminServer<AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the compiled descriptors are valid");
+    // One lock orders every report, so a probe that finished just before
+    // the drain began cannot report SERVING after it.
+    let health = Arc::new(tokio::sync::Mutex::new(health));
+    // Start SERVING: `App::open` has just reached every backend it needs.
+    // The first probe follows one interval later.
+    report(&health, &app.readiness).await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        // Probes see the replica leave before its listeners close.
-        health.set_not_serving::<GatewayServer<GatewayService>>().await;
-        health.set_not_serving::<AdminServer<AdminService>>().await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        let _ = stop_tx.send(true);
-    });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let watcher = tokio::spawn(watch_backends(
+        app.clone(),
+        health.clone(),
+        probe_interval,
+        stopped(stop_rx.clone()),
+    ));
+    let draining = app.readiness.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        // Probes see the replica leave before its listeners close.
+        let health = health.lock().await;
+        draining.start_draining();
+        set_all(&health, false).await;
+        let _ = stop_tx.send(true);
+    });
 
     let max_message = app.limits.max_request_body_bytes + app.limits.max_header_bytes + MESSAGE_OVERHEAD;
     let gateway = GatewayServer::new(GatewayService::new(app.clone())).max_decoding_message_size(max_message);
-    let admin = AdminServer::new(AdminService::new(app));
+    let admin = AdminServer::new(AdminService::new(app.clone()));
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), async move {
+        let _ = ops_stopped.await;
+    }));
 
     let gateway = Server::builder()
         .add_service(health_service)
@@ -85,7 +111,58 @@ pub async fn serve(
     let admin = Server::builder()
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_rx));
-    tokio::try_join!(gateway, admin).map(|_| ())
+    let served = tokio::try_join!(gateway, admin).map(|_| ());
+    // The ops listener outlives the gRPC ones, so probes see the drain.
+    let _ = ops_stop.send(());
+    let _ = ops.await;
+    let _ = watcher.await;
+    app.metrics.shutdown();
+    served
+}
+
+/// Re-probes the required backends every `interval` until `stop`.
+async fn watch_backends(
+    app: Arc<App>,
+    health: Arc<tokio::sync::Mutex<HealthReporter>>,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut was_ready = app.readiness.is_ready();
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let ready = readiness::probe(&app).await;
+        if ready != was_ready {
+            tracing::info!(ready, "readiness changed");
+            report(&health, &app.readiness).await;
+            was_ready = ready;
+        }
+    }
+}
+
+/// Reports the readiness as it is now, under the reporter's lock.
+async fn report(health: &tokio::sync::Mutex<HealthReporter>, readiness: &readiness::Readiness) {
+    let health = health.lock().await;
+    set_all(&health, readiness.is_ready()).await;
+}
+
+/// Sets every reported service to SERVING or NOT_SERVING.
+async fn set_all(health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(GatewayServer::<GatewayService>::NAME, status)
+        .await;
+    health
+        .set_service_status(AdminServer::<AdminService>::NAME, status)
+        .await;
 }
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames must

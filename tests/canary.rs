@@ -1,17 +1,19 @@
 //! The canary test: the built binary under `RUST_LOG=trace`, set up through
 //! the CLI, driven through every kind of outcome — then every output is
-//! scanned for the canary credential and the caller's API key.
+//! scanned for the canary credential and the caller's API key: responses,
+//! errors, logs, the audit log, state files, every span and metric exported
+//! over OTLP, and `/metrics`.
 
 mod support;
 
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use support::{authed, collect, free_port, get, valet_bin};
+use support::{authed, collect, free_port, get, http_get, valet_bin};
 use tokio::process::{Child, Command};
 use valet::proto::gateway_client::GatewayClient;
 use valet::proto::{CallRequest, Header, Operation};
-use valet_testkit::{MockVendor, Scripted, leak};
+use valet_testkit::{MockVendor, OtlpReceiver, Scripted, leak};
 
 /// Runs `valet admin …`; returns (exit code, stdout, stderr).
 async fn admin_cli(endpoint: &str, key_file: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
@@ -35,9 +37,10 @@ fn assert_clean(label: &str, bytes: &[u8], secrets: &[(&str, &str)]) {
 async fn the_canary_appears_nowhere() {
     let canary = valet_testkit::canary("e2e");
     let mock = MockVendor::start().await;
+    let receiver = OtlpReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let (gw_port, admin_port) = (free_port(), free_port());
+    let (gw_port, admin_port, ops_port) = (free_port(), free_port(), free_port());
     let config = dir.path().join("valet.toml");
     std::fs::write(
         &config,
@@ -46,8 +49,12 @@ async fn the_canary_appears_nowhere() {
 [server]
 listen = "127.0.0.1:{gw_port}"
 admin_listen = "127.0.0.1:{admin_port}"
+ops_listen = "127.0.0.1:{ops_port}"
 [state]
 dir = "{state}"
+[telemetry]
+otlp_endpoint = "{otlp}"
+metrics_export_interval_ms = 100
 [[vendors]]
 name = "bearer"
 base_url = "{base}"
@@ -70,7 +77,8 @@ allow_insecure_http = true
 auth = {{ scheme = "header", name = "X-Api-Key" }}
 "#,
             state = state.display(),
-            base = mock.base_url()
+            base = mock.base_url(),
+            otlp = receiver.endpoint
         ),
     )
     .unwrap();
@@ -79,6 +87,7 @@ auth = {{ scheme = "header", name = "X-Api-Key" }}
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "trace")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -196,6 +205,19 @@ auth = {{ scheme = "header", name = "X-Api-Key" }}
     // not vacuous.
     assert!(mock.requests().iter().any(|r| format!("{r:?}").contains(&canary)));
 
+    // Every call's spans have been exported, and the metrics with them.
+    let spans = receiver
+        .wait_for_spans(std::time::Duration::from_secs(20), |spans| {
+            spans.iter().filter(|s| s.name == "valet.v1.Gateway/Call").count() >= 9
+        })
+        .await;
+    assert!(spans.iter().any(|s| s.name == "valet.credential.lease"));
+    receiver
+        .wait_for_metric(std::time::Duration::from_secs(20), "valet.calls")
+        .await;
+    let (status, metrics) = http_get(&format!("http://127.0.0.1:{ops_port}/metrics")).await;
+    assert_eq!(status, 200);
+
     // SIGTERM: a graceful stop, exit 0.
     let pid = server.id().unwrap().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
@@ -226,6 +248,8 @@ auth = {{ scheme = "header", name = "X-Api-Key" }}
     assert_clean("server stdout", &stdout, &secrets);
     assert_clean("server stderr", &stderr, &secrets);
     assert_clean("CLI output", &cli_output, &secrets);
+    assert_clean("exported spans and metrics", &receiver.raw(), &secrets);
+    assert_clean("/metrics", metrics.as_bytes(), &secrets);
     let audit = std::fs::read(state.join("audit.log")).unwrap();
     assert!(!audit.is_empty());
     assert_clean("audit log", &audit, &secrets);

@@ -66,3 +66,73 @@ async fn reflection_lists_the_services() {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
 }
+
+async fn watch_root(
+    channel: tonic::transport::Channel,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next_status(stream: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+    let next = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message()).await;
+    next.expect("a health change in time").unwrap().unwrap().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_a_required_backend_is_down() {
+    use valet::config::{Config, MasterKeySource, QuotaBackend};
+    let mut redis = valet_testkit::RedisServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.health_probe_interval_ms = 100;
+    config.idempotency.backend = QuotaBackend::Redis;
+    config.idempotency.redis_url = Some(redis.url());
+    config.secrets.master_key = Some(MasterKeySource::File(keys.path().join("master.key")));
+    let valet = Valet::start_with(config, tempfile::tempdir().unwrap()).await;
+    let mut watch = watch_root(channel(&valet).await).await;
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+
+    redis.stop();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing as i32);
+    let (status, body) = support::http_get(&format!("http://{}/readyz", valet.ops_addr)).await;
+    assert_eq!(status, 503);
+    assert_eq!(body, "not ready: redis (idempotency) unavailable\n");
+    let (_, metrics) = support::http_get(&format!("http://{}/metrics", valet.ops_addr)).await;
+    assert_eq!(support::sample(&metrics, "valet_ready", &[]), 0.0);
+    let (status, _) = support::http_get(&format!("http://{}/healthz", valet.ops_addr)).await;
+    assert_eq!(status, 200, "alive, just not ready");
+
+    redis.restart().await;
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+    let (status, _) = support::http_get(&format!("http://{}/readyz", valet.ops_addr)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_when_shutdown_begins() {
+    let valet = support::ValetProcess::spawn("").await;
+    let channel = tonic::transport::Channel::from_shared(valet.gateway_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = watch_root(channel).await;
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+    valet.sigterm().await;
+    assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing as i32);
+    // The watcher hangs up on seeing it, as a load balancer would.
+    drop(watch);
+    let exited = valet.terminate().await;
+    assert_eq!(
+        exited.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&exited.stderr)
+    );
+}

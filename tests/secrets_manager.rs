@@ -6,10 +6,10 @@ mod support;
 
 use aws_sdk_secretsmanager::Client;
 use std::time::{Duration, Instant};
-use support::{Valet, authed, bearer, get, reason, vendor};
+use support::{Valet, authed, bearer, get, reason, sample, vendor};
 use tonic::Code;
 use valet::app::StartOptions;
-use valet::config::{Config, MasterKeySource, SecretsBackend, SecretsConfig, VerifyConfig};
+use valet::config::{Config, MasterKeySource, SecretsBackend, SecretsConfig, ServerConfig, VerifyConfig};
 use valet::proto::{ListCredentialsRequest, Operation, RotateCredentialRequest};
 use valet_credentials::aws::{AwsConnection, sdk_config};
 use valet_credentials::{CredentialKey, Fingerprint, MasterKey, Secret, StoredCredential, envelope};
@@ -49,6 +49,11 @@ fn config(endpoint: &str, mock: &MockVendor, ttl_ms: u64, max_stale_ms: u64) -> 
             ..SecretsConfig::default()
         },
         vendors: vec![v],
+        // Readiness probes would add DescribeSecret requests to the counts.
+        server: ServerConfig {
+            health_probe_interval_ms: 3_600_000,
+            ..ServerConfig::default()
+        },
         ..Config::default()
     }
 }
@@ -71,6 +76,12 @@ async fn master_key_secret(moto: &Moto) -> (MasterKey, String) {
         .await
         .unwrap();
     (MasterKey::from_bytes(bytes), name)
+}
+
+async fn scrape(valet: &Valet) -> String {
+    support::http_get(&format!("http://{}/metrics", valet.ops_addr))
+        .await
+        .1
 }
 
 async fn fleet(ttl_ms: u64, max_stale_ms: u64) -> Fleet {
@@ -259,6 +270,23 @@ async fn a_cold_cache_costs_one_request_and_expiry_only_a_version_check() {
         assert_eq!(c.await.unwrap().unwrap().into_inner().status, 200);
     }
     assert_eq!(proxy.count("GetSecretValue"), 1, "single-flight on a cold cache");
+    let metrics = scrape(&valet).await;
+    let lookups = |result| {
+        sample(
+            &metrics,
+            "valet_credential_cache_lookups_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!((lookups("miss"), lookups("hit")), (1.0, 199.0), "{metrics}");
+    let requests = |operation| {
+        sample(
+            &metrics,
+            "valet_secrets_manager_request_duration_seconds_count",
+            &[("operation", operation), ("outcome", "ok")],
+        )
+    };
+    assert_eq!(requests("GetSecretValue"), 1.0, "{metrics}");
 
     // Past the TTL, with the version unchanged: a DescribeSecret, no value.
     let expired = Instant::now() + Duration::from_millis(450);
@@ -268,6 +296,16 @@ async fn a_cold_cache_costs_one_request_and_expiry_only_a_version_check() {
     assert_eq!(
         (proxy.count("DescribeSecret"), proxy.count("GetSecretValue")),
         (1, 0)
+    );
+    let metrics = scrape(&valet).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "valet_credential_cache_lookups_total",
+            &[("result", "miss")]
+        ),
+        2.0,
+        "a version check is a miss"
     );
 
     // A rotation made directly in Secrets Manager is picked up at the next
@@ -323,6 +361,23 @@ async fn an_outage_is_served_from_cache_until_max_stale() {
     assert_eq!(
         resp.status, 200,
         "served from cache while Secrets Manager is down"
+    );
+    let metrics = scrape(&f.valet).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "valet_credential_cache_lookups_total",
+            &[("result", "stale")]
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "valet_secrets_manager_request_duration_seconds_count",
+            &[("operation", "DescribeSecret"), ("outcome", "error")]
+        ) >= 1.0,
+        "{metrics}"
     );
 
     tokio::time::sleep_until((confirmed + Duration::from_millis(2_200)).into()).await;

@@ -40,7 +40,7 @@ impl AdminService {
             before: before.map(|p| serde_json::to_value(p).expect("a policy serialises")),
             after: serde_json::to_value(&policy).expect("a policy serialises"),
         };
-        self.app.audit.append(&actor(&caller), event).await?;
+        self.app.record(&actor(&caller), event).await?;
         Ok(policy_to_wire(&policy))
     }
 
@@ -84,7 +84,7 @@ impl AdminService {
             policy_id: id,
             before: serde_json::to_value(removed).expect("a policy serialises"),
         };
-        self.app.audit.append(&actor(&caller), event).await?;
+        self.app.record(&actor(&caller), event).await?;
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 use super::validate::ValidCall;
 use crate::app::{App, LeaseRecorder, actor};
 use crate::status::Failure;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use valet_access::Caller;
 use valet_credentials::Lease;
 
@@ -14,9 +16,26 @@ pub async fn credential(
     call: &ValidCall,
     request_id: &str,
 ) -> Result<Lease, Failure> {
-    let recorder = LeaseRecorder { log: &app.audit };
-    Ok(app
+    let recorder = LeaseRecorder { app };
+    // `valet.cache` is filled in by the Secrets Manager cache (hit, miss,
+    // stale); the embedded store has no cache and leaves it out.
+    let span = tracing::info_span!(
+        "valet.credential.lease",
+        valet.tenant = %call.key.tenant,
+        valet.vendor = %call.key.vendor,
+        valet.cache = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty
+    );
+    let lease = app
         .vault
         .lease(&call.key, &actor(caller), &call.reason, request_id, &recorder)
-        .await?)
+        .instrument(span.clone())
+        .await;
+    lease.map_err(|e| {
+        let failure = Failure::from(e);
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", failure.reason);
+        failure
+    })
 }

@@ -6,6 +6,8 @@ use crate::app::App;
 use crate::status::Failure;
 use std::time::{Duration, SystemTime};
 use tonic::Code;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use valet_access::Operation;
 use valet_egress::ProxyResponse;
 use valet_quota::Verdict;
@@ -16,10 +18,52 @@ pub type RateLimitHeaders = Vec<(&'static str, String)>;
 
 /// Checks the call against its policies. Admitted calls get RateLimit
 /// metadata; refused ones RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` naming the
-/// policy, with a retry-after.
+/// policy, with a retry-after. The check has its own span; its outcome
+/// (`unlimited`, `admitted`, `shadow_exceeded`, `refused`) also goes on the
+/// call's span as `valet.quota`.
 pub async fn check(app: &App, call: &ValidCall) -> Result<RateLimitHeaders, Failure> {
     let read = call.operation == Operation::Read;
-    match app.quotas.check(&call.key.tenant, &call.key.vendor, read).await {
+    let (tenant, vendor) = (&call.key.tenant, &call.key.vendor);
+    let span = tracing::info_span!(
+        "valet.quota.check",
+        valet.quota = Empty,
+        valet.quota.policy = Empty,
+        otel.status_code = Empty
+    );
+    let verdict = app
+        .quotas
+        .check(tenant, vendor, read)
+        .instrument(span.clone())
+        .await;
+    let (outcome, policy) = match &verdict {
+        Verdict::Unlimited => ("unlimited", None),
+        Verdict::Admitted { policy, shadow, .. } => {
+            for id in shadow {
+                app.metrics.quota_shadow_refused(tenant, vendor, id);
+            }
+            let outcome = if shadow.is_empty() {
+                "admitted"
+            } else {
+                "shadow_exceeded"
+            };
+            (outcome, Some(policy.id()))
+        }
+        Verdict::Refused { policy_id, .. } => {
+            app.metrics.quota_refused(tenant, vendor, policy_id);
+            span.record("otel.status_code", "ERROR");
+            ("refused", Some(policy_id.clone()))
+        }
+    };
+    span.record("valet.quota", outcome);
+    if let Some(policy) = &policy {
+        span.record("valet.quota.policy", policy.as_str());
+    }
+    tracing::Span::current().record("valet.quota", outcome);
+    answer(call, verdict)
+}
+
+fn answer(call: &ValidCall, verdict: Verdict) -> Result<RateLimitHeaders, Failure> {
+    match verdict {
         Verdict::Unlimited => Ok(Vec::new()),
         Verdict::Admitted { policy, decision, .. } => {
             let id = policy.id();

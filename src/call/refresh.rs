@@ -32,7 +32,7 @@ pub async fn changed(
         changed,
         request_id: request_id.to_owned(),
     };
-    match app.audit.append(&actor(caller), event).await {
+    match app.record(&actor(caller), event).await {
         Ok(()) => changed,
         Err(e) => {
             tracing::error!(error = %e, "cannot audit the refresh; not retrying");

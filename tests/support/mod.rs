@@ -22,6 +22,7 @@ use valet::server::{self, Listeners};
 pub struct Valet {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
     pub admin_key: String,
     pub config: Config,
     pub options: StartOptions,
@@ -71,12 +72,15 @@ impl Valet {
         let listeners = Listeners {
             gateway: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             admin: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            ops: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
         };
         let gateway_addr = listeners.gateway.local_addr().expect("addr");
         let admin_addr = listeners.admin.local_addr().expect("addr");
+        let ops_addr = listeners.ops.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let probe_interval = std::time::Duration::from_millis(config.server.health_probe_interval_ms);
         let task = tokio::spawn(async move {
-            server::serve(app, listeners, async {
+            server::serve(app, listeners, probe_interval, async {
                 let _ = stopped.await;
             })
             .await
@@ -89,6 +93,7 @@ impl Valet {
         Self {
             gateway_addr,
             admin_addr,
+            ops_addr,
             admin_key,
             config,
             options,
@@ -298,6 +303,8 @@ pub struct ValetProcess {
     pub gateway_url: String,
     /// The Admin service's URL.
     pub admin_url: String,
+    /// The ops listener's URL (`/metrics`, `/healthz`, `/readyz`).
+    pub ops_url: String,
     /// Its bootstrap admin key file.
     pub key_file: PathBuf,
     /// Its state dir.
@@ -342,11 +349,11 @@ impl ValetProcess {
 
     /// Starts `valet serve` on the state kept in `dir` (on new ports).
     pub async fn spawn_in(dir: TempDir, body: &str, env: &[(&str, &str)]) -> Self {
-        let (gw, admin) = (free_port(), free_port());
+        let (gw, admin, ops) = (free_port(), free_port(), free_port());
         let state = dir.path().join("state");
         let config = dir.path().join("valet.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{gw}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[state]\ndir = \"{}\"\n{body}",
+            "[server]\nlisten = \"127.0.0.1:{gw}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nops_listen = \"127.0.0.1:{ops}\"\n[state]\ndir = \"{}\"\n{body}",
             state.display()
         );
         std::fs::write(&config, text).expect("config");
@@ -376,6 +383,7 @@ impl ValetProcess {
             child,
             gateway_url: format!("http://127.0.0.1:{gw}"),
             admin_url: format!("http://127.0.0.1:{admin}"),
+            ops_url: format!("http://127.0.0.1:{ops}"),
             key_file: state.join("admin.key"),
             state,
             stdout,
@@ -403,13 +411,18 @@ impl ValetProcess {
             .expect("connect gateway")
     }
 
-    /// SIGTERM; waits for the exit and for all its output.
-    pub async fn terminate(mut self) -> Exited {
+    /// Sends SIGTERM without waiting for the exit.
+    pub async fn sigterm(&self) {
         let pid = self.child.id().expect("running").to_string();
         let _ = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .await;
+    }
+
+    /// SIGTERM; waits for the exit and for all its output.
+    pub async fn terminate(mut self) -> Exited {
+        self.sigterm().await;
         let code = self.child.wait().await.ok().and_then(|s| s.code());
         for reader in self.readers.drain(..) {
             let _ = reader.await;
@@ -423,4 +436,41 @@ impl ValetProcess {
             _dir: self._dir,
         }
     }
+}
+
+/// `GET url` over plain HTTP/1.1: (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = client.get(url.parse().expect("url")).await.expect("GET");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of the Prometheus sample `name{labels…}` whose labels include
+/// every `key="value"` in `labels`; 0 when there is none. Panics if more
+/// than one series matches, so a count cannot be a silent sum.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<f64> = metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let rest = format!(",{rest}");
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!(",{k}=\"{v}\""))))
+            .then(|| value.parse().expect("a number"))
+        })
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?} matches {} series",
+        matching.len()
+    );
+    matching.first().copied().unwrap_or(0.0)
 }

@@ -120,3 +120,36 @@ pub enum Event {
         name: String,
     },
 }
+
+impl Event {
+    /// The event's name as written in the log (`credential_lease`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::CredentialLease { .. } => "credential_lease",
+            Event::CredentialPut { .. } => "credential_put",
+            Event::CredentialRotate { .. } => "credential_rotate",
+            Event::CredentialRefresh { .. } => "credential_refresh",
+            Event::QuotaPolicyPut { .. } => "quota_policy_put",
+            Event::QuotaPolicyDelete { .. } => "quota_policy_delete",
+            Event::IdempotencyPurge { .. } => "idempotency_purge",
+            Event::CredentialDelete { .. } => "credential_delete",
+            Event::ApiKeyCreate { .. } => "api_key_create",
+            Event::ApiKeyRevoke { .. } => "api_key_revoke",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_matches_the_serialised_tag() {
+        let event = Event::IdempotencyPurge {
+            tenant: "acme".into(),
+            purged: 0,
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], event.kind());
+    }
+}

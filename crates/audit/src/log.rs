@@ -12,6 +12,8 @@ use std::fs::{self, File};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,6 +52,7 @@ struct Pending {
 pub struct AuditLog {
     tx: mpsc::UnboundedSender<Pending>,
     path: PathBuf,
+    poisoned: Arc<AtomicBool>,
 }
 
 #[derive(Serialize)]
@@ -69,7 +72,7 @@ struct Writer {
     prev: String,
     /// Set when a failed batch could not be cut off the file: appending more
     /// would chain onto a partial line, so every later write is refused.
-    poisoned: bool,
+    poisoned: Arc<AtomicBool>,
 }
 
 impl AuditLog {
@@ -96,6 +99,7 @@ impl AuditLog {
         }
         let writer = Writer::recover(&mut file).map_err(fail)?;
         let writer = Writer { file, ..writer };
+        let poisoned = writer.poisoned.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("valet-audit".into())
@@ -104,7 +108,14 @@ impl AuditLog {
         Ok(Self {
             tx,
             path: path.to_owned(),
+            poisoned,
         })
+    }
+
+    /// Whether entries can still be written: the writer is running and has
+    /// not refused further writes after a failure it could not roll back.
+    pub fn writable(&self) -> bool {
+        !self.tx.is_closed() && !self.poisoned.load(Ordering::Relaxed)
     }
 
     /// The log's path.
@@ -167,7 +178,7 @@ impl Writer {
             len,
             seq,
             prev,
-            poisoned: false,
+            poisoned: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -190,7 +201,7 @@ impl Writer {
     /// Writes and fsyncs a batch; on failure rolls the file and chain back so
     /// the next batch continues a valid chain.
     fn commit(&mut self, batch: &[Pending]) -> Result<(), AuditError> {
-        if self.poisoned {
+        if self.poisoned.load(Ordering::Relaxed) {
             return Err(AuditError::Write(
                 "an earlier failed write could not be rolled back; restart to recover".into(),
             ));
@@ -227,7 +238,7 @@ impl Writer {
                 tracing::error!(error = %e, "audit write failed; refusing the batch");
                 if self.file.set_len(self.len).is_err() && self.file.metadata().is_ok_and(|m| m.is_file()) {
                     tracing::error!("audit log could not be rolled back; refusing further writes");
-                    self.poisoned = true;
+                    self.poisoned.store(true, Ordering::Relaxed);
                 }
                 Err(AuditError::Write(e.to_string()))
             }

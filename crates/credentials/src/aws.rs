@@ -12,6 +12,10 @@
 //! to AWSCURRENT (the old value becomes AWSPREVIOUS), as Secrets Manager's
 //! own rotation does. Throttling and transient errors are retried by the SDK
 //! with exponential backoff and full jitter, a bounded number of times.
+//!
+//! Every HTTP attempt to Secrets Manager is timed by an SDK interceptor
+//! ([`AwsStore::with_metrics`]), so the request count and latency cover all
+//! operations, retries included, from one place.
 
 use crate::cache::{Cache, CacheSettings, Clock, Source, SourceError};
 use crate::key::{CredentialKey, valid_name};
@@ -21,10 +25,18 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::interceptors::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_sdk_secretsmanager::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use std::collections::HashMap;
 use std::time::Duration;
+use valet_telemetry::Metrics;
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
@@ -153,6 +165,19 @@ impl Source for Remote<'_> {
 }
 
 impl AwsStore {
+    /// Records Secrets Manager requests and cache lookups in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .interceptor(Observe(metrics.clone()))
+            .build();
+        self.client = Client::from_conf(config);
+        self.cache.set_metrics(metrics);
+        self
+    }
+
     /// A store on `config`, naming secrets `<prefix>/<tenant>/<vendor>`.
     pub fn new(config: &SdkConfig, prefix: &str, settings: CacheSettings) -> Self {
         Self::with_clock(
@@ -253,6 +278,19 @@ impl AwsStore {
 }
 
 impl SecretStore for AwsStore {
+    fn probe(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // Any answer from the service — "not found" included — means it
+            // is reachable; only a failure to get one counts.
+            let name = format!("{}/.valet-health", self.prefix);
+            match self.client.describe_secret().secret_id(name).send().await {
+                Ok(_) => Ok(()),
+                Err(SdkError::ServiceError(_)) => Ok(()),
+                Err(e) => Err(unavailable(&e)),
+            }
+        })
+    }
+
     fn get<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, Option<StoredCredential>> {
         Box::pin(async move { self.cache.get(key, &self.remote(key)).await })
     }
@@ -442,6 +480,49 @@ impl SecretStore for AwsStore {
                 .map_err(|e| unavailable(&e))?;
             Ok(())
         })
+    }
+}
+
+/// Times each HTTP attempt to Secrets Manager.
+#[derive(Debug)]
+struct Observe(Metrics);
+
+/// When the current attempt started.
+#[derive(Debug, Clone, Copy)]
+struct AttemptStarted(std::time::Instant);
+
+impl Storable for AttemptStarted {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for Observe {
+    fn name(&self) -> &'static str {
+        "valet-metrics"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(AttemptStarted(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(started) = cfg.load::<AttemptStarted>() {
+            let operation = cfg.load::<Metadata>().map_or("unknown", |m| m.name());
+            let ok = context.response().is_some_and(|r| r.status().is_success());
+            self.0.secrets_manager_request(operation, ok, started.0.elapsed());
+        }
+        Ok(())
     }
 }
 

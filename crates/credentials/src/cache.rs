@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use valet_telemetry::{CacheLookup, Metrics};
 
 /// Where the cache's clock comes from; tests and benchmarks drive it.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
@@ -102,6 +103,7 @@ pub struct Cache {
     clock: Clock,
     epoch: Instant,
     entries: Mutex<HashMap<CredentialKey, Arc<Entry>>>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Cache {
@@ -126,6 +128,7 @@ impl Cache {
             clock,
             epoch,
             entries: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
         }
     }
 
@@ -138,15 +141,34 @@ impl Cache {
         let entry = self.entry(key);
         let now = (self.clock)();
         if let Some(hit) = self.fresh(&entry, now) {
+            self.served(CacheLookup::Hit);
             return Ok(hit);
         }
         let _only_one = entry.refreshing.lock().await;
         let now = (self.clock)();
         if let Some(hit) = self.fresh(&entry, now) {
+            self.served(CacheLookup::Hit);
             return Ok(hit); // refreshed while we waited
         }
         let cached = entry.state.read().expect("lock").clone();
-        self.refresh(key, &entry, cached, now, source).await
+        let (cred, stale) = self.refresh(key, &entry, cached, now, source).await?;
+        self.served(if stale {
+            CacheLookup::Stale
+        } else {
+            CacheLookup::Miss
+        });
+        Ok(cred)
+    }
+
+    /// Counts the lookup and names it on the current span (the lease's).
+    fn served(&self, lookup: CacheLookup) {
+        self.metrics.cache_lookup(lookup);
+        tracing::Span::current().record("valet.cache", lookup.as_str());
+    }
+
+    /// Counts lookups in `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = metrics;
     }
 
     /// Checks `key` with the source now, whatever its age; true if the
@@ -209,7 +231,7 @@ impl Cache {
         cached: Option<Cached>,
         now: Instant,
         source: &impl Source,
-    ) -> Result<Option<StoredCredential>, StoreError> {
+    ) -> Result<(Option<StoredCredential>, bool), StoreError> {
         let store = |cred: Option<StoredCredential>, version: Option<String>| {
             *entry.state.write().expect("lock") = Some(Cached {
                 cred: cred.clone(),
@@ -236,7 +258,7 @@ impl Cache {
             }),
         };
         match (outcome, cached) {
-            (Ok(cred), _) => Ok(cred),
+            (Ok(cred), _) => Ok((cred, false)),
             (Err(SourceError::Corrupt(what)), _) => Err(StoreError::Corrupt { context: what }),
             (Err(SourceError::Unavailable(cause)), Some(old))
                 if now.saturating_duration_since(old.confirmed) <= self.settings.max_stale =>
@@ -254,7 +276,7 @@ impl Cache {
                     stale_for_ms = now.saturating_duration_since(old.confirmed).as_millis() as u64,
                     "secret store unavailable; serving the cached credential"
                 );
-                Ok(old.cred)
+                Ok((old.cred, true))
             }
             (Err(SourceError::Unavailable(cause)), _) => Err(StoreError::Unavailable(cause)),
         }

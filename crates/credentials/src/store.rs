@@ -85,6 +85,10 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait SecretStore: Send + Sync + 'static {
     /// The sealed credential for `key`, if any.
     fn get<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, Option<StoredCredential>>;
+    /// Checks the backend answers (for readiness). A local store always does.
+    fn probe(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
     /// Stores or replaces the credential for `key`.
     fn put<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()>;
     /// Removes the credential for `key`; false if there was none.

@@ -226,6 +226,11 @@ impl Vault {
         Ok(self.store.discard_pending(key).await?)
     }
 
+    /// Whether the secret store answers (readiness).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.store.probe().await
+    }
+
     /// Leases the credential for `key`: records the access with `audit`
     /// (refusing if that fails), then decrypts into a zeroizing [`Lease`].
     pub async fn lease(

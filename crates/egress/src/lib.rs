@@ -11,8 +11,9 @@
 //! - [`scrub`]: [`Scrubber`] — removes every form of the credential from the
 //!   vendor's answer.
 //! - this file: [`Registry`] of vendors and [`Vendor::send`], one outbound
-//!   request: join and re-check the URL, inject, send without following
-//!   redirects, bound time and size, scrub.
+//!   request: join and re-check the URL, inject the credential and the
+//!   trace context, send without following redirects under a client span,
+//!   bound time and size, scrub.
 #![forbid(unsafe_code)]
 
 pub mod path;
@@ -33,7 +34,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use valet_credentials::Secret;
+use valet_telemetry::propagation;
 
 /// The configured vendors, by name.
 #[derive(Debug, Clone, Default)]
@@ -165,8 +169,10 @@ impl Vendor {
         if !self.same_origin(&uri) {
             return Err(EgressError::OriginMismatch(name()));
         }
+        let span = attempt_span(&req.method, &uri, self.name());
         let mut headers = req.headers;
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        propagation::inject(&span, &mut headers);
         self.inject_header(&mut headers, secret);
         let mut outbound = Request::builder()
             .method(req.method)
@@ -209,14 +215,30 @@ impl Vendor {
                 .to_bytes();
             Ok((parts, body))
         };
-        let (parts, body) = match tokio::time::timeout(limit, exchange).await {
-            Ok(result) => result?,
-            Err(_) if by_deadline => return Err(EgressError::Deadline(name())),
-            Err(_) => {
-                return Err(EgressError::VendorTimeout {
+        let timed = async {
+            match tokio::time::timeout(limit, exchange).await {
+                Ok(result) => result,
+                Err(_) if by_deadline => Err(EgressError::Deadline(name())),
+                Err(_) => Err(EgressError::VendorTimeout {
                     vendor: name(),
                     timeout_ms: duration_ms(vendor_timeout),
-                });
+                }),
+            }
+        };
+        let (parts, body) = match timed.instrument(span.clone()).await {
+            Ok(answer) => {
+                let status = answer.0.status.as_u16();
+                span.record("http.response.status_code", i64::from(status));
+                if status >= 400 {
+                    span.record("error.type", status.to_string());
+                    span.record("otel.status_code", "ERROR");
+                }
+                answer
+            }
+            Err(e) => {
+                span.record("error.type", e.reason());
+                span.record("otel.status_code", "ERROR");
+                return Err(e);
             }
         };
         let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
@@ -245,6 +267,29 @@ impl Vendor {
             EgressError::Protocol(name)
         }
     }
+}
+
+/// One HTTP attempt's client span (HTTP client semantic conventions): method,
+/// host, port and scheme — never the path's query, a header or a body.
+fn attempt_span(method: &Method, uri: &Uri, vendor: &str) -> tracing::Span {
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    });
+    tracing::info_span!(
+        "vendor attempt",
+        otel.name = %method,
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        server.address = uri.host().unwrap_or_default(),
+        server.port = i64::from(port),
+        url.scheme = uri.scheme_str().unwrap_or_default(),
+        http.response.status_code = Empty,
+        error.type = Empty,
+        valet.vendor = vendor,
+    )
 }
 
 /// Whether the body arrives in a form the scrubber cannot read: any content

@@ -86,6 +86,16 @@ impl Shared {
         Ok(Self { conn })
     }
 
+    /// Whether Redis answers a PING (readiness).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
     /// See [`crate::Embedded::begin`].
     pub async fn begin(&self, scope: &Scope, fingerprint: &str, terms: &Terms) -> Result<Begin, StoreError> {
         let mut conn = self.conn.clone();

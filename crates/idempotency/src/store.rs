@@ -20,6 +20,15 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Store {
+    /// Whether the backend answers: always for the embedded store, a PING
+    /// for Redis.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(()),
+            Store::Shared(redis) => redis.probe().await,
+        }
+    }
+
     /// Claims the key or says what the call may do instead.
     pub async fn begin(&self, scope: &Scope, fingerprint: &str, terms: &Terms) -> Result<Begin, StoreError> {
         match self {

@@ -66,6 +66,10 @@ pub trait Limiter: Send + Sync {
         pause_key: &'a str,
         for_: Duration,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// Whether a fallback stands in for the real backend right now.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
@@ -419,14 +423,14 @@ impl Shared {
             }
         }
     }
-
-    /// Whether the fallback is in use right now.
-    pub fn degraded(&self) -> bool {
-        self.down_until.lock().expect("lock").is_some()
-    }
 }
 
 impl Limiter for Shared {
+    /// Whether the fallback is in use right now.
+    fn degraded(&self) -> bool {
+        self.down_until.lock().expect("lock").is_some()
+    }
+
     /// The GCRA check and the pause check in one round trip.
     fn check<'a>(
         &'a self,

@@ -110,6 +110,27 @@ impl Quotas {
         ))
     }
 
+    /// Whether the shared backend's fallback is standing in for Redis now.
+    pub fn fallback_active(&self) -> bool {
+        self.limiter.degraded()
+    }
+
+    /// Whether the policy store answers: always for the file, a PING for
+    /// Redis.
+    pub async fn probe(&self) -> Result<(), QuotaError> {
+        match &self.store {
+            Store::File(_) => Ok(()),
+            Store::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| QuotaError::Store(e.to_string()))
+            }
+        }
+    }
+
     /// Fleet: the shared Redis limiter, run-time policies in Redis.
     pub async fn open_redis(
         defaults: Vec<Policy>,

@@ -18,18 +18,22 @@
 //! - [`counting_proxy`]: [`CountingProxy`], counts Secrets Manager requests
 //!   by operation on their way to the emulator, and can play an outage or
 //!   throttling.
+//! - [`otlp`]: [`OtlpReceiver`], a real OTLP/gRPC receiver (the collector's
+//!   trace and metrics services) that keeps what it is sent.
 #![forbid(unsafe_code)]
 
 pub mod counting_proxy;
 pub mod leak;
 pub mod mock_vendor;
 pub mod moto;
+pub mod otlp;
 pub mod redis_server;
 pub mod tls;
 
 pub use counting_proxy::CountingProxy;
 pub use mock_vendor::{MockVendor, Recorded, Scripted};
 pub use moto::Moto;
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use redis_server::RedisServer;
 pub use tls::TestCa;
 

@@ -1,0 +1,46 @@
+//! Telemetry for Valet: what SREs see, and the rules that keep secrets out
+//! of it.
+//!
+//! # Layout
+//!
+//! - [`settings`]: [`Settings`] — the `[telemetry]` config: OTLP endpoint,
+//!   service name, sampling, resource attributes, tenant label bounds. The
+//!   standard `OTEL_*` environment variables fill in what the config leaves
+//!   out.
+//! - [`subscriber`]: the process's `tracing` subscriber — JSON log lines and,
+//!   when an endpoint is set, spans exported over OTLP/gRPC. Both are filtered
+//!   so that only Valet's own crates reach the exporter and the HTTP, TLS,
+//!   gRPC and AWS SDK crates never log below `info`.
+//! - [`propagation`]: W3C trace context in from gRPC metadata and out to the
+//!   vendor's HTTP request.
+//! - [`metrics`]: [`Metrics`] — every counter and histogram Valet keeps,
+//!   rendered as Prometheus text for `/metrics` and exported over OTLP when
+//!   configured.
+//!
+//! # What never appears here
+//!
+//! Spans, metrics and log lines carry tenant, vendor, operation, reason codes,
+//! statuses and timings. They never carry a credential, an API key, a header
+//! value, a query string or a body: no code path hands one to a span field or
+//! a metric label, and the exporter only sees spans from Valet's own crates.
+#![forbid(unsafe_code)]
+
+pub mod metrics;
+pub mod propagation;
+pub mod settings;
+pub mod subscriber;
+
+pub use metrics::{CacheLookup, Metrics};
+pub use settings::{Settings, TenantLabels};
+pub use subscriber::Guard;
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built (a bad endpoint, usually).
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    /// The Prometheus registry refused an instrument.
+    #[error("metrics registry: {0}")]
+    Registry(String),
+}

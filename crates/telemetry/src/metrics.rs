@@ -1,0 +1,477 @@
+//! Every metric Valet keeps, in one place, with bounded labels.
+//!
+//! Instruments are OpenTelemetry's; one meter provider per [`Metrics`]
+//! feeds two readers: a Prometheus registry rendered by [`Metrics::render`]
+//! for `GET /metrics`, and, when an OTLP endpoint is known, a periodic OTLP
+//! push. Prometheus names follow from the instrument names: dots become
+//! underscores, counters gain `_total`, seconds histograms `_seconds`.
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `valet_calls_total` | tenant, vendor, operation, outcome (reason code or `OK`), status_class |
+//! | `valet_call_duration_seconds` | vendor, operation, outcome |
+//! | `valet_calls_in_flight` | |
+//! | `valet_vendor_request_duration_seconds` | vendor, status (HTTP status or `error`) |
+//! | `valet_quota_refusals_total` | tenant, vendor, policy |
+//! | `valet_quota_shadow_refusals_total` | tenant, vendor, policy |
+//! | `valet_quota_fallback_active` | |
+//! | `valet_idempotency_replays_total` | tenant, vendor |
+//! | `valet_credential_cache_lookups_total` | result (`hit`, `miss`, `stale`) |
+//! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |
+//! | `valet_audit_write_failures_total` | |
+//! | `valet_ready` | |
+//!
+//! Label values are Valet's own words or names from its config, never
+//! caller input that was not checked: a call refused before its tenant and
+//! vendor were known is counted under `-`. Tenant labels can be switched off
+//! or capped ([`crate::TenantLabels`]).
+
+use crate::{Settings, TelemetryError, TenantLabels};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, UpDownCounter};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Latency buckets, in seconds: 1 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// The label for a value Valet does not know (yet).
+const UNKNOWN: &str = "-";
+
+/// The tenant label once the cap is reached.
+const OTHER_TENANT: &str = "_other";
+
+/// How a credential lease was served by the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// A fresh cached record.
+    Hit,
+    /// Fetched (or version-checked) from the store.
+    Miss,
+    /// The store was unreachable; a cached record within `max_stale` served.
+    Stale,
+}
+
+impl CacheLookup {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheLookup::Hit => "hit",
+            CacheLookup::Miss => "miss",
+            CacheLookup::Stale => "stale",
+        }
+    }
+}
+
+/// What a finished call is counted under.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallLabels<'a> {
+    /// The tenant, once authorized.
+    pub tenant: Option<&'a str>,
+    /// The vendor, once validated.
+    pub vendor: Option<&'a str>,
+    /// `READ` or `WRITE`, once validated.
+    pub operation: Option<&'a str>,
+}
+
+/// Valet's metrics. Cheap to clone; [`Metrics::default`] records nothing.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: SdkMeterProvider,
+    meter: Meter,
+    registry: Option<prometheus::Registry>,
+    tenants: Tenants,
+    calls: Counter<u64>,
+    call_duration: Histogram<f64>,
+    in_flight: UpDownCounter<i64>,
+    vendor_duration: Histogram<f64>,
+    quota_refusals: Counter<u64>,
+    quota_shadow: Counter<u64>,
+    replays: Counter<u64>,
+    cache: Counter<u64>,
+    secrets_manager: Histogram<f64>,
+    audit_failures: Counter<u64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("prometheus", &self.inner.registry.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::build(SdkMeterProvider::builder().build(), None, TenantLabels::Off)
+    }
+}
+
+impl Metrics {
+    /// Metrics rendered for `/metrics`, and pushed over OTLP when
+    /// `settings` (or the environment) names an endpoint.
+    pub fn new(settings: &Settings) -> Result<Self, TelemetryError> {
+        let registry = prometheus::Registry::new();
+        let prometheus = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|e| TelemetryError::Registry(e.to_string()))?;
+        let mut builder = SdkMeterProvider::builder()
+            .with_resource(crate::subscriber::resource(settings))
+            .with_reader(prometheus);
+        if settings.exports_metrics() {
+            let exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+            let exporter = match &settings.otlp_endpoint {
+                Some(endpoint) => exporter.with_endpoint(endpoint.clone()),
+                None => exporter,
+            };
+            let exporter = exporter
+                .build()
+                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            builder = builder.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(settings.metrics_interval())
+                    .build(),
+            );
+        }
+        Ok(Self::build(
+            builder.build(),
+            Some(registry),
+            settings.tenant_labels(),
+        ))
+    }
+
+    fn build(
+        provider: SdkMeterProvider,
+        registry: Option<prometheus::Registry>,
+        tenants: TenantLabels,
+    ) -> Self {
+        let meter = provider.meter("valet");
+        let counter = |name: &'static str, description: &'static str| {
+            meter.u64_counter(name).with_description(description).build()
+        };
+        let seconds = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_description(description)
+                .with_unit("s")
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build()
+        };
+        let inner = Inner {
+            calls: counter(
+                "valet.calls",
+                "Gateway calls by tenant, vendor, operation, outcome and vendor status class",
+            ),
+            call_duration: seconds("valet.call.duration", "Whole-call latency, as the caller saw it"),
+            in_flight: meter
+                .i64_up_down_counter("valet.calls.in_flight")
+                .with_description("Gateway calls being handled now")
+                .build(),
+            vendor_duration: seconds("valet.vendor.request.duration", "Each HTTP attempt to a vendor"),
+            quota_refusals: counter(
+                "valet.quota.refusals",
+                "Calls refused by an enforced quota policy or vendor push-back",
+            ),
+            quota_shadow: counter(
+                "valet.quota.shadow_refusals",
+                "Calls a shadow policy would have refused (admitted)",
+            ),
+            replays: counter(
+                "valet.idempotency.replays",
+                "WRITE calls answered from a stored result",
+            ),
+            cache: counter(
+                "valet.credential.cache.lookups",
+                "Credential leases by how the cache served them",
+            ),
+            secrets_manager: seconds(
+                "valet.secrets_manager.request.duration",
+                "Secrets Manager requests (SDK retries included)",
+            ),
+            audit_failures: counter(
+                "valet.audit.write_failures",
+                "Audit entries that could not be made durable",
+            ),
+            tenants: Tenants::new(tenants),
+            registry,
+            meter,
+            provider,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Counts a call as in flight until the returned guard drops.
+    pub fn call_started(&self) -> InFlight {
+        self.inner.in_flight.add(1, &[]);
+        InFlight {
+            metrics: self.clone(),
+        }
+    }
+
+    /// Counts a finished call. `outcome` is `OK` or its reason code.
+    pub fn call_finished(
+        &self,
+        labels: CallLabels<'_>,
+        outcome: &'static str,
+        vendor_status: Option<u16>,
+        elapsed: Duration,
+    ) {
+        let vendor = labels.vendor.unwrap_or(UNKNOWN);
+        let operation = labels.operation.unwrap_or(UNKNOWN);
+        let mut attrs = vec![
+            KeyValue::new("vendor", vendor.to_owned()),
+            KeyValue::new("operation", operation.to_owned()),
+            KeyValue::new("outcome", outcome),
+        ];
+        self.inner.call_duration.record(elapsed.as_secs_f64(), &attrs);
+        attrs.push(KeyValue::new("status_class", status_class(vendor_status)));
+        attrs.extend(self.tenant(labels.tenant));
+        self.inner.calls.add(1, &attrs);
+    }
+
+    /// Records one HTTP attempt to `vendor`: its status, or `None` when no
+    /// response came.
+    pub fn vendor_attempt(&self, vendor: &str, status: Option<u16>, elapsed: Duration) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.inner.vendor_duration.record(
+            elapsed.as_secs_f64(),
+            &[
+                KeyValue::new("vendor", vendor.to_owned()),
+                KeyValue::new("status", status),
+            ],
+        );
+    }
+
+    /// Counts a quota refusal by `policy` (or `vendor-pushback`).
+    pub fn quota_refused(&self, tenant: &str, vendor: &str, policy: &str) {
+        self.inner
+            .quota_refusals
+            .add(1, &self.quota_attrs(tenant, vendor, policy));
+    }
+
+    /// Counts a call a shadow policy would have refused.
+    pub fn quota_shadow_refused(&self, tenant: &str, vendor: &str, policy: &str) {
+        self.inner
+            .quota_shadow
+            .add(1, &self.quota_attrs(tenant, vendor, policy));
+    }
+
+    /// Counts an idempotent replay.
+    pub fn replayed(&self, tenant: &str, vendor: &str) {
+        let mut attrs = vec![KeyValue::new("vendor", vendor.to_owned())];
+        attrs.extend(self.tenant(Some(tenant)));
+        self.inner.replays.add(1, &attrs);
+    }
+
+    /// Counts a credential lease by how the cache served it.
+    pub fn cache_lookup(&self, lookup: CacheLookup) {
+        self.inner
+            .cache
+            .add(1, &[KeyValue::new("result", lookup.as_str())]);
+    }
+
+    /// Records one Secrets Manager operation.
+    pub fn secrets_manager_request(&self, operation: &str, ok: bool, elapsed: Duration) {
+        self.inner.secrets_manager.record(
+            elapsed.as_secs_f64(),
+            &[
+                KeyValue::new("operation", operation.to_owned()),
+                KeyValue::new("outcome", if ok { "ok" } else { "error" }),
+            ],
+        );
+    }
+
+    /// Counts an audit entry that could not be written.
+    pub fn audit_write_failed(&self) {
+        self.inner.audit_failures.add(1, &[]);
+    }
+
+    /// A gauge read when metrics are collected, e.g. readiness (1 or 0).
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        read: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        // The SDK keeps the callback for the provider's life.
+        let _gauge = self
+            .inner
+            .meter
+            .i64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |observer| observer.observe(read(), &[]))
+            .build();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let Some(registry) = &self.inner.registry else {
+            return String::new();
+        };
+        prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap_or_default()
+    }
+
+    /// Pushes the last OTLP export and stops the readers.
+    pub fn shutdown(&self) {
+        let _ = self.inner.provider.shutdown();
+    }
+
+    fn quota_attrs(&self, tenant: &str, vendor: &str, policy: &str) -> Vec<KeyValue> {
+        let mut attrs = vec![
+            KeyValue::new("vendor", vendor.to_owned()),
+            KeyValue::new("policy", policy.to_owned()),
+        ];
+        attrs.extend(self.tenant(Some(tenant)));
+        attrs
+    }
+
+    fn tenant(&self, tenant: Option<&str>) -> Option<KeyValue> {
+        self.inner
+            .tenants
+            .label(tenant.unwrap_or(UNKNOWN))
+            .map(|t| KeyValue::new("tenant", t))
+    }
+}
+
+/// Decrements the in-flight gauge when dropped, however the call ends.
+#[derive(Debug)]
+pub struct InFlight {
+    metrics: Metrics,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.inner.in_flight.add(-1, &[]);
+    }
+}
+
+fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) | None => "none",
+    }
+}
+
+/// The set of tenant label values handed out so far.
+struct Tenants {
+    bound: TenantLabels,
+    seen: RwLock<HashSet<String>>,
+}
+
+impl Tenants {
+    fn new(bound: TenantLabels) -> Self {
+        Self {
+            bound,
+            seen: RwLock::new(HashSet::new()),
+        }
+    }
+
+    fn label(&self, tenant: &str) -> Option<String> {
+        let TenantLabels::Capped(max) = self.bound else {
+            return None;
+        };
+        if self.seen.read().expect("lock").contains(tenant) {
+            return Some(tenant.to_owned());
+        }
+        let mut seen = self.seen.write().expect("lock");
+        if seen.len() < max {
+            seen.insert(tenant.to_owned());
+            return Some(tenant.to_owned());
+        }
+        Some(
+            if seen.contains(tenant) {
+                tenant
+            } else {
+                OTHER_TENANT
+            }
+            .to_owned(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn renders_prometheus_names_and_caps_tenants() {
+        let settings = Settings {
+            max_tenant_labels: 2,
+            ..Settings::default()
+        };
+        let metrics = Metrics::new(&settings).unwrap();
+        for tenant in ["acme", "globex", "initech", "umbrella", "acme"] {
+            let labels = CallLabels {
+                tenant: Some(tenant),
+                vendor: Some("github"),
+                operation: Some("READ"),
+            };
+            metrics.call_finished(labels, "OK", Some(200), Duration::from_millis(3));
+        }
+        metrics.vendor_attempt("github", Some(429), Duration::from_millis(2));
+        metrics.cache_lookup(CacheLookup::Stale);
+        let text = metrics.render();
+        let count = |tenant: &str| {
+            let prefix = "valet_calls_total{";
+            text.lines()
+                .filter(|l| l.starts_with(prefix) && l.contains(&format!("tenant=\"{tenant}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(count("acme"), ["2"], "{text}");
+        assert_eq!(count("globex"), ["1"]);
+        assert_eq!(
+            count("_other"),
+            ["2"],
+            "initech and umbrella share the overflow label"
+        );
+        assert!(
+            line(&text, "valet_vendor_request_duration_seconds_count{")
+                .unwrap()
+                .contains("status=\"429\"")
+        );
+        assert!(
+            line(&text, "valet_credential_cache_lookups_total{result=\"stale\"} 1").is_some(),
+            "{text}"
+        );
+        assert!(line(&text, "valet_call_duration_seconds_bucket{").is_some());
+    }
+
+    #[test]
+    fn tenant_labels_can_be_switched_off() {
+        let settings = Settings {
+            tenant_label: false,
+            ..Settings::default()
+        };
+        let metrics = Metrics::new(&settings).unwrap();
+        metrics.quota_refused("acme", "github", "acme/github/*");
+        let text = metrics.render();
+        let refused = line(&text, "valet_quota_refusals_total{").unwrap();
+        assert!(!refused.contains("tenant="), "{refused}");
+        assert!(refused.ends_with(" 1"), "{refused}");
+    }
+}

@@ -1,0 +1,169 @@
+//! The process's `tracing` subscriber: JSON log lines on stdout, and spans
+//! exported over OTLP/gRPC when an endpoint is known.
+//!
+//! Two filters keep secrets out:
+//!
+//! - Log lines follow `RUST_LOG` (default `info`), but the HTTP, TLS, gRPC
+//!   and AWS SDK crates are capped at `info` whatever it says: their debug
+//!   and trace output can print request URLs, headers and bodies, which is
+//!   where credentials (and a master key read from Secrets Manager) travel.
+//! - The span exporter sees only Valet's own crates, at `info` and above.
+//!   Library spans (hyper's, h2's, the AWS SDK's) are never exported, so their
+//!   fields never reach a collector.
+
+use crate::{Settings, TelemetryError};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Level;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Crates whose logs may carry URLs, headers or bodies: never below `info`.
+const CAPPED: [&str; 16] = [
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+    "hyper_rustls",
+    "tonic",
+    "tower",
+    "aws_config",
+    "aws_runtime",
+    "aws_sdk_secretsmanager",
+    "aws_sigv4",
+    "aws_smithy_http_client",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_types",
+];
+
+/// Keeps the span exporter running; dropping it flushes spans still queued.
+#[derive(Debug)]
+pub struct Guard {
+    tracer: SdkTracerProvider,
+}
+
+impl Guard {
+    /// Flushes and stops the exporter (also done on drop).
+    pub fn shutdown(self) {}
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Err(e) = self.tracer.shutdown() {
+            eprintln!("valet: flushing spans at exit failed: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber, logging to stdout. Without an endpoint,
+/// spans are still created (so log lines and the vendor get a trace id) but
+/// go nowhere.
+pub fn init(settings: &Settings) -> Result<Guard, TelemetryError> {
+    init_with(settings, std::io::stdout)
+}
+
+/// [`init`] with log lines written to `logs` (benchmarks discard them).
+pub fn init_with<W>(settings: &Settings, logs: W) -> Result<Guard, TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(logs)
+        .json()
+        .with_current_span(false)
+        .with_span_list(false)
+        // Events only: the log lines print no span context, and a span the
+        // formatter sees is a span whose fields it formats on every record.
+        .with_filter(env.and(capped()).and(filter_fn(|meta| meta.is_event())));
+
+    let tracer = tracer_provider(settings)?;
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer.tracer("valet"))
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(filter_fn(|meta| {
+            own_crate(meta.target()) && *meta.level() <= Level::INFO
+        }));
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    Ok(Guard { tracer })
+}
+
+fn capped() -> Targets {
+    CAPPED
+        .into_iter()
+        .fold(Targets::new().with_default(Level::TRACE), |t, target| {
+            t.with_target(target, Level::INFO)
+        })
+}
+
+/// `valet` and `valet_*` targets.
+fn own_crate(target: &str) -> bool {
+    let root = target.split("::").next().unwrap_or(target);
+    root == "valet" || root.starts_with("valet_")
+}
+
+fn tracer_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryError> {
+    let mut builder = SdkTracerProvider::builder().with_resource(resource(settings));
+    if settings.exports_traces() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        let exporter = match &settings.otlp_endpoint {
+            Some(endpoint) => exporter.with_endpoint(endpoint.clone()),
+            None => exporter,
+        };
+        let exporter = exporter
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+        if let Some(ratio) = settings.sampling_ratio {
+            builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
+        }
+    } else {
+        // Nothing would receive a recorded span: keep the ids (for log lines
+        // and the vendor) and the caller's sampled flag, record nothing new.
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+    }
+    Ok(builder.build())
+}
+
+/// `service.name`, the file's resource attributes, and whatever
+/// `OTEL_RESOURCE_ATTRIBUTES` adds.
+pub fn resource(settings: &Settings) -> Resource {
+    Resource::builder()
+        .with_attributes(
+            settings
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_service_name(settings.service_name())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_valet_crates_are_exported() {
+        for own in [
+            "valet",
+            "valet::gateway",
+            "valet_egress",
+            "valet_credentials::aws",
+        ] {
+            assert!(own_crate(own), "{own}");
+        }
+        for other in ["hyper::proto", "h2", "valetx", "aws_sdk_secretsmanager", "tonic"] {
+            assert!(!own_crate(other), "{other}");
+        }
+    }
+}

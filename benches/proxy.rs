@@ -229,6 +229,10 @@ async fn start_valet(
             verify: None,
             idempotency_header: None,
             require_idempotency_key: true,
+            retry: Default::default(),
+            breaker: Default::default(),
+            allow_private_addresses: false,
+            max_concurrent_requests: 512,
         }],
         ..Config::default()
     };
@@ -262,13 +266,8 @@ async fn start_valet(
         listeners.gateway.local_addr().unwrap(),
         listeners.admin.local_addr().unwrap(),
     );
-    let probe_interval = std::time::Duration::from_secs(5);
-    tokio::spawn(server::serve(
-        app,
-        listeners,
-        probe_interval,
-        std::future::pending(),
-    ));
+    let options = server::ServeOptions::from_config(&config.server);
+    tokio::spawn(server::serve(app, listeners, options, std::future::pending()));
 
     let admin_key = std::fs::read_to_string(config.state.dir.join("admin.key")).unwrap();
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", admin_key.trim()).parse().unwrap();

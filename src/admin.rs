@@ -140,7 +140,14 @@ impl AdminService {
         };
         self.app.record(&actor, step("staged", None, None)).await?;
 
-        let checked = vendor.send(verify, &secret, &self.app.limits, None).await;
+        // One attempt: a verify answer must come from this credential now.
+        let exchange = valet_egress::Exchange {
+            limits: &self.app.limits,
+            deadline: None,
+            repeatable: false,
+            metrics: &self.app.metrics,
+        };
+        let checked = vendor.send(verify, &secret, &exchange).await;
         drop(secret);
         match checked {
             Ok(answer) if (200..300).contains(&answer.status) => {

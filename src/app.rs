@@ -16,7 +16,7 @@ use valet_audit::{AuditError, AuditLog, Event};
 use valet_credentials::aws::SdkConfig;
 use valet_credentials::cache::CacheSettings;
 use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, SecretStore, Vault, aws};
-use valet_egress::{Limits, Registry};
+use valet_egress::{BreakerState, Limits, Registry};
 use valet_quota::Quotas;
 use valet_telemetry::Metrics;
 
@@ -140,7 +140,7 @@ impl App {
         }
         quotas.spawn_sync();
         let readiness = Readiness::default();
-        register_gauges(&metrics, &quotas, &readiness);
+        register_gauges(&metrics, &quotas, &readiness, &registry);
 
         let bootstrap_key = if keys.is_empty() {
             Some(bootstrap_admin_key(&keys, &audit, dir).await?)
@@ -280,7 +280,7 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
 }
 
 /// Gauges read at collection time: readiness and the quota fallback.
-fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readiness) {
+fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readiness, registry: &Registry) {
     let ready = readiness.clone();
     metrics.gauge("valet.ready", "1 while this replica is SERVING", move || {
         i64::from(ready.is_ready())
@@ -290,6 +290,24 @@ fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readines
         "valet.quota.fallback_active",
         "1 while the local fallback stands in for the shared quota backend",
         move || i64::from(quotas.fallback_active()),
+    );
+    let vendors: Vec<_> = registry.vendors().cloned().collect();
+    metrics.vendor_gauge(
+        "valet.vendor.circuit_state",
+        "Each vendor's circuit breaker: 0 closed, 1 half-open, 2 open",
+        move || {
+            vendors
+                .iter()
+                .map(|v| {
+                    let state = match v.breaker_state() {
+                        BreakerState::Closed => 0,
+                        BreakerState::HalfOpen => 1,
+                        BreakerState::Open => 2,
+                    };
+                    (v.name().to_owned(), state)
+                })
+                .collect()
+        },
     );
 }
 

@@ -121,14 +121,14 @@ async fn exchange(
     ctx: &CallContext,
     sent: &mut bool,
 ) -> Result<ProxyResponse, Failure> {
-    let lease = lease::credential(app, caller, call, &ctx.request_id).await?;
+    let lease = within(ctx, lease::credential(app, caller, call, &ctx.request_id)).await?;
     *sent = true;
     let mut answer = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline).await?;
     let used = lease.fingerprint().clone();
     drop(lease);
     quota::vendor_pushback(app, call, &answer).await;
     if answer.status == 401 && refresh::changed(app, caller, call, &used, &ctx.request_id).await {
-        let lease = lease::credential(app, caller, call, &ctx.request_id).await?;
+        let lease = within(ctx, lease::credential(app, caller, call, &ctx.request_id)).await?;
         let retry = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline).await?;
         answer = ProxyResponse {
             attempts: answer.attempts + retry.attempts,
@@ -136,4 +136,19 @@ async fn exchange(
         };
     }
     Ok(answer)
+}
+
+/// Runs `step` within the caller's deadline: a slow credential store must
+/// not keep a caller waiting past it.
+async fn within<T>(ctx: &CallContext, step: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    let Some(deadline) = ctx.deadline else {
+        return step.await;
+    };
+    tokio::time::timeout_at(deadline, step).await.unwrap_or_else(|_| {
+        Err(Failure::new(
+            tonic::Code::DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            "the call's deadline expired while fetching the credential",
+        ))
+    })
 }

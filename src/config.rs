@@ -58,6 +58,14 @@ pub struct ServerConfig {
     /// are checked; one that fails turns health NOT_SERVING until it answers.
     #[serde(default = "default_health_probe_interval_ms")]
     pub health_probe_interval_ms: u64,
+    /// After SIGTERM/SIGINT, how long in-flight calls may take to finish
+    /// before their connections are closed.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Gateway calls handled at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED `OVERLOADED` instead of queueing.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +75,8 @@ impl Default for ServerConfig {
             admin_listen: default_admin_listen(),
             ops_listen: default_ops_listen(),
             health_probe_interval_ms: default_health_probe_interval_ms(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+            max_concurrent_calls: default_max_concurrent_calls(),
         }
     }
 }
@@ -77,6 +87,14 @@ fn default_ops_listen() -> SocketAddr {
 
 fn default_health_probe_interval_ms() -> u64 {
     5000
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
+}
+
+fn default_max_concurrent_calls() -> usize {
+    1024
 }
 
 fn default_listen() -> SocketAddr {
@@ -376,6 +394,26 @@ pub struct VendorConfig {
     /// Whether WRITE calls must carry an idempotency key.
     #[serde(default = "default_true")]
     pub require_idempotency_key: bool,
+    /// When failed attempts are retried (safe calls only).
+    #[serde(default)]
+    pub retry: valet_egress::RetryPolicy,
+    /// When calls to a failing vendor are paused.
+    #[serde(default)]
+    pub breaker: valet_egress::BreakerPolicy,
+    /// Allow the vendor's host to be (or resolve to) a loopback, private,
+    /// link-local or other special address. Off: such a host is refused,
+    /// which is what stops a vendor entry or a DNS answer from pointing a
+    /// credential at cloud metadata or an internal service.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+    /// Requests in flight to this vendor at once; more are refused with
+    /// RESOURCE_EXHAUSTED `VENDOR_OVERLOADED`.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+}
+
+fn default_max_concurrent_requests() -> usize {
+    512
 }
 
 fn default_true() -> bool {
@@ -619,6 +657,10 @@ impl Config {
                 auth,
                 ca_file: v.ca_file.clone(),
                 timeout: Duration::from_millis(v.timeout_ms),
+                retry: v.retry.clone(),
+                breaker: v.breaker.clone(),
+                allow_private_addresses: v.allow_private_addresses,
+                max_concurrent_requests: v.max_concurrent_requests,
             };
             vendors.push(Vendor::new(spec).map_err(|e| invalid(format!("vendors[{i}].{e}")))?);
         }

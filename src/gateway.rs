@@ -5,14 +5,16 @@
 use crate::app::App;
 use crate::call::{self, CallContext, Outcome};
 use crate::proto::{self, gateway_server::Gateway};
+use crate::status::Failure;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 use tracing::field::Empty;
-use valet_telemetry::metrics::CallLabels;
+use valet_telemetry::metrics::{CallLabels, InFlight};
 use valet_telemetry::propagation;
 
 /// Margin kept before the caller's deadline, so Valet answers
@@ -23,12 +25,17 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub struct GatewayService {
     app: Arc<App>,
+    /// One permit per call being handled.
+    slots: Arc<Semaphore>,
 }
 
 impl GatewayService {
-    /// Serves calls with `app`.
-    pub fn new(app: Arc<App>) -> Self {
-        Self { app }
+    /// Serves calls with `app`, at most `max_concurrent_calls` at once.
+    pub fn new(app: Arc<App>, max_concurrent_calls: usize) -> Self {
+        Self {
+            app,
+            slots: Arc::new(Semaphore::new(max_concurrent_calls)),
+        }
     }
 }
 
@@ -39,25 +46,85 @@ impl Gateway for GatewayService {
         request: Request<proto::CallRequest>,
     ) -> Result<Response<proto::CallResponse>, Status> {
         let started = Instant::now();
-        let _in_flight = self.app.metrics.call_started();
         let ctx = CallContext {
             request_id: new_request_id(),
             deadline: deadline(request.metadata(), started),
         };
         let span = server_span(&ctx.request_id);
         propagation::continue_trace(&span, request.metadata());
+        let mut report = Report {
+            app: &self.app,
+            span: span.clone(),
+            started,
+            request_id: ctx.request_id.clone(),
+            outcome: Outcome::default(),
+            _in_flight: self.app.metrics.call_started(),
+            done: false,
+        };
+        // Shed load at once rather than queue it without bound.
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            let failure = Failure::new(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "Valet is handling as many calls as it is configured for; retry shortly",
+            )
+            .with_retry_after(Duration::from_secs(1));
+            report.finish(failure.reason, failure.code);
+            return Err(failure.into_status(Some(&ctx.request_id)));
+        };
         let (metadata, _, req) = request.into_parts();
-        let mut outcome = Outcome::default();
-        let result = call::handle(&self.app, &metadata, req, &ctx, &mut outcome)
-            .instrument(span.clone())
+        let result = call::handle(&self.app, &metadata, req, &ctx, &mut report.outcome)
+            .instrument(span)
             .await;
         let reason = result.as_ref().err().map_or("OK", |f| f.reason);
         let code = result.as_ref().err().map_or(Code::Ok, |f| f.code);
-        let elapsed = started.elapsed();
-        record(&span, &outcome, reason, code);
+        report.finish(reason, code);
+        match result {
+            Ok(answer) => {
+                let mut response = Response::new(answer);
+                if let Ok(id) = ctx.request_id.parse() {
+                    response.metadata_mut().insert("x-request-id", id);
+                }
+                for (name, value) in &report.outcome.ratelimit {
+                    if let Ok(value) = value.parse() {
+                        response.metadata_mut().insert(*name, value);
+                    }
+                }
+                Ok(response)
+            }
+            Err(failure) => Err(failure.into_status(Some(&ctx.request_id))),
+        }
+    }
+}
+
+/// Reports a call once, however it ends: the span's attributes, the metrics
+/// and the log line. A call whose future is dropped — the caller cancelled
+/// or hung up — is reported as `CANCELLED` when the guard drops.
+struct Report<'a> {
+    app: &'a App,
+    span: tracing::Span,
+    started: Instant,
+    request_id: String,
+    outcome: Outcome,
+    _in_flight: InFlight,
+    done: bool,
+}
+
+impl Report<'_> {
+    fn finish(&mut self, reason: &'static str, code: Code) {
+        self.done = true;
+        let (span, outcome) = (&self.span, &self.outcome);
+        let elapsed = self.started.elapsed();
+        record(span, outcome, reason, code);
+        // No tenant label for a tenant without a credential: a caller
+        // allowed every tenant cannot fill the label cap with made-up names.
+        let tenant = outcome
+            .tenant
+            .as_deref()
+            .filter(|_| reason != "CREDENTIAL_NOT_FOUND");
         self.app.metrics.call_finished(
             CallLabels {
-                tenant: outcome.tenant.as_deref(),
+                tenant,
                 vendor: outcome.vendor.as_deref(),
                 operation: outcome.operation,
             },
@@ -67,8 +134,8 @@ impl Gateway for GatewayService {
         );
         span.in_scope(|| {
             tracing::info!(
-                request_id = %ctx.request_id,
-                trace_id = propagation::trace_id(&span).as_deref().unwrap_or("-"),
+                request_id = %self.request_id,
+                trace_id = propagation::trace_id(span).as_deref().unwrap_or("-"),
                 caller = outcome.caller.as_deref().unwrap_or("-"),
                 caller_name = outcome.caller_name.as_deref().unwrap_or("-"),
                 tenant = outcome.tenant.as_deref().unwrap_or("-"),
@@ -83,20 +150,13 @@ impl Gateway for GatewayService {
                 "call"
             );
         });
-        match result {
-            Ok(answer) => {
-                let mut response = Response::new(answer);
-                if let Ok(id) = ctx.request_id.parse() {
-                    response.metadata_mut().insert("x-request-id", id);
-                }
-                for (name, value) in &outcome.ratelimit {
-                    if let Ok(value) = value.parse() {
-                        response.metadata_mut().insert(*name, value);
-                    }
-                }
-                Ok(response)
-            }
-            Err(failure) => Err(failure.into_status(Some(&ctx.request_id))),
+    }
+}
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish("CANCELLED", Code::Cancelled);
         }
     }
 }

@@ -5,7 +5,6 @@
 use clap::Parser as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use valet::app::{App, StartError};
 use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE};
 use valet::config::Config;
@@ -89,8 +88,8 @@ async fn run(config: &Config) -> i32 {
         traces_exported = config.telemetry.exports_traces(),
         "valet serving"
     );
-    let probe_interval = Duration::from_millis(config.server.health_probe_interval_ms);
-    match server::serve(app, listeners, probe_interval, shutdown_signal()).await {
+    let options = server::ServeOptions::from_config(&config.server);
+    match server::serve(app, listeners, options, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("valet stopped");
             0

@@ -55,13 +55,20 @@ impl Listeners {
 /// Health is SERVING for `valet.v1.Gateway`, `valet.v1.Admin` and the server
 /// (`""`) while [`readiness`] holds: it turns NOT_SERVING while a required
 /// backend fails its probe (every `probe_interval`), and for good as
-/// shutdown begins, before the listeners close.
+/// shutdown begins, as the listeners stop accepting. In-flight calls then
+/// have `shutdown_grace` to finish; connections still open after it are
+/// closed. The ops listener stays up until the gRPC listeners are done.
 pub async fn serve(
     app: Arc<App>,
     listeners: Listeners,
-    probe_interval: Duration,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let ServeOptions {
+        probe_interval,
+        shutdown_grace,
+        max_concurrent_calls,
+    } = options;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -76,6 +83,7 @@ pub async fn serve(
     report(&health, &app.readiness).await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_grace = stop_rx.clone();
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -96,7 +104,8 @@ pub async fn serve(
     });
 
     let max_message = app.limits.max_request_body_bytes + app.limits.max_header_bytes + MESSAGE_OVERHEAD;
-    let gateway = GatewayServer::new(GatewayService::new(app.clone())).max_decoding_message_size(max_message);
+    let gateway = GatewayServer::new(GatewayService::new(app.clone(), max_concurrent_calls))
+        .max_decoding_message_size(max_message);
     let admin = AdminServer::new(AdminService::new(app.clone()));
     let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
     let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), async move {
@@ -111,13 +120,51 @@ pub async fn serve(
     let admin = Server::builder()
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_rx));
-    let served = tokio::try_join!(gateway, admin).map(|_| ());
+    let serving = async { tokio::try_join!(gateway, admin).map(|_| ()) };
+    let grace_over = async {
+        stopped(stop_rx_grace).await;
+        tokio::time::sleep(shutdown_grace).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = grace_over => {
+            tracing::warn!(
+                grace_ms = shutdown_grace.as_millis() as u64,
+                "shutdown grace period over; closing the connections still open"
+            );
+            Ok(())
+        }
+    };
     // The ops listener outlives the gRPC ones, so probes see the drain.
     let _ = ops_stop.send(());
     let _ = ops.await;
     let _ = watcher.await;
-    app.metrics.shutdown();
+    // The OTLP reader's last push blocks; keep it off the runtime's workers.
+    let metrics = app.metrics.clone();
+    let _ = tokio::task::spawn_blocking(move || metrics.shutdown()).await;
     served
+}
+
+/// How [`serve`] runs, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// How often required backends are probed.
+    pub probe_interval: Duration,
+    /// How long in-flight calls may finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// Gateway calls handled at once.
+    pub max_concurrent_calls: usize,
+}
+
+impl ServeOptions {
+    /// The options `[server]` sets.
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            probe_interval: Duration::from_millis(server.health_probe_interval_ms),
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            max_concurrent_calls: server.max_concurrent_calls,
+        }
+    }
 }
 
 /// Re-probes the required backends every `interval` until `stop`.

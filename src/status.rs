@@ -226,14 +226,25 @@ impl From<EgressError> for Failure {
     fn from(e: EgressError) -> Self {
         let code = match &e {
             EgressError::VendorTimeout { .. } | EgressError::Deadline(_) => Code::DeadlineExceeded,
-            EgressError::ResponseTooLarge { .. } => Code::ResourceExhausted,
+            EgressError::ResponseTooLarge { .. } | EgressError::Overloaded(_) => Code::ResourceExhausted,
             EgressError::OriginMismatch(_) => Code::InvalidArgument,
+            EgressError::AddressForbidden { .. } => Code::FailedPrecondition,
             EgressError::Unreachable(_)
             | EgressError::Tls(_)
             | EgressError::Protocol(_)
-            | EgressError::ResponseEncoded(_) => Code::Unavailable,
+            | EgressError::ResponseEncoded(_)
+            | EgressError::CircuitOpen { .. } => Code::Unavailable,
         };
-        Self::new(code, e.reason(), e.to_string())
+        let retry_after = match &e {
+            EgressError::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            EgressError::Overloaded(_) => Some(std::time::Duration::from_secs(1)),
+            _ => None,
+        };
+        let failure = Self::new(code, e.reason(), e.to_string());
+        match retry_after {
+            Some(wait) => failure.with_retry_after(wait),
+            None => failure,
+        }
     }
 }
 

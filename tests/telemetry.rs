@@ -340,8 +340,12 @@ async fn metrics_count_known_traffic_exactly() {
             &[("vendor", "mock"), ("status", status)],
         )
     };
-    assert_eq!(attempts("401"), 1.0);
-    assert_eq!(attempts("429"), 1.0);
+    assert_eq!(attempts("401"), 1.0, "a 401 is not retried");
+    assert_eq!(attempts("429"), 3.0, "a READ's 429 is retried, up to 3 attempts");
+    assert_eq!(
+        sample(&metrics, "valet_vendor_retries_total", &[("vendor", "mock")]),
+        2.0
+    );
     assert_eq!(
         attempts("200"),
         3.0 + 1.0 + 2.0 + 3.0,
@@ -355,10 +359,18 @@ async fn metrics_count_known_traffic_exactly() {
         ),
         3.0 + 2.0 + 2.0 + 3.0
     );
-    assert_eq!(sample(&metrics, "valet_calls_in_flight", &[]), 0.0);
-    assert_eq!(sample(&metrics, "valet_ready", &[]), 1.0);
-    assert_eq!(sample(&metrics, "valet_quota_fallback_active", &[]), 0.0);
-    assert_eq!(sample(&metrics, "valet_audit_write_failures_total", &[]), 0.0);
+    for gauge in ["valet_calls_in_flight", "valet_quota_fallback_active"] {
+        assert!(
+            metrics.contains(&format!("\n{gauge} 0")),
+            "{gauge} is 0: {metrics}"
+        );
+    }
+    assert!(metrics.contains("\nvalet_ready 1"), "{metrics}");
+    assert!(
+        metrics.contains("\nvalet_vendor_circuit_state{vendor=\"mock\"} 0"),
+        "the breaker is closed: {metrics}"
+    );
+
     assert!(
         leak::forms_found(metrics.as_bytes(), "metrics-test-secret-0001").is_empty()
             && leak::forms_found(metrics.as_bytes(), &key).is_empty(),

@@ -3,11 +3,14 @@
 use super::validate::ValidCall;
 use crate::status::Failure;
 use tokio::time::Instant;
+use valet_access::Operation;
 use valet_credentials::Lease;
-use valet_egress::{Limits, ProxyResponse};
+use valet_egress::{Exchange, Limits, ProxyResponse};
 use valet_telemetry::Metrics;
 
-/// Sends the call with the leased credential.
+/// Sends the call with the leased credential. It may be retried only when
+/// repeating it is harmless: a READ, or a WRITE carrying our idempotency
+/// key in the header the vendor dedupes by.
 pub async fn send(
     call: &ValidCall,
     lease: &Lease,
@@ -15,13 +18,16 @@ pub async fn send(
     metrics: &Metrics,
     deadline: Option<Instant>,
 ) -> Result<ProxyResponse, Failure> {
-    let started = std::time::Instant::now();
+    let exchange = Exchange {
+        limits,
+        deadline,
+        repeatable: repeatable(call),
+        metrics,
+    };
     let answer = call
         .vendor
-        .send(call.request.clone(), lease.secret(), limits, deadline)
+        .send(call.request.clone(), lease.secret(), &exchange)
         .await;
-    let status = answer.as_ref().ok().map(|a| a.status);
-    metrics.vendor_attempt(&call.key.vendor, status, started.elapsed());
     answer.map_err(|e| {
         tracing::warn!(
             vendor = call.key.vendor,
@@ -30,4 +36,14 @@ pub async fn send(
         );
         Failure::from(e)
     })
+}
+
+fn repeatable(call: &ValidCall) -> bool {
+    match call.operation {
+        Operation::Read => true,
+        Operation::Write => call
+            .vendor
+            .idempotency_header()
+            .is_some_and(|h| call.request.headers.contains_key(h)),
+    }
 }

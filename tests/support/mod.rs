@@ -43,6 +43,10 @@ pub fn vendor(name: &str, base_url: &str, auth: AuthConfig) -> VendorConfig {
         verify: None,
         idempotency_header: None,
         require_idempotency_key: true,
+        retry: Default::default(),
+        breaker: Default::default(),
+        allow_private_addresses: false,
+        max_concurrent_requests: 512,
     }
 }
 
@@ -78,9 +82,9 @@ impl Valet {
         let admin_addr = listeners.admin.local_addr().expect("addr");
         let ops_addr = listeners.ops.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let probe_interval = std::time::Duration::from_millis(config.server.health_probe_interval_ms);
+        let serve_options = server::ServeOptions::from_config(&config.server);
         let task = tokio::spawn(async move {
-            server::serve(app, listeners, probe_interval, async {
+            server::serve(app, listeners, serve_options, async {
                 let _ = stopped.await;
             })
             .await
@@ -329,7 +333,8 @@ pub struct Exited {
 
 impl ValetProcess {
     /// Starts `valet serve` with `[server]`, `[state]` and then `body` as its
-    /// config, and waits for it to serve.
+    /// config, and waits for it to serve. A `body` that begins with
+    /// `[server]` adds its keys to the listeners'.
     pub async fn spawn(body: &str) -> Self {
         Self::spawn_with(body, &[]).await
     }
@@ -352,8 +357,13 @@ impl ValetProcess {
         let (gw, admin, ops) = (free_port(), free_port(), free_port());
         let state = dir.path().join("state");
         let config = dir.path().join("valet.toml");
+        // A body may open with its own `[server]` keys; they join ours.
+        let (server_extra, body) = match body.trim_start().strip_prefix("[server]\n") {
+            Some(rest) => rest.split_at(rest.find("\n[").map_or(rest.len(), |i| i + 1)),
+            None => ("", body),
+        };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{gw}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nops_listen = \"127.0.0.1:{ops}\"\n[state]\ndir = \"{}\"\n{body}",
+            "[server]\nlisten = \"127.0.0.1:{gw}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nops_listen = \"127.0.0.1:{ops}\"\n{server_extra}\n[state]\ndir = \"{}\"\n{body}",
             state.display()
         );
         std::fs::write(&config, text).expect("config");

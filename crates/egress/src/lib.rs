@@ -10,34 +10,47 @@
 //!   `ca_file`).
 //! - [`scrub`]: [`Scrubber`] — removes every form of the credential from the
 //!   vendor's answer.
-//! - this file: [`Registry`] of vendors and [`Vendor::send`], one outbound
-//!   request: join and re-check the URL, inject the credential and the
+//! - [`retry`]: which failed attempts are tried again, backoff with full
+//!   jitter, `Retry-After`, and the per-vendor retry budget.
+//! - [`breaker`]: the per-vendor circuit breaker.
+//! - [`resolve`]: SSRF and DNS defences — the resolver that refuses
+//!   loopback, private, link-local and similar addresses.
+//! - this file: [`Registry`] of vendors and [`Vendor::send`]: a slot in the
+//!   vendor's concurrency limit, then attempts through the breaker, each one
+//!   outbound request: join and re-check the URL, inject the credential and the
 //!   trace context, send without following redirects under a client span,
 //!   bound time and size, scrub.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod path;
 pub mod request;
+pub mod resolve;
+pub mod retry;
 pub mod scrub;
 pub mod vendor;
 
+pub use breaker::{BreakerPolicy, BreakerState};
 pub use path::{PathError, RelativePath};
 pub use request::{Limits, RequestError};
+pub use retry::RetryPolicy;
 pub use scrub::Scrubber;
 pub use vendor::{AuthScheme, Vendor, VendorError, VendorSpec, VerifyRequest};
 
+use breaker::Verdict;
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
+use retry::RetryAfter;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use valet_credentials::Secret;
-use valet_telemetry::propagation;
+use valet_telemetry::{Metrics, propagation};
 
 /// The configured vendors, by name.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +72,11 @@ impl Registry {
     /// The vendor called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Vendor>> {
         self.vendors.get(name)
+    }
+
+    /// Every vendor.
+    pub fn vendors(&self) -> impl Iterator<Item = &Arc<Vendor>> {
+        self.vendors.values()
     }
 }
 
@@ -130,6 +148,25 @@ pub enum EgressError {
     /// The joined URL left the vendor's origin (a bug guard).
     #[error("path would leave vendor {0}'s base URL")]
     OriginMismatch(String),
+    /// The vendor's circuit breaker is open.
+    #[error("vendor {vendor} is failing; calls to it are paused for {} ms", retry_after.as_millis())]
+    CircuitOpen {
+        /// The vendor.
+        vendor: String,
+        /// When a call may be tried again.
+        retry_after: Duration,
+    },
+    /// The vendor's host resolved only to addresses Valet refuses to reach.
+    #[error("vendor {vendor}'s host resolves only to {class} addresses, which are refused")]
+    AddressForbidden {
+        /// The vendor.
+        vendor: String,
+        /// The refused class.
+        class: &'static str,
+    },
+    /// Too many requests to this vendor are in flight.
+    #[error("too many calls to vendor {0} are in flight; retry shortly")]
+    Overloaded(String),
 }
 
 impl EgressError {
@@ -144,24 +181,137 @@ impl EgressError {
             EgressError::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
             EgressError::ResponseEncoded(_) => "VENDOR_RESPONSE_ENCODED",
             EgressError::OriginMismatch(_) => "PATH_ESCAPES_ORIGIN",
+            EgressError::CircuitOpen { .. } => "VENDOR_CIRCUIT_OPEN",
+            EgressError::AddressForbidden { .. } => "VENDOR_ADDRESS_FORBIDDEN",
+            EgressError::Overloaded(_) => "VENDOR_OVERLOADED",
         }
     }
 }
 
+/// How one call's exchange with a vendor is bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// Size limits.
+    pub limits: &'a Limits,
+    /// When the caller stops waiting.
+    pub deadline: Option<Instant>,
+    /// Whether the request may be sent more than once: a READ, or a WRITE
+    /// whose vendor dedupes by our idempotency key.
+    pub repeatable: bool,
+    /// Where attempts are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// What happened to one attempt, for the retry decision.
+enum Next {
+    Done,
+    RetryAfter(Duration),
+}
+
 impl Vendor {
-    /// Sends `req` with `secret` injected, and returns the scrubbed answer.
-    ///
-    /// Redirects are never followed: a 3xx goes back to the caller as it is.
-    /// The attempt is bounded by the vendor's timeout and by `deadline`,
-    /// whichever is sooner; when either expires the request is dropped, which
-    /// closes its connection.
+    /// Sends `req` with `secret` injected, retrying when it is safe and
+    /// worth it (see [`retry`]), through the vendor's circuit breaker (see
+    /// [`breaker`]), and returns the last answer, scrubbed, with the number
+    /// of attempts made.
     pub async fn send(
         &self,
         req: ProxyRequest,
         secret: &Secret,
-        limits: &Limits,
-        deadline: Option<Instant>,
+        x: &Exchange<'_>,
     ) -> Result<ProxyResponse, EgressError> {
+        let _slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| EgressError::Overloaded(self.name().to_owned()))?;
+        self.budget.deposit();
+        let mut attempts = 0u32;
+        loop {
+            let ticket = match self.breaker.admit() {
+                Ok(ticket) => ticket,
+                Err(retry_after) => {
+                    return Err(EgressError::CircuitOpen {
+                        vendor: self.name().to_owned(),
+                        retry_after,
+                    });
+                }
+            };
+            attempts += 1;
+            let started = Instant::now();
+            let result = self.attempt(req.clone(), secret, x).await;
+            self.breaker.record(ticket, breaker_verdict(&result));
+            let status = result.as_ref().ok().map(|r| r.status);
+            x.metrics.vendor_attempt(self.name(), status, started.elapsed());
+            match self.next(&result, attempts, x) {
+                Next::Done => {
+                    return result.map(|answer| ProxyResponse { attempts, ..answer });
+                }
+                Next::RetryAfter(wait) => {
+                    x.metrics.vendor_retry(self.name());
+                    tracing::info!(
+                        vendor = self.name(),
+                        attempt = attempts,
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying the vendor call"
+                    );
+                    tokio::time::sleep(wait).await;
+                    // The breaker may have opened meanwhile: then the last
+                    // answer stands rather than a fast failure.
+                    if self.breaker.state() == BreakerState::Open {
+                        return result.map(|answer| ProxyResponse { attempts, ..answer });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether attempt number `attempts`, which gave `result`, is retried,
+    /// and after how long.
+    fn next(&self, result: &Result<ProxyResponse, EgressError>, attempts: u32, x: &Exchange<'_>) -> Next {
+        let policy = &self.spec.retry;
+        if !x.repeatable || attempts >= policy.max_attempts {
+            return Next::Done;
+        }
+        let wait = match result {
+            Err(EgressError::Unreachable(_)) => policy.backoff(attempts),
+            Ok(answer) if policy.on_status.contains(&answer.status) => {
+                let header = answer
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == "retry-after")
+                    .map(|(_, v)| v.as_str());
+                match policy.retry_after(header, SystemTime::now()) {
+                    RetryAfter::Absent => policy.backoff(attempts),
+                    RetryAfter::TooLong => return Next::Done,
+                    RetryAfter::Wait(wait) => wait,
+                }
+            }
+            _ => return Next::Done,
+        };
+        // Never sleep past the deadline: the answer in hand is better.
+        if x.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            return Next::Done;
+        }
+        if !self.budget.withdraw() {
+            x.metrics.vendor_retry_budget_exhausted(self.name());
+            return Next::Done;
+        }
+        Next::RetryAfter(wait)
+    }
+
+    /// One attempt: `req` with `secret` injected, the scrubbed answer.
+    ///
+    /// Redirects are never followed: a 3xx goes back to the caller as it is.
+    /// The attempt is bounded by the vendor's timeout and by the deadline,
+    /// whichever is sooner; when either expires the request is dropped, which
+    /// closes its connection.
+    async fn attempt(
+        &self,
+        req: ProxyRequest,
+        secret: &Secret,
+        x: &Exchange<'_>,
+    ) -> Result<ProxyResponse, EgressError> {
+        let (limits, deadline) = (x.limits, x.deadline);
         let name = || self.name().to_owned();
         let url = self.url(&req.path, req.query.as_deref(), secret);
         let uri: Uri = url.parse().map_err(|_| EgressError::OriginMismatch(name()))?;
@@ -259,7 +409,12 @@ impl Vendor {
 
     fn classify(&self, err: &hyper_util::client::legacy::Error) -> EgressError {
         let name = self.name().to_owned();
-        if caused_by_tls(err) {
+        if let Some(forbidden) = find::<resolve::ForbiddenAddress>(err) {
+            EgressError::AddressForbidden {
+                vendor: name,
+                class: forbidden.class,
+            }
+        } else if caused_by_tls(err) {
             EgressError::Tls(name)
         } else if err.is_connect() {
             EgressError::Unreachable(name)
@@ -313,6 +468,35 @@ fn encoded(headers: &HeaderMap) -> bool {
 
 fn duration_ms(d: Duration) -> u128 {
     d.as_millis()
+}
+
+/// How an attempt's result counts for the breaker: 5xx, timeouts and
+/// failed connections are failures; a 4xx means the vendor is up.
+fn breaker_verdict(result: &Result<ProxyResponse, EgressError>) -> Verdict {
+    match result {
+        Ok(answer) if answer.status >= 500 => Verdict::Failure,
+        Ok(_) => Verdict::Success,
+        Err(
+            EgressError::Unreachable(_)
+            | EgressError::Tls(_)
+            | EgressError::VendorTimeout { .. }
+            | EgressError::Protocol(_),
+        ) => Verdict::Failure,
+        // The caller's deadline, our own limits: nothing said about the vendor.
+        Err(_) => Verdict::Success,
+    }
+}
+
+/// The first `E` in `err`'s source chain.
+fn find<'a, E: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Whether a rustls error is in the chain. `io::Error::source` skips the

@@ -1,7 +1,10 @@
 //! A vendor: its base URL, how its credential is injected, and its own
 //! outbound client (connection pool, TLS roots, timeout).
 
+use crate::breaker::{Breaker, BreakerPolicy, BreakerState};
 use crate::request::RequestError;
+use crate::resolve::{AddressPolicy, GuardedResolver};
+use crate::retry::{RetryBudget, RetryPolicy};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -17,6 +20,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use valet_credentials::Secret;
 use zeroize::Zeroizing;
 
@@ -77,6 +81,15 @@ pub struct VendorSpec {
     pub idempotency_header: Option<HeaderName>,
     /// Whether WRITE calls must carry an idempotency key.
     pub require_idempotency_key: bool,
+    /// When failed attempts are retried.
+    pub retry: RetryPolicy,
+    /// When the vendor is given a rest.
+    pub breaker: BreakerPolicy,
+    /// Allow loopback, private, link-local and other special addresses
+    /// (see [`crate::resolve`]).
+    pub allow_private_addresses: bool,
+    /// Requests in flight to this vendor at once; more are refused at once.
+    pub max_concurrent_requests: usize,
 }
 
 /// A vendor's credential check: a request that needs a valid credential.
@@ -96,6 +109,9 @@ pub enum VendorError {
     /// The base URL is malformed or not allowed.
     #[error("base_url: {0}")]
     BaseUrl(String),
+    /// A retry, breaker or limit setting is out of range.
+    #[error("{0}")]
+    Policy(String),
     /// The CA file could not be read or holds no certificate.
     #[error("ca_file {path}: {reason}")]
     CaFile {
@@ -115,11 +131,15 @@ pub(crate) struct Origin {
     pub(crate) prefix: String,
 }
 
-/// A ready vendor: spec, parsed origin and pooled client.
+/// A ready vendor: spec, parsed origin, pooled client, and the state that
+/// protects it (breaker, retry budget, concurrency slots).
 pub struct Vendor {
     pub(crate) spec: VendorSpec,
     pub(crate) origin: Origin,
-    pub(crate) client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    pub(crate) client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    pub(crate) breaker: Breaker,
+    pub(crate) budget: RetryBudget,
+    pub(crate) slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Vendor {
@@ -142,8 +162,29 @@ impl Vendor {
     /// Checks the spec and builds the vendor's client.
     pub fn new(spec: VendorSpec) -> Result<Self, VendorError> {
         let origin = parse_base_url(&spec.base_url, spec.allow_insecure_http)?;
+        let policy = AddressPolicy {
+            allow_private: spec.allow_private_addresses,
+            allow_loopback: spec.allow_insecure_http,
+        };
+        let host = origin
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Some(class) = host.parse().ok().and_then(|ip| policy.refuses(ip)) {
+            return Err(VendorError::BaseUrl(format!(
+                "is a {class} address; set allow_private_addresses = true if this vendor really lives there"
+            )));
+        }
+        spec.retry.validate().map_err(VendorError::Policy)?;
+        spec.breaker.validate().map_err(VendorError::Policy)?;
+        if spec.max_concurrent_requests == 0 {
+            return Err(VendorError::Policy(
+                "max_concurrent_requests must be at least 1".into(),
+            ));
+        }
         let tls = tls_config(spec.ca_file.as_ref())?;
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver { policy });
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(spec.timeout));
@@ -155,8 +196,21 @@ impl Vendor {
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(spec.max_concurrent_requests)
             .build(connector);
-        Ok(Self { spec, origin, client })
+        Ok(Self {
+            breaker: Breaker::new(spec.breaker.clone()),
+            budget: RetryBudget::new(&spec.retry),
+            slots: Arc::new(Semaphore::new(spec.max_concurrent_requests)),
+            spec,
+            origin,
+            client,
+        })
+    }
+
+    /// The state of the vendor's circuit breaker.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
     }
 
     /// The vendor's name.
@@ -340,6 +394,10 @@ mod tests {
 
     fn spec(base: &str, auth: AuthScheme) -> VendorSpec {
         VendorSpec {
+            retry: RetryPolicy::default(),
+            breaker: BreakerPolicy::default(),
+            allow_private_addresses: false,
+            max_concurrent_requests: 16,
             name: "v".into(),
             base_url: base.into(),
             allow_insecure_http: true,

@@ -12,6 +12,9 @@
 //! | `valet_call_duration_seconds` | vendor, operation, outcome |
 //! | `valet_calls_in_flight` | |
 //! | `valet_vendor_request_duration_seconds` | vendor, status (HTTP status or `error`) |
+//! | `valet_vendor_retries_total` | vendor |
+//! | `valet_vendor_retry_budget_exhausted_total` | vendor |
+//! | `valet_vendor_circuit_state` | vendor (0 closed, 1 half-open, 2 open) |
 //! | `valet_quota_refusals_total` | tenant, vendor, policy |
 //! | `valet_quota_shadow_refusals_total` | tenant, vendor, policy |
 //! | `valet_quota_fallback_active` | |
@@ -75,7 +78,7 @@ pub struct CallLabels<'a> {
     pub tenant: Option<&'a str>,
     /// The vendor, once validated.
     pub vendor: Option<&'a str>,
-    /// `READ` or `WRITE`, once validated.
+    /// `read` or `write`, once validated.
     pub operation: Option<&'a str>,
 }
 
@@ -94,6 +97,8 @@ struct Inner {
     call_duration: Histogram<f64>,
     in_flight: UpDownCounter<i64>,
     vendor_duration: Histogram<f64>,
+    vendor_retries: Counter<u64>,
+    retry_budget_exhausted: Counter<u64>,
     quota_refusals: Counter<u64>,
     quota_shadow: Counter<u64>,
     replays: Counter<u64>,
@@ -139,11 +144,12 @@ impl Metrics {
             let exporter = exporter
                 .build()
                 .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-            builder = builder.with_reader(
-                PeriodicReader::builder(exporter)
-                    .with_interval(settings.metrics_interval())
-                    .build(),
-            );
+            let reader = PeriodicReader::builder(exporter);
+            let reader = match settings.metrics_interval() {
+                Some(interval) => reader.with_interval(interval),
+                None => reader, // OTEL_METRIC_EXPORT_INTERVAL, else 60 s
+            };
+            builder = builder.with_reader(reader.build());
         }
         Ok(Self::build(
             builder.build(),
@@ -180,6 +186,11 @@ impl Metrics {
                 .with_description("Gateway calls being handled now")
                 .build(),
             vendor_duration: seconds("valet.vendor.request.duration", "Each HTTP attempt to a vendor"),
+            vendor_retries: counter("valet.vendor.retries", "Vendor attempts that were retries"),
+            retry_budget_exhausted: counter(
+                "valet.vendor.retry_budget_exhausted",
+                "Retries not made because the vendor's retry budget was spent",
+            ),
             quota_refusals: counter(
                 "valet.quota.refusals",
                 "Calls refused by an enforced quota policy or vendor push-back",
@@ -254,6 +265,40 @@ impl Metrics {
                 KeyValue::new("status", status),
             ],
         );
+    }
+
+    /// Counts a retry of a vendor call.
+    pub fn vendor_retry(&self, vendor: &str) {
+        self.inner
+            .vendor_retries
+            .add(1, &[KeyValue::new("vendor", vendor.to_owned())]);
+    }
+
+    /// Counts a retry the budget refused.
+    pub fn vendor_retry_budget_exhausted(&self, vendor: &str) {
+        self.inner
+            .retry_budget_exhausted
+            .add(1, &[KeyValue::new("vendor", vendor.to_owned())]);
+    }
+
+    /// A gauge per vendor, read when metrics are collected.
+    pub fn vendor_gauge(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        read: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
+    ) {
+        let _gauge = self
+            .inner
+            .meter
+            .i64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                for (vendor, value) in read() {
+                    observer.observe(value, &[KeyValue::new("vendor", vendor)]);
+                }
+            })
+            .build();
     }
 
     /// Counts a quota refusal by `policy` (or `vendor-pushback`).

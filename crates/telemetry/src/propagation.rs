@@ -30,6 +30,9 @@ struct Headers<'a>(&'a mut http::HeaderMap);
 
 impl Injector for Headers<'_> {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return; // no empty `tracestate:` header
+        }
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(key.as_bytes()),
             http::HeaderValue::from_str(&value),

@@ -32,9 +32,10 @@ pub struct Settings {
     /// Also export metrics over OTLP when an endpoint is known.
     #[serde(default = "yes")]
     pub otlp_metrics: bool,
-    /// How often metrics are pushed over OTLP.
-    #[serde(default = "default_metrics_interval_ms")]
-    pub metrics_export_interval_ms: u64,
+    /// How often metrics are pushed over OTLP (default
+    /// `OTEL_METRIC_EXPORT_INTERVAL`, else 60 s).
+    #[serde(default)]
+    pub metrics_export_interval_ms: Option<u64>,
     /// Label metrics with the tenant. Off: no `tenant` label at all.
     #[serde(default = "yes")]
     pub tenant_label: bool,
@@ -52,7 +53,7 @@ impl Default for Settings {
             sampling_ratio: None,
             resource_attributes: BTreeMap::new(),
             otlp_metrics: true,
-            metrics_export_interval_ms: default_metrics_interval_ms(),
+            metrics_export_interval_ms: None,
             tenant_label: true,
             max_tenant_labels: default_max_tenant_labels(),
         }
@@ -61,10 +62,6 @@ impl Default for Settings {
 
 fn yes() -> bool {
     true
-}
-
-fn default_metrics_interval_ms() -> u64 {
-    60_000
 }
 
 fn default_max_tenant_labels() -> usize {
@@ -101,7 +98,7 @@ impl Settings {
                 ));
             }
         }
-        if self.metrics_export_interval_ms == 0 {
+        if self.metrics_export_interval_ms == Some(0) {
             return Err("telemetry.metrics_export_interval_ms must be above 0".into());
         }
         Ok(())
@@ -133,9 +130,9 @@ impl Settings {
             .unwrap_or_else(|| "valet".to_owned())
     }
 
-    /// The OTLP metrics push interval.
-    pub fn metrics_interval(&self) -> Duration {
-        Duration::from_millis(self.metrics_export_interval_ms)
+    /// The OTLP metrics push interval, if the file sets one.
+    pub fn metrics_interval(&self) -> Option<Duration> {
+        self.metrics_export_interval_ms.map(Duration::from_millis)
     }
 
     /// The tenant label bound.

@@ -3,10 +3,11 @@
 //!
 //! Two filters keep secrets out:
 //!
-//! - Log lines follow `RUST_LOG` (default `info`), but the HTTP, TLS, gRPC
-//!   and AWS SDK crates are capped at `info` whatever it says: their debug
-//!   and trace output can print request URLs, headers and bodies, which is
-//!   where credentials (and a master key read from Secrets Manager) travel.
+//! - Log lines follow `RUST_LOG` (default `info`), but every crate other
+//!   than Valet's own (the HTTP, TLS, gRPC, Redis and AWS SDK crates among
+//!   them) is capped at `info` whatever it says: their debug and trace output
+//!   can print request URLs, headers and bodies, which is where credentials
+//!   (and a master key read from Secrets Manager) travel.
 //! - The span exporter sees only Valet's own crates, at `info` and above.
 //!   Library spans (hyper's, h2's, the AWS SDK's) are never exported, so their
 //!   fields never reach a collector.
@@ -23,26 +24,6 @@ use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-
-/// Crates whose logs may carry URLs, headers or bodies: never below `info`.
-const CAPPED: [&str; 16] = [
-    "hyper",
-    "hyper_util",
-    "h2",
-    "rustls",
-    "tokio_rustls",
-    "hyper_rustls",
-    "tonic",
-    "tower",
-    "aws_config",
-    "aws_runtime",
-    "aws_sdk_secretsmanager",
-    "aws_sigv4",
-    "aws_smithy_http_client",
-    "aws_smithy_runtime",
-    "aws_smithy_runtime_api",
-    "aws_smithy_types",
-];
 
 /// Keeps the span exporter running; dropping it flushes spans still queued.
 #[derive(Debug)]
@@ -97,12 +78,12 @@ where
     Ok(Guard { tracer })
 }
 
+/// Every crate but Valet's own is capped at `info`: an allow-list, so a
+/// dependency added later cannot print URLs or headers at `debug`.
 fn capped() -> Targets {
-    CAPPED
-        .into_iter()
-        .fold(Targets::new().with_default(Level::TRACE), |t, target| {
-            t.with_target(target, Level::INFO)
-        })
+    Targets::new()
+        .with_default(Level::INFO)
+        .with_target("valet", Level::TRACE)
 }
 
 /// `valet` and `valet_*` targets.
@@ -135,17 +116,26 @@ fn tracer_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryEr
 }
 
 /// `service.name`, the file's resource attributes, and whatever
-/// `OTEL_RESOURCE_ATTRIBUTES` adds.
+/// `OTEL_RESOURCE_ATTRIBUTES` adds. A `service.name` given in
+/// `OTEL_RESOURCE_ATTRIBUTES` stands unless the file or `OTEL_SERVICE_NAME`
+/// names one; with none at all it is `valet`.
 pub fn resource(settings: &Settings) -> Resource {
-    Resource::builder()
-        .with_attributes(
-            settings
-                .resource_attributes
-                .iter()
-                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-        )
-        .with_service_name(settings.service_name())
-        .build()
+    let builder = Resource::builder().with_attributes(
+        settings
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+    let from_env_attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+        v.split(',')
+            .any(|kv| kv.trim_start().starts_with("service.name="))
+    });
+    let named = settings.service_name.is_some() || std::env::var_os("OTEL_SERVICE_NAME").is_some();
+    if from_env_attributes && !named {
+        builder.build()
+    } else {
+        builder.with_service_name(settings.service_name()).build()
+    }
 }
 
 #[cfg(test)]

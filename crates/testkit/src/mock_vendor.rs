@@ -84,7 +84,8 @@ impl Scripted {
 
 #[derive(Default)]
 struct State {
-    scripts: Mutex<HashMap<String, Scripted>>,
+    /// Answers per path, in order; the last one repeats.
+    scripts: Mutex<HashMap<String, std::collections::VecDeque<Scripted>>>,
     requests: Mutex<Vec<Recorded>>,
     /// Requests whose connection was dropped before the answer was sent.
     aborted: Mutex<Vec<String>>,
@@ -154,11 +155,18 @@ impl MockVendor {
 
     /// Answers requests to `path` (without query) with `answer`.
     pub fn script(&self, path: &str, answer: Scripted) {
+        self.script_sequence(path, vec![answer]);
+    }
+
+    /// Answers requests to `path` with `answers` in turn, repeating the last
+    /// one (e.g. 503, 503, then 200 for good).
+    pub fn script_sequence(&self, path: &str, answers: Vec<Scripted>) {
+        assert!(!answers.is_empty(), "at least one answer");
         self.state
             .scripts
             .lock()
             .expect("lock")
-            .insert(path.to_owned(), answer);
+            .insert(path.to_owned(), answers.into());
     }
 
     /// Answers 401 to any request whose `name` header is not `value`, like a
@@ -261,7 +269,18 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(resp);
     }
-    let script = state.scripts.lock().expect("lock").get(parts.uri.path()).cloned();
+    let script = state
+        .scripts
+        .lock()
+        .expect("lock")
+        .get_mut(parts.uri.path())
+        .and_then(|answers| {
+            if answers.len() > 1 {
+                answers.pop_front()
+            } else {
+                answers.front().cloned()
+            }
+        });
     let answer = script.unwrap_or_else(|| echo(&recorded));
     if let Some(delay) = answer.delay {
         let guard = AbortGuard {

@@ -1,0 +1,116 @@
+//! Graceful shutdown of the real binary: SIGTERM lets a slow call finish
+//! and exits 0 with the audit log intact; a call that outlasts the grace
+//! period is cut off, and the process still exits 0 promptly.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{ValetProcess, authed, get};
+use valet_testkit::{MockVendor, Scripted};
+
+async fn slow_valet(mock: &MockVendor, server: &str) -> (ValetProcess, String) {
+    let body = format!(
+        r#"[server]
+{server}
+[[vendors]]
+name = "mock"
+base_url = "{base}"
+allow_insecure_http = true
+auth = {{ scheme = "bearer" }}
+"#,
+        base = mock.base_url()
+    );
+    let valet = ValetProcess::spawn(&body).await;
+    valet
+        .admin(
+            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
+            "shutdown-secret-000001\n",
+        )
+        .await;
+    let key = valet
+        .admin(
+            &[
+                "apikey",
+                "create",
+                "--name",
+                "slow",
+                "--tenant",
+                "acme",
+                "--vendor",
+                "mock",
+                "--operation",
+                "read",
+            ],
+            "",
+        )
+        .await
+        .trim()
+        .to_owned();
+    (valet, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_call_finish_and_exits_0() {
+    let mock = MockVendor::start().await;
+    mock.script(
+        "/slow",
+        Scripted::status(200)
+            .body("done")
+            .delay(Duration::from_millis(800)),
+    );
+    let (valet, key) = slow_valet(&mock, "shutdown_grace_ms = 10000").await;
+    let mut gateway = valet.gateway().await;
+    let call = tokio::spawn(async move { gateway.call(authed(get("acme", "mock", "/slow"), &key)).await });
+    mock.wait_until(|seen, _| !seen.is_empty()).await;
+
+    valet.sigterm().await;
+    let answer = call
+        .await
+        .unwrap()
+        .expect("the in-flight call finishes")
+        .into_inner();
+    assert_eq!((answer.status, answer.body.as_slice()), (200, b"done".as_slice()));
+    let state = valet.state.clone();
+    let exited = valet.terminate().await;
+    assert_eq!(
+        exited.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&exited.stderr)
+    );
+    let logs = String::from_utf8_lossy(&exited.stdout);
+    assert!(logs.contains("\"outcome\":\"OK\""), "the call was logged: {logs}");
+    // Every audit entry made it to disk, chained.
+    let verify = tokio::process::Command::new(support::valet_bin())
+        .args(["audit", "verify"])
+        .arg(state.join("audit.log"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_outlasts_the_grace_period_is_cut_off() {
+    let mock = MockVendor::start().await;
+    mock.script("/stuck", Scripted::status(200).delay(Duration::from_secs(30)));
+    let (valet, key) = slow_valet(&mock, "shutdown_grace_ms = 300").await;
+    let mut gateway = valet.gateway().await;
+    let call = tokio::spawn(async move { gateway.call(authed(get("acme", "mock", "/stuck"), &key)).await });
+    mock.wait_until(|seen, _| !seen.is_empty()).await;
+
+    let began = Instant::now();
+    valet.sigterm().await;
+    let exited = valet.terminate().await;
+    assert_eq!(exited.code, Some(0));
+    assert!(began.elapsed() < Duration::from_secs(10), "{:?}", began.elapsed());
+    assert!(call.await.unwrap().is_err(), "the stuck call did not complete");
+    mock.wait_until(|_, aborted| aborted.iter().any(|p| p == "/stuck"))
+        .await;
+    let logs = String::from_utf8_lossy(&exited.stdout);
+    assert!(logs.contains("grace period over"), "{logs}");
+}

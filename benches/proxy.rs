@@ -266,7 +266,7 @@ async fn start_valet(
         listeners.gateway.local_addr().unwrap(),
         listeners.admin.local_addr().unwrap(),
     );
-    let options = server::ServeOptions::from_config(&config.server);
+    let options = server::ServeOptions::from_config(&config.server).expect("server options");
     tokio::spawn(server::serve(app, listeners, options, std::future::pending()));
 
     let admin_key = std::fs::read_to_string(config.state.dir.join("admin.key")).unwrap();

@@ -46,7 +46,8 @@ impl AdminService {
     }
 
     fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Failure> {
-        let caller = authenticate::caller(&self.app.keys, request.metadata())?;
+        let identity = authenticate::peer_identity(request);
+        let caller = authenticate::caller(&self.app.keys, request.metadata(), identity.as_deref())?;
         caller.grant.allows_admin()?;
         Ok(caller)
     }

@@ -39,6 +39,8 @@ pub struct CallContext {
     pub request_id: String,
     /// When the caller stops waiting (from `grpc-timeout`).
     pub deadline: Option<Instant>,
+    /// The verified client certificate's identity, on an mTLS listener.
+    pub identity: Option<String>,
 }
 
 /// What the log line, span and metrics of a finished call report.
@@ -72,7 +74,7 @@ pub async fn handle(
     ctx: &CallContext,
     outcome: &mut Outcome,
 ) -> Result<proto::CallResponse, Failure> {
-    let caller = authenticate::caller(&app.keys, metadata)?;
+    let caller = authenticate::caller(&app.keys, metadata, ctx.identity.as_deref())?;
     outcome.caller = Some(caller.id.clone());
     outcome.caller_name = Some(caller.name.clone());
     let mut call = validate::call(&app.registry, &app.limits, req)?;

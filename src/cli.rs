@@ -35,7 +35,7 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Manage credentials and API keys through the Admin service.
-    Admin(AdminArgs),
+    Admin(Box<AdminArgs>),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -72,6 +72,16 @@ pub struct AdminArgs {
     /// `<state dir>/admin.key`).
     #[arg(long, env = "VALET_ADMIN_KEY_FILE", default_value = ".valet/admin.key")]
     pub api_key_file: PathBuf,
+    /// CA bundle (PEM) that signed the Admin listener's certificate, for an
+    /// `https://` endpoint with a private CA.
+    #[arg(long, env = "VALET_ADMIN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), when the listener requires mutual TLS.
+    #[arg(long, env = "VALET_ADMIN_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "VALET_ADMIN_KEY_FILE_TLS", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// What to manage.
     #[command(subcommand)]
     pub command: AdminCommand,

@@ -66,6 +66,26 @@ pub struct ServerConfig {
     /// RESOURCE_EXHAUSTED `OVERLOADED` instead of queueing.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
+    /// TLS (and, with `client_ca_file`, mutual TLS) on the Gateway and Admin
+    /// listeners. Unset: plain HTTP/2, for loopback or behind a proxy.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[server.tls]`: the listeners' certificate, and optionally the CA whose
+/// client certificates are required.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain presented to clients.
+    pub cert_file: PathBuf,
+    /// PEM private key for it (keep it mode 0600).
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, every client must present a certificate it
+    /// signed (mTLS), and a call without an API key is made as the key named
+    /// by the certificate's first DNS SAN.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +97,7 @@ impl Default for ServerConfig {
             health_probe_interval_ms: default_health_probe_interval_ms(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             max_concurrent_calls: default_max_concurrent_calls(),
+            tls: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! out: one log line, the call's metrics, the span's attributes.
 
 use crate::app::App;
-use crate::call::{self, CallContext, Outcome};
+use crate::call::{self, CallContext, Outcome, authenticate};
 use crate::proto::{self, gateway_server::Gateway};
 use crate::status::Failure;
 use std::sync::Arc;
@@ -49,6 +49,7 @@ impl Gateway for GatewayService {
         let ctx = CallContext {
             request_id: new_request_id(),
             deadline: deadline(request.metadata(), started),
+            identity: authenticate::peer_identity(&request),
         };
         let span = server_span(&ctx.request_id);
         propagation::continue_trace(&span, request.metadata());

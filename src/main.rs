@@ -25,7 +25,7 @@ async fn main() {
                 EXIT_USAGE
             }
         },
-        Command::Admin(args) => valet::cli::admin::run(args).await,
+        Command::Admin(args) => valet::cli::admin::run(*args).await,
         Command::Audit(AuditCommand::Verify { file }) => valet::cli::audit::verify(&file),
     };
     std::process::exit(code);
@@ -88,7 +88,13 @@ async fn run(config: &Config) -> i32 {
         traces_exported = config.telemetry.exports_traces(),
         "valet serving"
     );
-    let options = server::ServeOptions::from_config(&config.server);
+    let options = match server::ServeOptions::from_config(&config.server) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("valet: {e}");
+            return EXIT_USAGE;
+        }
+    };
     match server::serve(app, listeners, options, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("valet stopped");

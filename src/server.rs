@@ -3,6 +3,7 @@
 
 use crate::admin::AdminService;
 use crate::app::App;
+use crate::config::ListenerTls;
 use crate::gateway::GatewayService;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::gateway_server::GatewayServer;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService as _;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -68,7 +70,14 @@ pub async fn serve(
         probe_interval,
         shutdown_grace,
         max_concurrent_calls,
+        tls,
     } = options;
+    let builder = || -> Result<Server, tonic::transport::Error> {
+        match &tls {
+            Some(tls) => Server::builder().tls_config(tls.clone()),
+            None => Ok(Server::builder()),
+        }
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -112,12 +121,12 @@ pub async fn serve(
         let _ = ops_stopped.await;
     }));
 
-    let gateway = Server::builder()
+    let gateway = builder()?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(gateway)
         .serve_with_incoming_shutdown(incoming(listeners.gateway), stopped(stop_rx.clone()));
-    let admin = Server::builder()
+    let admin = builder()?
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_rx));
     let serving = async { tokio::try_join!(gateway, admin).map(|_| ()) };
@@ -146,7 +155,7 @@ pub async fn serve(
 }
 
 /// How [`serve`] runs, from `[server]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// How often required backends are probed.
     pub probe_interval: Duration,
@@ -154,17 +163,58 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Gateway calls handled at once.
     pub max_concurrent_calls: usize,
+    /// TLS for the Gateway and Admin listeners.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl ServeOptions {
-    /// The options `[server]` sets.
-    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
-        Self {
+    /// The options `[server]` sets, its TLS files read; the error names the
+    /// file and what is wrong with it.
+    pub fn from_config(server: &crate::config::ServerConfig) -> Result<Self, String> {
+        Ok(Self {
             probe_interval: Duration::from_millis(server.health_probe_interval_ms),
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             max_concurrent_calls: server.max_concurrent_calls,
-        }
+            tls: server.tls.as_ref().map(listener_tls).transpose()?,
+        })
     }
+}
+
+/// Reads `[server.tls]`'s files into tonic's TLS config.
+fn listener_tls(tls: &ListenerTls) -> Result<ServerTlsConfig, String> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("server.tls.{key} {}: {e}", path.display()))
+    };
+    let cert = read("cert_file", &tls.cert_file)?;
+    let key = read("key_file", &tls.key_file)?;
+    let pem_holds =
+        |bytes: &[u8], what: &str| String::from_utf8_lossy(bytes).contains(&format!("-----BEGIN {what}"));
+    if !pem_holds(&cert, "CERTIFICATE") {
+        return Err(format!(
+            "server.tls.cert_file {}: holds no PEM certificate",
+            tls.cert_file.display()
+        ));
+    }
+    if !pem_holds(&key, "") || pem_holds(&key, "CERTIFICATE") {
+        return Err(format!(
+            "server.tls.key_file {}: holds no PEM private key",
+            tls.key_file.display()
+        ));
+    }
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(path) = &tls.client_ca_file {
+        let ca = read("client_ca_file", path)?;
+        if !pem_holds(&ca, "CERTIFICATE") {
+            return Err(format!(
+                "server.tls.client_ca_file {}: holds no PEM certificate",
+                path.display()
+            ));
+        }
+        config = config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(false);
+    }
+    Ok(config)
 }
 
 /// Re-probes the required backends every `interval` until `stop`.

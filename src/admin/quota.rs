@@ -14,7 +14,9 @@ use valet_quota::{Mode, OperationMatch, Period, Policy};
 
 impl AdminService {
     fn permitted<T>(&self, request: &Request<T>, permission: Permission) -> Result<Caller, Failure> {
-        let caller = crate::call::authenticate::caller(&self.app.keys, request.metadata())?;
+        let identity = crate::call::authenticate::peer_identity(request);
+        let caller =
+            crate::call::authenticate::caller(&self.app.keys, request.metadata(), identity.as_deref())?;
         caller.grant.has(permission)?;
         Ok(caller)
     }

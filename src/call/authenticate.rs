@@ -1,18 +1,36 @@
 //! Step 1: who is calling. Shared by the Gateway and the Admin service.
+//!
+//! An `authorization: Bearer <api key>` header names the caller. Without
+//! one, on a listener with mutual TLS, the verified client certificate does:
+//! its first DNS SAN must be the name of exactly one valid API key, whose
+//! grant then applies.
 
 use crate::status::Failure;
+use tonic::Request;
 use tonic::metadata::MetadataMap;
 use valet_access::{AuthError, Caller, KeyStore};
 
-/// Authenticates `authorization: Bearer <api key>`.
-pub fn caller(keys: &KeyStore, metadata: &MetadataMap) -> Result<Caller, Failure> {
-    let value = metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .ok_or(AuthError::Missing)?;
+/// Authenticates the bearer key in `metadata`, or else the client
+/// certificate's `identity`.
+pub fn caller(keys: &KeyStore, metadata: &MetadataMap, identity: Option<&str>) -> Result<Caller, Failure> {
+    let Some(value) = metadata.get("authorization") else {
+        return match identity {
+            Some(name) => Ok(keys.authenticate_identity(name)?),
+            None => Err(AuthError::Missing.into()),
+        };
+    };
+    let value = value.to_str().map_err(|_| AuthError::Missing)?;
     let (scheme, key) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Missing.into());
     }
     Ok(keys.authenticate(key.trim())?)
+}
+
+/// The identity in a verified client certificate (mTLS listeners only):
+/// its first DNS SAN.
+pub fn peer_identity<T>(request: &Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    let leaf = webpki::EndEntityCert::try_from(certs.first()?).ok()?;
+    leaf.valid_dns_names().next().map(str::to_owned)
 }

@@ -37,6 +37,25 @@ impl Interceptor for BearerAuth {
 
 type Client = AdminClient<InterceptedService<tonic::transport::Channel, BearerAuth>>;
 
+/// TLS for an `https://` endpoint: the public roots, or `--ca-file`; and a
+/// client certificate with `--cert-file`/`--key-file`.
+fn client_tls(args: &AdminArgs) -> Result<tonic::transport::ClientTlsConfig, String> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+    if let Some(path) = &args.ca_file {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read("ca-file", path)?));
+    }
+    if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read("cert-file", cert)?,
+            read("key-file", key)?,
+        ));
+    }
+    Ok(tls)
+}
+
 async fn execute(args: AdminArgs) -> Result<(), String> {
     let key = Zeroizing::new(
         std::fs::read_to_string(&args.api_key_file)
@@ -46,8 +65,14 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
         .parse()
         .map_err(|_| format!("{} does not hold an API key", args.api_key_file.display()))?;
     auth.set_sensitive(true);
-    let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())
-        .map_err(|_| format!("'{}' is not a valid endpoint URL", args.endpoint))?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(args.endpoint.clone())
+        .map_err(|_| format!("'{}' is not a valid endpoint URL", args.endpoint))?;
+    if args.endpoint.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(client_tls(&args)?)
+            .map_err(|e| format!("TLS settings: {e}"))?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot reach the Admin service at {}: {e}", args.endpoint))?;

@@ -23,6 +23,8 @@ pub struct Valet {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// TLS for this harness's own clients, when the listeners use it.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
     pub admin_key: String,
     pub config: Config,
     pub options: StartOptions,
@@ -82,7 +84,7 @@ impl Valet {
         let admin_addr = listeners.admin.local_addr().expect("addr");
         let ops_addr = listeners.ops.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let serve_options = server::ServeOptions::from_config(&config.server);
+        let serve_options = server::ServeOptions::from_config(&config.server).expect("server options");
         let task = tokio::spawn(async move {
             server::serve(app, listeners, serve_options, async {
                 let _ = stopped.await;
@@ -98,6 +100,7 @@ impl Valet {
             gateway_addr,
             admin_addr,
             ops_addr,
+            client_tls: None,
             admin_key,
             config,
             options,
@@ -139,15 +142,30 @@ impl Valet {
     }
 
     pub async fn gateway(&self) -> GatewayClient<Channel> {
-        GatewayClient::connect(format!("http://{}", self.gateway_addr))
-            .await
-            .expect("connect gateway")
+        GatewayClient::new(self.channel(self.gateway_addr).await.expect("connect gateway"))
     }
 
     pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::connect(format!("http://{}", self.admin_addr))
-            .await
-            .expect("connect admin")
+        AdminClient::new(self.channel(self.admin_addr).await.expect("connect admin"))
+    }
+
+    /// A channel to `addr`: plain, or with [`Valet::client_tls`] when set.
+    pub async fn channel(&self, addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+        match &self.client_tls {
+            None => {
+                Channel::from_shared(format!("http://{addr}"))
+                    .expect("url")
+                    .connect()
+                    .await
+            }
+            Some(tls) => {
+                Channel::from_shared(format!("https://localhost:{}", addr.port()))
+                    .expect("url")
+                    .tls_config(tls.clone())?
+                    .connect()
+                    .await
+            }
+        }
     }
 
     /// Stores a credential with the admin key.

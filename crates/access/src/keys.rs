@@ -228,6 +228,27 @@ impl KeyStore {
         Ok(caller)
     }
 
+    /// The caller a verified client certificate names (mTLS): the one
+    /// valid key whose name is `identity`. Several valid keys with that name
+    /// are ambiguous and refused, as is a revoked or expired one.
+    pub fn authenticate_identity(&self, identity: &str) -> Result<Caller, AuthError> {
+        let index = self.by_hash.read().expect("lock");
+        let named: Vec<&Caller> = index.values().filter(|c| c.name == identity).collect();
+        let now = now_ms();
+        let valid: Vec<&Caller> = named
+            .iter()
+            .copied()
+            .filter(|c| c.revoked_ms.is_none() && c.expires_ms.is_none_or(|e| now < e))
+            .collect();
+        match (valid.as_slice(), named.first()) {
+            ([one], _) => Ok(Arc::clone(one)),
+            ([], Some(c)) if c.revoked_ms.is_some() => Err(AuthError::Revoked),
+            ([], Some(_)) => Err(AuthError::Expired),
+            // None, or several: ambiguous names never authenticate.
+            _ => Err(AuthError::Unknown),
+        }
+    }
+
     /// Applies `change` to a copy of the records, writes it durably, then
     /// publishes it to the in-memory index.
     fn update(

@@ -5,11 +5,15 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::Arc;
 
-/// A CA and a server certificate for `localhost` and `127.0.0.1` it signed.
+/// A CA and a server certificate for `localhost` and `127.0.0.1` it signed;
+/// it can sign client certificates too.
 pub struct TestCa {
+    ca: CertifiedIssuer<'static, KeyPair>,
     ca_pem: String,
     server_chain: Vec<CertificateDer<'static>>,
+    server_pem: String,
     server_key: Vec<u8>,
+    server_key_pem: String,
 }
 
 impl TestCa {
@@ -28,8 +32,37 @@ impl TestCa {
         Self {
             ca_pem: ca.pem(),
             server_chain: vec![server.der().clone()],
+            server_pem: server.pem(),
             server_key: server_key.serialize_der(),
+            server_key_pem: server_key.serialize_pem(),
+            ca,
         }
+    }
+
+    /// The server certificate, PEM (for a listener's `cert_file`).
+    pub fn server_pem(&self) -> &str {
+        &self.server_pem
+    }
+
+    /// The server key, PEM (for a listener's `key_file`).
+    pub fn server_key_pem(&self) -> &str {
+        &self.server_key_pem
+    }
+
+    /// A client certificate and key (PEM) naming `identity`: a URI SAN when
+    /// it has a scheme (`spiffe://…`), else a DNS SAN (what Valet reads).
+    pub fn client(&self, identity: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        let san = if identity.contains("://") {
+            rcgen::SanType::URI(identity.try_into().expect("an IA5 string"))
+        } else {
+            rcgen::SanType::DnsName(identity.try_into().expect("an IA5 string"))
+        };
+        params.subject_alt_names = vec![san];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca).expect("client cert");
+        (cert.pem(), key.serialize_pem())
     }
 
     /// The CA certificate, PEM, for a vendor's `ca_file`.

@@ -233,6 +233,7 @@ async fn start_valet(
             breaker: Default::default(),
             allow_private_addresses: false,
             max_concurrent_requests: 512,
+            resolve_to: Vec::new(),
         }],
         ..Config::default()
     };
@@ -289,6 +290,7 @@ async fn start_valet(
         admin: false,
         ttl_seconds: 0,
         permissions: Vec::new(),
+        client_identity: String::new(),
     });
     create.metadata_mut().insert("authorization", bearer);
     let key = admin_client

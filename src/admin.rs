@@ -257,7 +257,8 @@ impl AdminService {
         let (grant, ttl_ms) = self.grant(&req)?;
         let keys = self.app.keys.clone();
         let name = req.name.clone();
-        let (key, record) = tokio::task::spawn_blocking(move || keys.create(&name, grant, ttl_ms))
+        let identity = Some(req.client_identity.trim().to_owned()).filter(|s| !s.is_empty());
+        let (key, record) = tokio::task::spawn_blocking(move || keys.create(&name, grant, ttl_ms, identity))
             .await
             .map_err(|_| Failure::new(Code::Internal, "INTERNAL", "API key creation was interrupted"))??;
         let event = Event::ApiKeyCreate {
@@ -279,6 +280,7 @@ impl AdminService {
                 .map(|p| format!("{p:?}").to_ascii_lowercase())
                 .collect(),
             expires_ms: record.expires_ms,
+            client_identity: record.client_identity.clone(),
         };
         self.app.record(&actor(&caller), event).await?;
         Ok(proto::CreateApiKeyResponse {
@@ -534,6 +536,7 @@ fn api_key_info(r: &ApiKeyRecord) -> proto::ApiKeyInfo {
         created: Some(timestamp(r.created_ms)),
         expires: r.expires_ms.map(timestamp),
         revoked: r.revoked_ms.map(timestamp),
+        client_identity: r.client_identity.clone().unwrap_or_default(),
         permissions: r
             .grant
             .permissions

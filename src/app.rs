@@ -241,6 +241,7 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
                 admin: true,
                 permissions: Vec::new(),
                 expires_ms: None,
+                client_identity: None,
             },
         )
         .await

@@ -256,6 +256,11 @@ pub enum ApiKeyCommand {
         /// Expire after this many days (default: never).
         #[arg(long)]
         ttl_days: Option<u64>,
+        /// Bind a client certificate identity (its first DNS SAN, e.g.
+        /// billing.corp.example): on listeners with mutual TLS it
+        /// authenticates as this key without a bearer key. Not for admin keys.
+        #[arg(long)]
+        client_identity: Option<String>,
     },
     /// List API keys (metadata only).
     List,

@@ -82,8 +82,8 @@ pub struct ListenerTls {
     /// PEM private key for it (keep it mode 0600).
     pub key_file: PathBuf,
     /// PEM CA bundle; when set, every client must present a certificate it
-    /// signed (mTLS), and a call without an API key is made as the key named
-    /// by the certificate's first DNS SAN.
+    /// signed (mTLS), and a call without an API key is made as the key bound
+    /// (at creation, `client_identity`) to the certificate's first DNS SAN.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
 }
@@ -431,6 +431,12 @@ pub struct VendorConfig {
     /// RESOURCE_EXHAUSTED `VENDOR_OVERLOADED`.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Connect to these addresses instead of looking the host up (split
+    /// horizon, pinning). They are checked like DNS answers, so a private
+    /// one still needs `allow_private_addresses`. TLS still verifies the
+    /// certificate against the host name.
+    #[serde(default)]
+    pub resolve_to: Vec<std::net::IpAddr>,
 }
 
 fn default_max_concurrent_requests() -> usize {
@@ -682,6 +688,7 @@ impl Config {
                 breaker: v.breaker.clone(),
                 allow_private_addresses: v.allow_private_addresses,
                 max_concurrent_requests: v.max_concurrent_requests,
+                resolve_to: v.resolve_to.clone(),
             };
             vendors.push(Vendor::new(spec).map_err(|e| invalid(format!("vendors[{i}].{e}")))?);
         }

@@ -183,6 +183,7 @@ fn server_span(request_id: &str) -> tracing::Span {
         valet.attempts = Empty,
         valet.idempotency.replayed = Empty,
         valet.quota = Empty,
+        valet.vendor.circuit = Empty,
     )
 }
 

@@ -56,6 +56,13 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
 }
 
 async fn run(config: &Config) -> i32 {
+    let options = match server::ServeOptions::from_config(&config.server) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("valet: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let app = match App::open(config).await {
         Ok(app) => Arc::new(app),
         Err(e @ StartError::Config(_)) => {
@@ -88,13 +95,7 @@ async fn run(config: &Config) -> i32 {
         traces_exported = config.telemetry.exports_traces(),
         "valet serving"
     );
-    let options = match server::ServeOptions::from_config(&config.server) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("valet: {e}");
-            return EXIT_USAGE;
-        }
-    };
+
     match server::serve(app, listeners, options, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("valet stopped");

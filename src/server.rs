@@ -195,7 +195,7 @@ fn listener_tls(tls: &ListenerTls) -> Result<ServerTlsConfig, String> {
             tls.cert_file.display()
         ));
     }
-    if !pem_holds(&key, "") || pem_holds(&key, "CERTIFICATE") {
+    if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
         return Err(format!(
             "server.tls.key_file {}: holds no PEM private key",
             tls.key_file.display()

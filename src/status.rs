@@ -210,6 +210,9 @@ impl From<KeyStoreError> for Failure {
                 "API_KEY_NOT_FOUND",
                 format!("no API key with id '{id}'"),
             ),
+            e @ KeyStoreError::Identity(_) => {
+                Self::new(Code::InvalidArgument, "CLIENT_IDENTITY_INVALID", e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "API key store failed");
                 Self::new(

@@ -216,6 +216,7 @@ async fn bad_api_key_requests_are_invalid() {
         admin: false,
         ttl_seconds: 0,
         permissions: Vec::new(),
+        client_identity: String::new(),
     };
     let cases = [
         (

@@ -91,26 +91,72 @@ async fn mutual_tls_requires_a_client_certificate_and_names_the_caller() {
     valet
         .put_credential("acme", "mock", "listener-tls-secret-02")
         .await;
-    // The key whose name a client certificate will carry.
-    let created = valet
-        .admin()
-        .await
+    // A key bound to a client certificate identity.
+    let create = |name: &str, identity: &str, admin: bool| CreateApiKeyRequest {
+        name: name.into(),
+        tenants: vec!["acme".into()],
+        vendors: vec!["mock".into()],
+        operations: vec![Operation::Read as i32],
+        admin,
+        client_identity: identity.into(),
+        ..Default::default()
+    };
+    let mut admin = valet.admin().await;
+    let created = admin
         .create_api_key(authed(
-            CreateApiKeyRequest {
-                name: "billing.corp.example".into(),
-                tenants: vec!["acme".into()],
-                vendors: vec!["mock".into()],
-                operations: vec![Operation::Read as i32],
-                ..Default::default()
-            },
+            create("billing", "Billing.Corp.Example", false),
             &valet.admin_key,
         ))
         .await
         .unwrap()
         .into_inner();
-    assert!(created.key.starts_with("vk_"));
+    assert_eq!(created.info.unwrap().client_identity, "billing.corp.example");
+    // One valid key per identity, and never an admin key.
+    for (request, why) in [
+        (
+            create("billing-2", "billing.corp.example", false),
+            "already bound",
+        ),
+        (create("ops", "ops.corp.example", true), "admin key"),
+        (create("odd", "not a dns name", false), "not a DNS name"),
+    ] {
+        let err = admin
+            .create_api_key(authed(request, &valet.admin_key))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), "CLIENT_IDENTITY_INVALID", "{why}");
+        assert!(err.message().contains(why), "{}", err.message());
+    }
+    // A certificate naming a key's *name* is not that key: only bindings count.
+    valet.client_tls = Some(client_tls(&ca, Some("billing")));
+    let by_name = valet
+        .gateway()
+        .await
+        .call(tonic::Request::new(get("acme", "mock", "/v1/me")))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&by_name), "API_KEY_UNKNOWN");
+    valet.client_tls = Some(client_tls(&ca, Some("bootstrap-admin")));
+    let bootstrap = valet
+        .admin()
+        .await
+        .list_api_keys(tonic::Request::new(Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bootstrap.code(),
+        Code::Unauthenticated,
+        "the admin key's name gives nothing"
+    );
+    let bootstrap = valet
+        .gateway()
+        .await
+        .call(tonic::Request::new(get("acme", "mock", "/v1/me")))
+        .await
+        .unwrap_err();
+    assert_eq!(bootstrap.code(), Code::Unauthenticated);
 
-    // A certificate naming that key: no API key needed.
+    // A certificate naming the bound identity: no API key needed.
     valet.client_tls = Some(client_tls(&ca, Some("billing.corp.example")));
     let mut gateway = valet.gateway().await;
     let answer = gateway

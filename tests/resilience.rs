@@ -243,7 +243,7 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
     v.breaker = BreakerPolicy {
         consecutive_failures: 3,
         failure_ratio: 0.0,
-        open_ms: 400,
+        open_ms: 2_000,
         half_open_probes: 1,
         ..BreakerPolicy::default()
     };
@@ -269,7 +269,7 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=400).contains(&retry_after), "retry-after {retry_after} ms");
+    assert!((1..=2_000).contains(&retry_after), "retry-after {retry_after} ms");
     assert_eq!(mock.requests().len(), 3, "failed fast: nothing sent");
     let (_, metrics) = http_get(&format!("http://{}/metrics", valet.ops_addr)).await;
     assert_eq!(
@@ -278,7 +278,7 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
     );
 
     // The breaker's own clock: it half-opens once `open_ms` has passed.
-    tokio::time::sleep_until((opened + Duration::from_millis(450)).into()).await;
+    tokio::time::sleep_until((opened + Duration::from_millis(2_050)).into()).await;
     mock.script("/v1/users", Scripted::status(200));
     let probe = valet.call(&key, get("acme", "mock", "/v1/users")).await.unwrap();
     assert_eq!(probe.status, 200, "the probe goes through");
@@ -292,7 +292,7 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
         valet.call(&key, get("acme", "mock", "/v1/users")).await.unwrap();
     }
     let reopened = Instant::now();
-    tokio::time::sleep_until((reopened + Duration::from_millis(450)).into()).await;
+    tokio::time::sleep_until((reopened + Duration::from_millis(2_050)).into()).await;
     let failed_probe = valet.call(&key, get("acme", "mock", "/v1/users")).await.unwrap();
     assert_eq!(failed_probe.status, 503);
     let refused = valet
@@ -376,7 +376,9 @@ async fn flood(valet: &Valet, key: &str, n: usize) -> (usize, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_shed_quickly_while_health_stays_serving() {
     let mock = MockVendor::start().await;
-    mock.script("/slow", Scripted::status(200).delay(Duration::from_secs(2)));
+    // Long enough that every call of a flood is in flight at once, even on
+    // a loaded machine.
+    mock.script("/slow", Scripted::status(200).delay(Duration::from_secs(5)));
 
     // The vendor's own limit.
     let mut v = mock_vendor(&mock);
@@ -397,6 +399,23 @@ async fn a_flood_is_shed_quickly_while_health_stays_serving() {
     let (served, shed) = flood(&valet, &key, 12).await;
     assert_eq!(served, 3, "the listener's three slots");
     assert_eq!(shed, vec!["OVERLOADED"; 9]);
+
+    // An oversized message is refused before it is decoded, and the
+    // replica stays SERVING.
+    let huge = CallRequest {
+        body: vec![b'x'; 8 << 20],
+        ..get("acme", "mock", "/slow")
+    };
+    let err = valet.gateway().await.call(authed(huge, &key)).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{err:?}"
+    );
+    let (status, _) = http_get(&format!("http://{}/readyz", valet.ops_addr)).await;
+    assert_eq!(status, 200);
     let (_, metrics) = http_get(&format!("http://{}/metrics", valet.ops_addr)).await;
     assert_eq!(
         sample(&metrics, "valet_calls_total", &[("outcome", "OVERLOADED")]),
@@ -459,6 +478,32 @@ async fn special_vendor_addresses_are_refused_unless_allowed() {
     assert!(mock.requests().is_empty());
 
     let (valet, key) = start(https(true)).await;
+    let answer = valet.call(&key, get("acme", "mock", "/v1/me")).await.unwrap();
+    assert_eq!(answer.status, 200);
+
+    // The host's addresses as a resolver hands them over (`resolve_to`
+    // stands in for a DNS answer): cloud metadata and an IPv4-mapped
+    // loopback are refused at connect time; allowed, the pinned address is
+    // the one connected to.
+    for (pinned, class) in [
+        ("169.254.169.254", "link-local"),
+        ("::ffff:127.0.0.1", "ipv4-embedded"),
+    ] {
+        let (valet, key) = start(VendorConfig {
+            resolve_to: vec![pinned.parse().unwrap()],
+            ..https(false)
+        })
+        .await;
+        let err = valet.call(&key, get("acme", "mock", "/v1/me")).await.unwrap_err();
+        assert_eq!(reason(&err), "VENDOR_ADDRESS_FORBIDDEN", "{pinned}");
+        assert!(err.message().contains(class), "{pinned}: {}", err.message());
+    }
+    assert!(mock.requests().len() == 1, "nothing but the allowed call arrived");
+    let (valet, key) = start(VendorConfig {
+        resolve_to: vec!["127.0.0.1".parse().unwrap()],
+        ..https(true)
+    })
+    .await;
     let answer = valet.call(&key, get("acme", "mock", "/v1/me")).await.unwrap();
     assert_eq!(answer.status, 200);
 }

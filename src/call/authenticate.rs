@@ -2,8 +2,8 @@
 //!
 //! An `authorization: Bearer <api key>` header names the caller. Without
 //! one, on a listener with mutual TLS, the verified client certificate does:
-//! its first DNS SAN must be the name of exactly one valid API key, whose
-//! grant then applies.
+//! its first DNS SAN must be the `client_identity` bound to a valid,
+//! non-admin API key at its creation, whose grant then applies.
 
 use crate::status::Failure;
 use tonic::Request;

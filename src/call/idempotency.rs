@@ -17,7 +17,14 @@ use valet_idempotency::{Begin, Scope, Terms};
 const PURGE_EVERY: u64 = 4096;
 
 /// Reasons of failures that prove the request never reached the vendor.
-const NOT_SENT: &[&str] = &["VENDOR_UNREACHABLE", "VENDOR_TLS_ERROR", "PATH_ESCAPES_ORIGIN"];
+const NOT_SENT: &[&str] = &[
+    "VENDOR_UNREACHABLE",
+    "VENDOR_TLS_ERROR",
+    "PATH_ESCAPES_ORIGIN",
+    "VENDOR_ADDRESS_FORBIDDEN",
+    "VENDOR_CIRCUIT_OPEN",
+    "VENDOR_OVERLOADED",
+];
 
 /// What the call does next.
 #[derive(Debug)]

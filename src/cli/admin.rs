@@ -43,10 +43,12 @@ fn client_tls(args: &AdminArgs) -> Result<tonic::transport::ClientTlsConfig, Str
     let read = |flag: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
     };
-    let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-    if let Some(path) = &args.ca_file {
-        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read("ca-file", path)?));
-    }
+    let tls = tonic::transport::ClientTlsConfig::new();
+    // The given CA only, or else the public roots.
+    let mut tls = match &args.ca_file {
+        Some(path) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read("ca-file", path)?)),
+        None => tls.with_webpki_roots(),
+    };
     if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
         tls = tls.identity(tonic::transport::Identity::from_pem(
             read("cert-file", cert)?,
@@ -67,6 +69,13 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
     auth.set_sensitive(true);
     let mut endpoint = tonic::transport::Endpoint::from_shared(args.endpoint.clone())
         .map_err(|_| format!("'{}' is not a valid endpoint URL", args.endpoint))?;
+    let tls_flags = args.ca_file.is_some() || args.cert_file.is_some();
+    if tls_flags && !args.endpoint.starts_with("https://") {
+        return Err(format!(
+            "--ca-file/--cert-file need an https:// endpoint, not {}",
+            args.endpoint
+        ));
+    }
     if args.endpoint.starts_with("https://") {
         endpoint = endpoint
             .tls_config(client_tls(&args)?)
@@ -182,6 +191,7 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
             admin,
             permissions,
             ttl_days,
+            client_identity,
         } => {
             let created = client
                 .create_api_key(proto::CreateApiKeyRequest {
@@ -198,6 +208,7 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
                             PermissionArg::QuotaView => proto::Permission::QuotaView as i32,
                         })
                         .collect(),
+                    client_identity: client_identity.unwrap_or_default(),
                 })
                 .await
                 .map_err(describe)?

@@ -49,6 +49,7 @@ pub fn vendor(name: &str, base_url: &str, auth: AuthConfig) -> VendorConfig {
         breaker: Default::default(),
         allow_private_addresses: false,
         max_concurrent_requests: 512,
+        resolve_to: Vec::new(),
     }
 }
 
@@ -204,6 +205,7 @@ impl Valet {
             admin: false,
             ttl_seconds: ttl,
             permissions: Vec::new(),
+            client_identity: String::new(),
         };
         let resp = self
             .admin()

@@ -67,6 +67,30 @@ pub struct ApiKeyRecord {
     pub expires_ms: Option<u64>,
     /// Revoked, Unix milliseconds; `None` while valid.
     pub revoked_ms: Option<u64>,
+    /// The client certificate identity (first DNS SAN) that authenticates as
+    /// this key on a mutual-TLS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<String>,
+}
+
+impl ApiKeyRecord {
+    /// Neither revoked nor expired at `now_ms`.
+    pub fn valid_at(&self, now_ms: u64) -> bool {
+        self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
+    }
+}
+
+/// Whether `s` looks like a DNS name.
+fn valid_identity(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// An authenticated caller.
@@ -107,6 +131,9 @@ pub enum KeyStoreError {
     /// No key has this id.
     #[error("no API key with id {0}")]
     NotFound(String),
+    /// The client identity cannot be bound.
+    #[error("client_identity: {0}")]
+    Identity(String),
 }
 
 /// API keys, indexed by hash.
@@ -153,9 +180,10 @@ impl KeyStore {
         name: &str,
         grant: Grant,
         ttl_ms: Option<u64>,
+        client_identity: Option<String>,
     ) -> Result<(ApiKey, ApiKeyRecord), KeyStoreError> {
         let key = ApiKey::generate();
-        let record = self.add(&key, name, grant, ttl_ms)?;
+        let record = self.insert(&key, name, grant, ttl_ms, client_identity)?;
         Ok((key, record))
     }
 
@@ -168,6 +196,30 @@ impl KeyStore {
         grant: Grant,
         ttl_ms: Option<u64>,
     ) -> Result<ApiKeyRecord, KeyStoreError> {
+        self.insert(key, name, grant, ttl_ms, None)
+    }
+
+    fn insert(
+        &self,
+        key: &ApiKey,
+        name: &str,
+        grant: Grant,
+        ttl_ms: Option<u64>,
+        client_identity: Option<String>,
+    ) -> Result<ApiKeyRecord, KeyStoreError> {
+        let client_identity = client_identity.map(|id| id.to_ascii_lowercase());
+        if let Some(identity) = &client_identity {
+            if grant.admin || !grant.permissions.is_empty() {
+                return Err(KeyStoreError::Identity(
+                    "an admin key cannot be bound to a client certificate".into(),
+                ));
+            }
+            if !valid_identity(identity) {
+                return Err(KeyStoreError::Identity(format!(
+                    "'{identity}' is not a DNS name (letters, digits, '-' and '.')"
+                )));
+            }
+        }
         let now = now_ms();
         let record = ApiKeyRecord {
             id: format!("key_{}", hex::encode(random::<8>())),
@@ -178,8 +230,18 @@ impl KeyStore {
             created_ms: now,
             expires_ms: ttl_ms.map(|t| now.saturating_add(t)),
             revoked_ms: None,
+            client_identity,
         };
         self.update(|records| {
+            if let Some(identity) = &record.client_identity
+                && records
+                    .iter()
+                    .any(|r| r.client_identity.as_ref() == Some(identity) && r.valid_at(now))
+            {
+                return Err(KeyStoreError::Identity(format!(
+                    "client identity '{identity}' is already bound to a valid key; revoke it first"
+                )));
+            }
             records.push(record.clone());
             Ok(())
         })?;
@@ -228,24 +290,22 @@ impl KeyStore {
         Ok(caller)
     }
 
-    /// The caller a verified client certificate names (mTLS): the one
-    /// valid key whose name is `identity`. Several valid keys with that name
-    /// are ambiguous and refused, as is a revoked or expired one.
+    /// The caller a verified client certificate names (mTLS): the valid key
+    /// bound to `identity` (compared case-insensitively). Keys are bound
+    /// explicitly at creation, never matched by name, and never admin keys.
     pub fn authenticate_identity(&self, identity: &str) -> Result<Caller, AuthError> {
+        let identity = identity.to_ascii_lowercase();
         let index = self.by_hash.read().expect("lock");
-        let named: Vec<&Caller> = index.values().filter(|c| c.name == identity).collect();
-        let now = now_ms();
-        let valid: Vec<&Caller> = named
-            .iter()
-            .copied()
-            .filter(|c| c.revoked_ms.is_none() && c.expires_ms.is_none_or(|e| now < e))
+        let bound: Vec<&Caller> = index
+            .values()
+            .filter(|c| c.client_identity.as_deref() == Some(identity.as_str()))
             .collect();
-        match (valid.as_slice(), named.first()) {
-            ([one], _) => Ok(Arc::clone(one)),
-            ([], Some(c)) if c.revoked_ms.is_some() => Err(AuthError::Revoked),
-            ([], Some(_)) => Err(AuthError::Expired),
-            // None, or several: ambiguous names never authenticate.
-            _ => Err(AuthError::Unknown),
+        let now = now_ms();
+        match bound.iter().find(|c| c.valid_at(now)) {
+            Some(caller) => Ok(Arc::clone(caller)),
+            None if bound.iter().any(|c| c.revoked_ms.is_some()) => Err(AuthError::Revoked),
+            None if !bound.is_empty() => Err(AuthError::Expired),
+            None => Err(AuthError::Unknown),
         }
     }
 
@@ -321,7 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("apikeys.json");
         let store = KeyStore::open(&path).unwrap();
-        let (key, rec) = store.create("sync", grant(), None).unwrap();
+        let (key, rec) = store.create("sync", grant(), None, None).unwrap();
         assert!(key.expose().starts_with(KEY_PREFIX));
         assert_eq!(store.authenticate(key.expose()).unwrap().id, rec.id);
         assert_eq!(store.authenticate("vk_nope").unwrap_err(), AuthError::Unknown);
@@ -348,7 +408,7 @@ mod tests {
     fn expired_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(&dir.path().join("k.json")).unwrap();
-        let (key, _) = store.create("short", grant(), Some(0)).unwrap();
+        let (key, _) = store.create("short", grant(), Some(0), None).unwrap();
         assert_eq!(store.authenticate(key.expose()).unwrap_err(), AuthError::Expired);
         assert_eq!(format!("{key:?}"), "ApiKey([REDACTED])");
     }

@@ -111,6 +111,9 @@ pub enum Event {
         permissions: Vec<String>,
         /// Expiry, Unix milliseconds, if any.
         expires_ms: Option<u64>,
+        /// The client certificate identity bound to it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_identity: Option<String>,
     },
     /// An API key was revoked.
     ApiKeyRevoke {

@@ -71,6 +71,9 @@ pub enum Verdict {
     Success,
     /// A 5xx, a timeout or a connection error.
     Failure,
+    /// Nothing learnt about the vendor (the caller's deadline ran out, the
+    /// attempt was abandoned): counted neither way.
+    Neutral,
 }
 
 /// The breaker's state, for metrics and spans.
@@ -96,20 +99,49 @@ impl BreakerState {
 }
 
 /// Permission to make one attempt; hand it back with [`Breaker::record`].
+/// A ticket dropped unrecorded (the call was cancelled) counts as
+/// [`Verdict::Neutral`], so an abandoned probe frees its slot.
 #[derive(Debug)]
 #[must_use]
-pub struct Ticket {
-    probe: bool,
+pub struct Ticket<'a> {
+    breaker: &'a Breaker,
+    /// The half-open period this probe belongs to; `None` when closed.
+    probe: Option<u64>,
+    recorded: bool,
+}
+
+impl Ticket<'_> {
+    /// Records the attempt's result.
+    pub fn record(mut self, verdict: Verdict) {
+        self.recorded = true;
+        self.breaker.record(self.probe, verdict);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(self.probe, Verdict::Neutral);
+        }
+    }
 }
 
 enum Mode {
     Closed,
-    Open { until: Instant },
-    HalfOpen { in_flight: u32, succeeded: u32 },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        generation: u64,
+        in_flight: u32,
+        succeeded: u32,
+    },
 }
 
 struct State {
     mode: Mode,
+    /// Counts half-open periods, so a late probe cannot vote in a later one.
+    generation: u64,
     consecutive: u32,
     /// (calls, failures) per bucket, and when the newest bucket began.
     buckets: [(u32, u32); BUCKETS],
@@ -138,6 +170,7 @@ impl Breaker {
             policy,
             state: Mutex::new(State {
                 mode: Mode::Closed,
+                generation: 0,
                 consecutive: 0,
                 buckets: [(0, 0); BUCKETS],
                 newest: 0,
@@ -147,30 +180,41 @@ impl Breaker {
     }
 
     /// A ticket for one attempt, or how long until one may be tried.
-    pub fn admit(&self) -> Result<Ticket, Duration> {
+    pub fn admit(&self) -> Result<Ticket<'_>, Duration> {
         let now = Instant::now();
         let mut state = self.state.lock().expect("lock");
-        match &mut state.mode {
-            Mode::Closed => Ok(Ticket { probe: false }),
-            Mode::Open { until } if now < *until => Err(*until - now),
+        let probe = match &mut state.mode {
+            Mode::Closed => None,
+            Mode::Open { until } if now < *until => return Err(*until - now),
             Mode::Open { .. } => {
+                state.generation += 1;
+                let generation = state.generation;
                 state.mode = Mode::HalfOpen {
+                    generation,
                     in_flight: 1,
                     succeeded: 0,
                 };
-                Ok(Ticket { probe: true })
+                Some(generation)
             }
-            Mode::HalfOpen { in_flight, .. } if *in_flight < self.policy.half_open_probes => {
+            Mode::HalfOpen {
+                generation,
+                in_flight,
+                ..
+            } if *in_flight < self.policy.half_open_probes => {
                 *in_flight += 1;
-                Ok(Ticket { probe: true })
+                Some(*generation)
             }
             // All probes are out; they answer within the attempt timeout.
-            Mode::HalfOpen { .. } => Err(Duration::from_millis(self.policy.open_ms.min(1_000))),
-        }
+            Mode::HalfOpen { .. } => return Err(Duration::from_millis(self.policy.open_ms.min(1_000))),
+        };
+        Ok(Ticket {
+            breaker: self,
+            probe,
+            recorded: false,
+        })
     }
 
-    /// Records the attempt `ticket` was for.
-    pub fn record(&self, ticket: Ticket, verdict: Verdict) {
+    fn record(&self, probe: Option<u64>, verdict: Verdict) {
         let now = Instant::now();
         let mut state = self.state.lock().expect("lock");
         let open = |state: &mut State| {
@@ -180,11 +224,18 @@ impl Breaker {
             state.consecutive = 0;
             state.buckets = [(0, 0); BUCKETS];
         };
-        if ticket.probe {
-            if let Mode::HalfOpen { in_flight, succeeded } = &mut state.mode {
+        if let Some(of) = probe {
+            if let Mode::HalfOpen {
+                generation,
+                in_flight,
+                succeeded,
+            } = &mut state.mode
+                && *generation == of
+            {
                 *in_flight = in_flight.saturating_sub(1);
                 match verdict {
                     Verdict::Failure => open(&mut state),
+                    Verdict::Neutral => {}
                     Verdict::Success => {
                         *succeeded += 1;
                         if *succeeded >= self.policy.half_open_probes {
@@ -197,18 +248,17 @@ impl Breaker {
             }
             return;
         }
-        if !matches!(state.mode, Mode::Closed) {
-            return; // an attempt admitted before the circuit opened
+        if verdict == Verdict::Neutral || !matches!(state.mode, Mode::Closed) {
+            return; // nothing learnt, or admitted before the circuit opened
         }
         self.advance(&mut state, now);
         let newest = state.newest;
         state.buckets[newest].0 += 1;
-        match verdict {
-            Verdict::Success => state.consecutive = 0,
-            Verdict::Failure => {
-                state.buckets[newest].1 += 1;
-                state.consecutive += 1;
-            }
+        if verdict == Verdict::Failure {
+            state.buckets[newest].1 += 1;
+            state.consecutive += 1;
+        } else {
+            state.consecutive = 0;
         }
         if self.tripped(&state) {
             open(&mut state);
@@ -269,8 +319,7 @@ mod tests {
     }
 
     fn fail(b: &Breaker) {
-        let t = b.admit().unwrap();
-        b.record(t, Verdict::Failure);
+        b.admit().unwrap().record(Verdict::Failure);
     }
 
     #[test]
@@ -278,8 +327,7 @@ mod tests {
         let b = breaker(3, 60_000);
         fail(&b);
         fail(&b);
-        let t = b.admit().unwrap();
-        b.record(t, Verdict::Success);
+        b.admit().unwrap().record(Verdict::Success);
         fail(&b);
         fail(&b);
         assert_eq!(b.state(), BreakerState::Closed);
@@ -297,15 +345,42 @@ mod tests {
         let p1 = b.admit().expect("a probe");
         let p2 = b.admit().expect("a second probe");
         assert!(b.admit().is_err(), "only two probes at once");
-        b.record(p1, Verdict::Success);
-        b.record(p2, Verdict::Success);
+        p1.record(Verdict::Success);
+        p2.record(Verdict::Success);
         assert_eq!(b.state(), BreakerState::Closed);
 
         fail(&b);
         std::thread::sleep(Duration::from_millis(5));
-        let p = b.admit().unwrap();
-        b.record(p, Verdict::Failure);
-        assert!(b.admit().is_err() || b.state() != BreakerState::Closed);
+        b.admit().unwrap().record(Verdict::Failure);
+        assert!(b.admit().is_err(), "a failed probe opens it again");
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_its_slot() {
+        let b = breaker(1, 1);
+        fail(&b);
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 0..5 {
+            let (p1, p2) = (b.admit().unwrap(), b.admit().unwrap());
+            drop((p1, p2)); // cancelled calls
+        }
+        let (p1, p2) = (b.admit().expect("slots free again"), b.admit().unwrap());
+        p1.record(Verdict::Success);
+        p2.record(Verdict::Success);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn neutral_results_count_neither_way() {
+        let b = breaker(2, 60_000);
+        for _ in 0..10 {
+            b.admit().unwrap().record(Verdict::Neutral);
+        }
+        fail(&b);
+        b.admit().unwrap().record(Verdict::Neutral);
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[test]
@@ -317,19 +392,15 @@ mod tests {
             ..BreakerPolicy::default()
         });
         for i in 0..9 {
-            let t = b.admit().unwrap();
-            b.record(
-                t,
-                if i % 2 == 0 {
-                    Verdict::Failure
-                } else {
-                    Verdict::Success
-                },
-            );
+            let verdict = if i % 2 == 0 {
+                Verdict::Failure
+            } else {
+                Verdict::Success
+            };
+            b.admit().unwrap().record(verdict);
         }
         assert_eq!(b.state(), BreakerState::Closed, "below min_calls");
-        let t = b.admit().unwrap();
-        b.record(t, Verdict::Success);
+        b.admit().unwrap().record(Verdict::Success);
         assert_eq!(b.state(), BreakerState::Open, "5 of 10 failed");
     }
 }

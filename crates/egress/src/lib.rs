@@ -202,6 +202,9 @@ pub struct Exchange<'a> {
     pub metrics: &'a Metrics,
 }
 
+/// The least time worth starting a retry with.
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// What happened to one attempt, for the retry decision.
 enum Next {
     Done,
@@ -219,31 +222,46 @@ impl Vendor {
         secret: &Secret,
         x: &Exchange<'_>,
     ) -> Result<ProxyResponse, EgressError> {
-        let _slot = self
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| EgressError::Overloaded(self.name().to_owned()))?;
         self.budget.deposit();
         let mut attempts = 0u32;
+        let mut last: Option<Result<ProxyResponse, EgressError>> = None;
         loop {
-            let ticket = match self.breaker.admit() {
-                Ok(ticket) => ticket,
-                Err(retry_after) => {
+            let admitted = self.breaker.admit();
+            // The call's span (the current one) says what the breaker was.
+            tracing::Span::current().record("valet.vendor.circuit", self.breaker.state().as_str());
+            // A slot per attempt, not across backoff sleeps.
+            let slot = self.slots.clone().try_acquire_owned();
+            let (ticket, _slot) = match (admitted, slot) {
+                (Ok(ticket), Ok(slot)) => (ticket, slot),
+                // A retry that cannot be made: the answer in hand stands.
+                _ if last.is_some() => {
+                    return last
+                        .expect("checked")
+                        .map(|answer| ProxyResponse { attempts, ..answer });
+                }
+                // Nothing was sent: these errors say so to the caller.
+                (Err(retry_after), _) => {
                     return Err(EgressError::CircuitOpen {
                         vendor: self.name().to_owned(),
                         retry_after,
                     });
                 }
+                (Ok(_), Err(_)) => return Err(EgressError::Overloaded(self.name().to_owned())),
             };
             attempts += 1;
             let started = Instant::now();
             let result = self.attempt(req.clone(), secret, x).await;
-            self.breaker.record(ticket, breaker_verdict(&result));
+            ticket.record(breaker_verdict(&result));
             let status = result.as_ref().ok().map(|r| r.status);
             x.metrics.vendor_attempt(self.name(), status, started.elapsed());
             match self.next(&result, attempts, x) {
                 Next::Done => {
+                    // A retry that failed outright: the answer before it
+                    // says more (and says the vendor was reached).
+                    let result = match (result, last) {
+                        (Err(_), Some(Ok(answer))) => Ok(answer),
+                        (result, _) => result,
+                    };
                     return result.map(|answer| ProxyResponse { attempts, ..answer });
                 }
                 Next::RetryAfter(wait) => {
@@ -254,12 +272,8 @@ impl Vendor {
                         wait_ms = wait.as_millis() as u64,
                         "retrying the vendor call"
                     );
+                    last = Some(result);
                     tokio::time::sleep(wait).await;
-                    // The breaker may have opened meanwhile: then the last
-                    // answer stands rather than a fast failure.
-                    if self.breaker.state() == BreakerState::Open {
-                        return result.map(|answer| ProxyResponse { attempts, ..answer });
-                    }
                 }
             }
         }
@@ -288,8 +302,11 @@ impl Vendor {
             }
             _ => return Next::Done,
         };
-        // Never sleep past the deadline: the answer in hand is better.
-        if x.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+        // Never sleep past the deadline, nor retry with no time left for the
+        // attempt: the answer in hand is better.
+        if x.deadline
+            .is_some_and(|d| Instant::now() + wait + MIN_ATTEMPT >= d)
+        {
             return Next::Done;
         }
         if !self.budget.withdraw() {
@@ -483,7 +500,7 @@ fn breaker_verdict(result: &Result<ProxyResponse, EgressError>) -> Verdict {
             | EgressError::Protocol(_),
         ) => Verdict::Failure,
         // The caller's deadline, our own limits: nothing said about the vendor.
-        Err(_) => Verdict::Success,
+        Err(_) => Verdict::Neutral,
     }
 }
 

@@ -9,7 +9,8 @@
 //! and documentation ranges, and every IPv6 form that embeds an IPv4 address
 //! (mapped, compatible, NAT64, 6to4, Teredo). `allow_private_addresses`
 //! allows them all; `allow_insecure_http` (loopback experiments) allows
-//! loopback.
+//! loopback. A vendor's `resolve_to` addresses replace the DNS lookup and
+//! are checked exactly like its answers.
 
 use hyper_util::client::legacy::connect::dns::Name;
 use std::future::Future;
@@ -49,10 +50,12 @@ pub struct ForbiddenAddress {
 type Boxed = Box<dyn std::error::Error + Send + Sync>;
 
 /// A resolver that drops refused addresses (hyper-util's connector then
-/// connects only to what it returns).
-#[derive(Debug, Clone, Copy)]
+/// connects only to what it returns). With `pinned` addresses (a vendor's
+/// `resolve_to`) it asks no DNS server, and checks those the same way.
+#[derive(Debug, Clone)]
 pub(crate) struct GuardedResolver {
     pub(crate) policy: AddressPolicy,
+    pub(crate) pinned: std::sync::Arc<[IpAddr]>,
 }
 
 impl tower::Service<Name> for GuardedResolver {
@@ -67,8 +70,13 @@ impl tower::Service<Name> for GuardedResolver {
     fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy;
         let host = name.as_str().to_owned();
+        let pinned = self.pinned.clone();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = if pinned.is_empty() {
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect()
+            } else {
+                pinned.iter().map(|ip| SocketAddr::new(*ip, 0)).collect()
+            };
             let mut refused = None;
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
@@ -126,7 +134,7 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         [0x2002, ..] | [0x2001, 0, ..] => "ipv4-embedded",
         [0x2001, 0x0db8, ..] => "documentation",
         [x, ..] if x & 0xffc0 == 0xfe80 => "link-local",
-        [x, ..] if x & 0xfe00 == 0xfc00 => "private",
+        [x, ..] if x & 0xfe00 == 0xfc00 || x & 0xffc0 == 0xfec0 => "private",
         [x, ..] if x & 0xff00 == 0xff00 => "multicast",
         _ => return None,
     })
@@ -159,6 +167,7 @@ mod tests {
             ("2002:7f00:1::", "ipv4-embedded"),
             ("fe80::1", "link-local"),
             ("fd00:ec2::254", "private"),
+            ("fec0::1", "private"),
             ("ff02::1", "multicast"),
         ] {
             assert_eq!(special(ip.parse().unwrap()), Some(class), "{ip}");

@@ -90,6 +90,9 @@ pub struct VendorSpec {
     pub allow_private_addresses: bool,
     /// Requests in flight to this vendor at once; more are refused at once.
     pub max_concurrent_requests: usize,
+    /// Addresses to connect to instead of looking the host up (checked like
+    /// DNS answers); empty: DNS.
+    pub resolve_to: Vec<std::net::IpAddr>,
 }
 
 /// A vendor's credential check: a request that needs a valid credential.
@@ -184,7 +187,10 @@ impl Vendor {
             ));
         }
         let tls = tls_config(spec.ca_file.as_ref())?;
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver { policy });
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+            policy,
+            pinned: spec.resolve_to.clone().into(),
+        });
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(spec.timeout));
@@ -398,6 +404,7 @@ mod tests {
             breaker: BreakerPolicy::default(),
             allow_private_addresses: false,
             max_concurrent_requests: 16,
+            resolve_to: Vec::new(),
             name: "v".into(),
             base_url: base.into(),
             allow_insecure_http: true,

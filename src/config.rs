@@ -62,6 +62,11 @@ pub struct ServerConfig {
     /// before their connections are closed.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// After SIGTERM/SIGINT, how long to keep accepting calls while health
+    /// already says NOT_SERVING, so load balancers that poll health see the
+    /// replica leave before its listeners close (e.g. your probe period).
+    #[serde(default)]
+    pub drain_delay_ms: u64,
     /// Gateway calls handled at once; more are refused at once with
     /// RESOURCE_EXHAUSTED `OVERLOADED` instead of queueing.
     #[serde(default = "default_max_concurrent_calls")]
@@ -96,6 +101,7 @@ impl Default for ServerConfig {
             ops_listen: default_ops_listen(),
             health_probe_interval_ms: default_health_probe_interval_ms(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            drain_delay_ms: 0,
             max_concurrent_calls: default_max_concurrent_calls(),
             tls: None,
         }

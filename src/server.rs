@@ -57,7 +57,8 @@ impl Listeners {
 /// Health is SERVING for `valet.v1.Gateway`, `valet.v1.Admin` and the server
 /// (`""`) while [`readiness`] holds: it turns NOT_SERVING while a required
 /// backend fails its probe (every `probe_interval`), and for good as
-/// shutdown begins, as the listeners stop accepting. In-flight calls then
+/// shutdown begins; `drain_delay` later the listeners stop accepting.
+/// In-flight calls then
 /// have `shutdown_grace` to finish; connections still open after it are
 /// closed. The ops listener stays up until the gRPC listeners are done.
 pub async fn serve(
@@ -69,6 +70,7 @@ pub async fn serve(
     let ServeOptions {
         probe_interval,
         shutdown_grace,
+        drain_delay,
         max_concurrent_calls,
         tls,
     } = options;
@@ -106,9 +108,13 @@ pub async fn serve(
     tokio::spawn(async move {
         shutdown.await;
         // Probes see the replica leave before its listeners close.
-        let health = health.lock().await;
-        draining.start_draining();
-        set_all(&health, false).await;
+        {
+            let health = health.lock().await;
+            draining.start_draining();
+            set_all(&health, false).await;
+        }
+        // Health pollers see NOT_SERVING while the listeners still accept.
+        tokio::time::sleep(drain_delay).await;
         let _ = stop_tx.send(true);
     });
 
@@ -161,6 +167,8 @@ pub struct ServeOptions {
     pub probe_interval: Duration,
     /// How long in-flight calls may finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// How long the listeners keep accepting after health turns NOT_SERVING.
+    pub drain_delay: Duration,
     /// Gateway calls handled at once.
     pub max_concurrent_calls: usize,
     /// TLS for the Gateway and Admin listeners.
@@ -174,6 +182,7 @@ impl ServeOptions {
         Ok(Self {
             probe_interval: Duration::from_millis(server.health_probe_interval_ms),
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            drain_delay: Duration::from_millis(server.drain_delay_ms),
             max_concurrent_calls: server.max_concurrent_calls,
             tls: server.tls.as_ref().map(listener_tls).transpose()?,
         })

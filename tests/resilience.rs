@@ -507,3 +507,38 @@ async fn special_vendor_addresses_are_refused_unless_allowed() {
     let answer = valet.call(&key, get("acme", "mock", "/v1/me")).await.unwrap();
     assert_eq!(answer.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_cannot_be_made_is_retried_for_a_read_only() {
+    // A port with nothing listening: every connect is refused, nothing sent.
+    let port = support::free_port();
+    let mut v = vendor("mock", &format!("http://127.0.0.1:{port}"), bearer());
+    v.retry = quick_retries();
+    v.breaker = never_open();
+    let (valet, key) = start(v).await;
+    let err = valet
+        .call(&key, get("acme", "mock", "/v1/users"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "VENDOR_UNREACHABLE");
+    let err = valet.call(&key, write("charge-3")).await.unwrap_err();
+    assert_eq!(reason(&err), "VENDOR_UNREACHABLE");
+    let (_, metrics) = http_get(&format!("http://{}/metrics", valet.ops_addr)).await;
+    let attempts = sample(
+        &metrics,
+        "valet_vendor_request_duration_seconds_count",
+        &[("vendor", "mock"), ("status", "error")],
+    );
+    assert_eq!(
+        attempts,
+        3.0 + 1.0,
+        "three for the READ, one for the WRITE: {metrics}"
+    );
+    // Nothing reached the vendor, so the WRITE's key is free for a retry.
+    let again = valet.call(&key, write("charge-3")).await.unwrap_err();
+    assert_eq!(
+        reason(&again),
+        "VENDOR_UNREACHABLE",
+        "not IN_FLIGHT or OUTCOME_UNKNOWN"
+    );
+}

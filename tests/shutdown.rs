@@ -114,3 +114,48 @@ async fn a_call_that_outlasts_the_grace_period_is_cut_off() {
     let logs = String::from_utf8_lossy(&exited.stdout);
     assert!(logs.contains("grace period over"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_drain_delay_health_says_not_serving_but_calls_are_served() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let mock = MockVendor::start().await;
+    let (valet, key) = slow_valet(&mock, "drain_delay_ms = 3000").await;
+    let channel = tonic::transport::Channel::from_shared(valet.gateway_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    valet.sigterm().await;
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    drop(watch);
+
+    let (status, body) = support::http_get(&format!("{}/readyz", valet.ops_url)).await;
+    assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
+    // A new connection is still accepted during the drain delay.
+    let mut gateway = valet.gateway().await;
+    let answer = gateway
+        .call(authed(get("acme", "mock", "/v1/me"), &key))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().status, 200);
+    drop(gateway);
+    drop(channel);
+    let exited = valet.terminate().await;
+    assert_eq!(exited.code, Some(0));
+}

@@ -147,6 +147,7 @@ impl AdminService {
             deadline: None,
             repeatable: false,
             metrics: &self.app.metrics,
+            attempts: &Default::default(),
         };
         let checked = vendor.send(verify, &secret, &exchange).await;
         drop(secret);

@@ -28,6 +28,7 @@ pub mod validate;
 use crate::app::App;
 use crate::proto;
 use crate::status::Failure;
+use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use valet_egress::ProxyResponse;
@@ -95,11 +96,12 @@ pub async fn handle(
         idempotency::Step::Proceed(scope) => scope,
     };
     let mut sent = false;
-    let result = exchange(app, &caller, &call, ctx, &mut sent).await;
+    let attempts = AtomicU32::new(0);
+    let result = exchange(app, &caller, &call, ctx, &mut sent, &attempts).await;
+    outcome.attempts = attempts.load(Ordering::Relaxed);
     idempotency::finish(app, scope, &result, sent).await;
     let answer = result?;
     outcome.status = Some(answer.status);
-    outcome.attempts = answer.attempts;
     Ok(proto::CallResponse {
         status: u32::from(answer.status),
         headers: answer
@@ -122,16 +124,17 @@ async fn exchange(
     call: &validate::ValidCall,
     ctx: &CallContext,
     sent: &mut bool,
+    attempts: &AtomicU32,
 ) -> Result<ProxyResponse, Failure> {
     let lease = within(ctx, lease::credential(app, caller, call, &ctx.request_id)).await?;
     *sent = true;
-    let mut answer = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline).await?;
+    let mut answer = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline, attempts).await?;
     let used = lease.fingerprint().clone();
     drop(lease);
     quota::vendor_pushback(app, call, &answer).await;
     if answer.status == 401 && refresh::changed(app, caller, call, &used, &ctx.request_id).await {
         let lease = within(ctx, lease::credential(app, caller, call, &ctx.request_id)).await?;
-        let retry = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline).await?;
+        let retry = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline, attempts).await?;
         answer = ProxyResponse {
             attempts: answer.attempts + retry.attempts,
             ..retry

@@ -2,6 +2,7 @@
 
 use super::validate::ValidCall;
 use crate::status::Failure;
+use std::sync::atomic::AtomicU32;
 use tokio::time::Instant;
 use valet_access::Operation;
 use valet_credentials::Lease;
@@ -17,12 +18,14 @@ pub async fn send(
     limits: &Limits,
     metrics: &Metrics,
     deadline: Option<Instant>,
+    attempts: &AtomicU32,
 ) -> Result<ProxyResponse, Failure> {
     let exchange = Exchange {
         limits,
         deadline,
         repeatable: repeatable(call),
         metrics,
+        attempts,
     };
     let answer = call
         .vendor

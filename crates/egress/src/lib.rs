@@ -45,6 +45,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use retry::RetryAfter;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -200,6 +201,9 @@ pub struct Exchange<'a> {
     pub repeatable: bool,
     /// Where attempts are counted.
     pub metrics: &'a Metrics,
+    /// Counts the attempts made, whatever the result (an error carries no
+    /// count of its own).
+    pub attempts: &'a AtomicU32,
 }
 
 /// The least time worth starting a retry with.
@@ -249,6 +253,7 @@ impl Vendor {
                 (Ok(_), Err(_)) => return Err(EgressError::Overloaded(self.name().to_owned())),
             };
             attempts += 1;
+            x.attempts.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let result = self.attempt(req.clone(), secret, x).await;
             ticket.record(breaker_verdict(&result));

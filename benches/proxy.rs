@@ -5,7 +5,9 @@
 //! (`VALET_BENCH_CALLS`, `VALET_BENCH_CONCURRENCY` to change the load).
 //!
 //! Valet's path includes a durable audit entry per call (group-committed
-//! fsync), so the state dir's disk is part of what is measured.
+//! fsync), so the state dir's disk is part of what is measured. The last run
+//! (f) installs the production `tracing` subscriber (spans, JSON call lines
+//! to a sink, no exporter) to price telemetry; the other runs have none.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};

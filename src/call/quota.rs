@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use valet_access::Operation;
 use valet_egress::ProxyResponse;
+use valet_egress::retry::retry_after;
 use valet_quota::Verdict;
 
 /// Response metadata for an admitted call, in the shape of the IETF
@@ -134,40 +135,6 @@ pub async fn vendor_pushback(app: &App, call: &ValidCall, answer: &ProxyResponse
     }
 }
 
-/// Parses `Retry-After`: delay-seconds or an HTTP-date. Garbage, negative
-/// numbers and past dates give `None`.
-pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return (secs > 0).then(|| Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    at.duration_since(now).ok().filter(|d| !d.is_zero())
-}
-
 fn ceil_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000) as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_forms() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(retry_after("30", now), Some(Duration::from_secs(30)));
-        assert_eq!(retry_after(" 5 ", now), Some(Duration::from_secs(5)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(90)));
-        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
-        for bad in ["-5", "0", "soon", "", "1.5", earlier.as_str()] {
-            assert_eq!(retry_after(bad, now), None, "{bad:?}");
-        }
-        assert_eq!(
-            retry_after("99999999999", now),
-            Some(Duration::from_secs(99_999_999_999)),
-            "capped by the caller"
-        );
-    }
 }

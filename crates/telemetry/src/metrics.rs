@@ -519,4 +519,65 @@ mod tests {
         assert!(!refused.contains("tenant="), "{refused}");
         assert!(refused.ends_with(" 1"), "{refused}");
     }
+
+    /// Every metric the Grafana dashboard in `deploy/` queries exists.
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let metrics = Metrics::new(&Settings::default()).unwrap();
+        let labels = CallLabels {
+            tenant: Some("acme"),
+            vendor: Some("github"),
+            operation: Some("read"),
+        };
+        metrics.call_finished(labels, "OK", Some(200), Duration::from_millis(1));
+        drop(metrics.call_started());
+        metrics.vendor_attempt("github", Some(200), Duration::from_millis(1));
+        metrics.vendor_retry("github");
+        metrics.vendor_retry_budget_exhausted("github");
+        metrics.quota_refused("acme", "github", "p");
+        metrics.quota_shadow_refused("acme", "github", "p");
+        metrics.replayed("acme", "github");
+        metrics.cache_lookup(CacheLookup::Hit);
+        metrics.secrets_manager_request("GetSecretValue", true, Duration::from_millis(1));
+        metrics.audit_write_failed();
+        metrics.gauge("valet.ready", "ready", || 1);
+        metrics.gauge("valet.quota.fallback_active", "fallback", || 0);
+        metrics.vendor_gauge("valet.vendor.circuit_state", "breaker", || {
+            vec![("github".into(), 0)]
+        });
+        let rendered = metrics.render();
+
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/valet-dashboard.json"
+        );
+        let dashboard = std::fs::read_to_string(path).unwrap();
+        let mut queried: Vec<&str> = dashboard
+            .match_indices("valet_")
+            .map(|(i, _)| {
+                let rest = &dashboard[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .filter(|name| name.len() > "valet_".len())
+            .collect();
+        queried.sort_unstable();
+        queried.dedup();
+        assert!(queried.len() >= 10, "{queried:?}");
+        for name in queried {
+            assert!(
+                // The series, or a histogram's _bucket/_sum/_count.
+                rendered.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| {
+                    let rest = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| rest.strip_prefix(suffix))
+                        .unwrap_or(rest);
+                    rest.starts_with(['{', ' '])
+                })),
+                "the dashboard queries {name}, which Valet does not export:\n{rendered}"
+            );
+        }
+    }
 }

@@ -136,3 +136,31 @@ async fn health_turns_not_serving_when_shutdown_begins() {
         String::from_utf8_lossy(&exited.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_secrets_manager_is_unreachable() {
+    use valet::app::StartOptions;
+    use valet::config::{Config, MasterKeySource, SecretsBackend};
+    let mut moto = valet_testkit::Moto::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.health_probe_interval_ms = 100;
+    config.secrets.backend = SecretsBackend::Aws;
+    config.secrets.region = Some("us-east-1".into());
+    config.secrets.endpoint_url = Some(moto.endpoint());
+    config.secrets.master_key = Some(MasterKeySource::File(keys.path().join("master.key")));
+    let options = StartOptions {
+        aws_static_credentials: Some(("testing".into(), "testing".into())),
+    };
+    let valet = Valet::start_with_options(config, tempfile::tempdir().unwrap(), options).await;
+    let mut watch = watch_root(channel(&valet).await).await;
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+
+    moto.stop();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing as i32);
+    let (status, body) = support::http_get(&format!("http://{}/readyz", valet.ops_addr)).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: secrets manager unavailable\n")
+    );
+}

@@ -83,8 +83,14 @@ pub async fn handle(
     outcome.operation = Some(call.operation.as_str());
     authorize::call(&caller, &call)?;
     outcome.tenant = Some(call.key.tenant.clone());
-    outcome.ratelimit = quota::check(app, &call).await?;
-    let scope = match idempotency::begin(app, &mut call).await? {
+    outcome.ratelimit = within(ctx, "checking the quota", quota::check(app, &call)).await?;
+    let scope = match within(
+        ctx,
+        "claiming the idempotency key",
+        idempotency::begin(app, &mut call),
+    )
+    .await?
+    {
         idempotency::Step::Replay(mut answer) => {
             answer.replayed = true;
             answer.request_id = ctx.request_id.clone();
@@ -126,14 +132,24 @@ async fn exchange(
     sent: &mut bool,
     attempts: &AtomicU32,
 ) -> Result<ProxyResponse, Failure> {
-    let lease = within(ctx, lease::credential(app, caller, call, &ctx.request_id)).await?;
+    let lease = within(
+        ctx,
+        "fetching the credential",
+        lease::credential(app, caller, call, &ctx.request_id),
+    )
+    .await?;
     *sent = true;
     let mut answer = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline, attempts).await?;
     let used = lease.fingerprint().clone();
     drop(lease);
     quota::vendor_pushback(app, call, &answer).await;
     if answer.status == 401 && refresh::changed(app, caller, call, &used, &ctx.request_id).await {
-        let lease = within(ctx, lease::credential(app, caller, call, &ctx.request_id)).await?;
+        let lease = within(
+            ctx,
+            "fetching the credential",
+            lease::credential(app, caller, call, &ctx.request_id),
+        )
+        .await?;
         let retry = forward::send(call, &lease, &app.limits, &app.metrics, ctx.deadline, attempts).await?;
         answer = ProxyResponse {
             attempts: answer.attempts + retry.attempts,
@@ -143,9 +159,14 @@ async fn exchange(
     Ok(answer)
 }
 
-/// Runs `step` within the caller's deadline: a slow credential store must
-/// not keep a caller waiting past it.
-async fn within<T>(ctx: &CallContext, step: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+/// Runs `step` within the caller's deadline: a slow quota backend,
+/// idempotency store or credential store must not keep a caller waiting
+/// past it. `doing` names the step in the error.
+async fn within<T>(
+    ctx: &CallContext,
+    doing: &str,
+    step: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
     let Some(deadline) = ctx.deadline else {
         return step.await;
     };
@@ -153,7 +174,7 @@ async fn within<T>(ctx: &CallContext, step: impl Future<Output = Result<T, Failu
         Err(Failure::new(
             tonic::Code::DeadlineExceeded,
             "DEADLINE_EXCEEDED",
-            "the call's deadline expired while fetching the credential",
+            format!("the call's deadline expired while {doing}"),
         ))
     })
 }

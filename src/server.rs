@@ -58,9 +58,9 @@ impl Listeners {
 /// (`""`) while [`readiness`] holds: it turns NOT_SERVING while a required
 /// backend fails its probe (every `probe_interval`), and for good as
 /// shutdown begins; `drain_delay` later the listeners stop accepting.
-/// In-flight calls then
-/// have `shutdown_grace` to finish; connections still open after it are
-/// closed. The ops listener stays up until the gRPC listeners are done.
+/// In-flight calls then have `shutdown_grace` to finish; connections still
+/// open after it are closed. The ops listener stays up until the gRPC
+/// listeners are done.
 pub async fn serve(
     app: Arc<App>,
     listeners: Listeners,

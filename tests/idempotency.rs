@@ -310,25 +310,7 @@ async fn kill_9_mid_call_leaves_the_outcome_unknown() {
         mock.base_url()
     );
     let first = ValetProcess::spawn(&body).await;
-    first
-        .admin(
-            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-            "idempotency-secret-0004\n",
-        )
-        .await;
-    let create = [
-        "apikey",
-        "create",
-        "--name",
-        "w",
-        "--tenant",
-        "acme",
-        "--vendor",
-        "mock",
-        "--operation",
-        "write",
-    ];
-    let key = first.admin(&create, "").await.trim().to_owned();
+    let key = first.acme_mock_caller("idempotency-secret-0004", "write").await;
 
     let mut gateway = first.gateway().await;
     let call_key = key.clone();

@@ -47,24 +47,7 @@ async fn one_key_reaches_the_vendor_once_across_three_processes() {
     let mut fleet = Vec::new();
     for _ in 0..3 {
         let p = ValetProcess::spawn(&body).await;
-        p.admin(
-            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-            "idem-fleet-secret-001\n",
-        )
-        .await;
-        let create = [
-            "apikey",
-            "create",
-            "--name",
-            "w",
-            "--tenant",
-            "acme",
-            "--vendor",
-            "mock",
-            "--operation",
-            "write",
-        ];
-        let key = p.admin(&create, "").await.trim().to_owned();
+        let key = p.acme_mock_caller("idem-fleet-secret-001", "write").await;
         fleet.push((p, key));
     }
 

@@ -78,30 +78,7 @@ auth = {{ scheme = "bearer" }}
     let mut processes = Vec::new();
     for _ in 0..3 {
         let p = ValetProcess::spawn(&body).await;
-        p.admin(
-            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-            "fleet-quota-secret-0001\n",
-        )
-        .await;
-        let key = p
-            .admin(
-                &[
-                    "apikey",
-                    "create",
-                    "--name",
-                    "load",
-                    "--tenant",
-                    "acme",
-                    "--vendor",
-                    "mock",
-                    "--operation",
-                    "read",
-                ],
-                "",
-            )
-            .await
-            .trim()
-            .to_owned();
+        let key = p.acme_mock_caller("fleet-quota-secret-0001", "read").await;
         processes.push((p, key));
     }
 

@@ -21,31 +21,7 @@ auth = {{ scheme = "bearer" }}
         base = mock.base_url()
     );
     let valet = ValetProcess::spawn(&body).await;
-    valet
-        .admin(
-            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-            "shutdown-secret-000001\n",
-        )
-        .await;
-    let key = valet
-        .admin(
-            &[
-                "apikey",
-                "create",
-                "--name",
-                "slow",
-                "--tenant",
-                "acme",
-                "--vendor",
-                "mock",
-                "--operation",
-                "read",
-            ],
-            "",
-        )
-        .await
-        .trim()
-        .to_owned();
+    let key = valet.acme_mock_caller("shutdown-secret-000001", "read").await;
     (valet, key)
 }
 

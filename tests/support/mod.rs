@@ -434,6 +434,29 @@ impl ValetProcess {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Through the CLI: stores `secret` for tenant `acme` × vendor `mock` and
+    /// creates a key for them allowed `operation`; returns the key.
+    pub async fn acme_mock_caller(&self, secret: &str, operation: &str) -> String {
+        self.admin(
+            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
+            &format!("{secret}\n"),
+        )
+        .await;
+        let create = [
+            "apikey",
+            "create",
+            "--name",
+            "caller",
+            "--tenant",
+            "acme",
+            "--vendor",
+            "mock",
+            "--operation",
+            operation,
+        ];
+        self.admin(&create, "").await.trim().to_owned()
+    }
+
     /// A Gateway client.
     pub async fn gateway(&self) -> GatewayClient<Channel> {
         GatewayClient::connect(self.gateway_url.clone())

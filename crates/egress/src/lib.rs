@@ -436,7 +436,7 @@ impl Vendor {
                 vendor: name,
                 class: forbidden.class,
             }
-        } else if caused_by_tls(err) {
+        } else if find::<rustls::Error>(err).is_some() {
             EgressError::Tls(name)
         } else if err.is_connect() {
             EgressError::Unreachable(name)
@@ -509,26 +509,14 @@ fn breaker_verdict(result: &Result<ProxyResponse, EgressError>) -> Verdict {
     }
 }
 
-/// The first `E` in `err`'s source chain.
+/// The first `E` in `err`'s chain of causes. `io::Error::source` skips the
+/// error it wraps, and hyper-rustls wraps tokio-rustls's `io::Error` in
+/// another, so an `io::Error`'s inner error is stepped into explicitly.
 fn find<'a, E: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(found) = e.downcast_ref::<E>() {
             return Some(found);
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// Whether a rustls error is in the chain. `io::Error::source` skips the
-/// error it wraps, and hyper-rustls wraps tokio-rustls's `io::Error` in
-/// another, so step into an `io::Error`'s inner error explicitly.
-fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.is::<rustls::Error>() {
-            return true;
         }
         current = match e.downcast_ref::<std::io::Error>() {
             Some(io) => io
@@ -537,7 +525,7 @@ fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
             None => e.source(),
         };
     }
-    false
+    None
 }
 
 /// The vendor's headers for the caller: hop-by-hop headers dropped (the

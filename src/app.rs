@@ -269,8 +269,13 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
     let idem = &config.idempotency;
     Ok(match idem.backend {
         QuotaBackend::Local => valet_idempotency::Store::Embedded(
-            valet_idempotency::Embedded::open(&dir.join("idempotency.redb"), now_ms(), idem.lease_ms)
-                .map_err(|e| StartError::State(e.to_string()))?,
+            valet_idempotency::Embedded::open(
+                &dir.join("idempotency.redb"),
+                now_ms(),
+                idem.lease_ms,
+                idem.retention_ms,
+            )
+            .map_err(|e| StartError::State(e.to_string()))?,
         ),
         QuotaBackend::Redis => valet_idempotency::Store::Shared(
             valet_idempotency::Shared::connect(idem.redis_url.as_deref().unwrap_or_default())
@@ -321,12 +326,7 @@ pub fn now_ms() -> u64 {
 
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File, StartError> {
     let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| state_err(&path, e))?;
+    let file = valet_durable::open_private(&path).map_err(|e| state_err(&path, e))?;
     file.try_lock().map_err(|_| {
         StartError::State(format!(
             "state dir {} is in use by another valet process",

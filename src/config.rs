@@ -257,7 +257,9 @@ pub struct IdempotencyConfig {
     /// Redis URL for `backend = "redis"`.
     #[serde(default)]
     pub redis_url: Option<String>,
-    /// How long a key's record (and its sealed response) is kept.
+    /// How long a key's record (and its sealed response) is kept after the
+    /// vendor answers; a record whose outcome is still unsettled is kept this
+    /// long beyond its lease. At least `lease_ms`.
     #[serde(default = "default_retention_ms")]
     pub retention_ms: u64,
     /// How long a call holds its key while talking to the vendor; after a
@@ -546,6 +548,12 @@ impl Config {
                 "idempotency: retention_ms and lease_ms must be greater than 0".into(),
             ));
         }
+        if idem.retention_ms < idem.lease_ms {
+            return Err(invalid(format!(
+                "idempotency.retention_ms ({}) must be at least lease_ms ({}): a record must outlive the call that holds its key",
+                idem.retention_ms, idem.lease_ms
+            )));
+        }
         if q.replicas == 0 {
             return Err(invalid("quota.replicas: must be greater than 0".into()));
         }
@@ -652,7 +660,8 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         let mut vendors = Vec::with_capacity(self.vendors.len());
         for (i, v) in self.vendors.iter().enumerate() {
-            let key = |field: &str| format!("vendors[{i}].{field}");
+            // Errors name the vendor as people know it, and the key's path.
+            let key = |field: &str| format!("vendor '{}': vendors[{i}].{field}", v.name);
             valet_credentials::valid_name(&v.name).map_err(|e| invalid(format!("{}: {e}", key("name"))))?;
             if !seen.insert(v.name.as_str()) {
                 return Err(invalid(format!(
@@ -696,7 +705,7 @@ impl Config {
                 max_concurrent_requests: v.max_concurrent_requests,
                 resolve_to: v.resolve_to.clone(),
             };
-            vendors.push(Vendor::new(spec).map_err(|e| invalid(format!("vendors[{i}].{e}")))?);
+            vendors.push(Vendor::new(spec).map_err(|e| invalid(key(&e.to_string())))?);
         }
         Ok(Registry::new(vendors))
     }
@@ -776,6 +785,14 @@ mod tests {
             (
                 "[[vendors]]\nname = \"a\"\nbase_url = \"http://x\"\nauth = { scheme = \"bearer\" }\n",
                 "vendors[0].base_url",
+            ),
+            (
+                "[[vendors]]\nname = \"stripe\"\nbase_url = \"http://x\"\nauth = { scheme = \"bearer\" }\n",
+                "vendor 'stripe': vendors[0].base_url",
+            ),
+            (
+                "[idempotency]\nretention_ms = 2000\n",
+                "idempotency.retention_ms (2000) must be at least lease_ms (120000)",
             ),
             (
                 "[[vendors]]\nname = \"a b\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\" }\n",

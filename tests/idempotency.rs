@@ -211,7 +211,11 @@ async fn refused_and_unsent_calls_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_survive_a_restart_expire_and_are_sealed() {
     let canary = valet_testkit::canary("idem-body");
-    let (mock, valet, key) = setup(|c| c.idempotency.retention_ms = 1_500).await;
+    let (mock, valet, key) = setup(|c| {
+        c.idempotency.retention_ms = 1_500;
+        c.idempotency.lease_ms = 1_000; // the retention may not be shorter
+    })
+    .await;
     mock.script("/v1/charges", Scripted::status(200).body(canary.clone()));
     valet.call(&key, write("acme", "k-r", "x")).await.unwrap();
     let valet = valet.restart().await;
@@ -373,4 +377,55 @@ async fn offboarding_purges_a_tenants_records() {
     assert_eq!(mock.requests().len(), 3);
     let log = std::fs::read_to_string(valet.audit_log()).unwrap();
     assert!(log.contains("\"event\":\"idempotency_purge\""));
+}
+
+/// A vendor slower than the lease and the retention: the key's record must
+/// outlive them both, so a retry meanwhile is refused — never sent again.
+async fn slow_vendor_never_gets_the_write_twice(tweak: impl FnOnce(&mut Config)) {
+    let (mock, valet, key) = setup(|c| {
+        c.idempotency.lease_ms = 1_000;
+        c.idempotency.retention_ms = 1_000;
+        tweak(c);
+    })
+    .await;
+    mock.script(
+        "/v1/charges",
+        Scripted::status(201).delay(Duration::from_millis(2_500)),
+    );
+    let first = {
+        let (gateway, key) = (valet.gateway().await, key.clone());
+        tokio::spawn(async move {
+            let mut gateway = gateway;
+            gateway.call(authed(write("acme", "order-42", "x"), &key)).await
+        })
+    };
+    mock.wait_until(|requests, _| !requests.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let err = valet
+        .call(&key, write("acme", "order-42", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "IDEMPOTENCY_OUTCOME_UNKNOWN");
+    let answer = first.await.unwrap().unwrap().into_inner();
+    assert_eq!((answer.status, answer.replayed), (201, false));
+    assert_eq!(mock.requests().len(), 1, "the write reached the vendor once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_outlives_its_lease_and_retention_embedded() {
+    slow_vendor_never_gets_the_write_twice(|_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_outlives_its_lease_and_retention_redis() {
+    let redis = valet_testkit::RedisServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let master = keys.path().join("master.key");
+    valet_credentials::MasterKey::load_or_create(&master).unwrap();
+    slow_vendor_never_gets_the_write_twice(|c| {
+        c.idempotency.backend = valet::config::QuotaBackend::Redis;
+        c.idempotency.redis_url = Some(redis.url());
+        c.secrets.master_key = Some(valet::config::MasterKeySource::File(master));
+    })
+    .await;
 }

@@ -136,7 +136,7 @@ pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyRespon
         Err(f) if !sent || NOT_SENT.contains(&f.reason) => store.abandon(&scope).await,
         Err(_) => {
             store
-                .mark_unknown(&scope, now_ms() + config.lease_ms, now_ms())
+                .mark_unknown(&scope, now_ms() + config.lease_ms, now_ms(), config.retention_ms)
                 .await
         }
     };

@@ -10,6 +10,8 @@
 //!   key).
 //! - [`create_private_dir`]: a directory (and parents) with mode 0700, the
 //!   new entries fsync'd into their parents.
+//! - [`open_private`]: open a file for writing, creating it with mode 0600
+//!   (and tightening an existing one), for files another library writes.
 //!
 //! Errors are plain `io::Error`s; callers add which record they concern.
 #![forbid(unsafe_code)]
@@ -51,6 +53,25 @@ pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::remove_file(&tmp)?;
     linked?;
     sync_dir(parent(path))
+}
+
+/// Opens `path` for reading and writing, creating it with mode 0600 if it is
+/// missing and tightening it to 0600 if it is not: for the files Valet hands
+/// to others (the state-dir lock, the idempotency database), which would
+/// otherwise be created with the process umask.
+pub fn open_private(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// Makes a directory's entries (renames, unlinks) durable.

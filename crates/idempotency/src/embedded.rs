@@ -5,7 +5,7 @@
 //! survive `kill -9` between "in flight" and "completed" needs — with no C
 //! library to build (SQLite would bring one).
 
-use crate::{Begin, Record, Scope, State, StoreError, Terms, decide};
+use crate::{Begin, Record, Scope, State, StoreError, Terms, decide, unsettled_expiry_ms};
 use base64::Engine as _;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -32,9 +32,13 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 impl Embedded {
     /// Opens (creating) the database at `path`. Records left `in_flight` by a
     /// process that died become `unknown`: whether their request reached the
-    /// vendor cannot be known.
-    pub fn open(path: &Path, now_ms: u64, lease_ms: u64) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(err)?;
+    /// vendor cannot be known. They are kept for `retention_ms` after their
+    /// new lease.
+    pub fn open(path: &Path, now_ms: u64, lease_ms: u64, retention_ms: u64) -> Result<Self, StoreError> {
+        // redb creates its file with the umask's mode; records are sealed,
+        // but no state file of Valet's is readable by others.
+        let file = valet_durable::open_private(path).map_err(err)?;
+        let db = Database::builder().create_file(file).map_err(err)?;
         let store = Self { db: Arc::new(db) };
         store.write(|table| {
             let mut lost = Vec::new();
@@ -43,9 +47,11 @@ impl Embedded {
                 if let Ok(mut record) = serde_json::from_slice::<Record>(v.value())
                     && matches!(record.state, State::InFlight { .. })
                 {
-                    record.state = State::Unknown {
-                        lease_until_ms: now_ms + lease_ms,
-                    };
+                    let lease_until_ms = now_ms + lease_ms;
+                    record.state = State::Unknown { lease_until_ms };
+                    record.expires_ms = record
+                        .expires_ms
+                        .max(unsettled_expiry_ms(lease_until_ms, retention_ms));
                     lost.push((k.value().to_owned(), record));
                 }
             }
@@ -78,12 +84,11 @@ impl Embedded {
             let existing = get(table, &key)?;
             let decision = decide(existing.as_ref(), fingerprint, terms);
             if decision == Begin::Proceed {
+                let lease_until_ms = terms.now_ms + terms.lease_ms;
                 let record = Record {
                     fingerprint: fingerprint.to_owned(),
-                    state: State::InFlight {
-                        lease_until_ms: terms.now_ms + terms.lease_ms,
-                    },
-                    expires_ms: terms.now_ms + terms.retention_ms,
+                    state: State::InFlight { lease_until_ms },
+                    expires_ms: unsettled_expiry_ms(lease_until_ms, terms.retention_ms),
                 };
                 put(table, &key, &record)?;
             }
@@ -107,9 +112,20 @@ impl Embedded {
         })
     }
 
-    /// The outcome is unknown: refuse retries until `lease_until_ms`.
-    pub fn mark_unknown(&self, scope: &Scope, lease_until_ms: u64) -> Result<(), StoreError> {
-        self.transition(scope, |record| record.state = State::Unknown { lease_until_ms })
+    /// The outcome is unknown: refuse retries until `lease_until_ms`, and
+    /// keep the record a retention beyond it.
+    pub fn mark_unknown(
+        &self,
+        scope: &Scope,
+        lease_until_ms: u64,
+        retention_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.transition(scope, |record| {
+            record.state = State::Unknown { lease_until_ms };
+            record.expires_ms = record
+                .expires_ms
+                .max(unsettled_expiry_ms(lease_until_ms, retention_ms));
+        })
     }
 
     /// The request never reached the vendor: forget the key, so a retry with
@@ -202,7 +218,7 @@ mod tests {
     fn lifecycle_scoping_restart_and_purge() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idem.redb");
-        let store = Embedded::open(&path, 0, 1_000).unwrap();
+        let store = Embedded::open(&path, 0, 1_000, 10_000).unwrap();
         assert_eq!(store.begin(&scope("a"), "f", &terms(0)).unwrap(), Begin::Proceed);
         assert!(matches!(
             store.begin(&scope("a"), "f", &terms(1)).unwrap(),
@@ -219,7 +235,7 @@ mod tests {
 
         // Reopened: completed kept, in-flight (b) now unknown.
         drop(store);
-        let store = Embedded::open(&path, 5, 1_000).unwrap();
+        let store = Embedded::open(&path, 5, 1_000, 10_000).unwrap();
         assert_eq!(
             store.begin(&scope("a"), "f", &terms(6)).unwrap(),
             Begin::Replay(b"sealed".to_vec())

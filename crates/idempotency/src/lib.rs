@@ -114,6 +114,14 @@ pub struct Terms {
     pub vendor_dedupes: bool,
 }
 
+/// When an unsettled record (in flight or unknown) may be purged: never
+/// before its lease ends, and then only after a whole retention more. A
+/// record that expired with the retention alone would let a retry through
+/// while the first call is still talking to a slow vendor — a second write.
+pub fn unsettled_expiry_ms(lease_until_ms: u64, retention_ms: u64) -> u64 {
+    lease_until_ms.saturating_add(retention_ms)
+}
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 #[error("idempotency store: {0}")]

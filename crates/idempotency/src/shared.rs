@@ -1,7 +1,8 @@
 //! Records in Redis, shared by every replica, for fleets.
 //!
 //! Each transition is one Lua script, so concurrent calls on any replica see
-//! one state; records expire with the retention (a Redis TTL). The `begin`
+//! one state; records expire with a Redis TTL: the retention after the
+//! answer, or after the lease for unsettled records ([`crate::unsettled_expiry_ms`]). The `begin`
 //! script is [`crate::decide`] in Lua — it must run inside Redis to be
 //! atomic — and the two are kept in step by the same end-to-end tests.
 
@@ -12,9 +13,11 @@ use std::time::Duration;
 const BEGIN_LUA: &str = r#"
 local now = tonumber(ARGV[2])
 local function claim()
+  -- unsettled_expiry_ms: kept a retention beyond the lease
+  local lease_until = now + tonumber(ARGV[3])
   local rec = {fingerprint = ARGV[1], state = 'in_flight',
-               lease_until_ms = now + tonumber(ARGV[3]), expires_ms = now + tonumber(ARGV[4])}
-  redis.call('SET', KEYS[1], cjson.encode(rec), 'PX', tonumber(ARGV[4]))
+               lease_until_ms = lease_until, expires_ms = lease_until + tonumber(ARGV[4])}
+  redis.call('SET', KEYS[1], cjson.encode(rec), 'PX', rec.expires_ms - now)
   return {'proceed'}
 end
 local raw = redis.call('GET', KEYS[1])
@@ -32,7 +35,7 @@ return {'unknown_final'}
 "#;
 
 /// Completes (ARGV[1] = "completed", sealed, retention) or marks unknown
-/// (ARGV[1] = "unknown", lease_until_ms) an existing record.
+/// (ARGV[1] = "unknown", lease_until_ms, retention) an existing record.
 const SETTLE_LUA: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
@@ -46,6 +49,8 @@ if ARGV[1] == 'completed' then
 else
   rec.state = 'unknown'
   rec.lease_until_ms = tonumber(ARGV[2])
+  -- unsettled_expiry_ms: kept a retention beyond the lease
+  rec.expires_ms = math.max(rec.expires_ms, rec.lease_until_ms + tonumber(ARGV[3]))
 end
 local ttl = rec.expires_ms - now
 if ttl < 1 then ttl = 1 end
@@ -150,10 +155,16 @@ impl Shared {
         scope: &Scope,
         lease_until_ms: u64,
         now_ms: u64,
+        retention_ms: u64,
     ) -> Result<(), StoreError> {
         self.settle(
             scope,
-            &["unknown", &lease_until_ms.to_string(), "0", &now_ms.to_string()],
+            &[
+                "unknown",
+                &lease_until_ms.to_string(),
+                &retention_ms.to_string(),
+                &now_ms.to_string(),
+            ],
         )
         .await
     }

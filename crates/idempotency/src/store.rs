@@ -58,19 +58,25 @@ impl Store {
         }
     }
 
-    /// Marks the outcome unknown until `lease_until_ms`.
+    /// Marks the outcome unknown until `lease_until_ms`; the record is kept
+    /// `retention_ms` beyond that.
     pub async fn mark_unknown(
         &self,
         scope: &Scope,
         lease_until_ms: u64,
         now_ms: u64,
+        retention_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
             Store::Embedded(db) => {
                 let (db, scope) = (db.clone(), scope.clone());
-                blocking(move || db.mark_unknown(&scope, lease_until_ms)).await
+                blocking(move || db.mark_unknown(&scope, lease_until_ms, retention_ms)).await
             }
-            Store::Shared(redis) => redis.mark_unknown(scope, lease_until_ms, now_ms).await,
+            Store::Shared(redis) => {
+                redis
+                    .mark_unknown(scope, lease_until_ms, now_ms, retention_ms)
+                    .await
+            }
         }
     }
 

@@ -88,6 +88,7 @@ impl From<AuthError> for Failure {
     fn from(e: AuthError) -> Self {
         let reason = match e {
             AuthError::Missing => "API_KEY_MISSING",
+            AuthError::Scheme => "AUTH_SCHEME_UNSUPPORTED",
             AuthError::Unknown => "API_KEY_UNKNOWN",
             AuthError::Revoked => "API_KEY_REVOKED",
             AuthError::Expired => "API_KEY_EXPIRED",
@@ -103,6 +104,10 @@ impl From<Denied> for Failure {
             Denied::Vendor => ("VENDOR_NOT_ALLOWED", "this vendor"),
             Denied::Operation => ("OPERATION_NOT_ALLOWED", "this operation"),
             Denied::Admin => ("ADMIN_REQUIRED", "the Admin service"),
+            Denied::AdminKey => (
+                "ADMIN_KEY_ON_GATEWAY",
+                "the Gateway: it is an admin key; create a Gateway key with `valet admin apikey create --tenant …`",
+            ),
             Denied::Permission(valet_access::Permission::QuotaAdmin) => (
                 "PERMISSION_REQUIRED",
                 "quota administration (needs the quota_admin permission)",

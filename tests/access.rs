@@ -39,7 +39,37 @@ async fn unauthenticated_calls_are_refused() {
     req.metadata_mut()
         .insert("authorization", "Basic abc".parse().unwrap());
     let err = gw.call(req).await.unwrap_err();
-    assert_eq!(reason(&err), "API_KEY_MISSING");
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Unauthenticated, "AUTH_SCHEME_UNSUPPORTED")
+    );
+    let mut req = tonic::Request::new(get("acme", "mock", "/x"));
+    req.metadata_mut()
+        .insert("authorization", "vk_no-scheme".parse().unwrap());
+    let err = gw.call(req).await.unwrap_err();
+    assert_eq!(reason(&err), "AUTH_SCHEME_UNSUPPORTED");
+
+    // Two authorization entries: ambiguous, whichever is valid.
+    let key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
+    let mut req = tonic::Request::new(get("acme", "mock", "/x"));
+    for value in [format!("Bearer {key}"), "Bearer vk_other".to_owned()] {
+        req.metadata_mut().append("authorization", value.parse().unwrap());
+    }
+    let err = gw.call(req).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::InvalidArgument, "AUTHORIZATION_AMBIGUOUS")
+    );
+
+    // An admin key on the Gateway is told so, not blamed on the tenant.
+    let err = valet
+        .call(&valet.admin_key, get("acme", "mock", "/x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "ADMIN_KEY_ON_GATEWAY")
+    );
 
     let err = valet
         .call("vk_not-a-real-key", get("acme", "mock", "/x"))

@@ -12,17 +12,27 @@ use valet_access::{AuthError, Caller, KeyStore};
 
 /// Authenticates the bearer key in `metadata`, or else the client
 /// certificate's `identity`.
+/// Two `authorization` entries are refused: which one a proxy or a server
+/// honours differs, so accepting either lets one key pass as another.
 pub fn caller(keys: &KeyStore, metadata: &MetadataMap, identity: Option<&str>) -> Result<Caller, Failure> {
-    let Some(value) = metadata.get("authorization") else {
+    let mut values = metadata.get_all("authorization").iter();
+    let Some(value) = values.next() else {
         return match identity {
             Some(name) => Ok(keys.authenticate_identity(name)?),
             None => Err(AuthError::Missing.into()),
         };
     };
-    let value = value.to_str().map_err(|_| AuthError::Missing)?;
-    let (scheme, key) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    if values.next().is_some() {
+        return Err(Failure::invalid(
+            "authorization",
+            "AUTHORIZATION_AMBIGUOUS",
+            "sent more than once; send exactly one 'authorization: Bearer <api key>'",
+        ));
+    }
+    let value = value.to_str().map_err(|_| AuthError::Scheme)?;
+    let (scheme, key) = value.trim().split_once(' ').ok_or(AuthError::Scheme)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::Missing.into());
+        return Err(AuthError::Scheme.into());
     }
     Ok(keys.authenticate(key.trim())?)
 }

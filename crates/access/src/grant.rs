@@ -68,6 +68,9 @@ pub enum Denied {
     /// The key may not use the Admin service.
     #[error("this API key is not an admin key")]
     Admin,
+    /// An admin key, which has no Gateway grant, was used on the Gateway.
+    #[error("this API key is an admin key, which may not make Gateway calls")]
+    AdminKey,
     /// The key lacks a permission.
     #[error("this API key lacks a permission")]
     Permission(Permission),
@@ -77,6 +80,9 @@ impl Grant {
     /// Whether a gateway call for `tenant`, `vendor`, `op` is allowed.
     pub fn allows(&self, tenant: &str, vendor: &str, op: Operation) -> Result<(), Denied> {
         let matches = |list: &[String], name: &str| list.iter().any(|e| e == ANY || e == name);
+        if self.admin && self.operations.is_empty() {
+            return Err(Denied::AdminKey);
+        }
         if !matches(&self.tenants, tenant) {
             return Err(Denied::Tenant);
         }

@@ -100,9 +100,12 @@ pub type Caller = Arc<ApiKeyRecord>;
 /// the same key, and never echoes the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// No key was presented, or not as `Bearer <key>`.
+    /// No key was presented.
     #[error("missing API key: send metadata 'authorization: Bearer <api key>'")]
     Missing,
+    /// An `authorization` value was sent, but not as `Bearer <key>`.
+    #[error("unsupported authorization: send metadata 'authorization: Bearer <api key>'")]
+    Scheme,
     /// The key is not known.
     #[error("API key not recognised")]
     Unknown,

@@ -4,22 +4,18 @@
 
 use crate::app::App;
 use crate::call::{self, CallContext, Outcome, authenticate};
+use crate::deadline::CallerDeadline;
 use crate::proto::{self, gateway_server::Gateway};
 use crate::status::Failure;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use valet_telemetry::metrics::{CallLabels, InFlight};
 use valet_telemetry::propagation;
-
-/// Margin kept before the caller's deadline, so Valet answers
-/// DEADLINE_EXCEEDED itself instead of the transport cancelling the call.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
 
 /// The Gateway service.
 #[derive(Debug, Clone)]
@@ -46,9 +42,18 @@ impl Gateway for GatewayService {
         request: Request<proto::CallRequest>,
     ) -> Result<Response<proto::CallResponse>, Status> {
         let started = Instant::now();
+        // Read on arrival by the DeadlineLayer; read here if it is absent.
+        let arrival = request
+            .extensions()
+            .get::<CallerDeadline>()
+            .copied()
+            .unwrap_or_else(|| CallerDeadline::read(request.metadata().as_ref(), started));
         let ctx = CallContext {
             request_id: new_request_id(),
-            deadline: deadline(request.metadata(), started),
+            deadline: match arrival {
+                CallerDeadline::At(at) => Some(at),
+                CallerDeadline::None | CallerDeadline::Invalid => None,
+            },
             identity: authenticate::peer_identity(&request),
         };
         let span = server_span(&ctx.request_id);
@@ -62,6 +67,17 @@ impl Gateway for GatewayService {
             _in_flight: self.app.metrics.call_started(),
             done: false,
         };
+        // A malformed deadline is refused before any step runs (a spent one
+        // was answered on arrival by the DeadlineLayer).
+        if arrival == CallerDeadline::Invalid {
+            let failure = Failure::invalid(
+                "grpc-timeout",
+                "DEADLINE_INVALID",
+                "must be 1 to 8 digits and a unit (H, M, S, m, u or n), sent once",
+            );
+            report.finish(failure.reason, failure.code);
+            return Err(failure.into_status(Some(&ctx.request_id)));
+        }
         // Shed load at once rather than queue it without bound.
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
             let failure = Failure::new(
@@ -219,19 +235,19 @@ pub fn new_request_id() -> String {
     format!("req_{}", hex::encode(bytes))
 }
 
-/// The caller's deadline from `grpc-timeout` (`<digits><H|M|S|m|u|n>`).
-fn deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
-    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
+/// Reports a call refused before it reached [`GatewayService::call`] (its
+/// deadline was spent on arrival): the same log line and metrics as any
+/// other refused call.
+pub fn report_refused(app: &App, request_id: &str, failure: &Failure) {
+    let span = server_span(request_id);
+    let mut report = Report {
+        app,
+        span,
+        started: Instant::now(),
+        request_id: request_id.to_owned(),
+        outcome: Outcome::default(),
+        _in_flight: app.metrics.call_started(),
+        done: false,
     };
-    now.checked_add(timeout.saturating_sub(DEADLINE_MARGIN))
+    report.finish(failure.reason, failure.code);
 }

@@ -9,6 +9,7 @@
 //!   log, vendor registry), and first-start bootstrap.
 //! - [`call`]: one call's steps in order — authenticate, validate,
 //!   authorize, lease, forward — each in its own module.
+//! - [`deadline`]: the caller's `grpc-timeout`, read strictly on arrival.
 //! - [`gateway`]: the Gateway gRPC service around [`call`].
 //! - [`admin`]: the Admin gRPC service (credentials, API keys).
 //! - [`status`]: the one mapping from failures to gRPC statuses with stable
@@ -32,6 +33,7 @@ pub mod app;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod gateway;
 pub mod ops;
 pub mod proto;

@@ -128,6 +128,8 @@ pub async fn serve(
     }));
 
     let gateway = builder()?
+        // The caller's deadline is read once, on arrival (see `deadline`).
+        .layer(crate::deadline::DeadlineLayer::new(app.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(gateway)

@@ -71,8 +71,23 @@ async fn state_files_are_private_and_credentials_sealed() {
         "apikeys.json",
         "audit.log",
         "credentials/acme/mock.json",
+        "idempotency.redb",
+        "lock",
     ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    // Not only the files named above: everything Valet created.
+    let mut pending = vec![dir.clone()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                pending.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
     }
     assert_eq!(leak::files_containing(&dir, &canary), vec![]);
     let sealed = std::fs::read_to_string(dir.join("credentials/acme/mock.json")).unwrap();

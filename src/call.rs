@@ -4,17 +4,16 @@
 //! 2. [`validate`]: is the request well-formed and safe (vendor known, path
 //!    relative and normalised, headers allowed, sizes bounded, reason given).
 //! 3. [`authorize`]: may this key act for this tenant, vendor and operation.
-//!    Then [`quota`]: is the tenant within its quota (and not paused by the
-//!    vendor's push-back).
+//!    Then [`idempotency`]: claim the call's key, or replay the vendor's
+//!    earlier answer to it. Then [`quota`]: is the tenant within its quota
+//!    (and not paused by the vendor's push-back) — after the claim, so a
+//!    replay is never counted or refused.
 //! 4. [`lease`]: audit the access, then decrypt the credential into a
 //!    zeroizing lease for this call only.
 //! 5. [`forward`]: send to the vendor's origin only, inject, never follow
 //!    redirects, bound by deadline and size, scrub the answer.
 //! 6. [`refresh`]: on a vendor 401, check the store for a credential rotated
 //!    elsewhere; if there is one, lease it and retry once.
-//!
-//!    Then [`idempotency`]: claim the call's key, or replay the vendor's
-//!    earlier answer to it.
 
 pub mod authenticate;
 pub mod authorize;
@@ -83,7 +82,6 @@ pub async fn handle(
     outcome.operation = Some(call.operation.as_str());
     authorize::call(&caller, &call)?;
     outcome.tenant = Some(call.key.tenant.clone());
-    outcome.ratelimit = within(ctx, "checking the quota", quota::check(app, &call)).await?;
     let scope = match within(
         ctx,
         "claiming the idempotency key",
@@ -100,6 +98,15 @@ pub async fn handle(
             return Ok(answer);
         }
         idempotency::Step::Proceed(scope) => scope,
+    };
+    // The quota after the claim: a replay costs the vendor nothing, so it is
+    // neither counted nor refused. A refused call frees its key.
+    outcome.ratelimit = match within(ctx, "checking the quota", quota::check(app, &call)).await {
+        Ok(headers) => headers,
+        Err(refused) => {
+            idempotency::release(app, scope).await;
+            return Err(refused);
+        }
     };
     let mut sent = false;
     let attempts = AtomicU32::new(0);

@@ -73,6 +73,16 @@ async fn one_key_reaches_the_vendor_once_under_100_concurrent_calls() {
                     (e.code(), reason(&e).as_str()),
                     (Code::Aborted, "IDEMPOTENCY_IN_FLIGHT")
                 );
+                // A short, honest hint — not the whole lease (120 s).
+                let after: u64 = e
+                    .metadata()
+                    .get("retry-after")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(after <= 500, "retry-after {after} ms");
                 in_flight += 1;
             }
         }
@@ -428,4 +438,31 @@ async fn a_record_outlives_its_lease_and_retention_redis() {
         c.secrets.master_key = Some(valet::config::MasterKeySource::File(master));
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_neither_counted_nor_refused_by_the_quota() {
+    let (mock, valet, key) = setup(|c| {
+        c.quota.policies = vec![valet_quota::Policy {
+            tenant: "acme".into(),
+            vendor: "mock".into(),
+            operation: valet_quota::OperationMatch::Any,
+            rate: 1,
+            period: valet_quota::Period::Hour,
+            burst: 1,
+            mode: valet_quota::Mode::Enforce,
+            aggregate: false,
+        }];
+    })
+    .await;
+    let first = valet.call(&key, write("acme", "k-q", "x")).await.unwrap();
+    assert!(!first.replayed);
+    // The quota is spent, but the stored answer costs the vendor nothing.
+    for _ in 0..3 {
+        let again = valet.call(&key, write("acme", "k-q", "x")).await.unwrap();
+        assert!(again.replayed);
+    }
+    let err = valet.call(&key, write("acme", "k-other", "x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    assert_eq!(mock.requests().len(), 1);
 }

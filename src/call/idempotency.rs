@@ -1,5 +1,6 @@
-//! Step 3c: idempotency keys — a write reaches the vendor at most once per
-//! key. After quota (a refused call stores nothing), before the lease.
+//! Step 3b: idempotency keys — a write reaches the vendor at most once per
+//! key. Before the quota (a replay is never counted or refused; a call the
+//! quota refuses frees its key), before the lease.
 
 use super::validate::ValidCall;
 use crate::app::{App, now_ms};
@@ -15,6 +16,11 @@ use valet_idempotency::{Begin, Scope, Terms};
 
 /// Purge expired records every this many keyed calls.
 const PURGE_EVERY: u64 = 4096;
+
+/// The retry-after hint while another call holds the key. Not the lease
+/// left (up to minutes): most calls end in well under a second, and a retry
+/// then gets the replay.
+const IN_FLIGHT_RETRY_HINT: Duration = Duration::from_millis(500);
 
 /// Reasons of failures that prove the request never reached the vendor.
 const NOT_SENT: &[&str] = &[
@@ -76,11 +82,11 @@ pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
     match decision {
         Begin::Proceed => Ok(Step::Proceed(Some(scope))),
         Begin::Replay(sealed) => replay(app, &scope, &sealed).map(Step::Replay),
-        Begin::InFlight(after) => retry(
+        Begin::InFlight(lease_left) => retry(
             Code::Aborted,
             "IDEMPOTENCY_IN_FLIGHT",
-            "a call with this idempotency key is in flight; retry after it finishes".into(),
-            Some(after),
+            "a call with this idempotency key is in flight; retry shortly to get its answer".into(),
+            Some(lease_left.min(IN_FLIGHT_RETRY_HINT)),
         ),
         Begin::Reused => retry(
             Code::FailedPrecondition,
@@ -100,6 +106,15 @@ pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
             "an earlier call with this key may or may not have reached the vendor, and the vendor does not dedupe by key: check with the vendor, then use a new key".into(),
             None,
         ),
+    }
+}
+
+/// Frees the call's key: nothing was sent (the quota refused the call), so
+/// a retry with the key proceeds as a first call.
+pub async fn release(app: &App, scope: Option<Scope>) {
+    let Some(scope) = scope else { return };
+    if let Err(e) = app.idempotency.abandon(&scope).await {
+        tracing::error!(error = %e, "cannot free an idempotency key");
     }
 }
 

@@ -1,5 +1,5 @@
-//! Step 3b: the tenant's quota, between authorization and the credential
-//! lease; and, after the vendor answered, its push-back.
+//! Step 3c: the tenant's quota, after the idempotency claim and before the
+//! credential lease; and, after the vendor answered, its push-back.
 
 use super::validate::ValidCall;
 use crate::app::App;

@@ -435,6 +435,10 @@ impl Tenants {
         let TenantLabels::Capped(max) = self.bound else {
             return None;
         };
+        // "No tenant yet" is not a tenant: it never takes a place under the cap.
+        if tenant == UNKNOWN {
+            return Some(UNKNOWN.to_owned());
+        }
         if self.seen.read().expect("lock").contains(tenant) {
             return Some(tenant.to_owned());
         }
@@ -504,6 +508,32 @@ mod tests {
             "{text}"
         );
         assert!(line(&text, "valet_call_duration_seconds_bucket{").is_some());
+    }
+
+    #[test]
+    fn no_tenant_is_never_capped() {
+        let settings = Settings {
+            max_tenant_labels: 1,
+            ..Settings::default()
+        };
+        let metrics = Metrics::new(&settings).unwrap();
+        for tenant in [None, Some("acme"), None] {
+            let labels = CallLabels {
+                tenant,
+                vendor: None,
+                operation: None,
+            };
+            metrics.call_finished(labels, "OK", None, Duration::from_millis(1));
+        }
+        let text = metrics.render();
+        let calls = |tenant: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("valet_calls_total{") && l.contains(&format!("tenant=\"{tenant}\""))
+                })
+                .count()
+        };
+        assert_eq!((calls("-"), calls("acme"), calls("_other")), (1, 1, 0), "{text}");
     }
 
     #[test]

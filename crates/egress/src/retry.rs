@@ -9,13 +9,14 @@
 //! `max_retry_after_ms`, or any wait that would end past the caller's
 //! deadline, ends the retries: the caller gets the vendor's answer.
 //!
-//! A retry budget per vendor (tower's [`TpsBudget`]) bounds retries to a
-//! share of recent first attempts, so a vendor's brown-out cannot multiply
-//! the traffic sent to it.
+//! A retry budget per vendor ([`RetryBudget`]) bounds retries to a share of
+//! recent first attempts plus a small floor, over a one-second window, so a
+//! vendor's brown-out cannot multiply the traffic sent to it and a reader of
+//! the config can compute the worst case.
 
 use serde::Deserialize;
-use std::time::{Duration, SystemTime};
-use tower::retry::budget::{Budget as _, TpsBudget};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 /// A vendor's retry settings (`[vendors.retry]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -31,9 +32,10 @@ pub struct RetryPolicy {
     pub on_status: Vec<u16>,
     /// A `Retry-After` longer than this is not waited for.
     pub max_retry_after_ms: u64,
-    /// Retries allowed, as a percentage of recent first attempts.
+    /// Retries allowed, as a percentage of the first attempts in the last
+    /// second.
     pub budget_percent: f32,
-    /// Retries allowed per second whatever the traffic.
+    /// Retries allowed in any second whatever the traffic.
     pub budget_min_per_sec: u32,
 }
 
@@ -112,26 +114,89 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     at.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
-/// The per-vendor retry budget.
-pub(crate) struct RetryBudget(TpsBudget);
+/// The per-vendor retry budget: in any one-second window, retries are at
+/// most `budget_percent` % of the first attempts in it plus
+/// `budget_min_per_sec`. So N calls to a vendor that fails every attempt
+/// cost at most N × (1 + percent/100) + min_per_sec × (seconds spanned + 1)
+/// requests. (tower's `TpsBudget`, used before, keeps ten seconds of the
+/// floor in reserve: 100 failing calls made 220 requests.)
+///
+/// The window slides: the previous second's counts weigh by how much of it
+/// the window still covers.
+pub(crate) struct RetryBudget {
+    percent: f64,
+    floor: f64,
+    window: Mutex<Window>,
+}
+
+/// Counts for the current second and the one before it.
+struct Window {
+    /// Start of the current second.
+    since: Instant,
+    firsts: [u64; 2],
+    retries: [u64; 2],
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+impl Window {
+    /// Rolls forward to `now`; returns the weight of the previous second.
+    fn roll(&mut self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= 2 * SECOND {
+            *self = Window {
+                since: now,
+                firsts: [0; 2],
+                retries: [0; 2],
+            };
+        } else if elapsed >= SECOND {
+            self.since += SECOND;
+            self.firsts = [0, self.firsts[0]];
+            self.retries = [0, self.retries[0]];
+        }
+        let into = now.saturating_duration_since(self.since).as_secs_f64();
+        (1.0 - into).max(0.0)
+    }
+}
 
 impl RetryBudget {
     pub(crate) fn new(policy: &RetryPolicy) -> Self {
-        Self(TpsBudget::new(
-            Duration::from_secs(10),
-            policy.budget_min_per_sec,
-            policy.budget_percent / 100.0,
-        ))
+        Self {
+            percent: f64::from(policy.budget_percent) / 100.0,
+            floor: f64::from(policy.budget_min_per_sec),
+            window: Mutex::new(Window {
+                since: Instant::now(),
+                firsts: [0; 2],
+                retries: [0; 2],
+            }),
+        }
     }
 
     /// Counts a first attempt.
     pub(crate) fn deposit(&self) {
-        self.0.deposit();
+        self.deposit_at(Instant::now());
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub(crate) fn withdraw(&self) -> bool {
-        self.0.withdraw()
+        self.withdraw_at(Instant::now())
+    }
+
+    fn deposit_at(&self, now: Instant) {
+        let mut w = self.window.lock().expect("lock");
+        w.roll(now);
+        w.firsts[0] += 1;
+    }
+
+    fn withdraw_at(&self, now: Instant) -> bool {
+        let mut w = self.window.lock().expect("lock");
+        let prev = w.roll(now);
+        let count = |c: [u64; 2]| c[0] as f64 + c[1] as f64 * prev;
+        if count(w.retries) + 1.0 > self.percent * count(w.firsts) + self.floor {
+            return false;
+        }
+        w.retries[0] += 1;
+        true
     }
 }
 
@@ -202,5 +267,28 @@ mod tests {
         }
         let granted = (0..100).filter(|_| budget.withdraw()).count();
         assert!((20..=35).contains(&granted), "{granted} retries for 100 calls");
+    }
+
+    /// The worst case the README states: with the defaults (20 %, 10/s),
+    /// 100 calls to a vendor that always fails get at most 20 + 10 retries.
+    #[test]
+    fn a_brown_out_gets_percent_plus_floor_per_second() {
+        let budget = RetryBudget::new(&RetryPolicy::default());
+        let start = Instant::now();
+        let burst = |now: Instant| {
+            for _ in 0..100 {
+                budget.deposit_at(now);
+            }
+            (0..300).filter(|_| budget.withdraw_at(now)).count()
+        };
+        assert_eq!(burst(start), 30);
+        // Two seconds later the window has moved on: the same again.
+        let later = start + Duration::from_secs(2);
+        assert_eq!(burst(later), 30);
+        // Half a second into the next second, half of that burst still
+        // counts: 50 first attempts and 30 retries → 10 + 10 − 15 = 5 more.
+        let next = later + Duration::from_millis(1_500);
+        let more = (0..300).filter(|_| budget.withdraw_at(next)).count();
+        assert_eq!(more, 5);
     }
 }

@@ -144,6 +144,7 @@ impl AdminService {
         // One attempt: a verify answer must come from this credential now.
         let exchange = valet_egress::Exchange {
             limits: &self.app.limits,
+            answers: &self.app.answers,
             deadline: None,
             repeatable: false,
             metrics: &self.app.metrics,

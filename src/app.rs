@@ -47,6 +47,8 @@ pub struct App {
     pub audit: AuditLog,
     /// Size limits.
     pub limits: Limits,
+    /// Room for the vendor answers all calls hold at once.
+    pub answers: valet_egress::AnswerBudget,
     /// Quota policies and their enforcement.
     pub quotas: Arc<Quotas>,
     /// Longest pause a vendor's 429 may impose.
@@ -153,6 +155,7 @@ impl App {
             registry,
             audit,
             limits,
+            answers: valet_egress::AnswerBudget::new(config.limits.max_buffered_response_bytes),
             quotas,
             max_pushback: Duration::from_millis(config.quota.max_pushback_ms),
             idempotency,

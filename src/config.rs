@@ -361,6 +361,11 @@ pub struct LimitsConfig {
     /// Largest total size of a caller's header names and values, bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Most vendor answer bytes held in memory by all calls together; an
+    /// answer that finds no room within 250 ms fails with RESOURCE_EXHAUSTED
+    /// `RESPONSE_BUFFER_EXHAUSTED`. At least `max_response_body_bytes`.
+    #[serde(default = "default_max_buffered_response")]
+    pub max_buffered_response_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -370,8 +375,13 @@ impl Default for LimitsConfig {
             max_response_body_bytes: default_max_response_body(),
             max_header_count: default_max_header_count(),
             max_header_bytes: default_max_header_bytes(),
+            max_buffered_response_bytes: default_max_buffered_response(),
         }
     }
+}
+
+fn default_max_buffered_response() -> usize {
+    256 << 20
 }
 
 fn default_max_request_body() -> usize {
@@ -646,6 +656,12 @@ impl Config {
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(format!("{key}: must be greater than 0")));
+        }
+        if l.max_buffered_response_bytes < l.max_response_body_bytes {
+            return Err(invalid(format!(
+                "limits.max_buffered_response_bytes ({}) must be at least max_response_body_bytes ({}), or no answer of the largest size could ever be read",
+                l.max_buffered_response_bytes, l.max_response_body_bytes
+            )));
         }
         Ok(Limits {
             max_request_body_bytes: l.max_request_body_bytes,

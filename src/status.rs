@@ -234,7 +234,9 @@ impl From<EgressError> for Failure {
     fn from(e: EgressError) -> Self {
         let code = match &e {
             EgressError::VendorTimeout { .. } | EgressError::Deadline(_) => Code::DeadlineExceeded,
-            EgressError::ResponseTooLarge { .. } | EgressError::Overloaded(_) => Code::ResourceExhausted,
+            EgressError::ResponseTooLarge { .. }
+            | EgressError::Overloaded(_)
+            | EgressError::AnswersOverBudget(_) => Code::ResourceExhausted,
             EgressError::OriginMismatch(_) => Code::InvalidArgument,
             EgressError::AddressForbidden { .. } => Code::FailedPrecondition,
             EgressError::Unreachable(_)
@@ -245,7 +247,9 @@ impl From<EgressError> for Failure {
         };
         let retry_after = match &e {
             EgressError::CircuitOpen { retry_after, .. } => Some(*retry_after),
-            EgressError::Overloaded(_) => Some(std::time::Duration::from_secs(1)),
+            EgressError::Overloaded(_) | EgressError::AnswersOverBudget(_) => {
+                Some(std::time::Duration::from_secs(1))
+            }
             _ => None,
         };
         let failure = Self::new(code, e.reason(), e.to_string());

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU32;
 use tokio::time::Instant;
 use valet_access::Operation;
 use valet_credentials::Lease;
-use valet_egress::{Exchange, Limits, ProxyResponse};
+use valet_egress::{AnswerBudget, Exchange, Limits, ProxyResponse};
 use valet_telemetry::Metrics;
 
 /// Sends the call with the leased credential. It may be retried only when
@@ -16,12 +16,14 @@ pub async fn send(
     call: &ValidCall,
     lease: &Lease,
     limits: &Limits,
+    answers: &AnswerBudget,
     metrics: &Metrics,
     deadline: Option<Instant>,
     attempts: &AtomicU32,
 ) -> Result<ProxyResponse, Failure> {
     let exchange = Exchange {
         limits,
+        answers,
         deadline,
         repeatable: repeatable(call),
         metrics,

@@ -13,6 +13,8 @@
 //! - [`retry`]: which failed attempts are tried again, backoff with full
 //!   jitter, `Retry-After`, and the per-vendor retry budget.
 //! - [`breaker`]: the per-vendor circuit breaker.
+//! - [`answers`]: [`AnswerBudget`], one memory bound for every vendor answer
+//!   buffered at once.
 //! - [`resolve`]: SSRF and DNS defences — the resolver that refuses
 //!   loopback, private, link-local and similar addresses.
 //! - this file: [`Registry`] of vendors and [`Vendor::send`]: a slot in the
@@ -22,6 +24,7 @@
 //!   bound time and size, scrub.
 #![forbid(unsafe_code)]
 
+pub mod answers;
 pub mod breaker;
 pub mod path;
 pub mod request;
@@ -30,6 +33,7 @@ pub mod retry;
 pub mod scrub;
 pub mod vendor;
 
+pub use answers::{AnswerBudget, Reservation};
 pub use breaker::{BreakerPolicy, BreakerState};
 pub use path::{PathError, RelativePath};
 pub use request::{Limits, RequestError};
@@ -41,7 +45,7 @@ use breaker::Verdict;
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use retry::RetryAfter;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,7 +102,7 @@ pub struct ProxyRequest {
 }
 
 /// The vendor's answer, scrubbed.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProxyResponse {
     /// HTTP status.
     pub status: u16,
@@ -108,6 +112,8 @@ pub struct ProxyResponse {
     pub body: Bytes,
     /// Requests sent to the vendor.
     pub attempts: u32,
+    /// The body's room in the [`AnswerBudget`], given back when dropped.
+    pub held: Reservation,
 }
 
 /// Why the vendor call failed. Messages name the vendor, never its address
@@ -168,6 +174,11 @@ pub enum EgressError {
     /// Too many requests to this vendor are in flight.
     #[error("too many calls to vendor {0} are in flight; retry shortly")]
     Overloaded(String),
+    /// The answers buffered by all calls already fill the memory budget.
+    #[error(
+        "vendor {0}'s answer could not be buffered: answers in memory fill limits.max_buffered_response_bytes; retry shortly"
+    )]
+    AnswersOverBudget(String),
 }
 
 impl EgressError {
@@ -185,6 +196,7 @@ impl EgressError {
             EgressError::CircuitOpen { .. } => "VENDOR_CIRCUIT_OPEN",
             EgressError::AddressForbidden { .. } => "VENDOR_ADDRESS_FORBIDDEN",
             EgressError::Overloaded(_) => "VENDOR_OVERLOADED",
+            EgressError::AnswersOverBudget(_) => "RESPONSE_BUFFER_EXHAUSTED",
         }
     }
 }
@@ -194,6 +206,8 @@ impl EgressError {
 pub struct Exchange<'a> {
     /// Size limits.
     pub limits: &'a Limits,
+    /// Room for buffered answers, shared by every call.
+    pub answers: &'a AnswerBudget,
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
     /// Whether the request may be sent more than once: a READ, or a WRITE
@@ -333,7 +347,7 @@ impl Vendor {
         secret: &Secret,
         x: &Exchange<'_>,
     ) -> Result<ProxyResponse, EgressError> {
-        let (limits, deadline) = (x.limits, x.deadline);
+        let deadline = x.deadline;
         let name = || self.name().to_owned();
         let url = self.url(&req.path, req.query.as_deref(), secret);
         let uri: Uri = url.parse().map_err(|_| EgressError::OriginMismatch(name()))?;
@@ -371,21 +385,8 @@ impl Vendor {
             if encoded(&parts.headers) {
                 return Err(EgressError::ResponseEncoded(name()));
             }
-            let body = Limited::new(body, limits.max_response_body_bytes)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                        EgressError::ResponseTooLarge {
-                            vendor: name(),
-                            limit: limits.max_response_body_bytes,
-                        }
-                    } else {
-                        EgressError::Protocol(name())
-                    }
-                })?
-                .to_bytes();
-            Ok((parts, body))
+            let (body, held) = self.read_body(body, x).await?;
+            Ok((parts, body, held))
         };
         let timed = async {
             match tokio::time::timeout(limit, exchange).await {
@@ -397,7 +398,7 @@ impl Vendor {
                 }),
             }
         };
-        let (parts, body) = match timed.instrument(span.clone()).await {
+        let (parts, body, held) = match timed.instrument(span.clone()).await {
             Ok(answer) => {
                 let status = answer.0.status.as_u16();
                 span.record("http.response.status_code", i64::from(status));
@@ -426,7 +427,36 @@ impl Vendor {
             headers: response_headers(&parts.headers, &scrubber, new_len),
             body,
             attempts: 1,
+            held,
         })
+    }
+
+    /// Reads the answer's body whole, within `max_response_body_bytes` and
+    /// with room taken from the [`AnswerBudget`] as its bytes arrive.
+    async fn read_body(
+        &self,
+        mut body: hyper::body::Incoming,
+        x: &Exchange<'_>,
+    ) -> Result<(Bytes, Reservation), EgressError> {
+        let limit = x.limits.max_response_body_bytes;
+        let mut held = Reservation::default();
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| EgressError::Protocol(self.name().to_owned()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if buf.len() + data.len() > limit {
+                return Err(EgressError::ResponseTooLarge {
+                    vendor: self.name().to_owned(),
+                    limit,
+                });
+            }
+            x.answers
+                .reserve(&mut held, data.len())
+                .await
+                .map_err(|_| EgressError::AnswersOverBudget(self.name().to_owned()))?;
+            buf.extend_from_slice(&data);
+        }
+        Ok((buf.freeze(), held))
     }
 
     fn classify(&self, err: &hyper_util::client::legacy::Error) -> EgressError {

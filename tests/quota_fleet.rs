@@ -5,7 +5,9 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{Valet, ValetProcess, authed, bearer, get, reason, vendor};
+use support::{Valet, ValetProcess, authed, bearer, get, http_get, reason, sample, vendor};
+use tonic::Code;
+use tonic_types::StatusExt as _;
 use valet::config::{Config, QuotaBackend};
 use valet::proto::{
     GetQuotaUsageRequest, ListQuotaPoliciesRequest, Operation, PutQuotaPolicyRequest, QuotaPolicy, RatePeriod,
@@ -215,8 +217,61 @@ async fn with_redis_down_deny_refuses_and_allow_admits() {
     let (allow, allow_key) = replica(allow).await;
 
     redis.stop();
+    // Deny refuses, but says why: the backend, not the tenant's usage.
     let err = deny.call(&deny_key, get("acme", "mock", "/x")).await.unwrap_err();
-    assert_eq!(reason(&err), "QUOTA_EXCEEDED", "deny refuses while Redis is down");
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Unavailable, "QUOTA_BACKEND_UNAVAILABLE"),
+        "deny refuses while Redis is down: {err:?}"
+    );
+    let details = err.get_error_details();
+    assert!(
+        details.error_info().unwrap().metadata.get("policy").is_none(),
+        "no tenant policy is blamed"
+    );
+    assert!(!err.message().contains("over quota"), "{}", err.message());
+    let retry = details.retry_info().and_then(|r| r.retry_delay).unwrap();
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(2),
+        "{retry:?}"
+    );
+    assert!(err.metadata().get("retry-after").is_some());
+    let err = deny.call(&deny_key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_BACKEND_UNAVAILABLE");
+    assert!(mock.requests().is_empty(), "nothing reached the vendor");
+    let (_, metrics) = http_get(&format!("http://{}/metrics", deny.ops_addr)).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "valet_quota_backend_unavailable_total",
+            &[("vendor", "mock")]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "valet_quota_refusals_total", &[]),
+        0.0,
+        "not counted as a policy refusal: {metrics}"
+    );
+    // GetQuotaUsage still answers (from what this replica last saw).
+    let usage = deny
+        .admin()
+        .await
+        .get_quota_usage(authed(
+            GetQuotaUsageRequest {
+                tenant: "acme".into(),
+                vendor: "mock".into(),
+                operation: "read".into(),
+            },
+            &deny.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage;
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].policy_id, "*/mock/*");
     for _ in 0..3 {
         allow
             .call(&allow_key, get("acme", "mock", "/x"))

@@ -28,6 +28,10 @@ pub struct Decision {
     /// Refused because the vendor asked us to back off (a 429), not by the
     /// policy; nothing was counted.
     pub paused: bool,
+    /// Refused because the shared backend cannot answer and
+    /// `on_backend_error = "deny"`: nothing was counted, and the tenant's
+    /// usage had nothing to do with it.
+    pub unavailable: bool,
 }
 
 /// Why the shared backend could not answer.
@@ -158,6 +162,7 @@ where
                     reset: t * (policy.burst - remaining.min(policy.burst)),
                     retry_after: Duration::ZERO,
                     paused: false,
+                    unavailable: false,
                 }
             }
             Err(not_until) => {
@@ -168,6 +173,7 @@ where
                     reset: wait + t * policy.burst.saturating_sub(1),
                     retry_after: wait,
                     paused: false,
+                    unavailable: false,
                 }
             }
         }
@@ -197,6 +203,7 @@ fn paused(left: Duration) -> Decision {
         reset: left,
         retry_after: left,
         paused: true,
+        unavailable: false,
     }
 }
 
@@ -364,6 +371,15 @@ impl Shared {
         }
     }
 
+    /// Until Redis is tried again after a failure (at least 1 ms).
+    fn retry_redis_in(&self) -> Duration {
+        let down = *self.down_until.lock().expect("lock");
+        down.map_or(RETRY_REDIS_AFTER, |until| {
+            until.saturating_duration_since(Instant::now())
+        })
+        .max(Duration::from_millis(1))
+    }
+
     fn failed(&self, err: &redis::RedisError) {
         let mut down = self.down_until.lock().expect("lock");
         if down.is_none() {
@@ -394,6 +410,7 @@ impl Shared {
             reset: us(2),
             retry_after: us(3),
             paused: answer.get(4) == Some(&1),
+            unavailable: false,
         })
     }
 
@@ -405,14 +422,21 @@ impl Shared {
                 reset: Duration::ZERO,
                 retry_after: Duration::ZERO,
                 paused: false,
+                unavailable: false,
             },
-            OnBackendError::Deny => Decision {
-                allowed: false,
-                remaining: 0,
-                reset: RETRY_REDIS_AFTER,
-                retry_after: RETRY_REDIS_AFTER,
-                paused: false,
-            },
+            OnBackendError::Deny => {
+                // Until Redis is tried again; a retry before then meets the
+                // same refusal.
+                let wait = self.retry_redis_in();
+                Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset: wait,
+                    retry_after: wait,
+                    paused: false,
+                    unavailable: true,
+                }
+            }
             OnBackendError::Local => {
                 let share = Policy {
                     rate: (policy.rate / self.replicas).max(1),
@@ -472,6 +496,7 @@ impl Limiter for Shared {
                 reset: Duration::from_micros(answer.get(1).copied().unwrap_or(0).max(0) as u64),
                 retry_after: Duration::ZERO,
                 paused: false,
+                unavailable: false,
             })
         })
     }

@@ -35,6 +35,10 @@ pub enum Verdict {
         /// Ids of shadow policies the call went over.
         shadow: Vec<String>,
     },
+    /// Refused because the shared backend cannot answer and
+    /// `on_backend_error = "deny"` — the backend's state, not the tenant's
+    /// usage; nothing was counted.
+    Unavailable(BackendUnavailable),
     /// Refused by an enforced policy, or paused by a vendor's 429.
     Refused {
         /// The refusing policy's id, or `vendor-pushback`.
@@ -42,6 +46,14 @@ pub enum Verdict {
         /// When a call may succeed again.
         retry_after: Duration,
     },
+}
+
+/// The shared quota backend could not answer a check, and the configured
+/// fallback refuses calls it cannot count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendUnavailable {
+    /// When the backend is tried again.
+    pub retry_after: Duration,
 }
 
 /// Why a policy change failed.
@@ -342,6 +354,15 @@ impl Quotas {
             };
             if decision.paused {
                 return pushback(decision.retry_after);
+            }
+            if decision.unavailable {
+                if policy.mode == Mode::Enforce {
+                    return Verdict::Unavailable(BackendUnavailable {
+                        retry_after: decision.retry_after,
+                    });
+                }
+                // A shadow policy refuses nothing, and nothing was counted.
+                continue;
             }
             self.remember(policy.bucket(tenant), decision);
             if !decision.allowed {

@@ -322,3 +322,88 @@ async fn redis_down_falls_back_to_local_and_recovers() {
     }
     assert!(recovered, "Valet did not return to Redis");
 }
+
+/// In Redis too, changing a policy carries each bucket's TAT over: a
+/// tighter burst hands out no fresh burst, and a slower rate repays what was
+/// used at the new rate instead of letting the old TAT fit a wider window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tightening_a_policy_in_redis_keeps_the_bucket_state() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let (valet, _) = replica(config(&mock, &redis, vec![], 1)).await;
+    valet
+        .put_credential("globex", "mock", "fleet-quota-secret-0001")
+        .await;
+    let key = valet
+        .api_key(&["acme", "globex"], &["mock"], &[Operation::Read])
+        .await;
+    let mut admin = valet.admin().await;
+    let put = |p: QuotaPolicy| authed(PutQuotaPolicyRequest { policy: Some(p) }, &valet.admin_key);
+    let wire = |tenant: &str, rate: u32, period: RatePeriod, burst: u32| QuotaPolicy {
+        tenant: tenant.into(),
+        vendor: "mock".into(),
+        operation: "*".into(),
+        rate,
+        period: period as i32,
+        burst,
+        ..Default::default()
+    };
+    let outcomes = |tenant: &'static str, n: usize| {
+        let (valet, key) = (&valet, &key);
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(match valet.call(key, get(tenant, "mock", "/x")).await {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => reason(&e),
+                });
+            }
+            out
+        }
+    };
+
+    // The case: 1/h burst 5, six calls, then burst 3.
+    admin
+        .put_quota_policy(put(wire("acme", 1, RatePeriod::Hour, 5)))
+        .await
+        .unwrap();
+    let used = outcomes("acme", 6).await;
+    assert_eq!(used.iter().filter(|o| *o == "ok").count(), 5, "{used:?}");
+    admin
+        .put_quota_policy(put(wire("acme", 1, RatePeriod::Hour, 3)))
+        .await
+        .unwrap();
+    assert_eq!(outcomes("acme", 3).await, ["QUOTA_EXCEEDED"; 3]);
+
+    // A slower rate: 1/s burst 3, all used, then 1/h burst 3. Kept as is,
+    // the TAT (3 s ahead) would fit the new 2 h tolerance and admit again.
+    admin
+        .put_quota_policy(put(wire("globex", 1, RatePeriod::Second, 3)))
+        .await
+        .unwrap();
+    assert_eq!(outcomes("globex", 3).await, ["ok", "ok", "ok"]);
+    admin
+        .put_quota_policy(put(wire("globex", 1, RatePeriod::Hour, 3)))
+        .await
+        .unwrap();
+    let err = valet.call(&key, get("globex", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    let retry = err
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap();
+    assert!(retry > Duration::from_secs(1800), "{retry:?}");
+    // The converted state was stored: it still holds once the old TAT (and
+    // the old key's expiry) has passed.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(outcomes("globex", 1).await, ["QUOTA_EXCEEDED"]);
+
+    // Loosening keeps what was used: 3 owed under burst 3 → burst 6 admits 3.
+    admin
+        .put_quota_policy(put(wire("acme", 1, RatePeriod::Hour, 6)))
+        .await
+        .unwrap();
+    assert_eq!(outcomes("acme", 4).await, ["ok", "ok", "ok", "QUOTA_EXCEEDED"]);
+    assert_eq!(mock.requests().len(), 5 + 3 + 3);
+}

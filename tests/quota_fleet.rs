@@ -10,7 +10,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 use valet::config::{Config, QuotaBackend};
 use valet::proto::{
-    GetQuotaUsageRequest, ListQuotaPoliciesRequest, Operation, PutQuotaPolicyRequest, QuotaPolicy, RatePeriod,
+    DeleteQuotaPolicyRequest, GetQuotaUsageRequest, ListQuotaPoliciesRequest, Operation,
+    PutQuotaPolicyRequest, QuotaPolicy, RatePeriod,
 };
 use valet_quota::{Mode, OnBackendError, OperationMatch, Period, Policy};
 use valet_testkit::{MockVendor, RedisServer};
@@ -226,7 +227,7 @@ async fn with_redis_down_deny_refuses_and_allow_admits() {
     );
     let details = err.get_error_details();
     assert!(
-        details.error_info().unwrap().metadata.get("policy").is_none(),
+        !details.error_info().unwrap().metadata.contains_key("policy"),
         "no tenant policy is blamed"
     );
     assert!(!err.message().contains("over quota"), "{}", err.message());
@@ -406,4 +407,224 @@ async fn tightening_a_policy_in_redis_keeps_the_bucket_state() {
         .unwrap();
     assert_eq!(outcomes("acme", 4).await, ["ok", "ok", "ok", "QUOTA_EXCEEDED"]);
     assert_eq!(mock.requests().len(), 5 + 3 + 3);
+}
+
+fn hourly(tenant: &str, burst: u32) -> QuotaPolicy {
+    QuotaPolicy {
+        tenant: tenant.into(),
+        vendor: "mock".into(),
+        operation: "*".into(),
+        rate: 1,
+        period: RatePeriod::Hour as i32,
+        burst,
+        ..Default::default()
+    }
+}
+
+async fn ids(valet: &Valet) -> Vec<String> {
+    let mut ids: Vec<String> = valet
+        .admin()
+        .await
+        .list_quota_policies(authed(ListQuotaPoliciesRequest {}, &valet.admin_key))
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Polls `cond` every 50 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn stored_ids(redis: &RedisServer) -> Vec<String> {
+    let Ok(client) = redis::Client::open(redis.url()) else {
+        return Vec::new();
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = redis::cmd("HKEYS")
+        .arg("valet:quota:policies")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Redis restarted without persistence (or failed over to an empty
+/// replica): the replicas keep their last known policies — they never fall
+/// to "no policies", which would leave every tenant unlimited — re-publish
+/// them, count it, and keep enforcing; config defaults apply throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_survive_redis_coming_back_empty() {
+    let mut redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let default = Policy {
+        tenant: "globex".into(),
+        ..per_second(1, 1)
+    };
+    let (a, _) = replica(config(&mock, &redis, vec![default.clone()], 2)).await;
+    let (b, b_key) = replica(config(&mock, &redis, vec![default], 2)).await;
+    a.admin()
+        .await
+        .put_quota_policy(authed(
+            PutQuotaPolicyRequest {
+                policy: Some(hourly("acme", 1)),
+            },
+            &a.admin_key,
+        ))
+        .await
+        .unwrap();
+    let both = vec!["acme/mock/*".to_owned(), "globex/mock/*".to_owned()];
+    eventually(Duration::from_secs(3), "b sees the policy", || async {
+        ids(&b).await == both
+    })
+    .await;
+
+    // Restarted empty: the policy hash and the version key are gone.
+    redis.restart().await;
+    eventually(Duration::from_secs(5), "a replica re-publishes", || async {
+        stored_ids(&redis).await == ["acme/mock/*"]
+    })
+    .await;
+    // Well past the 1.5 s in which every replica used to drop its policies.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ids(&a).await, both);
+    assert_eq!(ids(&b).await, both);
+    assert_eq!(stored_ids(&redis).await, ["acme/mock/*"]);
+    // Still enforced, against the new (empty) Redis's buckets.
+    b.call(&b_key, get("acme", "mock", "/x")).await.unwrap();
+    let err = b.call(&b_key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    // Loudly: counted on the replica(s) that noticed.
+    let mut lost = 0.0;
+    for v in [&a, &b] {
+        let (_, metrics) = http_get(&format!("http://{}/metrics", v.ops_addr)).await;
+        lost += sample(&metrics, "valet_quota_policy_store_lost_total", &[]);
+    }
+    assert!(lost >= 1.0, "no replica counted the loss");
+
+    // FLUSHALL, and a change made right after it on the other replica: the
+    // change lands on top of the last known set, not on an empty one.
+    let mut conn = redis_conn(&redis).await;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    b.admin()
+        .await
+        .put_quota_policy(authed(
+            PutQuotaPolicyRequest {
+                policy: Some(hourly("initech", 2)),
+            },
+            &b.admin_key,
+        ))
+        .await
+        .unwrap();
+    let three = vec![
+        "acme/mock/*".to_owned(),
+        "globex/mock/*".to_owned(),
+        "initech/mock/*".to_owned(),
+    ];
+    eventually(Duration::from_secs(3), "a sees the new policy", || async {
+        ids(&a).await == three
+    })
+    .await;
+    assert_eq!(ids(&b).await, three);
+    assert_eq!(stored_ids(&redis).await, ["acme/mock/*", "initech/mock/*"]);
+}
+
+/// A store whose version went backwards (a failover to a replica that had
+/// not seen the last change) is not synced from: the newer set is
+/// re-published. An admin deleting the last policy still empties the set
+/// everywhere, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_going_backwards_is_repaired_and_deleting_every_policy_sticks() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let (a, _) = replica(config(&mock, &redis, vec![], 2)).await;
+    let (b, _) = replica(config(&mock, &redis, vec![], 2)).await;
+    let mut admin = a.admin().await;
+    let put = |p: QuotaPolicy| authed(PutQuotaPolicyRequest { policy: Some(p) }, &a.admin_key);
+    admin.put_quota_policy(put(hourly("acme", 1))).await.unwrap();
+    let mut conn = redis_conn(&redis).await;
+    let old_version: String = redis::cmd("GET")
+        .arg("valet:quota:version")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let old_set: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("valet:quota:policies")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    admin.put_quota_policy(put(hourly("initech", 2))).await.unwrap();
+    let both = vec!["acme/mock/*".to_owned(), "initech/mock/*".to_owned()];
+    eventually(Duration::from_secs(3), "b sees both", || async {
+        ids(&b).await == both
+    })
+    .await;
+
+    // The store goes back to the state before the second change.
+    let mut back = redis::pipe();
+    back.atomic().del("valet:quota:policies");
+    for (id, json) in &old_set {
+        back.hset("valet:quota:policies", id, json);
+    }
+    back.set("valet:quota:version", &old_version);
+    back.query_async::<()>(&mut conn).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the newer set is re-published",
+        || async { stored_ids(&redis).await == both },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ids(&a).await, both);
+    assert_eq!(ids(&b).await, both);
+    let version: String = redis::cmd("GET")
+        .arg("valet:quota:version")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        version.parse::<i64>().unwrap() > old_version.parse::<i64>().unwrap(),
+        "{version} <= {old_version}"
+    );
+
+    // Deliberate deletion of every policy: the empty set is a real version.
+    for id in ["acme/mock/*", "initech/mock/*"] {
+        admin
+            .delete_quota_policy(authed(DeleteQuotaPolicyRequest { id: id.into() }, &a.admin_key))
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(3), "b drops them", || async {
+        ids(&b).await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(ids(&a).await.is_empty());
+    assert!(ids(&b).await.is_empty(), "nothing re-published a deleted policy");
+    assert!(stored_ids(&redis).await.is_empty());
 }

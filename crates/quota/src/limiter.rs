@@ -178,7 +178,7 @@ pub fn carry_over(debt: Duration, old: &Policy, new: &Policy) -> Duration {
 /// A bucket's TAT as governor keeps it, without changing it.
 fn read_tat(state: &InMemoryState) -> Option<Nanos> {
     state
-        .measure_and_replace(&NotKeyed::NonKey, |tat| Err::<((), Nanos), _>(tat))
+        .measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), Option<Nanos>>)
         .err()
         .flatten()
 }

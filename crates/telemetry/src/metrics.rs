@@ -19,6 +19,7 @@
 //! | `valet_quota_shadow_refusals_total` | tenant, vendor, policy |
 //! | `valet_quota_fallback_active` | |
 //! | `valet_quota_backend_unavailable_total` | vendor |
+//! | `valet_quota_policy_store_lost_total` | |
 //! | `valet_idempotency_replays_total` | tenant, vendor |
 //! | `valet_credential_cache_lookups_total` | result (`hit`, `miss`, `stale`) |
 //! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |
@@ -377,6 +378,24 @@ impl Metrics {
             .build();
     }
 
+    /// A counter read when metrics are collected, from a total kept
+    /// elsewhere (e.g. the quota engine's count of policy store losses).
+    pub fn counter_fn(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        // The SDK keeps the callback for the provider's life.
+        let _counter = self
+            .inner
+            .meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| observer.observe(read(), &[]))
+            .build();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let Some(registry) = &self.inner.registry else {
@@ -558,6 +577,7 @@ mod tests {
         metrics.audit_write_failed();
         metrics.gauge("valet.ready", "ready", || 1);
         metrics.gauge("valet.quota.fallback_active", "fallback", || 0);
+        metrics.counter_fn("valet.quota.policy_store_lost", "lost", || 0);
         metrics.vendor_gauge("valet.vendor.circuit_state", "breaker", || {
             vec![("github".into(), 0)]
         });

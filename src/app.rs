@@ -294,11 +294,17 @@ fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readines
     metrics.gauge("valet.ready", "1 while this replica is SERVING", move || {
         i64::from(ready.is_ready())
     });
+    let losses = Arc::clone(quotas);
     let quotas = Arc::clone(quotas);
     metrics.gauge(
         "valet.quota.fallback_active",
         "1 while the local fallback stands in for the shared quota backend",
         move || i64::from(quotas.fallback_active()),
+    );
+    metrics.counter_fn(
+        "valet.quota.policy_store_lost",
+        "Times this replica found the shared quota policy store had lost data and kept its last known policies",
+        move || losses.policy_store_losses(),
     );
     let vendors: Vec<_> = registry.vendors().cloned().collect();
     metrics.vendor_gauge(

@@ -270,3 +270,17 @@ impl From<valet_audit::AuditError> for Failure {
         )
     }
 }
+
+impl From<valet_quota::BackendUnavailable> for Failure {
+    fn from(e: valet_quota::BackendUnavailable) -> Self {
+        Self::new(
+            Code::Unavailable,
+            "QUOTA_BACKEND_UNAVAILABLE",
+            format!(
+                "the shared quota backend is unavailable and quota.on_backend_error = \"deny\" refuses calls it cannot count (not the tenant's usage); retry after {} ms",
+                e.retry_after.as_millis()
+            ),
+        )
+        .with_retry_after(e.retry_after)
+    }
+}

@@ -373,3 +373,64 @@ async fn quota_permissions() {
         .unwrap_err();
     assert_eq!(reason(&err), "ADMIN_REQUIRED");
 }
+
+/// Tightening a policy carries each bucket over: no fresh burst (issue: 1/h
+/// burst 5, six calls, burst set to 3 — the next calls stay refused), and a
+/// slower rate repays what was used at the new rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tightening_a_policy_keeps_the_bucket_state() {
+    let (_mock, valet, key) = setup(vec![]).await;
+    let mut admin = valet.admin().await;
+    let put = |p: QuotaPolicy| authed(PutQuotaPolicyRequest { policy: Some(p) }, &valet.admin_key);
+    admin.put_quota_policy(put(wire("acme", 5, false))).await.unwrap();
+    let outcomes = |tenant: &'static str, n: usize| {
+        let (valet, key) = (&valet, &key);
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(match valet.call(key, get(tenant, "mock", "/x")).await {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => reason(&e),
+                });
+            }
+            out
+        }
+    };
+    let used = outcomes("acme", 6).await;
+    assert_eq!(used.iter().filter(|o| *o == "ok").count(), 5, "{used:?}");
+    admin.put_quota_policy(put(wire("acme", 3, false))).await.unwrap();
+    assert_eq!(
+        outcomes("acme", 3).await,
+        ["QUOTA_EXCEEDED"; 3],
+        "a tighter burst hands out no fresh burst"
+    );
+
+    // A slower rate: 1/s burst 2, both used, then 1/h burst 2. The old
+    // policy would admit again within a second; the new one repays the two
+    // calls at one an hour.
+    let per_second = QuotaPolicy {
+        rate: 1,
+        period: RatePeriod::Second as i32,
+        ..wire("globex", 2, false)
+    };
+    admin.put_quota_policy(put(per_second)).await.unwrap();
+    assert_eq!(outcomes("globex", 2).await, ["ok", "ok"]);
+    admin
+        .put_quota_policy(put(wire("globex", 2, false)))
+        .await
+        .unwrap();
+    let err = valet.call(&key, get("globex", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    let retry = err
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap();
+    assert!(retry > Duration::from_secs(1800), "{retry:?}");
+
+    // Loosening keeps what was used too: burst 3 → 6 with 3 owed admits 3,
+    // not a fresh 6.
+    admin.put_quota_policy(put(wire("acme", 6, false))).await.unwrap();
+    let after = outcomes("acme", 4).await;
+    assert_eq!(after, ["ok", "ok", "ok", "QUOTA_EXCEEDED"], "{after:?}");
+}

@@ -5,10 +5,13 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{Valet, ValetProcess, authed, bearer, get, reason, vendor};
+use support::{Valet, ValetProcess, authed, bearer, get, http_get, reason, sample, vendor};
+use tonic::Code;
+use tonic_types::StatusExt as _;
 use valet::config::{Config, QuotaBackend};
 use valet::proto::{
-    GetQuotaUsageRequest, ListQuotaPoliciesRequest, Operation, PutQuotaPolicyRequest, QuotaPolicy, RatePeriod,
+    DeleteQuotaPolicyRequest, GetQuotaUsageRequest, ListQuotaPoliciesRequest, Operation,
+    PutQuotaPolicyRequest, QuotaPolicy, RatePeriod,
 };
 use valet_quota::{Mode, OnBackendError, OperationMatch, Period, Policy};
 use valet_testkit::{MockVendor, RedisServer};
@@ -215,8 +218,61 @@ async fn with_redis_down_deny_refuses_and_allow_admits() {
     let (allow, allow_key) = replica(allow).await;
 
     redis.stop();
+    // Deny refuses, but says why: the backend, not the tenant's usage.
     let err = deny.call(&deny_key, get("acme", "mock", "/x")).await.unwrap_err();
-    assert_eq!(reason(&err), "QUOTA_EXCEEDED", "deny refuses while Redis is down");
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Unavailable, "QUOTA_BACKEND_UNAVAILABLE"),
+        "deny refuses while Redis is down: {err:?}"
+    );
+    let details = err.get_error_details();
+    assert!(
+        !details.error_info().unwrap().metadata.contains_key("policy"),
+        "no tenant policy is blamed"
+    );
+    assert!(!err.message().contains("over quota"), "{}", err.message());
+    let retry = details.retry_info().and_then(|r| r.retry_delay).unwrap();
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(2),
+        "{retry:?}"
+    );
+    assert!(err.metadata().get("retry-after").is_some());
+    let err = deny.call(&deny_key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_BACKEND_UNAVAILABLE");
+    assert!(mock.requests().is_empty(), "nothing reached the vendor");
+    let (_, metrics) = http_get(&format!("http://{}/metrics", deny.ops_addr)).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "valet_quota_backend_unavailable_total",
+            &[("vendor", "mock")]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "valet_quota_refusals_total", &[]),
+        0.0,
+        "not counted as a policy refusal: {metrics}"
+    );
+    // GetQuotaUsage still answers (from what this replica last saw).
+    let usage = deny
+        .admin()
+        .await
+        .get_quota_usage(authed(
+            GetQuotaUsageRequest {
+                tenant: "acme".into(),
+                vendor: "mock".into(),
+                operation: "read".into(),
+            },
+            &deny.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage;
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].policy_id, "*/mock/*");
     for _ in 0..3 {
         allow
             .call(&allow_key, get("acme", "mock", "/x"))
@@ -266,4 +322,309 @@ async fn redis_down_falls_back_to_local_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "Valet did not return to Redis");
+}
+
+/// In Redis too, changing a policy carries each bucket's TAT over: a
+/// tighter burst hands out no fresh burst, and a slower rate repays what was
+/// used at the new rate instead of letting the old TAT fit a wider window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tightening_a_policy_in_redis_keeps_the_bucket_state() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let (valet, _) = replica(config(&mock, &redis, vec![], 1)).await;
+    valet
+        .put_credential("globex", "mock", "fleet-quota-secret-0001")
+        .await;
+    let key = valet
+        .api_key(&["acme", "globex"], &["mock"], &[Operation::Read])
+        .await;
+    let mut admin = valet.admin().await;
+    let put = |p: QuotaPolicy| authed(PutQuotaPolicyRequest { policy: Some(p) }, &valet.admin_key);
+    let wire = |tenant: &str, rate: u32, period: RatePeriod, burst: u32| QuotaPolicy {
+        tenant: tenant.into(),
+        vendor: "mock".into(),
+        operation: "*".into(),
+        rate,
+        period: period as i32,
+        burst,
+        ..Default::default()
+    };
+    let outcomes = |tenant: &'static str, n: usize| {
+        let (valet, key) = (&valet, &key);
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(match valet.call(key, get(tenant, "mock", "/x")).await {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => reason(&e),
+                });
+            }
+            out
+        }
+    };
+
+    // The issue's case: 1/h burst 5, six calls, then burst 3.
+    admin
+        .put_quota_policy(put(wire("acme", 1, RatePeriod::Hour, 5)))
+        .await
+        .unwrap();
+    let used = outcomes("acme", 6).await;
+    assert_eq!(used.iter().filter(|o| *o == "ok").count(), 5, "{used:?}");
+    admin
+        .put_quota_policy(put(wire("acme", 1, RatePeriod::Hour, 3)))
+        .await
+        .unwrap();
+    assert_eq!(outcomes("acme", 3).await, ["QUOTA_EXCEEDED"; 3]);
+
+    // A slower rate: 1/s burst 3, all used, then 1/h burst 3. Kept as is,
+    // the TAT (3 s ahead) would fit the new 2 h tolerance and admit again.
+    admin
+        .put_quota_policy(put(wire("globex", 1, RatePeriod::Second, 3)))
+        .await
+        .unwrap();
+    assert_eq!(outcomes("globex", 3).await, ["ok", "ok", "ok"]);
+    admin
+        .put_quota_policy(put(wire("globex", 1, RatePeriod::Hour, 3)))
+        .await
+        .unwrap();
+    let err = valet.call(&key, get("globex", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    let retry = err
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap();
+    assert!(retry > Duration::from_secs(1800), "{retry:?}");
+    // The converted state was stored: it still holds once the old TAT (and
+    // the old key's expiry) has passed.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(outcomes("globex", 1).await, ["QUOTA_EXCEEDED"]);
+
+    // Loosening keeps what was used: 3 owed under burst 3 → burst 6 admits 3.
+    admin
+        .put_quota_policy(put(wire("acme", 1, RatePeriod::Hour, 6)))
+        .await
+        .unwrap();
+    assert_eq!(outcomes("acme", 4).await, ["ok", "ok", "ok", "QUOTA_EXCEEDED"]);
+    assert_eq!(mock.requests().len(), 5 + 3 + 3);
+}
+
+fn hourly(tenant: &str, burst: u32) -> QuotaPolicy {
+    QuotaPolicy {
+        tenant: tenant.into(),
+        vendor: "mock".into(),
+        operation: "*".into(),
+        rate: 1,
+        period: RatePeriod::Hour as i32,
+        burst,
+        ..Default::default()
+    }
+}
+
+async fn ids(valet: &Valet) -> Vec<String> {
+    let mut ids: Vec<String> = valet
+        .admin()
+        .await
+        .list_quota_policies(authed(ListQuotaPoliciesRequest {}, &valet.admin_key))
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Polls `cond` every 50 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn stored_ids(redis: &RedisServer) -> Vec<String> {
+    let Ok(client) = redis::Client::open(redis.url()) else {
+        return Vec::new();
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = redis::cmd("HKEYS")
+        .arg("valet:quota:policies")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Redis restarted without persistence (or failed over to an empty
+/// replica): the replicas keep their last known policies — they never fall
+/// to "no policies", which would leave every tenant unlimited — re-publish
+/// them, count it, and keep enforcing; config defaults apply throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_survive_redis_coming_back_empty() {
+    let mut redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let default = Policy {
+        tenant: "globex".into(),
+        ..per_second(1, 1)
+    };
+    let (a, _) = replica(config(&mock, &redis, vec![default.clone()], 2)).await;
+    let (b, b_key) = replica(config(&mock, &redis, vec![default], 2)).await;
+    a.admin()
+        .await
+        .put_quota_policy(authed(
+            PutQuotaPolicyRequest {
+                policy: Some(hourly("acme", 1)),
+            },
+            &a.admin_key,
+        ))
+        .await
+        .unwrap();
+    let both = vec!["acme/mock/*".to_owned(), "globex/mock/*".to_owned()];
+    eventually(Duration::from_secs(3), "b sees the policy", || async {
+        ids(&b).await == both
+    })
+    .await;
+
+    // Restarted empty: the policy hash and the version key are gone.
+    redis.restart().await;
+    eventually(Duration::from_secs(5), "a replica re-publishes", || async {
+        stored_ids(&redis).await == ["acme/mock/*"]
+    })
+    .await;
+    // Well past the 1.5 s in which every replica used to drop its policies.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ids(&a).await, both);
+    assert_eq!(ids(&b).await, both);
+    assert_eq!(stored_ids(&redis).await, ["acme/mock/*"]);
+    // Still enforced, against the new (empty) Redis's buckets.
+    b.call(&b_key, get("acme", "mock", "/x")).await.unwrap();
+    let err = b.call(&b_key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    // Loudly: counted on the replica(s) that noticed.
+    let mut lost = 0.0;
+    for v in [&a, &b] {
+        let (_, metrics) = http_get(&format!("http://{}/metrics", v.ops_addr)).await;
+        lost += sample(&metrics, "valet_quota_policy_store_lost_total", &[]);
+    }
+    assert!(lost >= 1.0, "no replica counted the loss");
+
+    // FLUSHALL, and a change made right after it on the other replica: the
+    // change lands on top of the last known set, not on an empty one.
+    let mut conn = redis_conn(&redis).await;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    b.admin()
+        .await
+        .put_quota_policy(authed(
+            PutQuotaPolicyRequest {
+                policy: Some(hourly("initech", 2)),
+            },
+            &b.admin_key,
+        ))
+        .await
+        .unwrap();
+    let three = vec![
+        "acme/mock/*".to_owned(),
+        "globex/mock/*".to_owned(),
+        "initech/mock/*".to_owned(),
+    ];
+    eventually(Duration::from_secs(3), "a sees the new policy", || async {
+        ids(&a).await == three
+    })
+    .await;
+    assert_eq!(ids(&b).await, three);
+    assert_eq!(stored_ids(&redis).await, ["acme/mock/*", "initech/mock/*"]);
+}
+
+/// A store whose version went backwards (a failover to a replica that had
+/// not seen the last change) is not synced from: the newer set is
+/// re-published. An admin deleting the last policy still empties the set
+/// everywhere, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_going_backwards_is_repaired_and_deleting_every_policy_sticks() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let (a, _) = replica(config(&mock, &redis, vec![], 2)).await;
+    let (b, _) = replica(config(&mock, &redis, vec![], 2)).await;
+    let mut admin = a.admin().await;
+    let put = |p: QuotaPolicy| authed(PutQuotaPolicyRequest { policy: Some(p) }, &a.admin_key);
+    admin.put_quota_policy(put(hourly("acme", 1))).await.unwrap();
+    let mut conn = redis_conn(&redis).await;
+    let old_version: String = redis::cmd("GET")
+        .arg("valet:quota:version")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let old_set: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("valet:quota:policies")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    admin.put_quota_policy(put(hourly("initech", 2))).await.unwrap();
+    let both = vec!["acme/mock/*".to_owned(), "initech/mock/*".to_owned()];
+    eventually(Duration::from_secs(3), "b sees both", || async {
+        ids(&b).await == both
+    })
+    .await;
+
+    // The store goes back to the state before the second change.
+    let mut back = redis::pipe();
+    back.atomic().del("valet:quota:policies");
+    for (id, json) in &old_set {
+        back.hset("valet:quota:policies", id, json);
+    }
+    back.set("valet:quota:version", &old_version);
+    back.query_async::<()>(&mut conn).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the newer set is re-published",
+        || async { stored_ids(&redis).await == both },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ids(&a).await, both);
+    assert_eq!(ids(&b).await, both);
+    let version: String = redis::cmd("GET")
+        .arg("valet:quota:version")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        version.parse::<i64>().unwrap() > old_version.parse::<i64>().unwrap(),
+        "{version} <= {old_version}"
+    );
+
+    // Deliberate deletion of every policy: the empty set is a real version.
+    for id in ["acme/mock/*", "initech/mock/*"] {
+        admin
+            .delete_quota_policy(authed(DeleteQuotaPolicyRequest { id: id.into() }, &a.admin_key))
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(3), "b drops them", || async {
+        ids(&b).await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(ids(&a).await.is_empty());
+    assert!(ids(&b).await.is_empty(), "nothing re-published a deleted policy");
+    assert!(stored_ids(&redis).await.is_empty());
 }

@@ -19,9 +19,12 @@ pub type RateLimitHeaders = Vec<(&'static str, String)>;
 
 /// Checks the call against its policies. Admitted calls get RateLimit
 /// metadata; refused ones RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` naming the
-/// policy, with a retry-after. The check has its own span; its outcome
-/// (`unlimited`, `admitted`, `shadow_exceeded`, `refused`) also goes on the
-/// call's span as `valet.quota`.
+/// policy, with a retry-after — or, when the shared backend cannot answer
+/// and `on_backend_error = "deny"`, UNAVAILABLE `QUOTA_BACKEND_UNAVAILABLE`,
+/// so nobody chases the tenant's usage during a Redis outage. The check has
+/// its own span; its outcome (`unlimited`, `admitted`, `shadow_exceeded`,
+/// `refused`, `backend_unavailable`) also goes on the call's span as
+/// `valet.quota`.
 pub async fn check(app: &App, call: &ValidCall) -> Result<RateLimitHeaders, Failure> {
     let read = call.operation == Operation::Read;
     let (tenant, vendor) = (&call.key.tenant, &call.key.vendor);
@@ -54,6 +57,11 @@ pub async fn check(app: &App, call: &ValidCall) -> Result<RateLimitHeaders, Fail
             span.record("otel.status_code", "ERROR");
             ("refused", Some(policy_id.clone()))
         }
+        Verdict::Unavailable(_) => {
+            app.metrics.quota_backend_unavailable(vendor);
+            span.record("otel.status_code", "ERROR");
+            ("backend_unavailable", None)
+        }
     };
     span.record("valet.quota", outcome);
     if let Some(policy) = &policy {
@@ -66,6 +74,7 @@ pub async fn check(app: &App, call: &ValidCall) -> Result<RateLimitHeaders, Fail
 fn answer(call: &ValidCall, verdict: Verdict) -> Result<RateLimitHeaders, Failure> {
     match verdict {
         Verdict::Unlimited => Ok(Vec::new()),
+        Verdict::Unavailable(unavailable) => Err(unavailable.into()),
         Verdict::Admitted { policy, decision, .. } => {
             let id = policy.id();
             Ok(vec![

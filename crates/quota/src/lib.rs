@@ -21,4 +21,4 @@ pub mod quotas;
 
 pub use limiter::{Decision, OnBackendError};
 pub use policy::{Mode, OperationMatch, Period, Policy, PolicyError};
-pub use quotas::{QuotaError, Quotas, Usage, Verdict};
+pub use quotas::{BackendUnavailable, QuotaError, Quotas, Usage, Verdict};

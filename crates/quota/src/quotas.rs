@@ -4,18 +4,69 @@
 //! Effective policies are the config file's defaults, overridden (by id) by
 //! run-time policies set through the Admin API. Run-time policies persist:
 //! embedded in `quotas.json` under the state dir; in fleet mode in a Redis
-//! hash, with a version counter every replica polls twice a second, so a
-//! change reaches all replicas within a second without a restart.
+//! hash, with a version every replica polls twice a second, so a change
+//! reaches all replicas within a second without a restart.
+//!
+//! The version key is the record that the hash is real: every change sets
+//! it (to Redis's clock in µs, or one more than before, so versions only
+//! grow and a restored store's next change outranks anything lost), and it
+//! stays when an admin deletes the last policy. A version that is missing
+//! or lower than the one a replica holds means the store lost data (Redis
+//! restarted without persistence, a failover to a replica that lagged):
+//! the replica keeps its last known set, logs and counts it, and
+//! re-publishes that set — one replica wins, the rest converge on the
+//! highest version. It never applies an empty set because a key is gone.
 
 use crate::limiter::{Decision, Embedded, Limiter, OnBackendError, Shared};
 use crate::policy::{Mode, Policy, select};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 const POLICIES_KEY: &str = "valet:quota:policies";
 const VERSION_KEY: &str = "valet:quota:version";
+
+/// Puts this replica's set back, with its version, unless the store holds
+/// that version or a newer one already. KEYS: policies, version. ARGV: the
+/// version, then id, policy pairs. Returns 1 when it wrote.
+const RESTORE_LUA: &str = r#"
+local stored = tonumber(redis.call('GET', KEYS[2]) or '0')
+if stored >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"#;
+
+static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESTORE_LUA));
+
+/// One change (ARGV[2] `put` or `del` of id ARGV[3], policy ARGV[4]) on top
+/// of the stored set — or, when the store lost data (its version is below
+/// ARGV[1], this replica's), on top of this replica's set (pairs from
+/// ARGV[5]). Returns {new version, restored (0/1), the set after}.
+const WRITE_LUA: &str = r#"
+local stored = tonumber(redis.call('GET', KEYS[2]) or '0')
+local restored = 0
+if stored < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  stored = tonumber(ARGV[1])
+  restored = 1
+end
+if ARGV[2] == 'put' then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+else
+  redis.call('HDEL', KEYS[1], ARGV[3])
+end
+local t = redis.call('TIME')
+local version = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if version <= stored then version = stored + 1 end
+redis.call('SET', KEYS[2], string.format('%d', version))
+return {version, restored, redis.call('HVALS', KEYS[1])}
+"#;
+
+static WRITE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE_LUA));
 /// How often a fleet replica looks for policy changes.
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 
@@ -35,6 +86,10 @@ pub enum Verdict {
         /// Ids of shadow policies the call went over.
         shadow: Vec<String>,
     },
+    /// Refused because the shared backend cannot answer and
+    /// `on_backend_error = "deny"` — the backend's state, not the tenant's
+    /// usage; nothing was counted.
+    Unavailable(BackendUnavailable),
     /// Refused by an enforced policy, or paused by a vendor's 429.
     Refused {
         /// The refusing policy's id, or `vendor-pushback`.
@@ -42,6 +97,14 @@ pub enum Verdict {
         /// When a call may succeed again.
         retry_after: Duration,
     },
+}
+
+/// The shared quota backend could not answer a check, and the configured
+/// fallback refuses calls it cannot count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendUnavailable {
+    /// When the backend is tried again.
+    pub retry_after: Duration,
 }
 
 /// Why a policy change failed.
@@ -67,6 +130,8 @@ pub struct Quotas {
     /// Serialises changes so read-modify-write of the file cannot interleave.
     writes: tokio::sync::Mutex<()>,
     version: AtomicI64,
+    /// Times this replica found the shared policy store had lost data.
+    store_losses: AtomicU64,
     /// The last decision seen per bucket, for usage reports.
     last: std::sync::Mutex<std::collections::HashMap<String, (Decision, std::time::Instant)>>,
 }
@@ -142,16 +207,9 @@ impl Quotas {
             .await
             .map_err(|e| QuotaError::Store(e.to_string()))?;
         let mut conn = shared.connection();
-        let runtime = load_redis(&mut conn).await?;
-        let quotas = Self::new(defaults, runtime, Store::Redis(conn.clone()), Arc::new(shared));
-        let version: i64 = redis::cmd("GET")
-            .arg(VERSION_KEY)
-            .query_async::<Option<i64>>(&mut conn)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        quotas.version.store(version, Ordering::SeqCst);
+        let (version, runtime) = load_redis(&mut conn).await?;
+        let quotas = Self::new(defaults, runtime, Store::Redis(conn), Arc::new(shared));
+        quotas.version.store(version.unwrap_or(0), Ordering::SeqCst);
         Ok(quotas)
     }
 
@@ -164,6 +222,7 @@ impl Quotas {
             limiter,
             writes: tokio::sync::Mutex::new(()),
             version: AtomicI64::new(0),
+            store_losses: AtomicU64::new(0),
             last: Default::default(),
         };
         quotas.rebuild();
@@ -205,8 +264,8 @@ impl Quotas {
         let mut next = self.runtime.read().expect("lock").clone();
         next.retain(|p| p.id() != policy.id());
         next.push(policy.clone());
-        self.persist(&next, Some(&policy), None).await?;
-        *self.runtime.write().expect("lock") = next;
+        let stored = self.persist(next, Change::Put(&policy)).await?;
+        *self.runtime.write().expect("lock") = stored;
         self.rebuild();
         Ok(before)
     }
@@ -220,71 +279,133 @@ impl Quotas {
             return Ok(None);
         };
         let removed = next.remove(at);
-        self.persist(&next, None, Some(id)).await?;
-        *self.runtime.write().expect("lock") = next;
+        let stored = self.persist(next, Change::Delete(id)).await?;
+        *self.runtime.write().expect("lock") = stored;
         self.rebuild();
         Ok(Some(removed))
     }
 
-    async fn persist(
-        &self,
-        all: &[Policy],
-        put: Option<&Policy>,
-        delete: Option<&str>,
-    ) -> Result<(), QuotaError> {
+    /// Writes a change; returns the run-time set now stored: `next` for the
+    /// file; for Redis, the stored set after the change, which includes
+    /// changes other replicas made that this one has not synced yet.
+    async fn persist(&self, next: Vec<Policy>, change: Change<'_>) -> Result<Vec<Policy>, QuotaError> {
         match &self.store {
             Store::File(path) => {
-                let bytes = serde_json::to_vec_pretty(all).expect("policies serialise");
+                let bytes = serde_json::to_vec_pretty(&next).expect("policies serialise");
                 valet_durable::write_atomically(path, &bytes)
-                    .map_err(|e| QuotaError::Store(format!("{}: {e}", path.display())))
+                    .map_err(|e| QuotaError::Store(format!("{}: {e}", path.display())))?;
+                Ok(next)
             }
             Store::Redis(conn) => {
                 let mut conn = conn.clone();
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                if let Some(p) = put {
-                    pipe.hset(
-                        POLICIES_KEY,
-                        p.id(),
-                        serde_json::to_string(p).expect("a policy serialises"),
-                    );
+                let known = self.version.load(Ordering::SeqCst);
+                let mut script = WRITE.prepare_invoke();
+                script.key(POLICIES_KEY).key(VERSION_KEY).arg(known);
+                match change {
+                    Change::Put(p) => {
+                        script
+                            .arg("put")
+                            .arg(p.id())
+                            .arg(serde_json::to_string(p).expect("a policy serialises"));
+                    }
+                    Change::Delete(id) => {
+                        script.arg("del").arg(id).arg("");
+                    }
                 }
-                if let Some(id) = delete {
-                    pipe.hdel(POLICIES_KEY, id);
+                // This replica's set before the change, in case the store
+                // lost it.
+                for p in self.runtime.read().expect("lock").iter() {
+                    script
+                        .arg(p.id())
+                        .arg(serde_json::to_string(p).expect("a policy serialises"));
                 }
-                pipe.incr(VERSION_KEY, 1);
-                let (.., version): ((), i64) = pipe
-                    .query_async(&mut conn)
+                let (version, restored, raw): (i64, i64, Vec<String>) = script
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(|e| QuotaError::Store(e.to_string()))?;
+                if restored == 1 {
+                    self.store_lost(known, None);
+                    tracing::error!(
+                        known_version = known,
+                        "re-published this replica's last known quota policies under the change"
+                    );
+                }
+                let stored = parse_policies(&raw)?;
                 self.version.store(version, Ordering::SeqCst);
-                Ok(())
+                Ok(stored)
             }
         }
     }
 
-    /// Fleet mode: picks up changes made by other replicas. Returns whether
-    /// the policies changed. Embedded mode has nothing to sync.
+    /// Fleet mode: picks up changes made by other replicas, and repairs a
+    /// store that lost data (see the module docs). Returns whether the
+    /// policies changed. Embedded mode has nothing to sync.
     pub async fn sync(&self) -> Result<bool, QuotaError> {
         let Store::Redis(conn) = &self.store else {
             return Ok(false);
         };
         let mut conn = conn.clone();
-        let version: i64 = redis::cmd("GET")
+        let stored: Option<i64> = redis::cmd("GET")
             .arg(VERSION_KEY)
-            .query_async::<Option<i64>>(&mut conn)
+            .query_async(&mut conn)
             .await
-            .map_err(|e| QuotaError::Store(e.to_string()))?
-            .unwrap_or(0);
-        if version == self.version.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        let runtime = load_redis(&mut conn).await?;
+            .map_err(|e| QuotaError::Store(e.to_string()))?;
         let _guard = self.writes.lock().await;
-        *self.runtime.write().expect("lock") = runtime;
-        self.version.store(version, Ordering::SeqCst);
-        self.rebuild();
-        Ok(true)
+        let known = self.version.load(Ordering::SeqCst);
+        match stored {
+            Some(v) if v == known => Ok(false),
+            // Nothing was ever stored, here or anywhere this replica knows.
+            None if known == 0 => Ok(false),
+            Some(v) if v > known => {
+                let (version, runtime) = load_redis(&mut conn).await?;
+                *self.runtime.write().expect("lock") = runtime;
+                self.version.store(version.unwrap_or(0), Ordering::SeqCst);
+                self.rebuild();
+                Ok(true)
+            }
+            // Missing, or older than what this replica already saw.
+            _ => {
+                self.store_lost(known, stored);
+                let runtime = self.runtime.read().expect("lock").clone();
+                let mut restore = RESTORE.prepare_invoke();
+                restore.key(POLICIES_KEY).key(VERSION_KEY).arg(known);
+                for p in &runtime {
+                    restore
+                        .arg(p.id())
+                        .arg(serde_json::to_string(p).expect("a policy serialises"));
+                }
+                let wrote: i64 = restore
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| QuotaError::Store(e.to_string()))?;
+                if wrote == 1 {
+                    tracing::error!(
+                        version = known,
+                        policies = runtime.len(),
+                        "re-published this replica's last known quota policies"
+                    );
+                } else {
+                    tracing::warn!("another replica re-published the quota policies first");
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Logs and counts a store found to have lost data.
+    fn store_lost(&self, known: i64, stored: Option<i64>) {
+        self.store_losses.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            known_version = known,
+            stored_version = ?stored,
+            "the shared quota policy store lost data (version missing or went backwards); keeping this replica's last known policies, never an empty set"
+        );
+    }
+
+    /// How many times this replica found the shared policy store had lost
+    /// data (`valet_quota_policy_store_lost_total`).
+    pub fn policy_store_losses(&self) -> u64 {
+        self.store_losses.load(Ordering::Relaxed)
     }
 
     /// Runs [`Quotas::sync`] every [`SYNC_EVERY`] until the engine is dropped.
@@ -342,6 +463,15 @@ impl Quotas {
             };
             if decision.paused {
                 return pushback(decision.retry_after);
+            }
+            if decision.unavailable {
+                if policy.mode == Mode::Enforce {
+                    return Verdict::Unavailable(BackendUnavailable {
+                        retry_after: decision.retry_after,
+                    });
+                }
+                // A shadow policy refuses nothing, and nothing was counted.
+                continue;
             }
             self.remember(policy.bucket(tenant), decision);
             if !decision.allowed {
@@ -424,12 +554,27 @@ fn pushback(left: Duration) -> Verdict {
     }
 }
 
-async fn load_redis(conn: &mut redis::aio::ConnectionManager) -> Result<Vec<Policy>, QuotaError> {
-    let raw: Vec<String> = redis::cmd("HVALS")
-        .arg(POLICIES_KEY)
+/// A change to the run-time set.
+enum Change<'a> {
+    Put(&'a Policy),
+    Delete(&'a str),
+}
+
+/// The stored version (`None` if there is none) and set, read together.
+async fn load_redis(
+    conn: &mut redis::aio::ConnectionManager,
+) -> Result<(Option<i64>, Vec<Policy>), QuotaError> {
+    let (version, raw): (Option<i64>, Vec<String>) = redis::pipe()
+        .atomic()
+        .get(VERSION_KEY)
+        .hvals(POLICIES_KEY)
         .query_async(conn)
         .await
         .map_err(|e| QuotaError::Store(e.to_string()))?;
+    Ok((version, parse_policies(&raw)?))
+}
+
+fn parse_policies(raw: &[String]) -> Result<Vec<Policy>, QuotaError> {
     raw.iter()
         .map(|r| serde_json::from_str(r).map_err(|_| QuotaError::Store("a stored policy is corrupt".into())))
         .collect()

@@ -18,6 +18,8 @@
 //! | `valet_quota_refusals_total` | tenant, vendor, policy |
 //! | `valet_quota_shadow_refusals_total` | tenant, vendor, policy |
 //! | `valet_quota_fallback_active` | |
+//! | `valet_quota_backend_unavailable_total` | vendor |
+//! | `valet_quota_policy_store_lost_total` | |
 //! | `valet_idempotency_replays_total` | tenant, vendor |
 //! | `valet_credential_cache_lookups_total` | result (`hit`, `miss`, `stale`) |
 //! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |
@@ -101,6 +103,7 @@ struct Inner {
     retry_budget_exhausted: Counter<u64>,
     quota_refusals: Counter<u64>,
     quota_shadow: Counter<u64>,
+    quota_backend_unavailable: Counter<u64>,
     replays: Counter<u64>,
     cache: Counter<u64>,
     secrets_manager: Histogram<f64>,
@@ -198,6 +201,10 @@ impl Metrics {
             quota_shadow: counter(
                 "valet.quota.shadow_refusals",
                 "Calls a shadow policy would have refused (admitted)",
+            ),
+            quota_backend_unavailable: counter(
+                "valet.quota.backend_unavailable",
+                "Calls refused because the shared quota backend could not answer (on_backend_error = deny)",
             ),
             replays: counter(
                 "valet.idempotency.replays",
@@ -315,6 +322,15 @@ impl Metrics {
             .add(1, &self.quota_attrs(tenant, vendor, policy));
     }
 
+    /// Counts a call refused because the shared quota backend could not
+    /// answer and the fallback is `deny` — apart from policy refusals, so a
+    /// Redis outage is not mistaken for a tenant over its quota.
+    pub fn quota_backend_unavailable(&self, vendor: &str) {
+        self.inner
+            .quota_backend_unavailable
+            .add(1, &[KeyValue::new("vendor", vendor.to_owned())]);
+    }
+
     /// Counts an idempotent replay.
     pub fn replayed(&self, tenant: &str, vendor: &str) {
         let mut attrs = vec![KeyValue::new("vendor", vendor.to_owned())];
@@ -357,6 +373,24 @@ impl Metrics {
             .inner
             .meter
             .i64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |observer| observer.observe(read(), &[]))
+            .build();
+    }
+
+    /// A counter read when metrics are collected, from a total kept
+    /// elsewhere (e.g. the quota engine's count of policy store losses).
+    pub fn counter_fn(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        // The SDK keeps the callback for the provider's life.
+        let _counter = self
+            .inner
+            .meter
+            .u64_observable_counter(name)
             .with_description(description)
             .with_callback(move |observer| observer.observe(read(), &[]))
             .build();
@@ -566,12 +600,14 @@ mod tests {
         metrics.vendor_retry_budget_exhausted("github");
         metrics.quota_refused("acme", "github", "p");
         metrics.quota_shadow_refused("acme", "github", "p");
+        metrics.quota_backend_unavailable("github");
         metrics.replayed("acme", "github");
         metrics.cache_lookup(CacheLookup::Hit);
         metrics.secrets_manager_request("GetSecretValue", true, Duration::from_millis(1));
         metrics.audit_write_failed();
         metrics.gauge("valet.ready", "ready", || 1);
         metrics.gauge("valet.quota.fallback_active", "fallback", || 0);
+        metrics.counter_fn("valet.quota.policy_store_lost", "lost", || 0);
         metrics.vendor_gauge("valet.vendor.circuit_state", "breaker", || {
             vec![("github".into(), 0)]
         });

@@ -63,9 +63,8 @@ fn request_id(status: &tonic::Status) -> String {
 async fn a_body_just_over_the_limit_is_body_too_large() {
     let mock = MockVendor::start().await;
     let valet = Valet::start(vec![vendor("mock", &mock.base_url(), bearer())]).await;
-    valet
-        .put_credential("acme", "mock", "transport-secret-0001")
-        .await;
+    let canary = valet_testkit::canary("transport");
+    valet.put_credential("acme", "mock", &canary).await;
     let key = valet.api_key(&["acme"], &["mock"], &[Operation::Write]).await;
     let request = valet::proto::CallRequest {
         operation: Operation::Write as i32,
@@ -85,6 +84,11 @@ async fn a_body_just_over_the_limit_is_body_too_large() {
     assert!(err.message().contains("body"), "{}", err.message());
     request_id(&err);
     assert!(mock.requests().is_empty(), "nothing reached the vendor");
+    let shown = format!("{err:?}");
+    for secret in [canary.as_str(), key.as_str()] {
+        let found = valet_testkit::leak::forms_found(shown.as_bytes(), secret);
+        assert!(found.is_empty(), "the refusal holds a secret ({found:?})");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,14 +17,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Served by gRPC reflection, so grpcurl needs no .proto files.
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     config.file_descriptor_set_path(out_dir.join("valet_descriptor.bin"));
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &[
-            std::path::PathBuf::from("proto/valet/v1/gateway.proto"),
-            std::path::PathBuf::from("proto/valet/v1/admin.proto"),
-        ],
-        &[std::path::PathBuf::from("proto"), include],
-    )?;
+    // Decode errors are the sender's: INVALID_ARGUMENT, not INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ValetCodec")
+        .compile_with_config(
+            config,
+            &[
+                std::path::PathBuf::from("proto/valet/v1/gateway.proto"),
+                std::path::PathBuf::from("proto/valet/v1/admin.proto"),
+            ],
+            &[std::path::PathBuf::from("proto"), include],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -71,6 +71,22 @@ pub struct ServerConfig {
     /// RESOURCE_EXHAUSTED `OVERLOADED` instead of queueing.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
+    /// Connections each gRPC listener (Gateway, Admin) holds open at once;
+    /// one more is closed as soon as it is accepted, so idle or abandoned
+    /// connections cannot use up the process's file descriptors.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a new connection may take to finish its TLS handshake and
+    /// send the first bytes of HTTP/2 before it is closed.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// How often an HTTP/2 PING is sent on a connection that has been
+    /// silent; 0: never. Finds peers that vanished without closing.
+    #[serde(default = "default_http2_keepalive_interval_ms")]
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before its connection is closed.
+    #[serde(default = "default_http2_keepalive_timeout_ms")]
+    pub http2_keepalive_timeout_ms: u64,
     /// TLS (and, with `client_ca_file`, mutual TLS) on the Gateway and Admin
     /// listeners. Unset: plain HTTP/2, for loopback or behind a proxy.
     #[serde(default)]
@@ -103,6 +119,10 @@ impl Default for ServerConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             drain_delay_ms: 0,
             max_concurrent_calls: default_max_concurrent_calls(),
+            max_connections: default_max_connections(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            http2_keepalive_interval_ms: default_http2_keepalive_interval_ms(),
+            http2_keepalive_timeout_ms: default_http2_keepalive_timeout_ms(),
             tls: None,
         }
     }
@@ -122,6 +142,22 @@ fn default_shutdown_grace_ms() -> u64 {
 
 fn default_max_concurrent_calls() -> usize {
     1024
+}
+
+fn default_max_connections() -> usize {
+    1000
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_http2_keepalive_interval_ms() -> u64 {
+    30_000
+}
+
+fn default_http2_keepalive_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -527,10 +563,21 @@ impl Config {
         self.limits().map(|_| ())?;
         self.check_secrets()?;
         self.telemetry.validate().map_err(invalid)?;
-        if self.server.health_probe_interval_ms == 0 {
-            return Err(invalid(
-                "server.health_probe_interval_ms must be greater than 0".into(),
-            ));
+        for (key, value) in [
+            (
+                "server.health_probe_interval_ms",
+                self.server.health_probe_interval_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+            ("server.handshake_timeout_ms", self.server.handshake_timeout_ms),
+            (
+                "server.http2_keepalive_timeout_ms",
+                self.server.http2_keepalive_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{key} must be greater than 0")));
+            }
         }
         self.check_quota()
     }

@@ -17,6 +17,11 @@
 //! - [`server`]: listeners and serving with graceful shutdown; health
 //!   driven by [`readiness`] (draining, required backends).
 //! - [`ops`]: the ops HTTP listener — `/metrics`, `/healthz`, `/readyz`.
+//! - [`transport`]: before a service runs — each listener's accept loop
+//!   (connection cap, handshake timeout) and the rescue layer that answers
+//!   tonic's own refusals (oversized or malformed messages) like any other.
+//! - [`codec`]: the protobuf codec of the generated services (a message
+//!   that does not decode is INVALID_ARGUMENT).
 //! - [`proto`]: generated `valet.v1` types.
 //! - [`cli`]: the `valet admin` and `valet audit` commands.
 //!
@@ -32,6 +37,7 @@ pub mod admin;
 pub mod app;
 pub mod call;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod deadline;
 pub mod gateway;
@@ -40,3 +46,4 @@ pub mod proto;
 pub mod readiness;
 pub mod server;
 pub mod status;
+pub mod transport;

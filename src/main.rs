@@ -5,10 +5,12 @@
 use clap::Parser as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use valet::app::{App, StartError};
 use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE};
 use valet::config::Config;
 use valet::server::{self, Listeners};
+use valet_telemetry::subscriber::CONSOLE;
 
 #[tokio::main]
 async fn main() {
@@ -36,7 +38,7 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
         Some(path) => match Config::load(&path) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("{e}");
+                console_error(&e.to_string());
                 return EXIT_USAGE;
             }
         },
@@ -45,37 +47,66 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
     let telemetry = match valet_telemetry::subscriber::init(&config.telemetry) {
         Ok(guard) => guard,
         Err(e) => {
-            eprintln!("valet: telemetry: {e}");
+            console_error(&format!("valet: telemetry: {e}"));
             return EXIT_USAGE;
         }
     };
-    let code = run(&config).await;
-    // Flush queued spans before `exit`, which runs no destructors.
-    drop(telemetry);
+    let mut exit = Exit::default();
+    let code = run(&config, &mut exit).await;
+    // Flush queued spans and the last metrics push before `exit`, which runs
+    // no destructors — within what is left of the drain and grace period.
+    let within = exit.deadline.map_or(
+        Duration::from_millis(config.server.shutdown_grace_ms),
+        |deadline| deadline.saturating_duration_since(Instant::now()),
+    );
+    let metrics = exit.metrics.unwrap_or_default();
+    let _ =
+        tokio::task::spawn_blocking(move || valet_telemetry::subscriber::flush(telemetry, metrics, within))
+            .await;
     code
 }
 
-async fn run(config: &Config) -> i32 {
+/// What the exit needs from a run: the metrics to push a last time, and
+/// when the drain and grace period that began at the signal are over.
+#[derive(Default)]
+struct Exit {
+    metrics: Option<valet_telemetry::Metrics>,
+    deadline: Option<Instant>,
+}
+
+/// A line for a person at a terminal, as JSON on stderr.
+fn console_error(message: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!(target: CONSOLE, "{message}");
+    } else {
+        valet_telemetry::subscriber::console_error(message);
+    }
+}
+
+async fn run(config: &Config, exit: &mut Exit) -> i32 {
     let options = match server::ServeOptions::from_config(&config.server) {
         Ok(options) => options,
         Err(e) => {
-            eprintln!("valet: {e}");
+            console_error(&format!("valet: {e}"));
             return EXIT_USAGE;
         }
     };
     let app = match App::open(config).await {
         Ok(app) => Arc::new(app),
         Err(e @ StartError::Config(_)) => {
-            eprintln!("{e}");
+            console_error(&e.to_string());
             return EXIT_USAGE;
         }
         Err(e) => {
-            eprintln!("valet: cannot start: {e}");
+            console_error(&format!("valet: cannot start: {e}"));
             return 1;
         }
     };
+    exit.metrics = Some(app.metrics.clone());
     if let Some(path) = &app.bootstrap_key {
-        eprintln!(
+        tracing::warn!(
+            target: CONSOLE,
+            path = %path.display(),
             "first start: an admin API key was written to {} (mode 0600)",
             path.display()
         );
@@ -83,7 +114,7 @@ async fn run(config: &Config) -> i32 {
     let listeners = match Listeners::bind(config).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("valet: {e}");
+            console_error(&format!("valet: {e}"));
             return 1;
         }
     };
@@ -96,24 +127,31 @@ async fn run(config: &Config) -> i32 {
         "valet serving"
     );
 
-    match server::serve(app, listeners, options, shutdown_signal()).await {
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    let served = server::serve(app, listeners, options, shutdown_signal(signalled.clone())).await;
+    exit.deadline = signalled.get().map(|at: &Instant| {
+        *at + Duration::from_millis(config.server.drain_delay_ms)
+            + Duration::from_millis(config.server.shutdown_grace_ms)
+    });
+    match served {
         Ok(()) => {
             tracing::info!("valet stopped");
             0
         }
         Err(e) => {
-            eprintln!("valet: server failed: {e}");
+            console_error(&format!("valet: server failed: {e}"));
             1
         }
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(signalled: Arc<std::sync::OnceLock<Instant>>) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler can be installed");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    let _ = signalled.set(Instant::now());
     tracing::info!("shutting down: finishing in-flight calls");
 }

@@ -7,6 +7,7 @@ use crate::config::ListenerTls;
 use crate::gateway::GatewayService;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::gateway_server::GatewayServer;
+use crate::transport::{self, ConnectionLimits, Rescue};
 use crate::{ops, readiness};
 use std::future::Future;
 use std::sync::Arc;
@@ -14,13 +15,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::server::NamedService as _;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
 
 /// Room for the rest of a CallRequest beyond its body.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
+
+/// The largest Admin request decoded (tonic's default).
+const ADMIN_MESSAGE_LIMIT: usize = 4 << 20;
 
 /// The bound listeners.
 #[derive(Debug)]
@@ -72,20 +77,24 @@ pub async fn serve(
         shutdown_grace,
         drain_delay,
         max_concurrent_calls,
+        connections,
+        keepalive_interval,
+        keepalive_timeout,
         tls,
     } = options;
     let builder = || -> Result<Server, tonic::transport::Error> {
+        let server = Server::builder()
+            // Peers that vanished without closing are found and dropped.
+            .http2_keepalive_interval(keepalive_interval)
+            .http2_keepalive_timeout(Some(keepalive_timeout));
         match &tls {
-            Some(tls) => Server::builder().tls_config(tls.clone()),
-            None => Ok(Server::builder()),
+            // The TLS handshake is bounded like the HTTP/2 one.
+            Some(tls) => server.tls_config(tls.clone().timeout(connections.handshake_timeout)),
+            None => Ok(server),
         }
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the compiled descriptors are valid");
+    let health = HealthReporter::new();
+    let health_service = HealthService::from_health_reporter(health.clone());
     // One lock orders every report, so a probe that finished just before
     // the drain began cannot report SERVING after it.
     let health = Arc::new(tokio::sync::Mutex::new(health));
@@ -118,25 +127,54 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    let max_message = app.limits.max_request_body_bytes + app.limits.max_header_bytes + MESSAGE_OVERHEAD;
+    // The transport's limit sits well above the body limit, so a body just
+    // over it reaches validation (BODY_TOO_LARGE, with tenant and vendor
+    // in the log line); only a message far beyond it is refused unread, and
+    // the rescue layer answers that with the same status and reason.
+    let body_limit = app.limits.max_request_body_bytes;
+    let max_message = 2 * (body_limit + app.limits.max_header_bytes) + MESSAGE_OVERHEAD;
     let gateway = GatewayServer::new(GatewayService::new(app.clone(), max_concurrent_calls))
         .max_decoding_message_size(max_message);
-    let admin = AdminServer::new(AdminService::new(app.clone()));
+    let admin =
+        AdminServer::new(AdminService::new(app.clone())).max_decoding_message_size(ADMIN_MESSAGE_LIMIT);
     let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
     let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), async move {
         let _ = ops_stopped.await;
     }));
 
+    // Each listener's reflection lists what that listener serves.
+    let (gateway_reflection, gateway_reflection_alpha) = reflection(&[
+        GatewayServer::<GatewayService>::NAME,
+        HealthServer::<Health>::NAME,
+    ]);
+    let (admin_reflection, admin_reflection_alpha) = reflection(&[AdminServer::<AdminService>::NAME]);
+    let health_service = HealthServer::new(Health {
+        inner: health_service,
+        stop: stop_rx.clone(),
+    });
     let gateway = builder()?
-        // The caller's deadline is read once, on arrival (see `deadline`).
+        // The caller's deadline is read once, on arrival; a spent one is
+        // answered at once (see `deadline`).
         .layer(crate::deadline::DeadlineLayer::new(app.clone()))
+        // Oversized and malformed messages answered like any refusal.
+        .layer(Rescue::new(app.clone(), max_message, Some(body_limit)))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(gateway_reflection)
+        .add_service(gateway_reflection_alpha)
         .add_service(gateway)
-        .serve_with_incoming_shutdown(incoming(listeners.gateway), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            transport::incoming(listeners.gateway, connections, "gateway"),
+            stopped(stop_rx.clone()),
+        );
     let admin = builder()?
+        .layer(Rescue::new(app.clone(), ADMIN_MESSAGE_LIMIT, None))
+        .add_service(admin_reflection)
+        .add_service(admin_reflection_alpha)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_rx));
+        .serve_with_incoming_shutdown(
+            transport::incoming(listeners.admin, connections, "admin"),
+            stopped(stop_rx),
+        );
     let serving = async { tokio::try_join!(gateway, admin).map(|_| ()) };
     let grace_over = async {
         stopped(stop_rx_grace).await;
@@ -156,9 +194,8 @@ pub async fn serve(
     let _ = ops_stop.send(());
     let _ = ops.await;
     let _ = watcher.await;
-    // The OTLP reader's last push blocks; keep it off the runtime's workers.
-    let metrics = app.metrics.clone();
-    let _ = tokio::task::spawn_blocking(move || metrics.shutdown()).await;
+    // Flushing telemetry is the caller's, within what is left of the drain
+    // and the grace period (see `valet_telemetry::subscriber::flush`).
     served
 }
 
@@ -173,6 +210,12 @@ pub struct ServeOptions {
     pub drain_delay: Duration,
     /// Gateway calls handled at once.
     pub max_concurrent_calls: usize,
+    /// Each gRPC listener's connection cap and handshake timeout.
+    pub connections: ConnectionLimits,
+    /// HTTP/2 PINGs on a silent connection this often (`None`: never).
+    pub keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered.
+    pub keepalive_timeout: Duration,
     /// TLS for the Gateway and Admin listeners.
     pub tls: Option<ServerTlsConfig>,
 }
@@ -186,6 +229,14 @@ impl ServeOptions {
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             drain_delay: Duration::from_millis(server.drain_delay_ms),
             max_concurrent_calls: server.max_concurrent_calls,
+            connections: ConnectionLimits {
+                max_connections: server.max_connections,
+                handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
+            },
+            keepalive_interval: Some(server.http2_keepalive_interval_ms)
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            keepalive_timeout: Duration::from_millis(server.http2_keepalive_timeout_ms),
             tls: server.tls.as_ref().map(listener_tls).transpose()?,
         })
     }
@@ -273,8 +324,123 @@ async fn set_all(health: &HealthReporter, serving: bool) {
         .await;
 }
 
-/// Accepted connections with Nagle's algorithm off: small gRPC frames must
-/// not wait for the peer's delayed ACK (a 40 ms stall per exchange).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// gRPC server reflection, v1 and v1alpha (Python's grpcio-reflection and
+/// older grpcurl), listing `services` and reflection itself.
+fn reflection(
+    services: &[&str],
+) -> (
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let configure = || {
+        let builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+            .include_reflection_service(false);
+        services
+            .iter()
+            .chain(&[
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ])
+            .fold(builder, |builder, name| builder.with_service_name(*name))
+    };
+    (
+        configure()
+            .build_v1()
+            .expect("the compiled descriptors are valid"),
+        configure()
+            .build_v1alpha()
+            .expect("the compiled descriptors are valid"),
+    )
+}
+
+/// `grpc.health.v1.Health`, whose `Watch` streams end once the listeners
+/// stop accepting — NOT_SERVING their last message — so a load balancer's
+/// open watch does not hold the exit up for the whole grace period.
+#[derive(Debug)]
+struct Health {
+    inner: HealthService,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Health {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<
+            dyn tonic::codegen::tokio_stream::Stream<Item = Result<HealthCheckResponse, tonic::Status>>
+                + Send,
+        >,
+    >;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let inner = self.inner.watch(request).await?.into_inner();
+        Ok(tonic::Response::new(Box::pin(WatchUntilStop {
+            inner: Box::pin(inner),
+            stop: Box::pin(stop_signal(self.stop.clone())),
+            last: None,
+            done: false,
+        })))
+    }
+}
+
+async fn stop_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// A health watch that ends at shutdown, with NOT_SERVING sent last.
+struct WatchUntilStop<S> {
+    inner: std::pin::Pin<Box<S>>,
+    stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    last: Option<i32>,
+    done: bool,
+}
+
+impl<S> tonic::codegen::tokio_stream::Stream for WatchUntilStop<S>
+where
+    S: tonic::codegen::tokio_stream::Stream<Item = Result<HealthCheckResponse, tonic::Status>>,
+{
+    type Item = Result<HealthCheckResponse, tonic::Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // Changes already reported come first, so nothing is skipped.
+        if let Poll::Ready(item) = this.inner.as_mut().poll_next(cx) {
+            if let Some(Ok(answer)) = &item {
+                this.last = Some(answer.status);
+            }
+            return Poll::Ready(item);
+        }
+        if this.stop.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.done = true;
+        let not_serving = ServingStatus::NotServing as i32;
+        if this.last == Some(not_serving) {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Ok(HealthCheckResponse { status: not_serving })))
+        }
+    }
 }

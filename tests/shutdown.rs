@@ -135,3 +135,110 @@ async fn during_the_drain_delay_health_says_not_serving_but_calls_are_served() {
     let exited = valet.terminate().await;
     assert_eq!(exited.code, Some(0));
 }
+
+async fn watch_root(url: &str) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    watch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_ends_with_not_serving_and_does_not_hold_up_exit() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mock = MockVendor::start().await;
+    let (valet, _key) = slow_valet(&mock, "shutdown_grace_ms = 20000").await;
+    // Every load balancer keeps one of these open.
+    let mut watch = watch_root(&valet.gateway_url).await;
+    let began = Instant::now();
+    valet.sigterm().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut last = None;
+        while let Some(answer) = watch.message().await.expect("the watch ends cleanly") {
+            last = Some(answer.status);
+        }
+        last
+    })
+    .await
+    .expect("the watch ended well before the 20 s grace period");
+    assert_eq!(ended, Some(ServingStatus::NotServing as i32));
+    let exited = valet.terminate().await;
+    assert_eq!(exited.code, Some(0));
+    assert!(began.elapsed() < Duration::from_secs(10), "{:?}", began.elapsed());
+}
+
+/// Every line of `bytes` is one JSON object.
+fn all_json(stream: &str, bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
+            "{stream}: not a JSON line: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stalled_collector_exit_fits_in_drain_and_grace_and_failed_exports_are_logged() {
+    // A collector that accepts connections and never answers.
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = collector.accept().await {
+            held.push(socket);
+        }
+    });
+    let body = format!(
+        "[server]\ndrain_delay_ms = 200\nshutdown_grace_ms = 1000\n[telemetry]\notlp_endpoint = \"{endpoint}\"\nmetrics_export_interval_ms = 100\n"
+    );
+    // Each export waits 4 s for the collector; the exit may not.
+    let env = [
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "4000"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    let valet = ValetProcess::spawn_with(&body, &env).await;
+    let watch = watch_root(&valet.gateway_url).await;
+    // The failing pushes are reported while they happen, not only at exit.
+    let waiting = Instant::now();
+    while !valet
+        .stdout_so_far()
+        .lines()
+        .any(|l| l.contains("\"level\":\"WARN\"") && l.contains("export") && l.contains("metrics"))
+    {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "no WARN line for failing exports: {}",
+            valet.stdout_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let began = Instant::now();
+    valet.sigterm().await;
+    let exited = valet.terminate().await;
+    let took = began.elapsed();
+    assert_eq!(exited.code, Some(0));
+    // drain (0.2 s) + grace (1 s), and a margin for a loaded machine.
+    assert!(took < Duration::from_millis(1200 + 2300), "exit took {took:?}");
+    // The watch was open throughout and did not hold the exit up.
+    drop(watch);
+    all_json("stdout", &exited.stdout);
+    all_json("stderr", &exited.stderr);
+    held.abort();
+}

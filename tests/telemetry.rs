@@ -414,3 +414,20 @@ async fn tenant_labels_can_be_switched_off() {
     );
     assert!(!metrics.contains("tenant="), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_on_stdout_and_stderr_is_json() {
+    // A first start: the bootstrap-key notice is among the lines.
+    let valet = ValetProcess::spawn("").await;
+    let exited = valet.terminate().await;
+    let mut notice = false;
+    for (stream, bytes) in [("stdout", &exited.stdout), ("stderr", &exited.stderr)] {
+        for line in String::from_utf8_lossy(bytes).lines() {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|_| panic!("{stream}: not a JSON line: {line}"));
+            assert!(value.is_object(), "{stream}: {line}");
+            notice |= line.contains("admin API key was written");
+        }
+    }
+    assert!(notice, "the bootstrap notice is logged");
+}

@@ -464,6 +464,11 @@ impl ValetProcess {
             .expect("connect gateway")
     }
 
+    /// What it has written to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().expect("lock")).into_owned()
+    }
+
     /// Sends SIGTERM without waiting for the exit.
     pub async fn sigterm(&self) {
         let pid = self.child.id().expect("running").to_string();

@@ -11,6 +11,8 @@
 //!   when an endpoint is set, spans exported over OTLP/gRPC. Both are filtered
 //!   so that only Valet's own crates reach the exporter and the HTTP, TLS,
 //!   gRPC and AWS SDK crates never log below `info`.
+//! - [`export`]: the OTLP exporters wrapped so that failing exports are
+//!   logged (rate-limited) while they happen.
 //! - [`propagation`]: W3C trace context in from gRPC metadata and out to the
 //!   vendor's HTTP request.
 //! - [`metrics`]: [`Metrics`] — every counter and histogram Valet keeps,
@@ -25,6 +27,7 @@
 //! a metric label, and the exporter only sees spans from Valet's own crates.
 #![forbid(unsafe_code)]
 
+pub mod export;
 pub mod metrics;
 pub mod propagation;
 pub mod settings;

@@ -147,7 +147,7 @@ impl Metrics {
             let exporter = exporter
                 .build()
                 .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-            let reader = PeriodicReader::builder(exporter);
+            let reader = PeriodicReader::builder(crate::export::Reported::new(exporter, "metrics"));
             let reader = match settings.metrics_interval() {
                 Some(interval) => reader.with_interval(interval),
                 None => reader, // OTEL_METRIC_EXPORT_INTERVAL, else 60 s
@@ -406,9 +406,10 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    /// Pushes the last OTLP export and stops the readers.
-    pub fn shutdown(&self) {
-        let _ = self.inner.provider.shutdown();
+    /// Pushes the last OTLP export and stops the readers. Blocks while the
+    /// collector takes its time: see [`crate::subscriber::flush`].
+    pub fn shutdown(&self) -> Result<(), String> {
+        self.inner.provider.shutdown().map_err(|e| e.to_string())
     }
 
     fn quota_attrs(&self, tenant: &str, vendor: &str, policy: &str) -> Vec<KeyValue> {

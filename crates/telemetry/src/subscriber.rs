@@ -25,23 +25,107 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// Keeps the span exporter running; dropping it flushes spans still queued.
+/// The `target` of lines for a person at a terminal (the bootstrap-key
+/// notice, a failed start): written as JSON to stderr, whatever `RUST_LOG`
+/// says, and not to stdout.
+pub const CONSOLE: &str = "valet::console";
+
+/// Keeps the span exporter running; [`flush`] (or dropping it) flushes the
+/// spans still queued.
 #[derive(Debug)]
 pub struct Guard {
-    tracer: SdkTracerProvider,
+    tracer: Option<SdkTracerProvider>,
+    /// Whether anything is exported, so a flush may have to wait.
+    exports: bool,
 }
 
 impl Guard {
-    /// Flushes and stops the exporter (also done on drop).
+    /// Flushes and stops the exporter (also done on drop), however long the
+    /// collector takes; [`flush`] bounds it.
     pub fn shutdown(self) {}
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Err(e) = self.tracer.shutdown() {
-            eprintln!("valet: flushing spans at exit failed: {e}");
+        if let Some(tracer) = self.tracer.take()
+            && let Err(e) = tracer.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing spans at exit failed");
         }
     }
+}
+
+/// Flushes the spans still queued and the last metrics push, giving up
+/// after `within` so the process exits on time however stalled the
+/// collector is. Each failure (or the deadline) is one WARN line.
+pub fn flush(mut guard: Guard, metrics: crate::Metrics, within: std::time::Duration) {
+    let tracer = guard.tracer.take();
+    let spans = move || tracer.map_or(Ok(()), |t| t.shutdown().map_err(|e| e.to_string()));
+    let pushes = move || metrics.shutdown();
+    if !guard.exports {
+        // Nothing leaves the process: both return at once.
+        for (signal, result) in [("spans", spans()), ("metrics", pushes())] {
+            if let Err(e) = result {
+                tracing::warn!(signal, error = %e, "flushing telemetry at exit failed");
+            }
+        }
+        return;
+    }
+    let deadline = std::time::Instant::now() + within;
+    let (done, results) = std::sync::mpsc::channel();
+    let flushes: [(&'static str, Flush); 2] = [("spans", Box::new(spans)), ("metrics", Box::new(pushes))];
+    for (signal, work) in flushes {
+        let done = done.clone();
+        // Detached: a flush still blocked at the deadline dies with the process.
+        std::thread::spawn(move || {
+            let _ = done.send((signal, work()));
+        });
+    }
+    let mut pending = vec!["spans", "metrics"];
+    while !pending.is_empty() {
+        match results.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok((signal, result)) => {
+                pending.retain(|s| *s != signal);
+                if let Err(e) = result {
+                    tracing::warn!(signal, error = %e, "flushing telemetry at exit failed");
+                }
+            }
+            Err(_) => {
+                tracing::warn!(
+                    unflushed = ?pending,
+                    within_ms = within.as_millis() as u64,
+                    "telemetry not flushed before the shutdown deadline; exiting without it"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// One exit flush, run on its own thread.
+type Flush = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// Writes one [`CONSOLE`] line at `ERROR` before (or without) [`init`]: a
+/// start that failed before the subscriber was installed still says why in
+/// the same JSON form.
+pub fn console_error(message: &str) {
+    let subscriber = tracing_subscriber::registry().with(console_layer());
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::error!(target: CONSOLE, "{message}");
+    });
+}
+
+/// [`CONSOLE`] lines as JSON on stderr.
+fn console_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .json()
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_filter(filter_fn(|meta| meta.is_event() && meta.target() == CONSOLE))
 }
 
 /// Installs the global subscriber, logging to stdout. Without an endpoint,
@@ -64,7 +148,10 @@ where
         .with_span_list(false)
         // Events only: the log lines print no span context, and a span the
         // formatter sees is a span whose fields it formats on every record.
-        .with_filter(env.and(capped()).and(filter_fn(|meta| meta.is_event())));
+        .with_filter(
+            env.and(capped())
+                .and(filter_fn(|meta| meta.is_event() && meta.target() != CONSOLE)),
+        );
 
     let tracer = tracer_provider(settings)?;
     let spans = tracing_opentelemetry::layer()
@@ -74,8 +161,15 @@ where
         .with_filter(filter_fn(|meta| {
             own_crate(meta.target()) && *meta.level() <= Level::INFO
         }));
-    tracing_subscriber::registry().with(logs).with(spans).init();
-    Ok(Guard { tracer })
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(console_layer())
+        .with(spans)
+        .init();
+    Ok(Guard {
+        tracer: Some(tracer),
+        exports: settings.exports_traces() || settings.exports_metrics(),
+    })
 }
 
 /// Every crate but Valet's own is capped at `info`: an allow-list, so a
@@ -103,7 +197,7 @@ fn tracer_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryEr
         let exporter = exporter
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        builder = builder.with_batch_exporter(exporter);
+        builder = builder.with_batch_exporter(crate::export::Reported::new(exporter, "spans"));
         if let Some(ratio) = settings.sampling_ratio {
             builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
         }

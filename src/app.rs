@@ -116,6 +116,7 @@ impl App {
                 let settings = CacheSettings {
                     ttl: Duration::from_millis(secrets.cache_ttl_ms),
                     max_stale: Duration::from_millis(secrets.max_stale_ms),
+                    refresh_budget: Duration::from_millis(secrets.refresh_budget_ms),
                     capacity: secrets.cache_capacity,
                 };
                 Arc::new(aws::AwsStore::new(sdk, &secrets.prefix, settings).with_metrics(metrics.clone()))

@@ -281,12 +281,19 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
     })
 }
 
-/// Gauges read at collection time: readiness and the quota fallback.
+/// Gauges read at collection time: readiness, Secrets Manager degraded,
+/// and the quota fallback.
 fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readiness, registry: &Registry) {
     let ready = readiness.clone();
     metrics.gauge("valet.ready", "1 while this replica is SERVING", move || {
         i64::from(ready.is_ready())
     });
+    let degraded = readiness.clone();
+    metrics.gauge(
+        "valet.secrets_manager.degraded",
+        "1 while Secrets Manager fails its probe and calls are served from the cache (within max_stale)",
+        move || i64::from(degraded.secrets_manager_degraded()),
+    );
     let quotas = Arc::clone(quotas);
     metrics.gauge(
         "valet.quota.fallback_active",

@@ -36,8 +36,8 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use valet_telemetry::Metrics;
 
 const CURRENT: &str = "AWSCURRENT";
@@ -117,6 +117,8 @@ pub struct AwsStore {
     remote: Arc<Remote>,
     prefix: String,
     cache: Cache,
+    /// When Secrets Manager last answered any request (readiness).
+    answered: Answered,
 }
 
 impl std::fmt::Debug for AwsStore {
@@ -208,13 +210,18 @@ impl AwsStore {
     /// The same, with the cache on `clock` (benchmarks simulate time).
     pub fn with_clock(config: &SdkConfig, prefix: &str, settings: CacheSettings, clock: Clock) -> Self {
         let prefix = prefix.trim_end_matches('/').to_owned();
+        let answered = Answered::default();
+        let client = aws_sdk_secretsmanager::config::Builder::from(config)
+            .interceptor(answered.clone())
+            .build();
         Self {
             remote: Arc::new(Remote {
-                client: Client::new(config),
+                client: Client::from_conf(client),
                 prefix: prefix.clone(),
             }),
             prefix,
             cache: Cache::with_clock(settings, clock),
+            answered,
         }
     }
 
@@ -299,14 +306,25 @@ impl SecretStore for AwsStore {
     fn probe(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             // Any answer from the service — "not found" included — means it
-            // is reachable; only a failure to get one counts.
+            // is reachable; no answer, or a server error (5xx, after the
+            // SDK's retries), means it cannot serve a refresh now.
             let name = format!("{}/.valet-health", self.prefix);
             match self.client().describe_secret().secret_id(name).send().await {
                 Ok(_) => Ok(()),
+                Err(SdkError::ServiceError(e)) if e.raw().status().is_server_error() => {
+                    Err(StoreError::Unavailable(format!(
+                        "Secrets Manager answered HTTP {}",
+                        e.raw().status().as_u16()
+                    )))
+                }
                 Err(SdkError::ServiceError(_)) => Ok(()),
                 Err(e) => Err(unavailable(&e)),
             }
         })
+    }
+
+    fn last_answered(&self) -> Option<Instant> {
+        *self.answered.0.lock().expect("lock")
     }
 
     fn get<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, Option<StoredCredential>> {
@@ -498,6 +516,29 @@ impl SecretStore for AwsStore {
                 .map_err(|e| unavailable(&e))?;
             Ok(())
         })
+    }
+}
+
+/// Notes when Secrets Manager last answered an HTTP attempt with anything
+/// but a server error: a bound on when it last confirmed a cached record.
+#[derive(Debug, Clone, Default)]
+struct Answered(Arc<Mutex<Option<Instant>>>);
+
+impl Intercept for Answered {
+    fn name(&self) -> &'static str {
+        "valet-answered"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if context.response().is_some_and(|r| !r.status().is_server_error()) {
+            *self.0.lock().expect("lock") = Some(Instant::now());
+        }
+        Ok(())
     }
 }
 

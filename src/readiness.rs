@@ -160,10 +160,12 @@ pub async fn probe(app: &App) -> bool {
         tracing::warn!(reasons = ?down, "required backend unavailable; reporting NOT_SERVING");
     }
     let degraded_now = !degraded.is_empty();
-    if app.readiness.set(down, degraded) && degraded_now {
-        tracing::warn!(
+    match app.readiness.set(down, degraded) {
+        true if degraded_now => tracing::warn!(
             "Secrets Manager unavailable; serving cached credentials (degraded) until they are older than max_stale"
-        );
+        ),
+        true => tracing::info!("no longer degraded"),
+        false => {}
     }
     app.readiness.is_ready()
 }

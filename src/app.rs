@@ -118,6 +118,7 @@ impl App {
                 let settings = CacheSettings {
                     ttl: Duration::from_millis(secrets.cache_ttl_ms),
                     max_stale: Duration::from_millis(secrets.max_stale_ms),
+                    refresh_budget: Duration::from_millis(secrets.refresh_budget_ms),
                     capacity: secrets.cache_capacity,
                 };
                 Arc::new(aws::AwsStore::new(sdk, &secrets.prefix, settings).with_metrics(metrics.clone()))
@@ -288,13 +289,20 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
     })
 }
 
-/// Gauges read at collection time: readiness and the quota fallback.
+/// Gauges read at collection time: readiness, Secrets Manager degraded,
+/// and the quota fallback.
 fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readiness, registry: &Registry) {
     let ready = readiness.clone();
     metrics.gauge("valet.ready", "1 while this replica is SERVING", move || {
         i64::from(ready.is_ready())
     });
     let losses = Arc::clone(quotas);
+    let degraded = readiness.clone();
+    metrics.gauge(
+        "valet.secrets_manager.degraded",
+        "1 while Secrets Manager fails its probe and calls are served from the cache (within max_stale)",
+        move || i64::from(degraded.secrets_manager_degraded()),
+    );
     let quotas = Arc::clone(quotas);
     metrics.gauge(
         "valet.quota.fallback_active",

@@ -222,6 +222,12 @@ pub struct SecretsConfig {
     /// UNAVAILABLE.
     #[serde(default = "default_max_stale_ms")]
     pub max_stale_ms: u64,
+    /// How long a call holding a cached credential (within `max_stale_ms`)
+    /// waits for a refresh from Secrets Manager before it uses the cached
+    /// one; the refresh carries on in the background. Bounds what a hung or
+    /// slow Secrets Manager adds to a call, whatever the caller's deadline.
+    #[serde(default = "default_refresh_budget_ms")]
+    pub refresh_budget_ms: u64,
     /// Most credentials cached; the least recently used are evicted.
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
@@ -237,6 +243,7 @@ impl Default for SecretsConfig {
             prefix: default_prefix(),
             cache_ttl_ms: default_cache_ttl_ms(),
             max_stale_ms: default_max_stale_ms(),
+            refresh_budget_ms: default_refresh_budget_ms(),
             cache_capacity: default_cache_capacity(),
         }
     }
@@ -251,6 +258,14 @@ fn default_cache_ttl_ms() -> u64 {
 fn default_max_stale_ms() -> u64 {
     3_600_000
 }
+/// Enough for a healthy Secrets Manager (tens of milliseconds), well under
+/// any sane call deadline.
+fn default_refresh_budget_ms() -> u64 {
+    300
+}
+/// Past the SDK's per-attempt timeout (5 s) a budget no longer bounds
+/// anything.
+const MAX_REFRESH_BUDGET_MS: u64 = 5_000;
 fn default_cache_capacity() -> usize {
     10_000
 }
@@ -680,6 +695,11 @@ impl Config {
         if s.cache_capacity == 0 {
             return Err(invalid("secrets.cache_capacity: must be greater than 0".into()));
         }
+        if !(1..=MAX_REFRESH_BUDGET_MS).contains(&s.refresh_budget_ms) {
+            return Err(invalid(format!(
+                "secrets.refresh_budget_ms: must be between 1 and {MAX_REFRESH_BUDGET_MS}"
+            )));
+        }
         if let Some(url) = &s.endpoint_url
             && url
                 .parse::<http::Uri>()
@@ -899,6 +919,11 @@ mod tests {
             ),
             ("[secrets]\nprefix = \"/bad/\"\n", "secrets.prefix"),
             ("[secrets]\ncache_ttl_ms = 0\n", "secrets.cache_ttl_ms"),
+            ("[secrets]\nrefresh_budget_ms = 0\n", "secrets.refresh_budget_ms"),
+            (
+                "[secrets]\nrefresh_budget_ms = 60000\n",
+                "secrets.refresh_budget_ms",
+            ),
             (
                 "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\" }\nverify = { method = \"GET\", path = \"../me\" }\n",
                 "vendors[0].verify",

@@ -3,9 +3,10 @@
 //!
 //! - `GET /metrics`: Prometheus text (see `valet_telemetry::metrics`).
 //! - `GET /healthz`: 200 while the process runs (liveness).
-//! - `GET /readyz`: 200 when ready for calls, else 503 naming why
-//!   (`draining`, `redis (idempotency) unavailable`, …) — the same answer
-//!   `grpc.health.v1.Health` gives.
+//! - `GET /readyz`: 200 when ready for calls (`ready`, or `ready (degraded:
+//!   secrets manager unavailable)` while calls are served from the Secrets
+//!   Manager cache), else 503 naming why (`draining`, `redis (idempotency)
+//!   unavailable`, …) — the same answer `grpc.health.v1.Health` gives.
 
 use crate::app::App;
 use bytes::Bytes;
@@ -67,8 +68,14 @@ fn answer(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let reasons = app.readiness.reasons();
-            if reasons.is_empty() {
+            let degraded = app.readiness.degraded();
+            if reasons.is_empty() && degraded.is_empty() {
                 text(StatusCode::OK, "ready\n".into())
+            } else if reasons.is_empty() {
+                text(
+                    StatusCode::OK,
+                    format!("ready (degraded: {})\n", degraded.join(", ")),
+                )
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

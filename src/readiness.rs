@@ -1,11 +1,21 @@
-//! Readiness: whether this replica should receive calls.
+//! Readiness: whether this replica should receive calls, and what it can
+//! do without.
 //!
 //! A replica is ready while it is not draining and every *required* backend
 //! answers. Required means calls cannot succeed without it: the audit log
-//! (no entry, no credential), Secrets Manager when credentials live there,
-//! Redis for idempotency records, and Redis for quotas when its fallback is
-//! `deny`. (With the `local` or `allow` fallback a Redis outage degrades
-//! quotas instead — see `valet_quota_fallback_active`.)
+//! (no entry, no credential), Redis for idempotency records, and Redis for
+//! quotas when its fallback is `deny`. (With the `local` or `allow` fallback a
+//! Redis outage degrades quotas instead — see `valet_quota_fallback_active`.)
+//!
+//! Secrets Manager, when credentials live there, is required only past its
+//! stale window: the cache serves records confirmed within `max_stale`. When
+//! its probe fails but Secrets Manager last answered a request (a probe, a
+//! version check, a fetch, a write; anything but a server error) no longer
+//! than `max_stale` ago, the replica is *degraded* but ready
+//! (`valet_secrets_manager_degraded`, `/readyz` says `ready (degraded: …)`).
+//! Once that last answer is older than `max_stale`, no cached record can
+//! have been confirmed more recently, none can be served, and the replica is
+//! not ready; nor is one Secrets Manager has never answered.
 //!
 //! The probe loop in [`crate::server`] checks them every
 //! `server.health_probe_interval_ms` and drives `grpc.health.v1.Health`,
@@ -24,8 +34,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Which backends readiness requires, from the config.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Required {
-    /// Secrets Manager holds the credentials.
-    pub secrets_manager: bool,
+    /// Secrets Manager holds the credentials; cached ones are served for
+    /// this long (`max_stale`) past their last confirmation.
+    pub secrets_manager: Option<Duration>,
     /// Idempotency records are in Redis.
     pub idempotency_redis: bool,
     /// Quotas are in Redis and refuse calls when it is down.
@@ -36,7 +47,8 @@ impl Required {
     /// What `config` makes required.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            secrets_manager: config.secrets.backend == SecretsBackend::Aws,
+            secrets_manager: (config.secrets.backend == SecretsBackend::Aws)
+                .then(|| Duration::from_millis(config.secrets.max_stale_ms)),
             idempotency_redis: config.idempotency.backend == QuotaBackend::Redis,
             quota_redis: config.quota.backend == QuotaBackend::Redis
                 && config.quota.on_backend_error == OnBackendError::Deny,
@@ -53,9 +65,16 @@ pub struct Readiness {
 #[derive(Debug, Default)]
 struct State {
     draining: AtomicBool,
-    /// Backends that failed their last probe.
+    /// Why the last probe found the replica unable to serve.
     down: Mutex<Vec<&'static str>>,
+    /// What the last probe found failing while the replica still serves.
+    degraded: Mutex<Vec<&'static str>>,
 }
+
+/// Why the replica is degraded while Secrets Manager fails its probe within
+/// the stale window; and why it is down past it.
+const SECRETS_MANAGER_DEGRADED: &str = "secrets manager unavailable";
+const SECRETS_MANAGER_DOWN: &str = "secrets manager unavailable longer than max_stale";
 
 impl Readiness {
     /// Whether calls should be sent here.
@@ -74,14 +93,41 @@ impl Readiness {
         if self.inner.draining.load(Ordering::Relaxed) {
             reasons.push("draining".to_owned());
         }
-        for backend in self.inner.down.lock().expect("lock").iter() {
-            reasons.push(format!("{backend} unavailable"));
-        }
+        reasons.extend(
+            self.inner
+                .down
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|r| (*r).to_owned()),
+        );
         reasons
     }
 
-    fn set_down(&self, down: Vec<&'static str>) {
+    /// What is failing while the replica still serves, for `/readyz`.
+    pub fn degraded(&self) -> Vec<String> {
+        let degraded = self.inner.degraded.lock().expect("lock");
+        degraded.iter().map(|r| (*r).to_owned()).collect()
+    }
+
+    /// Whether the replica serves from its Secrets Manager cache because
+    /// Secrets Manager fails its probe (the `valet_secrets_manager_degraded`
+    /// gauge).
+    pub fn secrets_manager_degraded(&self) -> bool {
+        self.inner
+            .degraded
+            .lock()
+            .expect("lock")
+            .contains(&SECRETS_MANAGER_DEGRADED)
+    }
+
+    /// Records the probe's findings; returns whether the degraded set changed.
+    fn set(&self, down: Vec<&'static str>, degraded: Vec<&'static str>) -> bool {
         *self.inner.down.lock().expect("lock") = down;
+        let mut was = self.inner.degraded.lock().expect("lock");
+        let changed = *was != degraded;
+        *was = degraded;
+        changed
     }
 }
 
@@ -90,22 +136,37 @@ impl Readiness {
 pub async fn probe(app: &App) -> bool {
     let required = app.required;
     let mut down = Vec::new();
+    let mut degraded = Vec::new();
     if !app.audit.writable() {
-        down.push("audit log");
+        down.push("audit log unavailable");
     }
-    if required.secrets_manager && !answers(app.vault.probe()).await {
-        down.push("secrets manager");
+    if let Some(max_stale) = required.secrets_manager
+        && !answers(app.vault.probe()).await
+    {
+        // Any request Secrets Manager answered counts, not only probes: a
+        // call's refresh may have confirmed a record since the last probe.
+        match app.vault.store_last_answered() {
+            Some(at) if at.elapsed() <= max_stale => degraded.push(SECRETS_MANAGER_DEGRADED),
+            _ => down.push(SECRETS_MANAGER_DOWN),
+        }
     }
     if required.idempotency_redis && !answers(app.idempotency.probe()).await {
-        down.push("redis (idempotency)");
+        down.push("redis (idempotency) unavailable");
     }
     if required.quota_redis && !answers(app.quotas.probe()).await {
-        down.push("redis (quota)");
+        down.push("redis (quota) unavailable");
     }
     if !down.is_empty() {
-        tracing::warn!(backends = ?down, "required backend unavailable; reporting NOT_SERVING");
+        tracing::warn!(reasons = ?down, "required backend unavailable; reporting NOT_SERVING");
     }
-    app.readiness.set_down(down);
+    let degraded_now = !degraded.is_empty();
+    match app.readiness.set(down, degraded) {
+        true if degraded_now => tracing::warn!(
+            "Secrets Manager unavailable; serving cached credentials (degraded) until they are older than max_stale"
+        ),
+        true => tracing::info!("no longer degraded"),
+        false => {}
+    }
     app.readiness.is_ready()
 }
 

@@ -394,6 +394,78 @@ async fn an_outage_is_served_from_cache_until_max_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_secrets_manager_is_served_from_cache_within_the_refresh_budget() {
+    let f = fleet(200, 3_600_000).await;
+    let canary = valet_testkit::canary("hung");
+    f.valet.put_credential("acme", "mock", &canary).await;
+    f.valet.call(&f.key, get("acme", "mock", "/warm")).await.unwrap();
+    // Past the TTL the next lease needs a version check, and Secrets
+    // Manager now takes requests and never answers them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.proxy.set_hang(true);
+    f.proxy.reset();
+
+    // Callers with a 1 s deadline, well under the SDK's own timeouts: each
+    // is served the cached record after the refresh budget, round after
+    // round, across the re-check backoff (1 s), while the one refresh stays
+    // hung in the background.
+    let gateway = f.valet.gateway().await;
+    let hang_began = Instant::now();
+    for round in 0..6 {
+        let calls: Vec<_> = (0..10)
+            .map(|_| {
+                let (mut gateway, key) = (gateway.clone(), f.key.clone());
+                tokio::spawn(async move {
+                    let mut request = authed(get("acme", "mock", "/x"), &key);
+                    request.set_timeout(Duration::from_secs(1));
+                    gateway.call(request).await
+                })
+            })
+            .collect();
+        for call in calls {
+            let resp = call
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"))
+                .into_inner();
+            assert_eq!(resp.status, 200, "round {round}");
+        }
+        // Spreads the rounds past the backoff; not waiting for anything.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        hang_began.elapsed() < Duration::from_secs(5),
+        "the rounds outlasted the SDK's 5 s attempt timeout, so the counts below would include its retry"
+    );
+    assert_eq!(
+        (f.proxy.count("DescribeSecret"), f.proxy.count("GetSecretValue")),
+        (1, 0),
+        "one refresh in flight for the key, whatever the number of callers"
+    );
+    assert_eq!(
+        f.mock.requests().len(),
+        61,
+        "every call reached the vendor with the cached credential"
+    );
+    assert!(
+        f.mock
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization") == Some(format!("Bearer {canary}").as_str()))
+    );
+    let metrics = scrape(&f.valet).await;
+    assert!(
+        sample(
+            &metrics,
+            "valet_credential_cache_lookups_total",
+            &[("result", "stale")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(leak::forms_found(metrics.as_bytes(), &canary), Vec::<&str>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_commits_only_what_the_vendor_accepts() {
     let f = fleet(300_000, 3_600_000).await;
     let old = f

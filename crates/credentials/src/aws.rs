@@ -7,11 +7,12 @@
 //! Secrets Manager alone never yields a usable token.
 //!
 //! Reads go through the [`Cache`] (ciphertext only, version check on expiry,
-//! single-flight, stale-if-error). Writes through this process update the
-//! cache at once. Rotation stages the new value as AWSPENDING and promotes it
-//! to AWSCURRENT (the old value becomes AWSPREVIOUS), as Secrets Manager's
-//! own rotation does. Throttling and transient errors are retried by the SDK
-//! with exponential backoff and full jitter, a bounded number of times.
+//! single-flight, stale-if-error within a refresh budget). Writes through
+//! this process update the cache at once. Rotation stages the new value as
+//! AWSPENDING and promotes it to AWSCURRENT (the old value becomes
+//! AWSPREVIOUS), as Secrets Manager's own rotation does. Throttling and
+//! transient errors are retried by the SDK with exponential backoff and full
+//! jitter, a bounded number of times.
 //!
 //! Every HTTP attempt to Secrets Manager is timed by an SDK interceptor
 //! ([`AwsStore::with_metrics`]), so the request count and latency cover all
@@ -35,7 +36,8 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use valet_telemetry::Metrics;
 
 const CURRENT: &str = "AWSCURRENT";
@@ -111,9 +113,12 @@ pub async fn read_secret_string(
 
 /// Sealed credentials in Secrets Manager, read through a ciphertext cache.
 pub struct AwsStore {
-    client: Client,
+    /// Shared with the cache's background refreshes.
+    remote: Arc<Remote>,
     prefix: String,
     cache: Cache,
+    /// When Secrets Manager last answered any request (readiness).
+    answered: Answered,
 }
 
 impl std::fmt::Debug for AwsStore {
@@ -125,14 +130,26 @@ impl std::fmt::Debug for AwsStore {
 }
 
 /// The cache's view of Secrets Manager.
-struct Remote<'a> {
-    client: &'a Client,
-    name: String,
+struct Remote {
+    client: Client,
+    prefix: String,
 }
 
-impl Source for Remote<'_> {
-    async fn version(&self, _key: &CredentialKey) -> Result<Option<String>, SourceError> {
-        match self.client.describe_secret().secret_id(&self.name).send().await {
+impl Remote {
+    fn name(&self, key: &CredentialKey) -> String {
+        format!("{}/{}/{}", self.prefix, key.tenant, key.vendor)
+    }
+}
+
+impl Source for Remote {
+    async fn version(&self, key: &CredentialKey) -> Result<Option<String>, SourceError> {
+        match self
+            .client
+            .describe_secret()
+            .secret_id(self.name(key))
+            .send()
+            .await
+        {
             Ok(out) if out.deleted_date().is_some() => Ok(None),
             Ok(out) => Ok(stage_version(out.version_ids_to_stages(), CURRENT)),
             Err(e) if not_found(&e) => Ok(None),
@@ -140,11 +157,12 @@ impl Source for Remote<'_> {
         }
     }
 
-    async fn fetch(&self, _key: &CredentialKey) -> Result<Option<(String, StoredCredential)>, SourceError> {
+    async fn fetch(&self, key: &CredentialKey) -> Result<Option<(String, StoredCredential)>, SourceError> {
+        let name = self.name(key);
         let out = match self
             .client
             .get_secret_value()
-            .secret_id(&self.name)
+            .secret_id(&name)
             .version_stage(CURRENT)
             .send()
             .await
@@ -155,10 +173,7 @@ impl Source for Remote<'_> {
         };
         let version = out.version_id().unwrap_or_default().to_owned();
         let cred = serde_json::from_str(out.secret_string().unwrap_or_default()).map_err(|_| {
-            SourceError::Corrupt(format!(
-                "secret {} does not hold a Valet sealed record",
-                self.name
-            ))
+            SourceError::Corrupt(format!("secret {name} does not hold a Valet sealed record"))
         })?;
         Ok(Some((version, cred)))
     }
@@ -168,12 +183,16 @@ impl AwsStore {
     /// Records Secrets Manager requests and cache lookups in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         let config = self
+            .remote
             .client
             .config()
             .to_builder()
             .interceptor(Observe(metrics.clone()))
             .build();
-        self.client = Client::from_conf(config);
+        self.remote = Arc::new(Remote {
+            client: Client::from_conf(config),
+            prefix: self.prefix.clone(),
+        });
         self.cache.set_metrics(metrics);
         self
     }
@@ -190,23 +209,29 @@ impl AwsStore {
 
     /// The same, with the cache on `clock` (benchmarks simulate time).
     pub fn with_clock(config: &SdkConfig, prefix: &str, settings: CacheSettings, clock: Clock) -> Self {
+        let prefix = prefix.trim_end_matches('/').to_owned();
+        let answered = Answered::default();
+        let client = aws_sdk_secretsmanager::config::Builder::from(config)
+            .interceptor(answered.clone())
+            .build();
         Self {
-            client: Client::new(config),
-            prefix: prefix.trim_end_matches('/').to_owned(),
+            remote: Arc::new(Remote {
+                client: Client::from_conf(client),
+                prefix: prefix.clone(),
+            }),
+            prefix,
             cache: Cache::with_clock(settings, clock),
+            answered,
         }
     }
 
     /// The secret's name for `key`.
     pub fn secret_name(&self, key: &CredentialKey) -> String {
-        format!("{}/{}/{}", self.prefix, key.tenant, key.vendor)
+        self.remote.name(key)
     }
 
-    fn remote(&self, key: &CredentialKey) -> Remote<'_> {
-        Remote {
-            client: &self.client,
-            name: self.secret_name(key),
-        }
+    fn client(&self) -> &Client {
+        &self.remote.client
     }
 
     fn tags(key: &CredentialKey, cred: &StoredCredential) -> Vec<Tag> {
@@ -225,7 +250,7 @@ impl AwsStore {
         let name = self.secret_name(key);
         let value = serde_json::to_string(cred).expect("a record serialises");
         let put = self
-            .client
+            .client()
             .put_secret_value()
             .secret_id(&name)
             .secret_string(&value)
@@ -233,7 +258,7 @@ impl AwsStore {
             .await;
         let version = match put {
             Ok(out) => {
-                self.client
+                self.client()
                     .tag_resource()
                     .secret_id(&name)
                     .set_tags(Some(Self::tags(key, cred)))
@@ -243,7 +268,7 @@ impl AwsStore {
                 out.version_id().unwrap_or_default().to_owned()
             }
             Err(e) if not_found(&e) => self
-                .client
+                .client()
                 .create_secret()
                 .name(&name)
                 .secret_string(&value)
@@ -261,7 +286,7 @@ impl AwsStore {
 
     async fn stages(&self, key: &CredentialKey) -> Result<HashMap<String, Vec<String>>, StoreError> {
         let out = self
-            .client
+            .client()
             .describe_secret()
             .secret_id(self.secret_name(key))
             .send()
@@ -281,18 +306,29 @@ impl SecretStore for AwsStore {
     fn probe(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             // Any answer from the service — "not found" included — means it
-            // is reachable; only a failure to get one counts.
+            // is reachable; no answer, or a server error (5xx, after the
+            // SDK's retries), means it cannot serve a refresh now.
             let name = format!("{}/.valet-health", self.prefix);
-            match self.client.describe_secret().secret_id(name).send().await {
+            match self.client().describe_secret().secret_id(name).send().await {
                 Ok(_) => Ok(()),
+                Err(SdkError::ServiceError(e)) if e.raw().status().is_server_error() => {
+                    Err(StoreError::Unavailable(format!(
+                        "Secrets Manager answered HTTP {}",
+                        e.raw().status().as_u16()
+                    )))
+                }
                 Err(SdkError::ServiceError(_)) => Ok(()),
                 Err(e) => Err(unavailable(&e)),
             }
         })
     }
 
+    fn last_answered(&self) -> Option<Instant> {
+        *self.answered.0.lock().expect("lock")
+    }
+
     fn get<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, Option<StoredCredential>> {
-        Box::pin(async move { self.cache.get(key, &self.remote(key)).await })
+        Box::pin(async move { self.cache.get(key, &self.remote).await })
     }
 
     fn put<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()> {
@@ -308,7 +344,7 @@ impl SecretStore for AwsStore {
             // Forget it here first: from now on no call can lease it.
             self.cache.invalidate(key);
             let deleted = self
-                .client
+                .client()
                 .delete_secret()
                 .secret_id(self.secret_name(key))
                 .force_delete_without_recovery(true)
@@ -336,7 +372,7 @@ impl SecretStore for AwsStore {
                 .values(&prefix)
                 .build();
             let mut pages = self
-                .client
+                .client()
                 .list_secrets()
                 .filters(filter)
                 .max_results(100)
@@ -380,13 +416,13 @@ impl SecretStore for AwsStore {
     }
 
     fn refresh<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, bool> {
-        Box::pin(async move { self.cache.revalidate(key, &self.remote(key)).await })
+        Box::pin(async move { self.cache.revalidate(key, &self.remote).await })
     }
 
     fn put_pending<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let value = serde_json::to_string(&cred).expect("a record serialises");
-            self.client
+            self.client()
                 .put_secret_value()
                 .secret_id(self.secret_name(key))
                 .secret_string(value)
@@ -412,7 +448,7 @@ impl SecretStore for AwsStore {
             // Promote only the version that was verified: another rotation
             // may have staged a different one since.
             let out = self
-                .client
+                .client()
                 .get_secret_value()
                 .secret_id(&name)
                 .version_id(&pending)
@@ -429,7 +465,7 @@ impl SecretStore for AwsStore {
             // AWSCURRENT moves to the pending version; Secrets Manager moves
             // AWSPREVIOUS to the version that held AWSCURRENT. From here on the
             // new credential is live, so what follows is best effort.
-            self.client
+            self.client()
                 .update_secret_version_stage()
                 .secret_id(&name)
                 .version_stage(CURRENT)
@@ -440,7 +476,7 @@ impl SecretStore for AwsStore {
                 .map_err(|e| unavailable(&e))?;
             self.cache.insert(key, pending.clone(), cred.clone());
             let unlabel = self
-                .client
+                .client()
                 .update_secret_version_stage()
                 .secret_id(&name)
                 .version_stage(PENDING)
@@ -448,7 +484,7 @@ impl SecretStore for AwsStore {
                 .send()
                 .await;
             let retag = self
-                .client
+                .client()
                 .tag_resource()
                 .secret_id(&name)
                 .set_tags(Some(Self::tags(key, &cred)))
@@ -470,7 +506,7 @@ impl SecretStore for AwsStore {
             let stages = self.stages(key).await?;
             let pending = stage_version(Some(&stages), PENDING)
                 .ok_or_else(|| StoreError::NoPending(key.to_string()))?;
-            self.client
+            self.client()
                 .update_secret_version_stage()
                 .secret_id(self.secret_name(key))
                 .version_stage(PENDING)
@@ -480,6 +516,29 @@ impl SecretStore for AwsStore {
                 .map_err(|e| unavailable(&e))?;
             Ok(())
         })
+    }
+}
+
+/// Notes when Secrets Manager last answered an HTTP attempt with anything
+/// but a server error: a bound on when it last confirmed a cached record.
+#[derive(Debug, Clone, Default)]
+struct Answered(Arc<Mutex<Option<Instant>>>);
+
+impl Intercept for Answered {
+    fn name(&self) -> &'static str {
+        "valet-answered"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if context.response().is_some_and(|r| !r.status().is_server_error()) {
+            *self.0.lock().expect("lock") = Some(Instant::now());
+        }
+        Ok(())
     }
 }
 

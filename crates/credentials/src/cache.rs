@@ -4,10 +4,19 @@
 //! plaintext; this one never sees it. An entry is fresh for `ttl`; after
 //! that the next `get` asks the source for the current version id (a cheap
 //! DescribeSecret) and fetches the value (GetSecretValue) only if the version
-//! changed. One refresh per key runs at a time (single-flight): concurrent
-//! callers wait for it instead of sending their own requests. When the source
-//! is unreachable, an entry confirmed within `max_stale` is served stale;
-//! after that the call fails rather than inject something unverified.
+//! changed. One refresh per key runs at a time (single-flight), as a task of
+//! its own: callers wait for it instead of sending their own requests, and a
+//! caller that gives up (its deadline) does not cancel it.
+//!
+//! When the source is unavailable, an entry confirmed within `max_stale` is
+//! served stale; after that the call fails rather than inject something
+//! unverified. A caller holding such an entry waits at most
+//! `refresh_budget` from the refresh's start for the source's answer, so a
+//! hung source costs a call the budget, not the SDK's timeouts; the refresh
+//! carries on in the background. A refresh that fails, or outlasts the
+//! budget, sets a re-check backoff: until then the entry is served without
+//! asking again, so an outage costs one request per key per backoff.
+//!
 //! Missing credentials are cached too, so a caller retrying a tenant without
 //! one does not hammer the source. At most `capacity` keys are kept; the
 //! least recently used is evicted.
@@ -16,9 +25,10 @@ use crate::key::CredentialKey;
 use crate::store::{StoreError, StoredCredential};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use valet_telemetry::{CacheLookup, Metrics};
 
 /// Where the cache's clock comes from; tests and benchmarks drive it.
@@ -32,6 +42,11 @@ pub struct CacheSettings {
     /// How long past its last confirmation an entry may be served while the
     /// source is unavailable.
     pub max_stale: Duration,
+    /// How long a caller holding an entry within `max_stale` waits for a
+    /// refresh before it is served that entry instead. Counted from the
+    /// refresh's start, so callers joining a refresh that has already
+    /// outlasted it do not wait at all.
+    pub refresh_budget: Duration,
     /// Most keys kept.
     pub capacity: usize,
 }
@@ -41,6 +56,7 @@ impl Default for CacheSettings {
         Self {
             ttl: Duration::from_secs(300),
             max_stale: Duration::from_secs(3600),
+            refresh_budget: Duration::from_millis(300),
             capacity: 10_000,
         }
     }
@@ -57,7 +73,7 @@ pub enum SourceError {
 }
 
 /// What the source answers about a key's current version.
-pub trait Source: Send + Sync {
+pub trait Source: Send + Sync + 'static {
     /// The current version id, `None` if the credential does not exist.
     fn version(
         &self,
@@ -78,9 +94,9 @@ struct Cached {
     version: Option<String>,
     /// When the source last confirmed this answer.
     confirmed: Instant,
-    /// After a failed refresh, the stale answer is served without asking the
-    /// source again until then, so an outage costs one request per key per
-    /// backoff, not one per call.
+    /// After a failed or overlong refresh, the stale answer is served without
+    /// asking the source again until then, so an outage costs one request per
+    /// key per backoff, not one per call.
     retry_at: Option<Instant>,
 }
 
@@ -88,13 +104,37 @@ struct Cached {
 /// asked again.
 const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What a refresh ends with: the current record (or its absence).
+type Outcome = Result<Option<StoredCredential>, SourceError>;
+
 #[derive(Debug)]
 struct Entry {
     state: RwLock<Option<Cached>>,
-    /// Held by the one refresh in progress for this key.
-    refreshing: tokio::sync::Mutex<()>,
+    /// The one refresh in flight for this key, if any.
+    refreshing: Mutex<Option<Refresh>>,
     /// Nanoseconds since the cache's epoch, for LRU eviction.
     last_used: AtomicU64,
+}
+
+impl Entry {
+    fn new(state: Option<Cached>, last_used: u64) -> Self {
+        Self {
+            state: RwLock::new(state),
+            refreshing: Mutex::new(None),
+            last_used: AtomicU64::new(last_used),
+        }
+    }
+}
+
+/// A refresh in flight, as its waiters see it.
+#[derive(Debug, Clone)]
+struct Refresh {
+    /// When it started, on the runtime's clock: the budget is real waiting.
+    started: tokio::time::Instant,
+    /// Its outcome, once it has one; closed without one if the task died.
+    done: watch::Receiver<Option<Outcome>>,
+    /// Set by the first waiter that gave up on it (it outlasted the budget).
+    overran: Arc<AtomicBool>,
 }
 
 /// The cache. Cheap to share behind an `Arc`.
@@ -133,10 +173,10 @@ impl Cache {
     }
 
     /// The record for `key`, from cache when fresh, else from `source`.
-    pub async fn get(
+    pub async fn get<S: Source>(
         &self,
         key: &CredentialKey,
-        source: &impl Source,
+        source: &Arc<S>,
     ) -> Result<Option<StoredCredential>, StoreError> {
         let entry = self.entry(key);
         let now = (self.clock)();
@@ -144,18 +184,12 @@ impl Cache {
             self.served(CacheLookup::Hit);
             return Ok(hit);
         }
-        let _only_one = entry.refreshing.lock().await;
-        let now = (self.clock)();
-        if let Some(hit) = self.fresh(&entry, now) {
-            self.served(CacheLookup::Hit);
-            return Ok(hit); // refreshed while we waited
-        }
-        let cached = entry.state.read().expect("lock").clone();
-        let (cred, stale) = self.refresh(key, &entry, cached, now, source).await?;
-        self.served(if stale {
-            CacheLookup::Stale
-        } else {
-            CacheLookup::Miss
+        let (refresh, started_here) = self.refresh(key, &entry, source);
+        let (cred, stale) = self.wait(key, &entry, refresh).await?;
+        self.served(match (stale, started_here) {
+            (true, _) => CacheLookup::Stale,
+            (false, true) => CacheLookup::Miss,
+            (false, false) => CacheLookup::Hit, // answered by another's refresh
         });
         Ok(cred)
     }
@@ -171,43 +205,40 @@ impl Cache {
         self.metrics = metrics;
     }
 
-    /// Checks `key` with the source now, whatever its age; true if the
-    /// current version differs from the cached one.
-    pub async fn revalidate(&self, key: &CredentialKey, source: &impl Source) -> Result<bool, StoreError> {
+    /// Checks `key` with the source now, whatever its age (joining a refresh
+    /// already in flight); true if the current version differs from the
+    /// cached one. While the source is unavailable the cached answer stands.
+    pub async fn revalidate<S: Source>(
+        &self,
+        key: &CredentialKey,
+        source: &Arc<S>,
+    ) -> Result<bool, StoreError> {
         let entry = self.entry(key);
-        let _only_one = entry.refreshing.lock().await;
-        let before = entry
-            .state
-            .read()
-            .expect("lock")
-            .as_ref()
-            .and_then(|c| c.version.clone());
-        let now = (self.clock)();
-        let cached = entry.state.read().expect("lock").clone();
-        self.refresh(key, &entry, cached, now, source).await?;
-        let after = entry
-            .state
-            .read()
-            .expect("lock")
-            .as_ref()
-            .and_then(|c| c.version.clone());
-        Ok(before != after)
+        let version = || {
+            entry
+                .state
+                .read()
+                .expect("lock")
+                .as_ref()
+                .and_then(|c| c.version.clone())
+        };
+        let before = version();
+        let (refresh, _) = self.refresh(key, &entry, source);
+        self.wait(key, &entry, refresh).await?;
+        Ok(before != version())
     }
 
     /// Records what was just written through this process. A fresh entry
     /// replaces the old one, so a refresh already in flight (which writes into
     /// the entry it started with) cannot overwrite this newer answer.
     pub fn insert(&self, key: &CredentialKey, version: String, cred: StoredCredential) {
-        let entry = Arc::new(Entry {
-            state: RwLock::new(Some(Cached {
-                cred: Some(cred),
-                version: Some(version),
-                confirmed: (self.clock)(),
-                retry_at: None,
-            })),
-            refreshing: tokio::sync::Mutex::new(()),
-            last_used: AtomicU64::new(self.nanos()),
-        });
+        let cached = Cached {
+            cred: Some(cred),
+            version: Some(version),
+            confirmed: (self.clock)(),
+            retry_at: None,
+        };
+        let entry = Arc::new(Entry::new(Some(cached), self.nanos()));
         self.entries.lock().expect("lock").insert(key.clone(), entry);
     }
 
@@ -224,62 +255,108 @@ impl Cache {
         (young || backing_off).then(|| cached.cred.clone())
     }
 
-    async fn refresh(
+    /// The cached answer if it may still be served stale (within
+    /// `max_stale` of its confirmation).
+    fn servable(&self, entry: &Entry) -> Option<Cached> {
+        let now = (self.clock)();
+        entry
+            .state
+            .read()
+            .expect("lock")
+            .clone()
+            .filter(|c| now.saturating_duration_since(c.confirmed) <= self.settings.max_stale)
+    }
+
+    /// The refresh in flight for `entry`, started here if there is none; true
+    /// if it was started by this call.
+    fn refresh<S: Source>(
+        &self,
+        key: &CredentialKey,
+        entry: &Arc<Entry>,
+        source: &Arc<S>,
+    ) -> (Refresh, bool) {
+        let mut refreshing = entry.refreshing.lock().expect("lock");
+        if let Some(running) = refreshing.as_ref() {
+            return (running.clone(), false);
+        }
+        let (tx, done) = watch::channel(None);
+        let refresh = Refresh {
+            started: tokio::time::Instant::now(),
+            done,
+            overran: Arc::new(AtomicBool::new(false)),
+        };
+        *refreshing = Some(refresh.clone());
+        drop(refreshing);
+        let task = RefreshTask {
+            key: key.clone(),
+            entry: entry.clone(),
+            clock: self.clock.clone(),
+            max_stale: self.settings.max_stale,
+            done: tx,
+        };
+        tokio::spawn(task.run(source.clone()));
+        (refresh, true)
+    }
+
+    /// Waits for `refresh`: for its answer, or — while the cached entry may be
+    /// served stale — until the refresh budget is spent. Returns the record
+    /// and whether it is the stale one.
+    async fn wait(
         &self,
         key: &CredentialKey,
         entry: &Entry,
-        cached: Option<Cached>,
-        now: Instant,
-        source: &impl Source,
+        refresh: Refresh,
     ) -> Result<(Option<StoredCredential>, bool), StoreError> {
-        let store = |cred: Option<StoredCredential>, version: Option<String>| {
-            *entry.state.write().expect("lock") = Some(Cached {
-                cred: cred.clone(),
-                version,
-                confirmed: now,
-                retry_at: None,
-            });
-            cred
-        };
-        let outcome = match &cached {
-            // Expired: a version check first; the value only if it changed.
-            Some(old) => match source.version(key).await {
-                Ok(v) if v == old.version => Ok(store(old.cred.clone(), v)),
-                Ok(None) => Ok(store(None, None)),
-                Ok(Some(_)) => source.fetch(key).await.map(|found| match found {
-                    Some((v, cred)) => store(Some(cred), Some(v)),
-                    None => store(None, None),
-                }),
-                Err(e) => Err(e),
-            },
-            None => source.fetch(key).await.map(|found| match found {
-                Some((v, cred)) => store(Some(cred), Some(v)),
-                None => store(None, None),
-            }),
-        };
-        match (outcome, cached) {
-            (Ok(cred), _) => Ok((cred, false)),
-            (Err(SourceError::Corrupt(what)), _) => Err(StoreError::Corrupt { context: what }),
-            (Err(SourceError::Unavailable(cause)), Some(old))
-                if now.saturating_duration_since(old.confirmed) <= self.settings.max_stale =>
-            {
-                // Keep serving it without asking again for a while; never past
-                // max_stale.
-                let until_too_stale =
-                    (old.confirmed + self.settings.max_stale).saturating_duration_since(now);
-                if let Some(state) = entry.state.write().expect("lock").as_mut() {
-                    state.retry_at = Some(now + FAILED_REFRESH_BACKOFF.min(until_too_stale));
-                }
-                tracing::warn!(
-                    credential = %key,
-                    %cause,
-                    stale_for_ms = now.saturating_duration_since(old.confirmed).as_millis() as u64,
-                    "secret store unavailable; serving the cached credential"
-                );
-                Ok((old.cred, true))
+        let mut done = refresh.done.clone();
+        let answered = async move { done.wait_for(Option::is_some).await.ok().and_then(|o| o.clone()) };
+        let outcome = if self.servable(entry).is_some() {
+            let budget_over = refresh.started + self.settings.refresh_budget;
+            match tokio::time::timeout_at(budget_over, answered).await {
+                Ok(outcome) => outcome,
+                Err(_) => return self.overran(key, entry, &refresh),
             }
-            (Err(SourceError::Unavailable(cause)), _) => Err(StoreError::Unavailable(cause)),
+        } else {
+            answered.await
+        };
+        match outcome {
+            Some(Ok(cred)) => Ok((cred, false)),
+            Some(Err(SourceError::Corrupt(what))) => Err(StoreError::Corrupt { context: what }),
+            Some(Err(SourceError::Unavailable(cause))) => match self.servable(entry) {
+                Some(old) => Ok((old.cred, true)),
+                None => Err(StoreError::Unavailable(cause)),
+            },
+            // The task ended without an answer (the runtime is going away).
+            None => match self.servable(entry) {
+                Some(old) => Ok((old.cred, true)),
+                None => Err(StoreError::Unavailable("the refresh was abandoned".into())),
+            },
         }
+    }
+
+    /// The refresh outlasted the budget: serve the cached entry, and back off
+    /// so the next callers are served it without waiting at all.
+    fn overran(
+        &self,
+        key: &CredentialKey,
+        entry: &Entry,
+        refresh: &Refresh,
+    ) -> Result<(Option<StoredCredential>, bool), StoreError> {
+        let Some(old) = self.servable(entry) else {
+            return Err(StoreError::Unavailable(
+                "the secret store did not answer within the refresh budget".into(),
+            ));
+        };
+        if !refresh.overran.swap(true, Ordering::Relaxed) {
+            let now = (self.clock)();
+            back_off(entry, now, self.settings.max_stale);
+            tracing::warn!(
+                credential = %key,
+                budget_ms = self.settings.refresh_budget.as_millis() as u64,
+                stale_for_ms = now.saturating_duration_since(old.confirmed).as_millis() as u64,
+                "secret store slow; serving the cached credential while the refresh continues"
+            );
+        }
+        Ok((old.cred, true))
     }
 
     fn nanos(&self) -> u64 {
@@ -287,7 +364,7 @@ impl Cache {
     }
 
     fn entry(&self, key: &CredentialKey) -> Arc<Entry> {
-        let now = (self.clock)().saturating_duration_since(self.epoch).as_nanos() as u64;
+        let now = self.nanos();
         let mut entries = self.entries.lock().expect("lock");
         if let Some(e) = entries.get(key) {
             e.last_used.store(now, Ordering::Relaxed);
@@ -302,13 +379,107 @@ impl Cache {
                 entries.remove(&k);
             }
         }
-        let entry = Arc::new(Entry {
-            state: RwLock::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
-            last_used: AtomicU64::new(now),
-        });
+        let entry = Arc::new(Entry::new(None, now));
         entries.insert(key.clone(), entry.clone());
         entry
+    }
+}
+
+/// Serves `entry`'s cached answer without asking the source until a backoff
+/// from `now` — never past `max_stale`.
+fn back_off(entry: &Entry, now: Instant, max_stale: Duration) {
+    if let Some(state) = entry.state.write().expect("lock").as_mut() {
+        let until_too_stale = (state.confirmed + max_stale).saturating_duration_since(now);
+        let at = now + FAILED_REFRESH_BACKOFF.min(until_too_stale);
+        state.retry_at = Some(state.retry_at.map_or(at, |was| was.max(at)));
+    }
+}
+
+/// One refresh of one key, run as its own task so that no caller's deadline
+/// cancels it.
+struct RefreshTask {
+    key: CredentialKey,
+    entry: Arc<Entry>,
+    clock: Clock,
+    max_stale: Duration,
+    done: watch::Sender<Option<Outcome>>,
+}
+
+impl RefreshTask {
+    async fn run<S: Source>(self, source: Arc<S>) {
+        // However the task ends — answered, failed, or dropped unfinished
+        // with the runtime — the key is left with no refresh in flight and,
+        // unless the source answered, backing off.
+        struct Finish<'a>(&'a RefreshTask, bool);
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                let Finish(task, answered) = *self;
+                if !answered {
+                    back_off(&task.entry, (task.clock)(), task.max_stale);
+                }
+                *task.entry.refreshing.lock().expect("lock") = None;
+            }
+        }
+        let mut finish = Finish(&self, false);
+        let now = (self.clock)();
+        let cached = self.entry.state.read().expect("lock").clone();
+        let outcome = ask(&self.key, cached.as_ref(), &*source).await;
+        let outcome = match outcome {
+            Ok((cred, version)) => {
+                *self.entry.state.write().expect("lock") = Some(Cached {
+                    cred: cred.clone(),
+                    version,
+                    confirmed: now,
+                    retry_at: None,
+                });
+                finish.1 = true;
+                Ok(cred)
+            }
+            Err(SourceError::Corrupt(what)) => {
+                // What the source holds is unreadable: the record cached
+                // before is no longer what it holds, so it is not served.
+                *self.entry.state.write().expect("lock") = None;
+                finish.1 = true;
+                Err(SourceError::Corrupt(what))
+            }
+            Err(SourceError::Unavailable(cause)) => {
+                match cached {
+                    Some(c) => tracing::warn!(
+                        credential = %self.key,
+                        %cause,
+                        stale_for_ms = (self.clock)().saturating_duration_since(c.confirmed).as_millis() as u64,
+                        "secret store unavailable; the cached credential is served until max_stale"
+                    ),
+                    None => tracing::warn!(credential = %self.key, %cause, "secret store unavailable"),
+                }
+                Err(SourceError::Unavailable(cause))
+            }
+        };
+        drop(finish);
+        self.done.send_replace(Some(outcome));
+    }
+}
+
+/// Asks the source for `key`'s current answer: a version check first when
+/// something is cached, the value only if it changed.
+async fn ask(
+    key: &CredentialKey,
+    cached: Option<&Cached>,
+    source: &impl Source,
+) -> Result<(Option<StoredCredential>, Option<String>), SourceError> {
+    let fetch = || async {
+        Ok(match source.fetch(key).await? {
+            Some((v, cred)) => (Some(cred), Some(v)),
+            None => (None, None),
+        })
+    };
+    match cached {
+        Some(old) => match source.version(key).await? {
+            v if v == old.version => Ok((old.cred.clone(), v)),
+            None => Ok((None, None)),
+            Some(_) => fetch().await,
+        },
+        None => fetch().await,
     }
 }
 
@@ -319,11 +490,14 @@ mod tests {
     use crate::fingerprint::Fingerprint;
     use std::sync::atomic::AtomicUsize;
 
-    /// A source with a version and a switch to make it fail; counts calls.
+    /// A source with a version and switches to make it fail or hang (until
+    /// `unhang`, then fail, as a timed-out request does); counts calls.
     #[derive(Default)]
     struct Fake {
         version: Mutex<Option<String>>,
         down: std::sync::atomic::AtomicBool,
+        hang: std::sync::atomic::AtomicBool,
+        unhang: tokio::sync::Notify,
         fetches: AtomicUsize,
         checks: AtomicUsize,
     }
@@ -348,6 +522,10 @@ mod tests {
     impl Source for Fake {
         async fn version(&self, _key: &CredentialKey) -> Result<Option<String>, SourceError> {
             self.checks.fetch_add(1, Ordering::SeqCst);
+            if self.hang.load(Ordering::SeqCst) {
+                self.unhang.notified().await;
+                return Err(SourceError::Unavailable("timed out".into()));
+            }
             if self.down.load(Ordering::SeqCst) {
                 return Err(SourceError::Unavailable("down".into()));
             }
@@ -384,6 +562,7 @@ mod tests {
         let settings = CacheSettings {
             ttl: Duration::from_secs(300),
             max_stale: Duration::from_secs(3600),
+            refresh_budget: Duration::from_secs(1),
             capacity: 2,
         };
         let cache = Arc::new(Cache::with_clock(
@@ -402,7 +581,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let (cache, fake, key) = (cache.clone(), fake.clone(), key.clone());
-                tokio::spawn(async move { cache.get(&key, &*fake).await })
+                tokio::spawn(async move { cache.get(&key, &fake).await })
             })
             .collect();
         for t in tasks {
@@ -415,9 +594,9 @@ mod tests {
     async fn expiry_checks_the_version_before_fetching() {
         let (cache, clock, fake) = setup();
         let key = CredentialKey::new("t", "v");
-        cache.get(&key, &*fake).await.unwrap();
+        cache.get(&key, &fake).await.unwrap();
         clock.advance(Duration::from_secs(301));
-        cache.get(&key, &*fake).await.unwrap();
+        cache.get(&key, &fake).await.unwrap();
         assert_eq!(
             (
                 fake.fetches.load(Ordering::SeqCst),
@@ -428,7 +607,7 @@ mod tests {
         // A new version outside: fetched at the next expiry.
         *fake.version.lock().unwrap() = Some("v2".into());
         clock.advance(Duration::from_secs(301));
-        let got = cache.get(&key, &*fake).await.unwrap().unwrap();
+        let got = cache.get(&key, &fake).await.unwrap().unwrap();
         assert_eq!(got.envelope.ct, "v2");
         assert_eq!(fake.fetches.load(Ordering::SeqCst), 2);
     }
@@ -437,13 +616,13 @@ mod tests {
     async fn stale_if_error_then_unavailable() {
         let (cache, clock, fake) = setup();
         let key = CredentialKey::new("t", "v");
-        cache.get(&key, &*fake).await.unwrap();
+        cache.get(&key, &fake).await.unwrap();
         fake.down.store(true, Ordering::SeqCst);
         clock.advance(Duration::from_secs(1800));
-        assert!(cache.get(&key, &*fake).await.unwrap().is_some(), "served stale");
+        assert!(cache.get(&key, &fake).await.unwrap().is_some(), "served stale");
         clock.advance(Duration::from_secs(1801));
         assert!(matches!(
-            cache.get(&key, &*fake).await,
+            cache.get(&key, &fake).await,
             Err(StoreError::Unavailable(_))
         ));
     }
@@ -452,13 +631,103 @@ mod tests {
     async fn revalidate_sees_an_outside_change_and_lru_bounds_size() {
         let (cache, _, fake) = setup();
         let key = CredentialKey::new("t", "v");
-        cache.get(&key, &*fake).await.unwrap();
-        assert!(!cache.revalidate(&key, &*fake).await.unwrap());
+        cache.get(&key, &fake).await.unwrap();
+        assert!(!cache.revalidate(&key, &fake).await.unwrap());
         *fake.version.lock().unwrap() = Some("v2".into());
-        assert!(cache.revalidate(&key, &*fake).await.unwrap());
+        assert!(cache.revalidate(&key, &fake).await.unwrap());
         for t in ["a", "b", "c"] {
-            cache.get(&CredentialKey::new(t, "v"), &*fake).await.unwrap();
+            cache.get(&CredentialKey::new(t, "v"), &fake).await.unwrap();
         }
         assert_eq!(cache.entries.lock().unwrap().len(), 2);
+    }
+
+    /// The refresh in flight for `key`, to await its end.
+    fn in_flight(cache: &Cache, key: &CredentialKey) -> Refresh {
+        let entry = cache.entry(key);
+        let refresh = entry.refreshing.lock().unwrap().clone();
+        refresh.expect("a refresh in flight")
+    }
+
+    async fn ended(refresh: Refresh) -> Option<Outcome> {
+        let mut done = refresh.done;
+        done.wait_for(Option::is_some).await.ok().and_then(|o| o.clone())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_source_costs_the_budget_once_and_one_request() {
+        let (cache, clock, fake) = setup();
+        let key = CredentialKey::new("t", "v");
+        cache.get(&key, &fake).await.unwrap();
+        clock.advance(Duration::from_secs(301));
+        fake.hang.store(true, Ordering::SeqCst);
+        let began = tokio::time::Instant::now();
+
+        // A caller whose deadline is shorter than the budget (1 s) gives up;
+        // the refresh it started goes on.
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), cache.get(&key, &fake)).await;
+        assert!(gave_up.is_err());
+        let refresh = in_flight(&cache, &key);
+        // The next caller waits out the rest of the budget, not the hang.
+        let got = cache.get(&key, &fake).await.unwrap();
+        assert_eq!(got.unwrap().envelope.ct, "v1", "served stale");
+        let waited = began.elapsed();
+        assert!(
+            (Duration::from_millis(950)..Duration::from_secs(5)).contains(&waited),
+            "{waited:?}"
+        );
+        // Then the backoff: served at once without asking.
+        let started = tokio::time::Instant::now();
+        cache.get(&key, &fake).await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // Past the backoff, the hung refresh (already over budget) is joined:
+        // no wait, no second request.
+        clock.advance(Duration::from_secs(2));
+        let started = tokio::time::Instant::now();
+        cache.get(&key, &fake).await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(fake.checks.load(Ordering::SeqCst), 1, "single-flight");
+
+        // The request finally fails: a backoff from then on.
+        fake.hang.store(false, Ordering::SeqCst);
+        fake.down.store(true, Ordering::SeqCst);
+        fake.unhang.notify_one();
+        assert!(matches!(
+            ended(refresh).await,
+            Some(Err(SourceError::Unavailable(_)))
+        ));
+        clock.advance(Duration::from_millis(500));
+        cache.get(&key, &fake).await.unwrap().unwrap();
+        assert_eq!(fake.checks.load(Ordering::SeqCst), 1, "backing off");
+        clock.advance(Duration::from_millis(600));
+        fake.down.store(false, Ordering::SeqCst);
+        cache.get(&key, &fake).await.unwrap().unwrap();
+        assert_eq!(
+            fake.checks.load(Ordering::SeqCst),
+            2,
+            "asked again after the backoff"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_source_with_nothing_servable_is_waited_for() {
+        let (cache, clock, fake) = setup();
+        let key = CredentialKey::new("t", "v");
+        cache.get(&key, &fake).await.unwrap();
+        clock.advance(Duration::from_secs(3601));
+        fake.hang.store(true, Ordering::SeqCst);
+        let waited = tokio::time::timeout(Duration::from_millis(1500), cache.get(&key, &fake)).await;
+        assert!(waited.is_err(), "too stale to serve: no budget applies");
+        let refresh = in_flight(&cache, &key);
+        fake.unhang.notify_one();
+        assert!(matches!(
+            ended(refresh).await,
+            Some(Err(SourceError::Unavailable(_)))
+        ));
+        fake.hang.store(false, Ordering::SeqCst);
+        fake.down.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            cache.get(&key, &fake).await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }

@@ -17,8 +17,8 @@
 //!   under the state dir, atomically replaced, overwritten before deletion.
 //! - [`aws`]: [`aws::AwsStore`], AWS Secrets Manager for fleets: one secret
 //!   per tenant × vendor holding the sealed record, read through [`cache`].
-//! - [`cache`]: the ciphertext cache — TTL, version check, single-flight,
-//!   stale-if-error, LRU.
+//! - [`cache`]: the ciphertext cache — TTL, version check, single-flight
+//!   background refresh, stale-if-error within a refresh budget, LRU.
 //! - [`vault`]: [`Vault`], put / delete / list, and [`Vault::lease`] — the one
 //!   function that decrypts, and only after the access was audited.
 //!

@@ -89,6 +89,12 @@ pub trait SecretStore: Send + Sync + 'static {
     fn probe(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
+    /// When a remote backend last answered any request (a probe, a read, a
+    /// write) with anything but a server error: no cached record can have
+    /// been confirmed later. `None` if it never has, or for a local store.
+    fn last_answered(&self) -> Option<std::time::Instant> {
+        None
+    }
     /// Stores or replaces the credential for `key`.
     fn put<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()>;
     /// Removes the credential for `key`; false if there was none.

@@ -231,6 +231,12 @@ impl Vault {
         self.store.probe().await
     }
 
+    /// When a remote secret store last answered (readiness: past
+    /// `max_stale` of it nothing cached can be served).
+    pub fn store_last_answered(&self) -> Option<std::time::Instant> {
+        self.store.last_answered()
+    }
+
     /// Leases the credential for `key`: records the access with `audit`
     /// (refusing if that fails), then decrypts into a zeroizing [`Lease`].
     pub async fn lease(

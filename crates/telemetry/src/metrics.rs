@@ -25,6 +25,7 @@
 //! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |
 //! | `valet_audit_write_failures_total` | |
 //! | `valet_ready` | |
+//! | `valet_secrets_manager_degraded` | |
 //!
 //! Label values are Valet's own words or names from its config, never
 //! caller input that was not checked: a call refused before its tenant and

@@ -2,7 +2,9 @@
 //!
 //! Tests count Secrets Manager requests here — outside Valet, so a test does
 //! not trust Valet's own bookkeeping — by the `X-Amz-Target` operation name.
-//! It can also answer as an unavailable or throttling service.
+//! It can also answer as an unavailable or throttling service, or hang: take
+//! requests and never answer them, as a wedged endpoint or a black-holed
+//! route does.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -18,11 +20,25 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
-#[derive(Default)]
 struct State {
     counts: Mutex<HashMap<String, usize>>,
     down: AtomicBool,
+    hang: AtomicBool,
     throttle: AtomicUsize,
+    /// Set when the proxy is dropped, so hung requests end with it.
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            counts: Mutex::default(),
+            down: AtomicBool::default(),
+            hang: AtomicBool::default(),
+            throttle: AtomicUsize::default(),
+            closed: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 /// The running proxy; stops when dropped.
@@ -35,6 +51,7 @@ pub struct CountingProxy {
 impl Drop for CountingProxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.state.closed.send_replace(true);
     }
 }
 
@@ -91,6 +108,13 @@ impl CountingProxy {
         self.state.down.store(down, Ordering::SeqCst);
     }
 
+    /// While hanging, every request is read, counted and never answered (its
+    /// connection stays open until the client gives up or the proxy is
+    /// dropped). Requests already hung stay hung after this is turned off.
+    pub fn set_hang(&self, hang: bool) {
+        self.state.hang.store(hang, Ordering::SeqCst);
+    }
+
     /// The next `n` requests get a ThrottlingException.
     pub fn throttle_next(&self, n: usize) {
         self.state.throttle.store(n, Ordering::SeqCst);
@@ -111,6 +135,16 @@ async fn forward(
         .unwrap_or("unknown")
         .to_owned();
     *state.counts.lock().expect("lock").entry(op).or_default() += 1;
+
+    if state.hang.load(Ordering::SeqCst) {
+        let mut closed = state.closed.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
+        return Ok(aws_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "proxy closed",
+        ));
+    }
 
     if state.down.load(Ordering::SeqCst) {
         return Ok(aws_error(

@@ -146,16 +146,7 @@ async fn exchange(
     )
     .await?;
     *sent = true;
-    let mut answer = forward::send(
-        call,
-        &lease,
-        &app.limits,
-        &app.answers,
-        &app.metrics,
-        ctx.deadline,
-        attempts,
-    )
-    .await?;
+    let mut answer = forward::send(app, call, &lease, ctx.deadline, attempts).await?;
     let used = lease.fingerprint().clone();
     drop(lease);
     quota::vendor_pushback(app, call, &answer).await;
@@ -166,16 +157,7 @@ async fn exchange(
             lease::credential(app, caller, call, &ctx.request_id),
         )
         .await?;
-        let retry = forward::send(
-            call,
-            &lease,
-            &app.limits,
-            &app.answers,
-            &app.metrics,
-            ctx.deadline,
-            attempts,
-        )
-        .await?;
+        let retry = forward::send(app, call, &lease, ctx.deadline, attempts).await?;
         answer = ProxyResponse {
             attempts: answer.attempts + retry.attempts,
             ..retry

@@ -23,6 +23,20 @@ fn write(tenant: &str, key: &str, body: &str) -> CallRequest {
     }
 }
 
+/// A quota of one call an hour for acme × mock.
+fn one_an_hour() -> valet_quota::Policy {
+    valet_quota::Policy {
+        tenant: "acme".into(),
+        vendor: "mock".into(),
+        operation: valet_quota::OperationMatch::Any,
+        rate: 1,
+        period: valet_quota::Period::Hour,
+        burst: 1,
+        mode: valet_quota::Mode::Enforce,
+        aggregate: false,
+    }
+}
+
 async fn setup(tweak: impl FnOnce(&mut Config)) -> (MockVendor, Valet, String) {
     let mock = MockVendor::start().await;
     let mut config = Config {
@@ -157,16 +171,7 @@ async fn refused_and_unsent_calls_store_nothing() {
     let (mock, valet, key) = setup(|c| {
         c.vendors
             .push(vendor("dead", &format!("http://127.0.0.1:{dead}"), bearer()));
-        c.quota.policies = vec![valet_quota::Policy {
-            tenant: "acme".into(),
-            vendor: "mock".into(),
-            operation: valet_quota::OperationMatch::Any,
-            rate: 1,
-            period: valet_quota::Period::Hour,
-            burst: 1,
-            mode: valet_quota::Mode::Enforce,
-            aggregate: false,
-        }];
+        c.quota.policies = vec![one_an_hour()];
     })
     .await;
     valet
@@ -443,16 +448,7 @@ async fn a_record_outlives_its_lease_and_retention_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_is_neither_counted_nor_refused_by_the_quota() {
     let (mock, valet, key) = setup(|c| {
-        c.quota.policies = vec![valet_quota::Policy {
-            tenant: "acme".into(),
-            vendor: "mock".into(),
-            operation: valet_quota::OperationMatch::Any,
-            rate: 1,
-            period: valet_quota::Period::Hour,
-            burst: 1,
-            mode: valet_quota::Mode::Enforce,
-            aggregate: false,
-        }];
+        c.quota.policies = vec![one_an_hour()];
     })
     .await;
     let first = valet.call(&key, write("acme", "k-q", "x")).await.unwrap();

@@ -383,19 +383,7 @@ async fn tightening_a_policy_keeps_the_bucket_state() {
     let mut admin = valet.admin().await;
     let put = |p: QuotaPolicy| authed(PutQuotaPolicyRequest { policy: Some(p) }, &valet.admin_key);
     admin.put_quota_policy(put(wire("acme", 5, false))).await.unwrap();
-    let outcomes = |tenant: &'static str, n: usize| {
-        let (valet, key) = (&valet, &key);
-        async move {
-            let mut out = Vec::new();
-            for _ in 0..n {
-                out.push(match valet.call(key, get(tenant, "mock", "/x")).await {
-                    Ok(_) => "ok".to_owned(),
-                    Err(e) => reason(&e),
-                });
-            }
-            out
-        }
-    };
+    let outcomes = |tenant: &'static str, n: usize| support::outcomes(&valet, &key, tenant, n);
     let used = outcomes("acme", 6).await;
     assert_eq!(used.iter().filter(|o| *o == "ok").count(), 5, "{used:?}");
     admin.put_quota_policy(put(wire("acme", 3, false))).await.unwrap();

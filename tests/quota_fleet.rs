@@ -349,19 +349,7 @@ async fn tightening_a_policy_in_redis_keeps_the_bucket_state() {
         burst,
         ..Default::default()
     };
-    let outcomes = |tenant: &'static str, n: usize| {
-        let (valet, key) = (&valet, &key);
-        async move {
-            let mut out = Vec::new();
-            for _ in 0..n {
-                out.push(match valet.call(key, get(tenant, "mock", "/x")).await {
-                    Ok(_) => "ok".to_owned(),
-                    Err(e) => reason(&e),
-                });
-            }
-            out
-        }
-    };
+    let outcomes = |tenant: &'static str, n: usize| support::outcomes(&valet, &key, tenant, n);
 
     // The case: 1/h burst 5, six calls, then burst 3.
     admin

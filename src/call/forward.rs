@@ -1,32 +1,30 @@
 //! Step 5: the vendor call, and the scrubbed answer.
 
 use super::validate::ValidCall;
+use crate::app::App;
 use crate::status::Failure;
 use std::sync::atomic::AtomicU32;
 use tokio::time::Instant;
 use valet_access::Operation;
 use valet_credentials::Lease;
-use valet_egress::{AnswerBudget, Exchange, Limits, ProxyResponse};
-use valet_telemetry::Metrics;
+use valet_egress::{Exchange, ProxyResponse};
 
 /// Sends the call with the leased credential. It may be retried only when
 /// repeating it is harmless: a READ, or a WRITE carrying our idempotency
 /// key in the header the vendor dedupes by.
 pub async fn send(
+    app: &App,
     call: &ValidCall,
     lease: &Lease,
-    limits: &Limits,
-    answers: &AnswerBudget,
-    metrics: &Metrics,
     deadline: Option<Instant>,
     attempts: &AtomicU32,
 ) -> Result<ProxyResponse, Failure> {
     let exchange = Exchange {
-        limits,
-        answers,
+        limits: &app.limits,
+        answers: &app.answers,
         deadline,
         repeatable: repeatable(call),
-        metrics,
+        metrics: &app.metrics,
         attempts,
     };
     let answer = call

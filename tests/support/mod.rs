@@ -249,6 +249,19 @@ pub fn get(tenant: &str, vendor: &str, path: &str) -> CallRequest {
 }
 
 /// The ErrorInfo reason of a status.
+/// The outcomes of `n` READ calls for `tenant` to `mock`, one after
+/// another: `"ok"` or the refusal's reason.
+pub async fn outcomes(valet: &Valet, key: &str, tenant: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(match valet.call(key, get(tenant, "mock", "/x")).await {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => reason(&e),
+        });
+    }
+    out
+}
+
 pub fn reason(status: &Status) -> String {
     status
         .get_error_details()

@@ -131,7 +131,8 @@ pub enum EgressError {
     /// The caller's deadline expired first.
     #[error("the call's deadline expired while waiting for vendor {0}")]
     Deadline(String),
-    /// The connection failed after the request was sent.
+    /// The connection failed after the request was sent, or the answer was
+    /// not valid HTTP (including a status outside 100–599).
     #[error("vendor {0} closed the connection or sent an invalid response")]
     Protocol(String),
     /// The response body exceeded the limit.
@@ -368,6 +369,11 @@ impl Vendor {
                 .await
                 .map_err(|e| self.classify(&e))?;
             let (parts, body) = resp.into_parts();
+            // HTTP status codes are three digits, 100 to 599; hyper parses
+            // anything up to 999, which no caller can make sense of.
+            if !(100..=599).contains(&parts.status.as_u16()) {
+                return Err(EgressError::Protocol(name()));
+            }
             if encoded(&parts.headers) {
                 return Err(EgressError::ResponseEncoded(name()));
             }

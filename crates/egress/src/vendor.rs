@@ -112,6 +112,18 @@ pub enum VendorError {
     /// The base URL is malformed or not allowed.
     #[error("base_url: {0}")]
     BaseUrl(String),
+    /// A `resolve_to` address is one the vendor may not be reached at.
+    #[error(
+        "resolve_to: vendor '{vendor}' pins {addr}, a {class} address; set allow_private_addresses = true if this vendor really lives there"
+    )]
+    ResolveTo {
+        /// The vendor.
+        vendor: String,
+        /// The refused address.
+        addr: std::net::IpAddr,
+        /// Its class.
+        class: &'static str,
+    },
     /// A retry, breaker or limit setting is out of range.
     #[error("{0}")]
     Policy(String),
@@ -178,6 +190,17 @@ impl Vendor {
             return Err(VendorError::BaseUrl(format!(
                 "is a {class} address; set allow_private_addresses = true if this vendor really lives there"
             )));
+        }
+        // Pinned addresses are as literal as a base URL's: refuse them now,
+        // not on the first call.
+        for &addr in &spec.resolve_to {
+            if let Some(class) = policy.refuses(addr) {
+                return Err(VendorError::ResolveTo {
+                    vendor: spec.name.clone(),
+                    addr,
+                    class,
+                });
+            }
         }
         spec.retry.validate().map_err(VendorError::Policy)?;
         spec.breaker.validate().map_err(VendorError::Policy)?;
@@ -443,6 +466,29 @@ mod tests {
         ] {
             assert!(Vendor::new(spec(bad, AuthScheme::Bearer)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn resolve_to_literals_are_checked_when_built() {
+        let mut s = spec("https://api.example.com", AuthScheme::Bearer);
+        s.allow_insecure_http = false;
+        s.resolve_to = vec![
+            "93.184.216.34".parse().unwrap(),
+            "169.254.169.254".parse().unwrap(),
+        ];
+        let err = Vendor::new(s.clone()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("resolve_to: vendor 'v' pins 169.254.169.254, a link-local address"),
+            "{err}"
+        );
+        s.allow_private_addresses = true;
+        assert!(Vendor::new(s.clone()).is_ok());
+        // Loopback experiments may pin loopback, as they may use it in base_url.
+        let mut s = spec("http://localhost:1", AuthScheme::Bearer);
+        s.resolve_to = vec!["127.0.0.1".parse().unwrap()];
+        assert!(Vendor::new(s.clone()).is_ok());
+        s.resolve_to = vec!["10.0.0.1".parse().unwrap()];
+        assert!(Vendor::new(s).is_err());
     }
 
     #[test]

@@ -356,7 +356,69 @@ async fn every_rule_is_enforced_before_the_vendor() {
             "QUERY_PARAM_FORBIDDEN",
             "path",
         ),
+        (
+            "NUL after dot-dot",
+            Box::new(path("/v1/..%00/x")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "encoded backslash",
+            Box::new(path("/v1/a%5cevil.example")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "double-encoded backslash",
+            Box::new(path("/v1/a%255Cb")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "encoded CRLF",
+            Box::new(path("/v1/a%0D%0AHost:%20evil")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "credential header spelled with underscores",
+            Box::new(|r: &mut CallRequest| {
+                r.vendor = "hdr".into();
+                r.headers.push(Header {
+                    name: "x_api_key".into(),
+                    value: "evil".into(),
+                });
+            }),
+            "HEADER_FORBIDDEN",
+            "headers[0]",
+        ),
+        (
+            "x_forwarded_for",
+            Box::new(with_header("x_forwarded_for", "1.2.3.4")),
+            "HEADER_FORBIDDEN",
+            "headers[0]",
+        ),
     ];
+    let mut cases = cases;
+    // Query names a lenient server reads as the credential parameter.
+    for q in [
+        "api_key%00=evil",
+        "api_key[]=evil",
+        "api_key.=evil",
+        "api_key%5B%5D=evil",
+        "Api-Key=evil",
+    ] {
+        let q = format!("/search?q=1&{q}");
+        cases.push((
+            "credential parameter in disguise",
+            Box::new(move |r: &mut CallRequest| {
+                r.vendor = "qry".into();
+                r.path = q.clone();
+            }),
+            "QUERY_PARAM_FORBIDDEN",
+            "path",
+        ));
+    }
 
     for (name, mutate, want_reason, field) in cases {
         let mut req = get("acme", "mock", "/v1/ok");

@@ -8,8 +8,9 @@
 //! - [`vendor`]: [`Vendor`] — base URL, [`AuthScheme`] injection, and a
 //!   pooled rustls client per vendor (public roots, or the vendor's
 //!   `ca_file`).
-//! - [`scrub`]: [`Scrubber`] — removes every form of the credential from the
-//!   vendor's answer.
+//! - [`scrub`]: [`Scrubber`] — removes the credential in every documented
+//!   form (raw, Base64 at any alignment, hex, percent and JSON escapes)
+//!   from the vendor's answer, one automaton built per call.
 //! - [`retry`]: which failed attempts are tried again, backoff with full
 //!   jitter, `Retry-After`, and the per-vendor retry budget.
 //! - [`breaker`]: the per-vendor circuit breaker.
@@ -228,6 +229,8 @@ impl Vendor {
         x: &Exchange<'_>,
     ) -> Result<ProxyResponse, EgressError> {
         self.budget.deposit();
+        // Built once for the call: every attempt's answer is scrubbed with it.
+        let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
         let mut attempts = 0u32;
         let mut last: Option<Result<ProxyResponse, EgressError>> = None;
         loop {
@@ -256,7 +259,7 @@ impl Vendor {
             attempts += 1;
             x.attempts.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let result = self.attempt(req.clone(), secret, x).await;
+            let result = self.attempt(req.clone(), secret, &scrubber, x).await;
             ticket.record(breaker_verdict(&result));
             let status = result.as_ref().ok().map(|r| r.status);
             x.metrics.vendor_attempt(self.name(), status, started.elapsed());
@@ -332,6 +335,7 @@ impl Vendor {
         &self,
         req: ProxyRequest,
         secret: &Secret,
+        scrubber: &Scrubber,
         x: &Exchange<'_>,
     ) -> Result<ProxyResponse, EgressError> {
         let (limits, deadline) = (x.limits, x.deadline);
@@ -419,7 +423,6 @@ impl Vendor {
                 return Err(e);
             }
         };
-        let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
         let (body, new_len) = match scrubber.scrub(&body) {
             Some(scrubbed) => {
                 let len = scrubbed.len();
@@ -429,7 +432,7 @@ impl Vendor {
         };
         Ok(ProxyResponse {
             status: parts.status.as_u16(),
-            headers: response_headers(&parts.headers, &scrubber, new_len),
+            headers: response_headers(&parts.headers, scrubber, new_len),
             body,
             attempts: 1,
         })

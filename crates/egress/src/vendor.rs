@@ -166,7 +166,7 @@ impl std::fmt::Debug for Vendor {
 }
 
 /// Characters escaped in a query value: everything but RFC 3986 unreserved.
-/// The scrubber removes this exact form too.
+/// The scrubber finds this form by decoding (see [`crate::scrub`]).
 pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')

@@ -205,9 +205,9 @@ fn feed(
     spans: &mut Vec<(usize, usize)>,
     end: bool,
 ) {
-    for layer in 0..matchers.len() {
+    for (layer, matcher) in matchers.iter_mut().enumerate() {
         for unit in batch.iter() {
-            matchers[layer].push(*unit, spans);
+            matcher.push(*unit, spans);
         }
         if let Some(decoder) = decoders.get_mut(layer) {
             next.clear();
@@ -222,9 +222,9 @@ fn feed(
             batch.clear();
         }
         if end {
-            // The decoder before this layer has flushed into `batch` only
-            // now; the matcher saw it above, so it can finish.
-            matchers[layer].finish(spans);
+            // This layer's units, the flush of the decoder before it
+            // included, have all been seen.
+            matcher.finish(spans);
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct Scrubber {
     exact: Automaton,
     /// Hex forms, matched ignoring ASCII case.
     hex: Automaton,
+    /// 1 for a byte that moves either automaton off its root (after the
+    /// same mapping as [`Scrubber::scrub`] applies); bytes that do not are
+    /// skipped quickly.
+    starts: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Scrubber {
@@ -123,10 +127,20 @@ impl Scrubber {
             }
             add(&mut hex, h, 0, 0);
         }
-        Self {
-            exact: Automaton::new(&exact),
-            hex: Automaton::new(&hex),
-        }
+        let exact = Automaton::new(&exact);
+        let hex = Automaton::new(&hex);
+        let starts = Zeroizing::new(
+            (0..=255u8)
+                .map(|b| {
+                    let mapped = if b == b'+' { b' ' } else { b };
+                    u8::from(
+                        exact.root[usize::from(mapped)] != 0
+                            || hex.root[usize::from(b.to_ascii_lowercase())] != 0,
+                    )
+                })
+                .collect(),
+        );
+        Self { exact, hex, starts }
     }
 
     /// `bytes` with every form replaced; `None` when nothing was found.
@@ -135,41 +149,70 @@ impl Scrubber {
             return None;
         }
         let mut spans = Vec::new();
-        // Escapes start with '%' or '\': without either, nothing decodes.
-        let layers = if memchr::memchr2(b'%', b'\\', bytes).is_some() {
-            1 + MAX_DECODES
-        } else {
-            1
+        let len = bytes.len();
+        let (mut exact, mut hex) = (0u32, 0u32);
+        // The decoding rounds start at the first escape: up to there, every
+        // round's text is this one. They are fed in chunks.
+        let mut rounds: Option<Rounds<'_>> = None;
+        let mut chunk: Vec<Unit> = Vec::new();
+        let unit = |i: usize| Unit {
+            byte: bytes[i],
+            start: i,
+            end: i + 1,
         };
-        let mut matchers: Vec<LayerMatcher<'_>> = (0..layers).map(|_| LayerMatcher::new(self)).collect();
-        let mut decoders: Vec<Decoder> = (1..layers).map(|_| Decoder::default()).collect();
-        let mut batch: Vec<Unit> = Vec::with_capacity(8);
-        let mut next: Vec<Unit> = Vec::with_capacity(8);
-        for (i, &byte) in bytes.iter().enumerate() {
-            batch.clear();
-            batch.push(Unit {
-                byte,
-                start: i,
-                end: i + 1,
-            });
-            feed(
-                &mut matchers,
-                &mut decoders,
-                &mut batch,
-                &mut next,
-                &mut spans,
-                false,
-            );
+        let mut i = 0;
+        while i < len {
+            if exact == 0 && hex == 0 {
+                // At both roots: skip what starts no form (and, before the
+                // rounds start, is no escape).
+                let from = i;
+                while i < len
+                    && i - from < CHUNK
+                    && self.starts[usize::from(bytes[i])] == 0
+                    && (rounds.is_some() || !is_escape(bytes[i]))
+                {
+                    i += 1;
+                }
+                if let Some(rounds) = rounds.as_mut() {
+                    chunk.extend((from..i).map(unit));
+                    if chunk.len() >= CHUNK {
+                        rounds.feed(0, &chunk, &mut spans, false);
+                        chunk.clear();
+                    }
+                }
+                if i - from == CHUNK {
+                    continue;
+                }
+                if i == len {
+                    break;
+                }
+            }
+            let byte = bytes[i];
+            if rounds.is_none() && is_escape(byte) {
+                rounds = Some(Rounds::start(self, &bytes[..i]));
+            }
+            if let Some(rounds) = rounds.as_mut() {
+                chunk.push(unit(i));
+                if chunk.len() >= CHUNK {
+                    rounds.feed(0, &chunk, &mut spans, false);
+                    chunk.clear();
+                }
+            }
+            exact = self.exact.step(exact, if byte == b'+' { b' ' } else { byte });
+            hex = self.hex.step(hex, byte.to_ascii_lowercase());
+            for (automaton, state) in [(&self.exact, exact), (&self.hex, hex)] {
+                automaton.matches(state, |n| {
+                    spans.push((
+                        (i + 1).saturating_sub(n.len + n.before),
+                        (i + 1 + n.after).min(len),
+                    ));
+                });
+            }
+            i += 1;
         }
-        batch.clear();
-        feed(
-            &mut matchers,
-            &mut decoders,
-            &mut batch,
-            &mut next,
-            &mut spans,
-            true,
-        );
+        if let Some(rounds) = rounds.as_mut() {
+            rounds.feed(0, &chunk, &mut spans, true);
+        }
         if spans.is_empty() {
             return None;
         }
@@ -194,38 +237,87 @@ impl Scrubber {
     }
 }
 
-/// Pushes `batch` (units of layer 0) through every layer: each layer's
-/// matcher sees it, and its decoder turns it into the next layer's units.
-/// With `end`, flushes every decoder and matcher.
-fn feed(
-    matchers: &mut [LayerMatcher<'_>],
-    decoders: &mut [Decoder],
-    batch: &mut Vec<Unit>,
-    next: &mut Vec<Unit>,
-    spans: &mut Vec<(usize, usize)>,
-    end: bool,
-) {
-    for (layer, matcher) in matchers.iter_mut().enumerate() {
-        for unit in batch.iter() {
-            matcher.push(*unit, spans);
+/// Units handed to the decoding rounds at a time.
+const CHUNK: usize = 4096;
+
+fn is_escape(b: u8) -> bool {
+    b == b'%' || b == b'\\'
+}
+
+/// The decoding rounds over one text, streamed: stage `k` decodes round
+/// `k + 1` from round `k` (round 0 is the text) and matches in it. A round
+/// is started only when the one before it holds an escape (`%` or `\`);
+/// until then the two are the same text.
+struct Rounds<'a> {
+    stages: Vec<Stage<'a>>,
+}
+
+struct Stage<'a> {
+    decoder: Decoder,
+    matcher: LayerMatcher<'a>,
+    /// Reused buffer for the decoder's output.
+    out: Vec<Unit>,
+}
+
+impl<'a> Rounds<'a> {
+    /// Round 1, starting at the first escape; `before` is the text before
+    /// it, which round 1 shares. Its matcher resumes from the last bytes of
+    /// `before` (an automaton state depends only on them); what it finds
+    /// there the text's own pass has found already.
+    fn start(scrubber: &'a Scrubber, before: &[u8]) -> Self {
+        let mut matcher = LayerMatcher::new(scrubber);
+        let from = before.len().saturating_sub(matcher.replay);
+        let mut again = Vec::new();
+        for (i, &byte) in before.iter().enumerate().skip(from) {
+            let unit = Unit {
+                byte,
+                start: i,
+                end: i + 1,
+            };
+            matcher.push(unit, &mut again);
         }
-        if let Some(decoder) = decoders.get_mut(layer) {
-            next.clear();
-            for unit in batch.iter() {
-                decoder.push(*unit, next);
-            }
-            if end {
-                decoder.finish(next);
-            }
-            std::mem::swap(batch, next);
-        } else {
-            batch.clear();
+        Self {
+            stages: vec![Stage {
+                decoder: Decoder::default(),
+                matcher,
+                out: Vec::new(),
+            }],
+        }
+    }
+
+    /// Feeds `units` of round `k` to stage `k` (and on, through every
+    /// started round); with `end`, flushes them all.
+    fn feed(&mut self, k: usize, units: &[Unit], spans: &mut Vec<(usize, usize)>, end: bool) {
+        let mut out = std::mem::take(&mut self.stages[k].out);
+        out.clear();
+        for &unit in units {
+            self.stages[k].decoder.push(unit, &mut out);
         }
         if end {
-            // This layer's units, the flush of the decoder before it
-            // included, have all been seen.
-            matcher.finish(spans);
+            self.stages[k].decoder.finish(&mut out);
         }
+        // Where the next round's units begin in `out`.
+        let mut next = (self.stages.len() > k + 1).then_some(0);
+        for (at, &unit) in out.iter().enumerate() {
+            if next.is_none() && k + 1 < MAX_DECODES && is_escape(unit.byte) {
+                // The next round has been this one's text so far.
+                let matcher = self.stages[k].matcher.clone();
+                self.stages.push(Stage {
+                    decoder: Decoder::default(),
+                    matcher,
+                    out: Vec::new(),
+                });
+                next = Some(at);
+            }
+            self.stages[k].matcher.push(unit, spans);
+        }
+        if let Some(from) = next {
+            self.feed(k + 1, &out[from..], spans, end);
+        }
+        if end {
+            self.stages[k].matcher.finish(spans);
+        }
+        self.stages[k].out = out;
     }
 }
 
@@ -263,6 +355,10 @@ fn hex_value(b: u8) -> Option<u8> {
 
 impl Decoder {
     fn push(&mut self, unit: Unit, out: &mut Vec<Unit>) {
+        if self.pending.is_empty() && unit.byte != b'%' && unit.byte != b'\\' {
+            out.push(unit);
+            return;
+        }
         self.pending.push_back(unit);
         self.drain(false, out);
     }
@@ -379,15 +475,20 @@ impl Decoder {
 /// Both automata run over one layer's units, keeping what a match needs to
 /// be mapped back: where recent units started, and matches still waiting
 /// for the units they extend over.
+#[derive(Clone)]
 struct LayerMatcher<'a> {
     scrubber: &'a Scrubber,
     exact: u32,
     hex: u32,
     /// Units seen so far in this layer.
     seen: usize,
-    /// Start offsets of the last `window` units, by `seen % window`.
+    /// Start offsets of the last `window` units, by `seen % window` (a
+    /// power of two).
     starts: Vec<usize>,
     window: usize,
+    /// How many units before a point determine everything this matcher
+    /// holds at it (automaton states, pending extensions).
+    replay: usize,
     /// The end of the last unit.
     last_end: usize,
     /// Matches that extend over units not seen yet: (start, units to go).
@@ -404,8 +505,17 @@ impl<'a> LayerMatcher<'a> {
             .map(|n| n.len + n.before)
             .max()
             .unwrap_or(1)
-            .max(1);
+            .next_power_of_two();
+        let after = scrubber
+            .exact
+            .needles
+            .iter()
+            .chain(&scrubber.hex.needles)
+            .map(|n| n.after)
+            .max()
+            .unwrap_or(0);
         Self {
+            replay: window + after + 1,
             scrubber,
             exact: 0,
             hex: 0,
@@ -418,18 +528,15 @@ impl<'a> LayerMatcher<'a> {
     }
 
     fn push(&mut self, unit: Unit, spans: &mut Vec<(usize, usize)>) {
-        self.starts[self.seen % self.window] = unit.start;
+        self.starts[self.seen & (self.window - 1)] = unit.start;
         self.seen += 1;
         self.last_end = unit.end;
-        self.waiting.retain_mut(|(start, left)| {
-            *left -= 1;
-            if *left == 0 {
-                spans.push((*start, unit.end));
-                false
-            } else {
-                true
-            }
-        });
+        if !self.waiting.is_empty() {
+            self.retire(unit.end, spans);
+        }
+        if self.exact == 0 && self.hex == 0 && self.scrubber.starts[usize::from(unit.byte)] == 0 {
+            return; // both stay at their roots
+        }
         let byte = if unit.byte == b'+' { b' ' } else { unit.byte };
         self.exact = self.scrubber.exact.step(self.exact, byte);
         let hex = unit.byte.to_ascii_lowercase();
@@ -438,7 +545,7 @@ impl<'a> LayerMatcher<'a> {
         for (automaton, state) in [(&scrubber.exact, self.exact), (&scrubber.hex, self.hex)] {
             automaton.matches(state, |needle| {
                 let first = self.seen.saturating_sub(needle.len + needle.before);
-                let start = self.starts[first % self.window];
+                let start = self.starts[first & (self.window - 1)];
                 if needle.after == 0 {
                     spans.push((start, unit.end));
                 } else {
@@ -446,6 +553,19 @@ impl<'a> LayerMatcher<'a> {
                 }
             });
         }
+    }
+
+    /// One more unit (ending at `end`) for the matches still waiting.
+    fn retire(&mut self, end: usize, spans: &mut Vec<(usize, usize)>) {
+        self.waiting.retain_mut(|(start, left)| {
+            *left -= 1;
+            if *left == 0 {
+                spans.push((*start, end));
+                false
+            } else {
+                true
+            }
+        });
     }
 
     fn finish(&mut self, spans: &mut Vec<(usize, usize)>) {

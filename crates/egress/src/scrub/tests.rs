@@ -277,3 +277,22 @@ fn removes_every_form() {
     assert!(out.starts_with("a [REDACTED] b [REDACTED]"), "{out}");
     assert!(s.scrub(b"nothing here").is_none());
 }
+
+#[test]
+fn escapes_that_start_mid_secret_and_deeper_rounds_mid_text() {
+    // The first escape (and the first double escape) come after part of
+    // the secret has already gone by: the rounds pick up where the text is.
+    check(
+        "x tok-en.with_unreserved~and%2Freserved+chars 42 y",
+        "x [REDACTED] y",
+    );
+    check(
+        "x tok-en.with_unreserved~and%252Freserved%2Bchars%2042 y",
+        "x [REDACTED] y",
+    );
+    let long = "z".repeat(3 * CHUNK + 7);
+    check(
+        &format!("{long}%41 tok-en.with_unreserved~and%25252Freserved+chars 42{long}"),
+        &format!("{long}%41 [REDACTED]{long}"),
+    );
+}

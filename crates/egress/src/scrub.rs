@@ -596,27 +596,33 @@ struct Automaton {
 
 impl Automaton {
     fn new(forms: &[(Zeroizing<Vec<u8>>, Needle)]) -> Self {
-        // The trie: each state's label (the byte leading to it) and children.
+        // The trie: each state's label (the byte leading to it), its first
+        // child and its next sibling (0: none; the root is no one's child),
+        // so building it allocates per table, not per state.
         let mut label: Zeroizing<Vec<u8>> = Zeroizing::new(vec![0]);
-        let mut children: Vec<Vec<u32>> = vec![Vec::new()];
+        let mut first: Vec<u32> = vec![0];
+        let mut sibling: Vec<u32> = vec![0];
         let mut output: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0]);
-        let child = |children: &[Vec<u32>], label: &[u8], s: u32, b: u8| {
-            children[s as usize]
-                .iter()
-                .copied()
-                .find(|&c| label[c as usize] == b)
-        };
+        fn kids<'t>(first: &'t [u32], sibling: &'t [u32], s: u32) -> impl Iterator<Item = u32> + 't {
+            std::iter::successors(Some(first[s as usize]).filter(|&c| c != 0), move |&c| {
+                Some(sibling[c as usize]).filter(|&n| n != 0)
+            })
+        }
+        fn child(first: &[u32], sibling: &[u32], label: &[u8], s: u32, b: u8) -> Option<u32> {
+            kids(first, sibling, s).find(|&c| label[c as usize] == b)
+        }
         for (i, (form, _)) in forms.iter().enumerate() {
             let mut s = 0u32;
             for &b in form.iter() {
-                s = match child(&children, &label, s, b) {
+                s = match child(&first, &sibling, &label, s, b) {
                     Some(c) => c,
                     None => {
                         let c = label.len() as u32;
                         label.push(b);
-                        children.push(Vec::new());
                         output.push(0);
-                        children[s as usize].push(c);
+                        first.push(0);
+                        sibling.push(first[s as usize]);
+                        first[s as usize] = c;
                         c
                     }
                 };
@@ -626,13 +632,13 @@ impl Automaton {
         let n = label.len();
         let mut fail: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0; n]);
         let mut next_output: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0; n]);
-        let mut queue: VecDeque<u32> = children[0].iter().copied().collect();
+        let mut queue: VecDeque<u32> = kids(&first, &sibling, 0).collect();
         while let Some(s) = queue.pop_front() {
-            for &c in &children[s as usize] {
+            for c in kids(&first, &sibling, s) {
                 let b = label[c as usize];
                 let mut f = fail[s as usize];
                 let target = loop {
-                    if let Some(t) = child(&children, &label, f, b) {
+                    if let Some(t) = child(&first, &sibling, &label, f, b) {
                         break t;
                     }
                     if f == 0 {
@@ -650,15 +656,15 @@ impl Automaton {
             }
         }
         let mut root = Zeroizing::new(vec![0u32; 256]);
-        for &c in &children[0] {
+        for c in kids(&first, &sibling, 0) {
             root[label[c as usize] as usize] = c;
         }
         let mut offsets = Vec::with_capacity(n + 1);
         let mut labels = Zeroizing::new(Vec::with_capacity(n));
         let mut targets = Zeroizing::new(Vec::with_capacity(n));
-        for kids in &children {
+        for state in 0..n as u32 {
             offsets.push(labels.len() as u32);
-            for &c in kids {
+            for c in kids(&first, &sibling, state) {
                 labels.push(label[c as usize]);
                 targets.push(c);
             }

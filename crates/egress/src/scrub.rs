@@ -33,8 +33,10 @@
 //! The [`Scrubber`] is built once per call, from the leased secret: one
 //! Aho-Corasick automaton over every form (and one, case-insensitive, over
 //! the hex form), run in a single pass over the text and every decoding
-//! round at once — linear in the text, whatever the number of forms. Its
-//! tables are the secret in another shape, so they are zeroed on drop
+//! round at once — linear in the text, whatever the number of forms. Bytes
+//! that start no form are skipped quickly, and the decoding rounds start
+//! only at the first escape (`%` or `\`), so text without one is read once.
+//! Its tables are the secret in another shape, so they are zeroed on drop
 //! (which is why it is built here rather than with a crate whose automaton
 //! memory is freed without zeroing).
 

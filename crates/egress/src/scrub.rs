@@ -14,7 +14,8 @@
 //!   encode to a fixed run of characters that appears whenever the secret
 //!   sits at that alignment; that run is matched, and the up to 3
 //!   characters on each side that still carry bits of the secret's edge
-//!   bytes are redacted with it.
+//!   bytes are redacted with it (and the padding, where the secret ends the
+//!   encoded text).
 //! - **hex** of the secret, upper, lower or mixed case.
 //!
 //! Each of those is also found through **up to three rounds of decoding**
@@ -41,7 +42,7 @@
 //! memory is freed without zeroing).
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use std::collections::VecDeque;
 use valet_credentials::Secret;
 use zeroize::Zeroizing;
@@ -120,6 +121,14 @@ impl Scrubber {
                 for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
                     let text = Zeroizing::new(engine.encode(core).into_bytes());
                     add(&mut exact, Zeroizing::new(plus_as_space(&text)), before, after);
+                }
+                // Where the secret ends the encoded text, its last group and
+                // the padding are fixed too: the whole tail goes.
+                if after > 0 {
+                    for engine in [&STANDARD, &URL_SAFE] {
+                        let text = Zeroizing::new(engine.encode(&base[start..]).into_bytes());
+                        add(&mut exact, Zeroizing::new(plus_as_space(&text)), before, 0);
+                    }
                 }
             }
             let mut h = Zeroizing::new(Vec::with_capacity(base.len() * 2));

@@ -74,6 +74,24 @@ fn base64_at_every_alignment_in_a_larger_plaintext() {
 }
 
 #[test]
+fn base64_padding_goes_with_the_secret_at_every_length() {
+    // The secret alone, or ending a Base64'd text: nothing of it is left,
+    // padding included, whatever its length.
+    for cut in 0..3 {
+        let secret = &SECRET[cut..];
+        for prefix in ["", "B", "Be", "Bearer "] {
+            let plain = format!("{prefix}{secret}");
+            for encoded in [STANDARD.encode(&plain), URL_SAFE.encode(&plain)] {
+                let out = scrub(secret, false, &format!("\"{encoded}\""));
+                let (before, after) = out.split_once("[REDACTED]").expect(&out);
+                assert_eq!(after, "\"", "{plain:?}: {out}");
+                assert!(before.len() <= 1 + prefix.len() * 4 / 3 + 1, "{plain:?}: {out}");
+            }
+        }
+    }
+}
+
+#[test]
 fn hex_in_either_case() {
     let lower = hex_lower(SECRET.as_bytes());
     check(&format!("x={lower};"), "x=[REDACTED];");

@@ -88,3 +88,24 @@ async fn an_unreachable_vendor_is_unavailable_without_its_address() {
     assert!(!err.message().contains("127.0.0.1") && !err.message().contains(&port.to_string()));
     assert!(err.metadata().get("x-request-id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_outside_100_to_599_is_a_protocol_error() {
+    let (mock, valet, key) = setup(30_000).await;
+    for status in [999, 600] {
+        let path = format!("/odd-{status}");
+        mock.script(&path, Scripted::status(status).body("odd"));
+        let err = valet.call(&key, get("acme", "mock", &path)).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::Unavailable, "VENDOR_PROTOCOL_ERROR"),
+            "{status}: {}",
+            err.message()
+        );
+        assert!(!err.message().contains("127.0.0.1"), "{}", err.message());
+    }
+    // The edges of the range are ordinary answers.
+    mock.script("/edge", Scripted::status(599));
+    let ok = valet.call(&key, get("acme", "mock", "/edge")).await.unwrap();
+    assert_eq!(ok.status, 599);
+}

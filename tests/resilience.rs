@@ -481,22 +481,23 @@ async fn special_vendor_addresses_are_refused_unless_allowed() {
     let answer = valet.call(&key, get("acme", "mock", "/v1/me")).await.unwrap();
     assert_eq!(answer.status, 200);
 
-    // The host's addresses as a resolver hands them over (`resolve_to`
-    // stands in for a DNS answer): cloud metadata and an IPv4-mapped
-    // loopback are refused at connect time; allowed, the pinned address is
-    // the one connected to.
+    // Pinned addresses (`resolve_to`) are as literal as a base URL's, so
+    // cloud metadata and an IPv4-mapped loopback are refused when the config
+    // is read; allowed, the pinned address is the one connected to.
     for (pinned, class) in [
         ("169.254.169.254", "link-local"),
         ("::ffff:127.0.0.1", "ipv4-embedded"),
     ] {
-        let (valet, key) = start(VendorConfig {
-            resolve_to: vec![pinned.parse().unwrap()],
-            ..https(false)
-        })
-        .await;
-        let err = valet.call(&key, get("acme", "mock", "/v1/me")).await.unwrap_err();
-        assert_eq!(reason(&err), "VENDOR_ADDRESS_FORBIDDEN", "{pinned}");
-        assert!(err.message().contains(class), "{pinned}: {}", err.message());
+        let config = Config {
+            vendors: vec![VendorConfig {
+                resolve_to: vec![pinned.parse().unwrap()],
+                ..https(false)
+            }],
+            ..Config::default()
+        };
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("vendors[0].resolve_to"), "{pinned}: {err}");
+        assert!(err.contains(class), "{pinned}: {err}");
     }
     assert!(mock.requests().len() == 1, "nothing but the allowed call arrived");
     let (valet, key) = start(VendorConfig {

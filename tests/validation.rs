@@ -356,7 +356,69 @@ async fn every_rule_is_enforced_before_the_vendor() {
             "QUERY_PARAM_FORBIDDEN",
             "path",
         ),
+        (
+            "NUL after dot-dot",
+            Box::new(path("/v1/..%00/x")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "encoded backslash",
+            Box::new(path("/v1/a%5cevil.example")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "double-encoded backslash",
+            Box::new(path("/v1/a%255Cb")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "encoded CRLF",
+            Box::new(path("/v1/a%0D%0AHost:%20evil")),
+            "PATH_INVALID_CHARACTER",
+            "path",
+        ),
+        (
+            "credential header spelled with underscores",
+            Box::new(|r: &mut CallRequest| {
+                r.vendor = "hdr".into();
+                r.headers.push(Header {
+                    name: "x_api_key".into(),
+                    value: "evil".into(),
+                });
+            }),
+            "HEADER_FORBIDDEN",
+            "headers[0]",
+        ),
+        (
+            "x_forwarded_for",
+            Box::new(with_header("x_forwarded_for", "1.2.3.4")),
+            "HEADER_FORBIDDEN",
+            "headers[0]",
+        ),
     ];
+    let mut cases = cases;
+    // Query names a lenient server reads as the credential parameter.
+    for q in [
+        "api_key%00=evil",
+        "api_key[]=evil",
+        "api_key.=evil",
+        "api_key%5B%5D=evil",
+        "Api-Key=evil",
+    ] {
+        let q = format!("/search?q=1&{q}");
+        cases.push((
+            "credential parameter in disguise",
+            Box::new(move |r: &mut CallRequest| {
+                r.vendor = "qry".into();
+                r.path = q.clone();
+            }),
+            "QUERY_PARAM_FORBIDDEN",
+            "path",
+        ));
+    }
 
     for (name, mutate, want_reason, field) in cases {
         let mut req = get("acme", "mock", "/v1/ok");
@@ -409,4 +471,50 @@ async fn every_rule_is_enforced_before_the_vendor() {
     // And the same request without the mutation goes through.
     let ok = valet.call(&key, get("acme", "mock", "/v1/ok")).await.unwrap();
     assert_eq!(ok.status, 200);
+}
+
+/// A `resolve_to` literal is checked when the config is read, like a literal
+/// `base_url`: `valet config check` refuses it, naming the vendor and the
+/// field, unless the vendor allows private addresses.
+#[test]
+fn config_check_refuses_a_forbidden_resolve_to_address() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let check = |body: &str| {
+        let path = dir.path().join("valet.toml");
+        std::fs::write(&path, body).unwrap();
+        let out = Command::new(support::valet_bin())
+            .args(["config", "check", "--config", path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let entry = |resolve_to: &str, extra: &str| {
+        format!(
+            "[[vendors]]\nname = \"meta\"\nbase_url = \"https://meta.example\"\nauth = {{ scheme = \"bearer\" }}\nresolve_to = {resolve_to}\n{extra}"
+        )
+    };
+    for (list, class) in [
+        ("[\"169.254.169.254\"]", "link-local"),
+        ("[\"93.184.216.34\", \"10.0.0.1\"]", "private"),
+        ("[\"::ffff:169.254.169.254\"]", "ipv4-embedded"),
+        ("[\"127.0.0.1\"]", "loopback"),
+    ] {
+        let (code, stderr) = check(&entry(list, ""));
+        assert_eq!(code, Some(64), "{list}: {stderr}");
+        assert!(stderr.contains("vendors[0].resolve_to"), "{list}: {stderr}");
+        assert!(stderr.contains("'meta'"), "{list}: {stderr}");
+        assert!(stderr.contains(class), "{list}: {stderr}");
+    }
+    let (code, stderr) = check(&entry(
+        "[\"169.254.169.254\"]",
+        "allow_private_addresses = true\n",
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check(&entry("[\"93.184.216.34\"]", ""));
+    assert_eq!(code, Some(0), "{stderr}");
 }

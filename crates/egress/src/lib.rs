@@ -8,8 +8,9 @@
 //! - [`vendor`]: [`Vendor`] — base URL, [`AuthScheme`] injection, and a
 //!   pooled rustls client per vendor (public roots, or the vendor's
 //!   `ca_file`).
-//! - [`scrub`]: [`Scrubber`] — removes every form of the credential from the
-//!   vendor's answer.
+//! - [`scrub`]: [`Scrubber`] — removes the credential in every documented
+//!   form (raw, Base64 at any alignment, hex, percent and JSON escapes)
+//!   from the vendor's answer, one automaton built per call.
 //! - [`retry`]: which failed attempts are tried again, backoff with full
 //!   jitter, `Retry-After`, and the per-vendor retry budget.
 //! - [`breaker`]: the per-vendor circuit breaker.
@@ -137,7 +138,8 @@ pub enum EgressError {
     /// The caller's deadline expired first.
     #[error("the call's deadline expired while waiting for vendor {0}")]
     Deadline(String),
-    /// The connection failed after the request was sent.
+    /// The connection failed after the request was sent, or the answer was
+    /// not valid HTTP (including a status outside 100–599).
     #[error("vendor {0} closed the connection or sent an invalid response")]
     Protocol(String),
     /// The response body exceeded the limit.
@@ -241,6 +243,8 @@ impl Vendor {
         x: &Exchange<'_>,
     ) -> Result<ProxyResponse, EgressError> {
         self.budget.deposit();
+        // Built once for the call: every attempt's answer is scrubbed with it.
+        let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
         let mut attempts = 0u32;
         let mut last: Option<Result<ProxyResponse, EgressError>> = None;
         loop {
@@ -269,7 +273,7 @@ impl Vendor {
             attempts += 1;
             x.attempts.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let result = self.attempt(req.clone(), secret, x).await;
+            let result = self.attempt(req.clone(), secret, &scrubber, x).await;
             ticket.record(breaker_verdict(&result));
             let status = result.as_ref().ok().map(|r| r.status);
             x.metrics.vendor_attempt(self.name(), status, started.elapsed());
@@ -345,6 +349,7 @@ impl Vendor {
         &self,
         req: ProxyRequest,
         secret: &Secret,
+        scrubber: &Scrubber,
         x: &Exchange<'_>,
     ) -> Result<ProxyResponse, EgressError> {
         let deadline = x.deadline;
@@ -382,6 +387,11 @@ impl Vendor {
                 .await
                 .map_err(|e| self.classify(&e))?;
             let (parts, body) = resp.into_parts();
+            // HTTP status codes are three digits, 100 to 599; hyper parses
+            // anything up to 999, which no caller can make sense of.
+            if !(100..=599).contains(&parts.status.as_u16()) {
+                return Err(EgressError::Protocol(name()));
+            }
             if encoded(&parts.headers) {
                 return Err(EgressError::ResponseEncoded(name()));
             }
@@ -414,7 +424,6 @@ impl Vendor {
                 return Err(e);
             }
         };
-        let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
         let (body, new_len) = match scrubber.scrub(&body) {
             Some(scrubbed) => {
                 let len = scrubbed.len();
@@ -424,7 +433,7 @@ impl Vendor {
         };
         Ok(ProxyResponse {
             status: parts.status.as_u16(),
-            headers: response_headers(&parts.headers, &scrubber, new_len),
+            headers: response_headers(&parts.headers, scrubber, new_len),
             body,
             attempts: 1,
             held,

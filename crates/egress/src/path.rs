@@ -2,7 +2,9 @@
 //!
 //! The rules refuse every way a path could point the credential somewhere
 //! other than the vendor's own API: absolute URLs, network-path references
-//! (`//host`), backslashes (which some servers treat as `/`), dot segments in
+//! (`//host`), backslashes (which some servers treat as `/`) raw or
+//! percent-encoded, percent-encoded control characters (`%00`, which cuts
+//! the path for a C-string backend, `%0d%0a`), dot segments in
 //! raw or percent-encoded form (decoded repeatedly, so `%252e%252e` is caught
 //! too, and a segment still encoded after three rounds is refused), `..;`
 //! (dot segments before a matrix parameter), overlong UTF-8, control and
@@ -32,6 +34,13 @@ pub enum PathError {
         "path contains a character that is not allowed (control, space, non-ASCII, '\\\\', '<', '>', '\"', '{{', '}}', '|', '^' or '`')"
     )]
     BadCharacter,
+    /// A percent-encoded control character or backslash (at any of the
+    /// decoding rounds looked through): a server that cuts at NUL, or reads
+    /// `\\` as `/`, would see a different path than the one checked.
+    #[error(
+        "path contains a percent-encoded control character or backslash (%00-%1F, %7F, %5C), raw or double-encoded"
+    )]
+    EncodedCharacter,
     /// A `%` not followed by two hex digits.
     #[error("path contains a malformed percent-encoding")]
     BadPercentEncoding,
@@ -54,6 +63,7 @@ impl PathError {
             PathError::TooLong => "PATH_TOO_LONG",
             PathError::NotRelative => "PATH_NOT_RELATIVE",
             PathError::BadCharacter => "PATH_INVALID_CHARACTER",
+            PathError::EncodedCharacter => "PATH_INVALID_CHARACTER",
             PathError::BadPercentEncoding => "PATH_INVALID_ENCODING",
             PathError::Fragment => "PATH_FRAGMENT",
             PathError::Traversal => "PATH_TRAVERSAL",
@@ -142,6 +152,7 @@ fn check_segments(path: &str) -> Result<(), PathError> {
         let mut decoded = segment.as_bytes().to_vec();
         for _ in 0..MAX_DECODES {
             check_dots(&decoded)?;
+            check_decoded_characters(&decoded)?;
             let next: Vec<u8> = percent_decode(&decoded).collect();
             if next == decoded {
                 break;
@@ -150,11 +161,24 @@ fn check_segments(path: &str) -> Result<(), PathError> {
             decoded = next;
         }
         check_dots(&decoded)?;
+        check_decoded_characters(&decoded)?;
         if percent_decode(&decoded).ne(decoded.iter().copied()) {
             return Err(PathError::BadPercentEncoding);
         }
     }
     Ok(())
+}
+
+/// A decoded segment may hold no control character (a NUL cuts the path
+/// for C-string backends, CR LF splits a request line) and no backslash
+/// (which some servers read as `/`) — the raw forms are refused by
+/// [`parse`] already.
+fn check_decoded_characters(segment: &[u8]) -> Result<(), PathError> {
+    if segment.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'\\') {
+        Err(PathError::EncodedCharacter)
+    } else {
+        Ok(())
+    }
 }
 
 fn check_dots(segment: &[u8]) -> Result<(), PathError> {
@@ -223,10 +247,21 @@ mod tests {
             ("/a/%2e%2e;/b", PathError::Traversal),
             ("/a/%c0%ae%c0%ae/b", PathError::BadPercentEncoding),
             ("/a/%2525252e%2525252e/b", PathError::BadPercentEncoding),
+            // A backend that cuts at NUL would see `..`; one that treats a
+            // decoded backslash as `/` would see another segment.
+            ("/v1/..%00/x", PathError::EncodedCharacter),
+            ("/v1/a%00b", PathError::EncodedCharacter),
+            ("/v1/a%0d%0aHost:%20evil", PathError::EncodedCharacter),
+            ("/v1/a%7F", PathError::EncodedCharacter),
+            ("/v1/a%5cb", PathError::EncodedCharacter),
+            ("/v1/a%5Cb", PathError::EncodedCharacter),
+            ("/v1/a%255cb", PathError::EncodedCharacter),
+            ("/v1/a%2500b", PathError::EncodedCharacter),
         ];
         for (path, want) in cases {
             assert_eq!(parse(path).unwrap_err(), want, "{path:?}");
         }
+        assert_eq!(PathError::EncodedCharacter.reason(), "PATH_INVALID_CHARACTER");
         assert_eq!(
             parse(&format!("/{}", "a".repeat(MAX_PATH_LEN))).unwrap_err(),
             PathError::TooLong

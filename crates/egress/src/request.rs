@@ -2,7 +2,8 @@
 //!
 //! Headers that would let a caller override or learn the credential, spoof
 //! where a request came from, or desynchronise message framing are refused,
-//! not silently dropped, so the caller learns at once.
+//! not silently dropped, so the caller learns at once — also when spelled
+//! with `_` for `-`, which CGI-style servers merge with the real header.
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
@@ -185,9 +186,12 @@ pub fn headers<'a>(
             return Err(too_large);
         }
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| RequestError::HeaderName(index))?;
-        let forbidden = FORBIDDEN.contains(&name.as_str())
-            || name.as_str().starts_with("x-forwarded-")
-            || reserved.contains(&&name);
+        // CGI, WSGI and Rack read `X_Api_Key` and `X-Api-Key` as the same
+        // HTTP_X_API_KEY, so names are compared with `_` as `-`.
+        let canonical = canonical_name(name.as_str());
+        let forbidden = FORBIDDEN.contains(&canonical.as_str())
+            || canonical.starts_with("x-forwarded-")
+            || reserved.iter().any(|r| canonical_name(r.as_str()) == canonical);
         if forbidden {
             return Err(RequestError::HeaderForbidden {
                 index,
@@ -207,6 +211,12 @@ pub fn headers<'a>(
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// A header name as servers that merge `-` and `_` see it (already lower
+/// case: [`HeaderName`]s are).
+fn canonical_name(name: &str) -> String {
+    name.replace('_', "-")
 }
 
 #[cfg(test)]
@@ -246,6 +256,25 @@ mod tests {
             let err = headers([(name, "v")], &[&custom], &limits).unwrap_err();
             assert_eq!(err.reason(), "HEADER_FORBIDDEN", "{name}");
         }
+        // CGI and WSGI servers map `-` and `_` alike (HTTP_X_API_KEY), so
+        // an underscore spelling would be merged with the real header.
+        for name in [
+            "x_api_key",
+            "X_Api-Key",
+            "x_forwarded_for",
+            "X-Forwarded_Host",
+            "x_real_ip",
+            "proxy_authorization",
+        ] {
+            let err = headers([(name, "evil")], &[&custom], &limits).unwrap_err();
+            assert_eq!(err.reason(), "HEADER_FORBIDDEN", "{name}");
+        }
+        let underscored = HeaderName::from_static("x_vendor_key");
+        for name in ["x-vendor-key", "X_Vendor_Key"] {
+            let err = headers([(name, "evil")], &[&underscored], &limits).unwrap_err();
+            assert_eq!(err.reason(), "HEADER_FORBIDDEN", "{name}");
+        }
+        assert!(headers([("x_trace_id", "1")], &[&custom], &limits).is_ok());
         assert_eq!(
             headers([("bad name", "v")], &[], &limits).unwrap_err().reason(),
             "HEADER_NAME_INVALID"

@@ -16,7 +16,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +112,18 @@ pub enum VendorError {
     /// The base URL is malformed or not allowed.
     #[error("base_url: {0}")]
     BaseUrl(String),
+    /// A `resolve_to` address is one the vendor may not be reached at.
+    #[error(
+        "resolve_to: vendor '{vendor}' pins {addr}, a {class} address; set allow_private_addresses = true if this vendor really lives there"
+    )]
+    ResolveTo {
+        /// The vendor.
+        vendor: String,
+        /// The refused address.
+        addr: std::net::IpAddr,
+        /// Its class.
+        class: &'static str,
+    },
     /// A retry, breaker or limit setting is out of range.
     #[error("{0}")]
     Policy(String),
@@ -154,7 +166,7 @@ impl std::fmt::Debug for Vendor {
 }
 
 /// Characters escaped in a query value: everything but RFC 3986 unreserved.
-/// The scrubber removes this exact form too.
+/// The scrubber finds this form by decoding (see [`crate::scrub`]).
 pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
@@ -178,6 +190,17 @@ impl Vendor {
             return Err(VendorError::BaseUrl(format!(
                 "is a {class} address; set allow_private_addresses = true if this vendor really lives there"
             )));
+        }
+        // Pinned addresses are as literal as a base URL's: refuse them now,
+        // not on the first call.
+        for &addr in &spec.resolve_to {
+            if let Some(class) = policy.refuses(addr) {
+                return Err(VendorError::ResolveTo {
+                    vendor: spec.name.clone(),
+                    addr,
+                    class,
+                });
+            }
         }
         spec.retry.validate().map_err(VendorError::Policy)?;
         spec.breaker.validate().map_err(VendorError::Policy)?;
@@ -250,19 +273,17 @@ impl Vendor {
         })
     }
 
-    /// Refuses a query that sets the vendor's credential parameter (compared
-    /// case-insensitively after decoding, as lenient servers do).
+    /// Refuses a query that sets the vendor's credential parameter, as any
+    /// lenient server might read it: see [`param_key`].
     pub fn check_query(&self, query: Option<&str>) -> Result<(), RequestError> {
         let (AuthScheme::Query(param), Some(query)) = (&self.spec.auth, query) else {
             return Ok(());
         };
+        let wanted = param_key(param);
         // Some servers also split on ';' (older Python, Go before 1.17, Rack).
         for pair in query.split(['&', ';']) {
             let name = pair.split('=').next().unwrap_or_default();
-            let name = percent_decode_str(&name.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned();
-            if name.eq_ignore_ascii_case(param) {
+            if param_key(name) == wanted {
                 return Err(RequestError::QueryParamForbidden(param.clone()));
             }
         }
@@ -319,6 +340,47 @@ impl Vendor {
         let mut value = HeaderValue::from_bytes(&bytes).expect("stored secrets are printable ASCII");
         value.set_sensitive(true);
         headers.insert(name, value);
+    }
+}
+
+/// How many rounds of percent-decoding a query name is looked through (a
+/// proxy or framework on the way may decode again).
+const MAX_NAME_DECODES: usize = 3;
+
+/// A query parameter name reduced to what any lenient server could take it
+/// for: `+` as space and percent-decoded (up to [`MAX_NAME_DECODES`]
+/// rounds); cut at a NUL (C-string backends) and at `[` (PHP and Rails read
+/// `api_key[]` and `api_key[x]` as `api_key`); then only its ASCII letters
+/// and digits, lower case — PHP turns `.` and space into `_`, others trim
+/// or fold punctuation, so `api_key.`, `api-key` and `API_KEY` are all the
+/// same name. A name without letters or digits is kept whole.
+fn param_key(name: &str) -> Vec<u8> {
+    let mut decoded = name.as_bytes().to_vec();
+    for _ in 0..MAX_NAME_DECODES {
+        let plus: Vec<u8> = decoded
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        let next: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let cut = decoded
+        .iter()
+        .position(|&b| b == 0 || b == b'[')
+        .unwrap_or(decoded.len());
+    decoded.truncate(cut);
+    let key: Vec<u8> = decoded
+        .iter()
+        .filter(|b| b.is_ascii_alphanumeric())
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    if key.is_empty() {
+        decoded.to_ascii_lowercase()
+    } else {
+        key
     }
 }
 
@@ -446,6 +508,29 @@ mod tests {
     }
 
     #[test]
+    fn resolve_to_literals_are_checked_when_built() {
+        let mut s = spec("https://api.example.com", AuthScheme::Bearer);
+        s.allow_insecure_http = false;
+        s.resolve_to = vec![
+            "93.184.216.34".parse().unwrap(),
+            "169.254.169.254".parse().unwrap(),
+        ];
+        let err = Vendor::new(s.clone()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("resolve_to: vendor 'v' pins 169.254.169.254, a link-local address"),
+            "{err}"
+        );
+        s.allow_private_addresses = true;
+        assert!(Vendor::new(s.clone()).is_ok());
+        // Loopback experiments may pin loopback, as they may use it in base_url.
+        let mut s = spec("http://localhost:1", AuthScheme::Bearer);
+        s.resolve_to = vec!["127.0.0.1".parse().unwrap()];
+        assert!(Vendor::new(s.clone()).is_ok());
+        s.resolve_to = vec!["10.0.0.1".parse().unwrap()];
+        assert!(Vendor::new(s).is_err());
+    }
+
+    #[test]
     fn url_joins_under_prefix_and_injects_query() {
         let v = Vendor::new(spec(
             "https://api.example.com/v2/",
@@ -463,5 +548,39 @@ mod tests {
         assert!(v.check_query(Some("api%5Fkey=x")).is_err());
         assert!(v.check_query(Some("x=1;api_key=mine")).is_err());
         assert!(v.check_query(Some("page=1")).is_ok());
+    }
+
+    #[test]
+    fn query_names_that_normalise_to_the_credential_parameter_are_refused() {
+        let v = Vendor::new(spec(
+            "https://api.example.com",
+            AuthScheme::Query("api_key".into()),
+        ))
+        .unwrap();
+        for bad in [
+            "api_key%00=evil",
+            "api_key%00junk=evil",
+            "api_key[]=evil",
+            "api_key%5B%5D=evil",
+            "api_key[x]=evil",
+            "api_key.=evil",
+            "api.key=evil",
+            "api-key=evil",
+            "apikey=evil",
+            "api+key=evil",
+            "%20api_key=evil",
+            "api_key%2500=evil",
+            "api%255Fkey=evil",
+            "q=1&API_Key%00=evil",
+        ] {
+            assert_eq!(
+                v.check_query(Some(bad)).unwrap_err().reason(),
+                "QUERY_PARAM_FORBIDDEN",
+                "{bad}"
+            );
+        }
+        for ok in ["api_keys=1", "my_api_key=1", "key=1", "api=1&key=2", "q=api_key"] {
+            assert!(v.check_query(Some(ok)).is_ok(), "{ok}");
+        }
     }
 }

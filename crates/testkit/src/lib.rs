@@ -9,8 +9,9 @@
 //!   credential leaks).
 //! - [`tls`]: [`TestCa`], a CA and a `localhost` certificate generated at
 //!   test time.
-//! - [`leak`]: [`leak::forms_found`], looks for a canary credential in any
-//!   form (raw, Base64, percent-encoded) in an output.
+//! - [`leak`]: [`leak::forms_found`], looks for a canary credential in an
+//!   output in every form the scrubber documents (raw, Base64 at any
+//!   alignment, hex, and each through percent and JSON-escape decoding).
 //! - [`moto`]: [`Moto`], the Secrets Manager emulator (moto's server mode)
 //!   on a free port.
 //! - [`redis_server`]: [`RedisServer`], a private `redis-server` on a free

@@ -874,6 +874,10 @@ mod tests {
                 "vendor 'stripe': vendors[0].base_url",
             ),
             (
+                "[[vendors]]\nname = \"v6\"\nbase_url = \"https://[::ffff:169.254.169.254]\"\nauth = { scheme = \"bearer\" }\n",
+                "vendor 'v6': vendors[0].base_url: is an IPv4-embedded address",
+            ),
+            (
                 "[idempotency]\nretention_ms = 2000\n",
                 "idempotency.retention_ms (2000) must be at least lease_ms (120000)",
             ),

@@ -96,6 +96,23 @@ impl tower::Service<Name> for GuardedResolver {
     }
 }
 
+/// A class from [`special`] as a message says it, with its article:
+/// "an IPv4-embedded", "a link-local".
+pub fn with_article(class: &str) -> &'static str {
+    match class {
+        "unspecified" => "an unspecified",
+        "loopback" => "a loopback",
+        "private" => "a private",
+        "link-local" => "a link-local",
+        "cgnat" => "a CGNAT (100.64.0.0/10)",
+        "reserved" => "a reserved",
+        "documentation" => "a documentation",
+        "multicast" => "a multicast",
+        "ipv4-embedded" => "an IPv4-embedded",
+        _ => "a special-purpose",
+    }
+}
+
 /// The special class `ip` is in, if any.
 pub fn special(ip: IpAddr) -> Option<&'static str> {
     match ip {

@@ -114,7 +114,8 @@ pub enum VendorError {
     BaseUrl(String),
     /// A `resolve_to` address is one the vendor may not be reached at.
     #[error(
-        "resolve_to: vendor '{vendor}' pins {addr}, a {class} address; set allow_private_addresses = true if this vendor really lives there"
+        "resolve_to: vendor '{vendor}' pins {addr}, {} address; set allow_private_addresses = true if this vendor really lives there",
+        crate::resolve::with_article(class)
     )]
     ResolveTo {
         /// The vendor.
@@ -188,7 +189,8 @@ impl Vendor {
             .trim_end_matches(']');
         if let Some(class) = host.parse().ok().and_then(|ip| policy.refuses(ip)) {
             return Err(VendorError::BaseUrl(format!(
-                "is a {class} address; set allow_private_addresses = true if this vendor really lives there"
+                "is {} address; set allow_private_addresses = true if this vendor really lives there",
+                crate::resolve::with_article(class)
             )));
         }
         // Pinned addresses are as literal as a base URL's: refuse them now,

@@ -114,12 +114,10 @@ pub enum VendorError {
     BaseUrl(String),
     /// A `resolve_to` address is one the vendor may not be reached at.
     #[error(
-        "resolve_to: vendor '{vendor}' pins {addr}, {} address; set allow_private_addresses = true if this vendor really lives there",
+        "resolve_to: {addr} is {} address; set allow_private_addresses = true if this vendor really lives there",
         crate::resolve::with_article(class)
     )]
     ResolveTo {
-        /// The vendor.
-        vendor: String,
         /// The refused address.
         addr: std::net::IpAddr,
         /// Its class.
@@ -197,11 +195,7 @@ impl Vendor {
         // not on the first call.
         for &addr in &spec.resolve_to {
             if let Some(class) = policy.refuses(addr) {
-                return Err(VendorError::ResolveTo {
-                    vendor: spec.name.clone(),
-                    addr,
-                    class,
-                });
+                return Err(VendorError::ResolveTo { addr, class });
             }
         }
         spec.retry.validate().map_err(VendorError::Policy)?;
@@ -519,7 +513,7 @@ mod tests {
         ];
         let err = Vendor::new(s.clone()).unwrap_err().to_string();
         assert!(
-            err.starts_with("resolve_to: vendor 'v' pins 169.254.169.254, a link-local address"),
+            err.starts_with("resolve_to: 169.254.169.254 is a link-local address"),
             "{err}"
         );
         s.allow_private_addresses = true;

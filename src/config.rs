@@ -584,6 +584,10 @@ impl Config {
                 self.server.health_probe_interval_ms,
             ),
             ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.max_concurrent_calls",
+                self.server.max_concurrent_calls as u64,
+            ),
             ("server.handshake_timeout_ms", self.server.handshake_timeout_ms),
             (
                 "server.http2_keepalive_timeout_ms",
@@ -876,6 +880,10 @@ mod tests {
             (
                 "[[vendors]]\nname = \"v6\"\nbase_url = \"https://[::ffff:169.254.169.254]\"\nauth = { scheme = \"bearer\" }\n",
                 "vendor 'v6': vendors[0].base_url: is an IPv4-embedded address",
+            ),
+            (
+                "[server]\nmax_concurrent_calls = 0\n",
+                "server.max_concurrent_calls must be greater than 0",
             ),
             (
                 "[idempotency]\nretention_ms = 2000\n",

@@ -284,6 +284,11 @@ impl Rescue {
             Code::Internal if message.starts_with("Missing request message") => {
                 Some(malformed("the request stream holds no message"))
             }
+            Code::Unimplemented if message.starts_with("Content is compressed with") => Some(Failure::new(
+                Code::Unimplemented,
+                "COMPRESSION_UNSUPPORTED",
+                "Valet takes no compressed requests: send them uncompressed (no grpc-encoding, or identity)",
+            )),
             // Health and reflection decode with tonic-prost's codec.
             Code::Internal if message.starts_with("failed to decode Protobuf message") => {
                 Some(malformed(message))

@@ -31,14 +31,21 @@ fn message(payload: &[u8]) -> Vec<u8> {
 /// POSTs `body` as a raw gRPC request over HTTP/2 (prior knowledge) and
 /// returns the status the server answered, headers and trailers merged.
 async fn raw_call(base: &str, path: &str, body: Vec<u8>) -> tonic::Status {
+    raw_call_with(base, path, body, &[]).await
+}
+
+/// [`raw_call`] with extra request headers.
+async fn raw_call_with(base: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> tonic::Status {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
-    let request = http::Request::post(format!("{base}{path}"))
+    let mut request = http::Request::post(format!("{base}{path}"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body))).unwrap();
     let response = client.request(request).await.expect("an HTTP/2 answer");
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.expect("the body");
@@ -148,6 +155,7 @@ async fn refusals_made_by_the_transport_carry_a_reason_a_request_id_and_a_log_li
         ),
     ];
     let mut ids = Vec::new();
+    let mut compressed = Vec::new();
     for (what, path, body, want) in cases {
         let base = if path.starts_with("/valet.v1.Admin") {
             &valet.admin_url
@@ -160,8 +168,28 @@ async fn refusals_made_by_the_transport_carry_a_reason_a_request_id_and_a_log_li
         assert!(!status.message().is_empty(), "{what}");
         ids.push((what, request_id(&status), want));
     }
+    // A compressed request: UNIMPLEMENTED (Valet takes none), but with a
+    // reason, a request id and a log line like every other refusal.
+    for encoding in ["gzip", "snappy"] {
+        let body = frame(1, 4, b"\x1f\x8b\x08\x00");
+        let status = raw_call_with(&valet.gateway_url, call, body, &[("grpc-encoding", encoding)]).await;
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::Unimplemented, "COMPRESSION_UNSUPPORTED"),
+            "{encoding}: {status:?}"
+        );
+        let id = request_id(&status);
+        compressed.push(id);
+    }
     let exited = valet.terminate().await;
     let logs = String::from_utf8_lossy(&exited.stdout);
+    for id in compressed {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_else(|| panic!("no log line with {id}"));
+        assert!(line.contains("\"outcome\":\"COMPRESSION_UNSUPPORTED\""), "{line}");
+    }
     for (what, id, want) in ids {
         let line = logs
             .lines()

@@ -211,12 +211,15 @@ fn label(scope: &Scope) -> String {
     format!("idempotency/{}/{}", scope.vendor, scope.key)
 }
 
+/// The store could not record the key: the write is refused, never sent
+/// unrecorded. Redis is retried on the next call.
 fn unavailable() -> Failure {
     Failure::new(
         Code::Unavailable,
         "IDEMPOTENCY_STORE_UNAVAILABLE",
-        "the idempotency store is unavailable",
+        "the idempotency store is unavailable, so the write was not sent; retry shortly",
     )
+    .with_retry_after(Duration::from_secs(1))
 }
 
 fn maybe_purge(app: &App) {

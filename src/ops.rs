@@ -7,6 +7,11 @@
 //!   secrets manager unavailable)` while calls are served from the Secrets
 //!   Manager cache), else 503 naming why (`draining`, `redis (idempotency)
 //!   unavailable`, …) — the same answer `grpc.health.v1.Health` gives.
+//!
+//! Bounded like the gRPC listeners, so silent sockets cannot exhaust the
+//! process's file descriptors: at most [`MAX_CONNECTIONS`] at once (more
+//! are closed at accept), a request's headers must arrive within the
+//! handshake timeout, and no connection lives past [`MAX_LIFETIME`].
 
 use crate::app::App;
 use bytes::Bytes;
@@ -14,16 +19,30 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Serves the ops endpoints until `stop` resolves.
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Output = ()>) {
+/// Scrapers and probes need few connections.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Scrapers reconnect; a connection held longer is closed.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves the ops endpoints until `stop` resolves. A request's headers must
+/// arrive within `header_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
     tokio::pin!(stop);
     // Connections end with the listener: none may keep `app` alive after.
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             () = &mut stop => {
@@ -39,15 +58,28 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: impl Future<Outpu
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream); // over the cap: closed at once
+            continue;
+        };
         let app = app.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(answer(&app, &req)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // HTTP/1 only: probing for HTTP/2 would wait on a silent socket
+            // before any header timeout applies.
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let _ = tokio::time::timeout(
+                MAX_LIFETIME,
+                builder.serve_connection(TokioIo::new(stream), service),
+            )
+            .await;
         });
     }
 }

@@ -138,9 +138,15 @@ pub async fn serve(
     let admin =
         AdminServer::new(AdminService::new(app.clone())).max_decoding_message_size(ADMIN_MESSAGE_LIMIT);
     let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
-    let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), async move {
-        let _ = ops_stopped.await;
-    }));
+    let header_timeout = connections.handshake_timeout;
+    let ops = tokio::spawn(ops::serve(
+        listeners.ops,
+        app.clone(),
+        header_timeout,
+        async move {
+            let _ = ops_stopped.await;
+        },
+    ));
 
     // Each listener's reflection lists what that listener serves.
     let (gateway_reflection, gateway_reflection_alpha) = reflection(&[

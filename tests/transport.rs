@@ -369,3 +369,25 @@ async fn connections_over_the_cap_are_closed_at_once() {
     let logs = String::from_utf8_lossy(&exited.stdout);
     assert!(logs.contains("connection limit reached"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_listener_closes_silent_and_half_sent_connections() {
+    let valet = ValetProcess::spawn("[server]\nhandshake_timeout_ms = 500\n").await;
+    let ops = addr(&valet.ops_url);
+    let mut silent = tokio::net::TcpStream::connect(&ops).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(&ops).await.unwrap();
+    partial
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    for (what, stream) in [("silent", &mut silent), ("half-sent", &mut partial)] {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "a {what} ops connection was still open after 10 s"
+        );
+    }
+    // The listener still answers.
+    let (status, _) = support::http_get(&format!("{}/healthz", valet.ops_url)).await;
+    assert_eq!(status, 200);
+    drop(valet);
+}

@@ -458,6 +458,7 @@ async fn stored_ids(redis: &RedisServer) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .unwrap_or_default();
+    ids.retain(|id| id != "~version"); // the hash's mark of its version
     ids.sort();
     ids
 }
@@ -615,4 +616,44 @@ async fn a_version_going_backwards_is_repaired_and_deleting_every_policy_sticks(
     assert!(ids(&a).await.is_empty());
     assert!(ids(&b).await.is_empty(), "nothing re-published a deleted policy");
     assert!(stored_ids(&redis).await.is_empty());
+}
+
+/// Only the policy hash is lost (an eviction, a partial restore), the
+/// version key stays: still a loss, seen and repaired — and a replica that
+/// starts meanwhile takes the re-published set, not an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_only_the_policy_hash_is_repaired() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let (a, _) = replica(config(&mock, &redis, vec![], 2)).await;
+    a.admin()
+        .await
+        .put_quota_policy(authed(
+            PutQuotaPolicyRequest {
+                policy: Some(hourly("acme", 1)),
+            },
+            &a.admin_key,
+        ))
+        .await
+        .unwrap();
+    let mut conn = redis_conn(&redis).await;
+    redis::cmd("DEL")
+        .arg("valet:quota:policies")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let (c, c_key) = replica(config(&mock, &redis, vec![], 2)).await;
+    eventually(Duration::from_secs(5), "a re-publishes the set", || async {
+        stored_ids(&redis).await == ["acme/mock/*"]
+    })
+    .await;
+    eventually(Duration::from_secs(3), "the new replica takes it", || async {
+        ids(&c).await == ["acme/mock/*"]
+    })
+    .await;
+    c.call(&c_key, get("acme", "mock", "/x")).await.unwrap();
+    let err = c.call(&c_key, get("acme", "mock", "/x")).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED");
+    let (_, metrics) = http_get(&format!("http://{}/metrics", a.ops_addr)).await;
+    assert!(sample(&metrics, "valet_quota_policy_store_lost_total", &[]) >= 1.0);
 }

@@ -7,7 +7,8 @@
 //! hash, with a version every replica polls twice a second, so a change
 //! reaches all replicas within a second without a restart.
 //!
-//! The version key is the record that the hash is real: every change sets
+//! The version key is the record that the hash is real (and the hash repeats
+//! it in a `~version` field, so losing the hash alone is seen too): every change sets
 //! it (to Redis's clock in µs, or one more than before, so versions only
 //! grow and a restored store's next change outranks anything lost), and it
 //! stays when an admin deletes the last policy. A version that is missing
@@ -27,14 +28,23 @@ use std::time::Duration;
 const POLICIES_KEY: &str = "valet:quota:policies";
 const VERSION_KEY: &str = "valet:quota:version";
 
+/// The field of the policy hash that repeats the version: the hash and the
+/// version key are two Redis keys, and either can be lost alone (an
+/// eviction, a partial restore). A hash whose mark is not the version key's
+/// value lost its set. No policy id starts with `~`.
+const MARK: &str = "~version";
+
 /// Puts this replica's set back, with its version, unless the store holds
-/// that version or a newer one already. KEYS: policies, version. ARGV: the
-/// version, then id, policy pairs. Returns 1 when it wrote.
+/// that version or a newer one, intact (its hash marked with it). KEYS:
+/// policies, version. ARGV: the version, then id, policy pairs. Returns 1
+/// when it wrote.
 const RESTORE_LUA: &str = r#"
-local stored = tonumber(redis.call('GET', KEYS[2]) or '0')
-if stored >= tonumber(ARGV[1]) then return 0 end
+local raw = redis.call('GET', KEYS[2])
+local stored = tonumber(raw or '0')
+if stored >= tonumber(ARGV[1]) and raw == redis.call('HGET', KEYS[1], '~version') then return 0 end
 redis.call('DEL', KEYS[1])
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], '~version', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[1])
 return 1
 "#;
@@ -43,15 +53,18 @@ static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RE
 
 /// One change (ARGV[2] `put` or `del` of id ARGV[3], policy ARGV[4]) on top
 /// of the stored set — or, when the store lost data (its version is below
-/// ARGV[1], this replica's), on top of this replica's set (pairs from
-/// ARGV[5]). Returns {new version, restored (0/1), the set after}.
+/// ARGV[1], this replica's, or its hash lost its mark), on top of this
+/// replica's set (pairs from ARGV[5]). Returns {new version, restored
+/// (0/1), the set after}.
 const WRITE_LUA: &str = r#"
-local stored = tonumber(redis.call('GET', KEYS[2]) or '0')
+local raw = redis.call('GET', KEYS[2])
+local stored = tonumber(raw or '0')
 local restored = 0
-if stored < tonumber(ARGV[1]) then
+local intact = raw == redis.call('HGET', KEYS[1], '~version') or (not raw and tonumber(ARGV[1]) == 0)
+if stored < tonumber(ARGV[1]) or not intact then
   redis.call('DEL', KEYS[1])
   for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-  stored = tonumber(ARGV[1])
+  if tonumber(ARGV[1]) > stored then stored = tonumber(ARGV[1]) end
   restored = 1
 end
 if ARGV[2] == 'put' then
@@ -62,8 +75,15 @@ end
 local t = redis.call('TIME')
 local version = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if version <= stored then version = stored + 1 end
-redis.call('SET', KEYS[2], string.format('%d', version))
-return {version, restored, redis.call('HVALS', KEYS[1])}
+local text = string.format('%d', version)
+redis.call('HSET', KEYS[1], '~version', text)
+redis.call('SET', KEYS[2], text)
+local set = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= '~version' then set[#set + 1] = all[i + 1] end
+end
+return {version, restored, set}
 "#;
 
 static WRITE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE_LUA));
@@ -345,13 +365,17 @@ impl Quotas {
             return Ok(false);
         };
         let mut conn = conn.clone();
-        let stored: Option<i64> = redis::cmd("GET")
-            .arg(VERSION_KEY)
+        let (stored, mark): (Option<i64>, Option<i64>) = redis::pipe()
+            .atomic()
+            .get(VERSION_KEY)
+            .hget(POLICIES_KEY, MARK)
             .query_async(&mut conn)
             .await
             .map_err(|e| QuotaError::Store(e.to_string()))?;
         let _guard = self.writes.lock().await;
         let known = self.version.load(Ordering::SeqCst);
+        // A version whose hash is not marked with it: the set was lost.
+        let stored = stored.filter(|v| mark == Some(*v));
         match stored {
             Some(v) if v == known => Ok(false),
             // Nothing was ever stored, here or anywhere this replica knows.
@@ -564,14 +588,26 @@ enum Change<'a> {
 async fn load_redis(
     conn: &mut redis::aio::ConnectionManager,
 ) -> Result<(Option<i64>, Vec<Policy>), QuotaError> {
-    let (version, raw): (Option<i64>, Vec<String>) = redis::pipe()
+    let (version, all): (Option<i64>, Vec<(String, String)>) = redis::pipe()
         .atomic()
         .get(VERSION_KEY)
-        .hvals(POLICIES_KEY)
+        .hgetall(POLICIES_KEY)
         .query_async(conn)
         .await
         .map_err(|e| QuotaError::Store(e.to_string()))?;
-    Ok((version, parse_policies(&raw)?))
+    let mut mark = None;
+    let mut raw = Vec::with_capacity(all.len());
+    for (field, value) in all {
+        if field == MARK {
+            mark = value.parse::<i64>().ok();
+        } else {
+            raw.push(value);
+        }
+    }
+    // A version whose hash is not marked with it holds no set this replica
+    // may take as the fleet's: it starts from the config, and syncs once a
+    // replica that knew the set has re-published it.
+    Ok((version.filter(|v| mark == Some(*v)), parse_policies(&raw)?))
 }
 
 fn parse_policies(raw: &[String]) -> Result<Vec<Policy>, QuotaError> {

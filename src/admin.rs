@@ -4,10 +4,10 @@
 use crate::app::{App, actor};
 use crate::call::authenticate;
 use crate::proto::{self, admin_server::Admin};
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use valet_access::{ApiKeyRecord, Caller, Grant, Operation, Permission};
 use valet_audit::Event;
 use valet_credentials::{CredentialKey, CredentialMeta, Secret, valid_name};
@@ -53,11 +53,11 @@ impl AdminService {
     }
 
     fn credential_key(&self, tenant: &str, vendor: &str) -> Result<CredentialKey, Failure> {
-        valid_name(tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+        valid_name(tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
         if self.app.registry.get(vendor).is_none() {
             return Err(Failure::invalid(
                 "vendor",
-                "VENDOR_UNKNOWN",
+                Reason::VendorUnknown,
                 "not a configured vendor",
             ));
         }
@@ -76,7 +76,7 @@ impl AdminService {
         vendor
             .auth()
             .check_secret(&secret)
-            .map_err(|why| Failure::invalid("secret", "SECRET_INVALID", why))?;
+            .map_err(|why| Failure::invalid("secret", Reason::SecretInvalid, why))?;
         let (stored, replaced) = self.app.vault.put(&key, &secret).await?;
         drop(secret);
         let event = Event::CredentialPut {
@@ -101,8 +101,7 @@ impl AdminService {
         let vendor = self.app.registry.get(&key.vendor).expect("checked above").clone();
         let Some(verify) = vendor.verify_request() else {
             return Err(Failure::new(
-                Code::FailedPrecondition,
-                "VERIFY_NOT_CONFIGURED",
+                Reason::VerifyNotConfigured,
                 format!(
                     "vendor '{}' has no verify request configured, so a rotation cannot be checked; use PutCredential to replace it unchecked",
                     key.vendor
@@ -113,11 +112,10 @@ impl AdminService {
         vendor
             .auth()
             .check_secret(&secret)
-            .map_err(|why| Failure::invalid("secret", "SECRET_INVALID", why))?;
+            .map_err(|why| Failure::invalid("secret", Reason::SecretInvalid, why))?;
         if !self.rotating.lock().expect("lock").insert(key.clone()) {
             return Err(Failure::new(
-                Code::Aborted,
-                "ROTATION_IN_PROGRESS",
+                Reason::RotationInProgress,
                 format!(
                     "a rotation of tenant '{}' vendor '{}' is already running",
                     key.tenant, key.vendor
@@ -181,8 +179,7 @@ impl AdminService {
                     .record(&actor, step("aborted", status, Some(reason)))
                     .await?;
                 Err(Failure::new(
-                    Code::FailedPrecondition,
-                    "ROTATION_VERIFY_FAILED",
+                    Reason::RotationVerifyFailed,
                     format!("{why}; the current credential stays in use"),
                 ))
             }
@@ -196,12 +193,11 @@ impl AdminService {
     ) -> Result<proto::PurgeTenantRecordsResponse, Failure> {
         let caller = self.admin(&request)?;
         let tenant = request.into_inner().tenant;
-        valid_name(&tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+        valid_name(&tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
         let purged = self.app.idempotency.purge_tenant(&tenant).await.map_err(|e| {
             tracing::error!(error = %e, "idempotency purge failed");
             Failure::new(
-                Code::Unavailable,
-                "IDEMPOTENCY_STORE_UNAVAILABLE",
+                Reason::IdempotencyStoreUnavailable,
                 "the idempotency store is unavailable",
             )
         })? as u64;
@@ -219,8 +215,8 @@ impl AdminService {
     ) -> Result<(), Failure> {
         let caller = self.admin(&request)?;
         let req = request.into_inner();
-        valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
-        valid_name(&req.vendor).map_err(|e| Failure::invalid("vendor", "VENDOR_INVALID", e))?;
+        valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
+        valid_name(&req.vendor).map_err(|e| Failure::invalid("vendor", Reason::VendorInvalid, e))?;
         let key = CredentialKey::new(req.tenant, req.vendor);
         let old = self.app.vault.delete(&key).await?;
         let event = Event::CredentialDelete {
@@ -262,7 +258,7 @@ impl AdminService {
         let identity = Some(req.client_identity.trim().to_owned()).filter(|s| !s.is_empty());
         let (key, record) = tokio::task::spawn_blocking(move || keys.create(&name, grant, ttl_ms, identity))
             .await
-            .map_err(|_| Failure::new(Code::Internal, "INTERNAL", "API key creation was interrupted"))??;
+            .map_err(|_| Failure::new(Reason::Internal, "API key creation was interrupted"))??;
         let event = Event::ApiKeyCreate {
             key_id: record.id.clone(),
             name: record.name.clone(),
@@ -292,25 +288,25 @@ impl AdminService {
     }
 
     fn grant(&self, req: &proto::CreateApiKeyRequest) -> Result<(Grant, Option<u64>), Failure> {
-        valid_name(&req.name).map_err(|e| Failure::invalid("name", "NAME_INVALID", e))?;
+        valid_name(&req.name).map_err(|e| Failure::invalid("name", Reason::NameInvalid, e))?;
         if req.name.len() > 64 {
             return Err(Failure::invalid(
                 "name",
-                "NAME_INVALID",
+                Reason::NameInvalid,
                 "must be at most 64 characters",
             ));
         }
         for t in &req.tenants {
             if t != "*" {
                 valid_name(t)
-                    .map_err(|e| Failure::invalid("tenants", "TENANT_INVALID", format!("'{t}': {e}")))?;
+                    .map_err(|e| Failure::invalid("tenants", Reason::TenantInvalid, format!("'{t}': {e}")))?;
             }
         }
         for v in &req.vendors {
             if v != "*" && self.app.registry.get(v).is_none() {
                 return Err(Failure::invalid(
                     "vendors",
-                    "VENDOR_UNKNOWN",
+                    Reason::VendorUnknown,
                     format!("'{v}' is not a configured vendor"),
                 ));
             }
@@ -323,7 +319,7 @@ impl AdminService {
                 _ => {
                     return Err(Failure::invalid(
                         "operations",
-                        "OPERATION_INVALID",
+                        Reason::OperationInvalid,
                         "must be OPERATION_READ or OPERATION_WRITE",
                     ));
                 }
@@ -337,7 +333,7 @@ impl AdminService {
                 _ => {
                     return Err(Failure::invalid(
                         "permissions",
-                        "PERMISSION_INVALID",
+                        Reason::PermissionInvalid,
                         "must be PERMISSION_QUOTA_ADMIN or PERMISSION_QUOTA_VIEW",
                     ));
                 }
@@ -349,14 +345,14 @@ impl AdminService {
         if !(gateway_scope || (other_scope && no_gateway_scope)) {
             return Err(Failure::invalid(
                 "tenants",
-                "GRANT_INCOMPLETE",
+                Reason::GrantIncomplete,
                 "a key needs at least one tenant, vendor and operation (or none of them, for an admin-only key)",
             ));
         }
         if req.ttl_seconds > MAX_TTL_SECONDS {
             return Err(Failure::invalid(
                 "ttl_seconds",
-                "TTL_INVALID",
+                Reason::TtlInvalid,
                 "must be at most ten years",
             ));
         }
@@ -380,7 +376,7 @@ impl AdminService {
         let keys = self.app.keys.clone();
         let record = tokio::task::spawn_blocking(move || keys.revoke(&id))
             .await
-            .map_err(|_| Failure::new(Code::Internal, "INTERNAL", "API key revocation was interrupted"))??;
+            .map_err(|_| Failure::new(Reason::Internal, "API key revocation was interrupted"))??;
         let event = Event::ApiKeyRevoke {
             key_id: record.id.clone(),
             name: record.name.clone(),

@@ -26,7 +26,7 @@ pub mod validate;
 
 use crate::app::App;
 use crate::proto;
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
@@ -179,8 +179,7 @@ async fn within<T>(
     };
     tokio::time::timeout_at(deadline, step).await.unwrap_or_else(|_| {
         Err(Failure::new(
-            tonic::Code::DeadlineExceeded,
-            "DEADLINE_EXCEEDED",
+            Reason::DeadlineExceeded,
             format!("the call's deadline expired while {doing}"),
         ))
     })

@@ -7,16 +7,12 @@
 //! carries a [`Malformed`] source so that [`crate::transport`]'s rescue layer
 //! can tag it with a request id and log it like any other refusal.
 
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstEncoder};
-
-/// The reason of a message that is not valid protobuf, or not one gRPC
-/// message (truncated, a compressed flag without `grpc-encoding`).
-pub const MALFORMED: &str = "MESSAGE_MALFORMED";
 
 /// The codec named by `build.rs` for every generated service and client.
 #[derive(Debug, Clone)]
@@ -80,8 +76,7 @@ pub struct Malformed(pub String);
 /// description, which names a field or the framing, never a value.
 pub fn malformed(why: String) -> Status {
     let mut status = Failure::new(
-        tonic::Code::InvalidArgument,
-        MALFORMED,
+        Reason::MessageMalformed,
         format!("the request message is not valid: {why}"),
     )
     .into_status(None);

@@ -12,14 +12,13 @@
 //! handler (INVALID_ARGUMENT `DEADLINE_INVALID`); tonic sets no timer for it.
 
 use crate::app::App;
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use futures_util::future::Either;
 use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::Code;
 
 /// Margin kept before the caller's deadline, so Valet answers
 /// DEADLINE_EXCEEDED itself instead of the transport cancelling the call.
@@ -128,8 +127,7 @@ where
         if deadline.is_spent(now) && req.uri().path().starts_with("/valet.v1.Gateway/") {
             let request_id = crate::gateway::new_request_id();
             let failure = Failure::new(
-                Code::DeadlineExceeded,
-                "DEADLINE_EXCEEDED",
+                Reason::DeadlineExceeded,
                 "the call's deadline had passed when it arrived; nothing was sent",
             );
             crate::gateway::report_refused(&self.app, &request_id, &failure);

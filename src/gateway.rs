@@ -6,7 +6,7 @@ use crate::app::App;
 use crate::call::{self, CallContext, Outcome, authenticate};
 use crate::deadline::CallerDeadline;
 use crate::proto::{self, gateway_server::Gateway};
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -72,30 +72,27 @@ impl Gateway for GatewayService {
         if arrival == CallerDeadline::Invalid {
             let failure = Failure::invalid(
                 "grpc-timeout",
-                "DEADLINE_INVALID",
+                Reason::DeadlineInvalid,
                 "must be 1 to 8 digits and a unit (H, M, S, m, u or n), sent once",
             );
-            report.finish(failure.reason, failure.code);
+            report.finish(failure.reason);
             return Err(failure.into_status(Some(&ctx.request_id)));
         }
         // Shed load at once rather than queue it without bound.
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
             let failure = Failure::new(
-                Code::ResourceExhausted,
-                "OVERLOADED",
+                Reason::Overloaded,
                 "Valet is handling as many calls as it is configured for; retry shortly",
             )
             .with_retry_after(Duration::from_secs(1));
-            report.finish(failure.reason, failure.code);
+            report.finish(failure.reason);
             return Err(failure.into_status(Some(&ctx.request_id)));
         };
         let (metadata, _, req) = request.into_parts();
         let result = call::handle(&self.app, &metadata, req, &ctx, &mut report.outcome)
             .instrument(span)
             .await;
-        let reason = result.as_ref().err().map_or("OK", |f| f.reason);
-        let code = result.as_ref().err().map_or(Code::Ok, |f| f.code);
-        report.finish(reason, code);
+        report.finish(result.as_ref().err().map_or(Reason::Ok, |f| f.reason));
         match result {
             Ok(answer) => {
                 let mut response = Response::new(answer);
@@ -128,24 +125,25 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    fn finish(&mut self, reason: &'static str, code: Code) {
+    fn finish(&mut self, reason: Reason) {
+        let code = reason.code();
         self.done = true;
         let (span, outcome) = (&self.span, &self.outcome);
         let elapsed = self.started.elapsed();
-        record(span, outcome, reason, code);
+        record(span, outcome, reason.as_str(), code);
         // No tenant label for a tenant without a credential: a caller
         // allowed every tenant cannot fill the label cap with made-up names.
         let tenant = outcome
             .tenant
             .as_deref()
-            .filter(|_| reason != "CREDENTIAL_NOT_FOUND");
+            .filter(|_| reason != Reason::CredentialNotFound);
         self.app.metrics.call_finished(
             CallLabels {
                 tenant,
                 vendor: outcome.vendor.as_deref(),
                 operation: outcome.operation,
             },
-            reason,
+            reason.as_str(),
             outcome.status,
             elapsed,
         );
@@ -158,7 +156,7 @@ impl Report<'_> {
                 tenant = outcome.tenant.as_deref().unwrap_or("-"),
                 vendor = outcome.vendor.as_deref().unwrap_or("-"),
                 operation = outcome.operation.unwrap_or("-"),
-                outcome = reason,
+                outcome = reason.as_str(),
                 grpc_status = code as i32,
                 vendor_status = outcome.status,
                 attempts = outcome.attempts,
@@ -173,7 +171,7 @@ impl Report<'_> {
 impl Drop for Report<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.finish("CANCELLED", Code::Cancelled);
+            self.finish(Reason::Cancelled);
         }
     }
 }
@@ -249,5 +247,5 @@ pub fn report_refused(app: &App, request_id: &str, failure: &Failure) {
         _in_flight: app.metrics.call_started(),
         done: false,
     };
-    report.finish(failure.reason, failure.code);
+    report.finish(failure.reason);
 }

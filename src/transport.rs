@@ -6,8 +6,8 @@
 //! `x-request-id`, one log line.
 
 use crate::app::App;
-use crate::codec::{MALFORMED, Malformed};
-use crate::status::Failure;
+use crate::codec::Malformed;
+use crate::status::{Failure, Reason};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -254,19 +254,18 @@ impl Rescue {
             Some(limit) => Failure::from(valet_egress::RequestError::BodyTooLarge(limit)),
             None => Failure::invalid(
                 "request",
-                "BODY_TOO_LARGE",
+                Reason::BodyTooLarge,
                 format!("the message is larger than {} bytes", self.message_limit),
             ),
         };
         let malformed = |why: &str| {
             Failure::new(
-                Code::InvalidArgument,
-                MALFORMED,
+                Reason::MessageMalformed,
                 format!("the request message is not valid: {why}"),
             )
         };
         if std::error::Error::source(status).is_some_and(|s| s.is::<Malformed>()) {
-            return Some(Failure::new(status.code(), MALFORMED, status.message()));
+            return Some(Failure::new(Reason::MessageMalformed, status.message()));
         }
         let message = status.message();
         match status.code() {
@@ -285,8 +284,7 @@ impl Rescue {
                 Some(malformed("the request stream holds no message"))
             }
             Code::Unimplemented if message.starts_with("Content is compressed with") => Some(Failure::new(
-                Code::Unimplemented,
-                "COMPRESSION_UNSUPPORTED",
+                Reason::CompressionUnsupported,
                 "Valet takes no compressed requests: send them uncompressed (no grpc-encoding, or identity)",
             )),
             // Health and reflection decode with tonic-prost's codec.
@@ -319,7 +317,7 @@ impl Rescue {
                     vendor: None,
                     operation: None,
                 },
-                failure.reason,
+                failure.reason.as_str(),
                 None,
                 elapsed,
             );
@@ -333,8 +331,8 @@ impl Rescue {
             vendor = "-",
             operation = "-",
             rpc = path,
-            outcome = failure.reason,
-            grpc_status = failure.code as i32,
+            outcome = failure.reason.as_str(),
+            grpc_status = failure.code() as i32,
             attempts = 0u32,
             replayed = false,
             latency_ms = elapsed.as_secs_f64() * 1000.0,

@@ -5,8 +5,8 @@
 use super::AdminService;
 use crate::app::actor;
 use crate::proto;
-use crate::status::Failure;
-use tonic::{Code, Request};
+use crate::status::{Failure, Reason};
+use tonic::Request;
 use valet_access::{Caller, Permission};
 use valet_audit::Event;
 use valet_credentials::valid_name;
@@ -29,7 +29,7 @@ impl AdminService {
         let wire = request
             .into_inner()
             .policy
-            .ok_or_else(|| Failure::invalid("policy", "POLICY_INVALID", "is required"))?;
+            .ok_or_else(|| Failure::invalid("policy", Reason::PolicyInvalid, "is required"))?;
         let policy = self.policy_from_wire(&wire)?;
         let before = self
             .app
@@ -96,11 +96,11 @@ impl AdminService {
     ) -> Result<proto::GetQuotaUsageResponse, Failure> {
         self.permitted(&request, Permission::QuotaView)?;
         let req = request.into_inner();
-        valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+        valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
         if self.app.registry.get(&req.vendor).is_none() {
             return Err(Failure::invalid(
                 "vendor",
-                "VENDOR_UNKNOWN",
+                Reason::VendorUnknown,
                 "not a configured vendor",
             ));
         }
@@ -110,7 +110,7 @@ impl AdminService {
             _ => {
                 return Err(Failure::invalid(
                     "operation",
-                    "OPERATION_INVALID",
+                    Reason::OperationInvalid,
                     "must be 'read' or 'write'",
                 ));
             }
@@ -138,7 +138,7 @@ impl AdminService {
             _ => {
                 return Err(Failure::invalid(
                     "policy.operation",
-                    "POLICY_INVALID",
+                    Reason::PolicyInvalid,
                     "must be 'read', 'write' or '*'",
                 ));
             }
@@ -150,7 +150,7 @@ impl AdminService {
             _ => {
                 return Err(Failure::invalid(
                     "policy.period",
-                    "POLICY_INVALID",
+                    Reason::PolicyInvalid,
                     "must be second, minute or hour",
                 ));
             }
@@ -167,11 +167,11 @@ impl AdminService {
         };
         policy
             .check()
-            .map_err(|e| Failure::invalid("policy", "POLICY_INVALID", format!("policy.{e}")))?;
+            .map_err(|e| Failure::invalid("policy", Reason::PolicyInvalid, format!("policy.{e}")))?;
         if policy.vendor != "*" && self.app.registry.get(&policy.vendor).is_none() {
             return Err(Failure::invalid(
                 "policy.vendor",
-                "POLICY_INVALID",
+                Reason::PolicyInvalid,
                 "not a configured vendor",
             ));
         }
@@ -204,18 +204,10 @@ fn policy_to_wire(p: &Policy) -> proto::QuotaPolicy {
 }
 
 fn not_found(id: &str) -> Failure {
-    Failure::new(
-        Code::NotFound,
-        "POLICY_NOT_FOUND",
-        format!("no quota policy with id '{id}'"),
-    )
+    Failure::new(Reason::PolicyNotFound, format!("no quota policy with id '{id}'"))
 }
 
 fn store_failure(e: &valet_quota::QuotaError) -> Failure {
     tracing::error!(error = %e, "quota policy store failed");
-    Failure::new(
-        Code::Unavailable,
-        "STORE_UNAVAILABLE",
-        "the quota policy store is unavailable",
-    )
+    Failure::new(Reason::StoreUnavailable, "the quota policy store is unavailable")
 }

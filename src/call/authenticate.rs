@@ -5,7 +5,7 @@
 //! its first DNS SAN must be the `client_identity` bound to a valid,
 //! non-admin API key at its creation, whose grant then applies.
 
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use tonic::Request;
 use tonic::metadata::MetadataMap;
 use valet_access::{AuthError, Caller, KeyStore};
@@ -25,7 +25,7 @@ pub fn caller(keys: &KeyStore, metadata: &MetadataMap, identity: Option<&str>) -
     if values.next().is_some() {
         return Err(Failure::invalid(
             "authorization",
-            "AUTHORIZATION_AMBIGUOUS",
+            Reason::AuthorizationAmbiguous,
             "sent more than once; send exactly one 'authorization: Bearer <api key>'",
         ));
     }

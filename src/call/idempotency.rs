@@ -5,12 +5,11 @@
 use super::validate::ValidCall;
 use crate::app::{App, now_ms};
 use crate::proto;
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tonic::Code;
 use valet_egress::{ProxyRequest, ProxyResponse};
 use valet_idempotency::{Begin, Scope, Terms};
 
@@ -23,13 +22,13 @@ const PURGE_EVERY: u64 = 4096;
 const IN_FLIGHT_RETRY_HINT: Duration = Duration::from_millis(500);
 
 /// Reasons of failures that prove the request never reached the vendor.
-const NOT_SENT: &[&str] = &[
-    "VENDOR_UNREACHABLE",
-    "VENDOR_TLS_ERROR",
-    "PATH_ESCAPES_ORIGIN",
-    "VENDOR_ADDRESS_FORBIDDEN",
-    "VENDOR_CIRCUIT_OPEN",
-    "VENDOR_OVERLOADED",
+const NOT_SENT: &[Reason] = &[
+    Reason::VendorUnreachable,
+    Reason::VendorTlsError,
+    Reason::PathEscapesOrigin,
+    Reason::VendorAddressForbidden,
+    Reason::VendorCircuitOpen,
+    Reason::VendorOverloaded,
 ];
 
 /// What the call does next.
@@ -72,8 +71,8 @@ pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
             tracing::error!(error = %e, "idempotency store failed");
             unavailable()
         })?;
-    let retry = |code, reason, message: String, after: Option<Duration>| {
-        let f = Failure::new(code, reason, message);
+    let retry = |reason, message: &str, after: Option<Duration>| {
+        let f = Failure::new(reason, message);
         Err(match after {
             Some(d) => f.with_retry_after(d),
             None => f,
@@ -83,27 +82,23 @@ pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
         Begin::Proceed => Ok(Step::Proceed(Some(scope))),
         Begin::Replay(sealed) => replay(app, &scope, &sealed).map(Step::Replay),
         Begin::InFlight(lease_left) => retry(
-            Code::Aborted,
-            "IDEMPOTENCY_IN_FLIGHT",
-            "a call with this idempotency key is in flight; retry shortly to get its answer".into(),
+            Reason::IdempotencyInFlight,
+            "a call with this idempotency key is in flight; retry shortly to get its answer",
             Some(lease_left.min(IN_FLIGHT_RETRY_HINT)),
         ),
         Begin::Reused => retry(
-            Code::FailedPrecondition,
-            "IDEMPOTENCY_KEY_REUSED",
-            "this idempotency key was used with a different request (method, path, headers or body)".into(),
+            Reason::IdempotencyKeyReused,
+            "this idempotency key was used with a different request (method, path, headers or body)",
             None,
         ),
         Begin::Unknown(Some(after)) => retry(
-            Code::Aborted,
-            "IDEMPOTENCY_OUTCOME_UNKNOWN",
-            "an earlier call with this key may or may not have reached the vendor; retry after the lease".into(),
+            Reason::IdempotencyOutcomeUnknown,
+            "an earlier call with this key may or may not have reached the vendor; retry after the lease",
             Some(after),
         ),
         Begin::Unknown(None) => retry(
-            Code::FailedPrecondition,
-            "IDEMPOTENCY_OUTCOME_UNKNOWN",
-            "an earlier call with this key may or may not have reached the vendor, and the vendor does not dedupe by key: check with the vendor, then use a new key".into(),
+            Reason::IdempotencyOutcomeUnknownFinal,
+            "an earlier call with this key may or may not have reached the vendor, and the vendor does not dedupe by key: check with the vendor, then use a new key",
             None,
         ),
     }
@@ -167,15 +162,13 @@ fn replay(app: &App, scope: &Scope, sealed: &[u8]) -> Result<proto::CallResponse
         .map_err(|e| {
             tracing::error!(error = %e, "stored idempotent response does not open");
             Failure::new(
-                Code::Internal,
-                "IDEMPOTENCY_RECORD_UNREADABLE",
+                Reason::IdempotencyRecordUnreadable,
                 "the stored response cannot be read",
             )
         })?;
     proto::CallResponse::decode(plain.as_slice()).map_err(|_| {
         Failure::new(
-            Code::Internal,
-            "IDEMPOTENCY_RECORD_UNREADABLE",
+            Reason::IdempotencyRecordUnreadable,
             "the stored response cannot be read",
         )
     })
@@ -215,8 +208,7 @@ fn label(scope: &Scope) -> String {
 /// unrecorded. Redis is retried on the next call.
 fn unavailable() -> Failure {
     Failure::new(
-        Code::Unavailable,
-        "IDEMPOTENCY_STORE_UNAVAILABLE",
+        Reason::IdempotencyStoreUnavailable,
         "the idempotency store is unavailable, so the write was not sent; retry shortly",
     )
     .with_retry_after(Duration::from_secs(1))

@@ -35,7 +35,7 @@ pub async fn credential(
     lease.map_err(|e| {
         let failure = Failure::from(e);
         span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", failure.reason);
+        span.record("otel.status_description", failure.reason.as_str());
         failure
     })
 }

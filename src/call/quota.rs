@@ -3,9 +3,8 @@
 
 use super::validate::ValidCall;
 use crate::app::App;
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use std::time::{Duration, SystemTime};
-use tonic::Code;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use valet_access::Operation;
@@ -105,8 +104,7 @@ fn answer(call: &ValidCall, verdict: Verdict) -> Result<RateLimitHeaders, Failur
                 format!("over quota policy '{policy_id}'")
             };
             Err(Failure::new(
-                Code::ResourceExhausted,
-                "QUOTA_EXCEEDED",
+                Reason::QuotaExceeded,
                 format!(
                     "tenant '{}' vendor '{}': {why}; retry after {} ms",
                     call.key.tenant,

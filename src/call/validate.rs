@@ -4,7 +4,7 @@
 //! the field. Nothing here touches a credential.
 
 use crate::proto;
-use crate::status::Failure;
+use crate::status::{Failure, Reason};
 use bytes::Bytes;
 use std::sync::Arc;
 use valet_access::Operation;
@@ -36,11 +36,11 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// Checks every field of `req`.
 pub fn call(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Result<ValidCall, Failure> {
-    valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", "TENANT_INVALID", e))?;
+    valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
     let vendor = registry.get(&req.vendor).cloned().ok_or_else(|| {
         Failure::invalid(
             "vendor",
-            "VENDOR_UNKNOWN",
+            Reason::VendorUnknown,
             format!("'{}' is not a configured vendor", printable(&req.vendor)),
         )
     })?;
@@ -50,7 +50,7 @@ pub fn call(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Re
         _ => {
             return Err(Failure::invalid(
                 "operation",
-                "OPERATION_REQUIRED",
+                Reason::OperationRequired,
                 "must be OPERATION_READ or OPERATION_WRITE",
             ));
         }
@@ -104,7 +104,7 @@ fn check_idempotency_key(
         if operation == Operation::Write && vendor.requires_idempotency_key() {
             return Err(Failure::invalid(
                 "idempotency_key",
-                "IDEMPOTENCY_KEY_REQUIRED",
+                Reason::IdempotencyKeyRequired,
                 "a WRITE needs an idempotency key (the same key on every retry of the same write)",
             ));
         }
@@ -113,7 +113,7 @@ fn check_idempotency_key(
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
         return Err(Failure::invalid(
             "idempotency_key",
-            "IDEMPOTENCY_KEY_INVALID",
+            Reason::IdempotencyKeyInvalid,
             format!("must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"),
         ));
     }
@@ -125,14 +125,14 @@ fn check_reason(reason: &str) -> Result<String, Failure> {
     if reason.is_empty() {
         return Err(Failure::invalid(
             "reason",
-            "REASON_REQUIRED",
+            Reason::ReasonRequired,
             "say why the credential is used (it is audited)",
         ));
     }
     if reason.chars().count() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
         return Err(Failure::invalid(
             "reason",
-            "REASON_INVALID",
+            Reason::ReasonInvalid,
             format!("must be at most {MAX_REASON_LEN} printable characters"),
         ));
     }

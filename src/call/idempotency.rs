@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tonic::Code;
-use valet_egress::{ProxyRequest, ProxyResponse};
+use valet_egress::{ProxyRequest, Reached, Sent};
 use valet_idempotency::{Begin, Scope, Terms};
 
 /// Purge expired records every this many keyed calls.
@@ -21,16 +21,6 @@ const PURGE_EVERY: u64 = 4096;
 /// left (up to minutes): most calls end in well under a second, and a retry
 /// then gets the replay.
 const IN_FLIGHT_RETRY_HINT: Duration = Duration::from_millis(500);
-
-/// Reasons of failures that prove the request never reached the vendor.
-const NOT_SENT: &[&str] = &[
-    "VENDOR_UNREACHABLE",
-    "VENDOR_TLS_ERROR",
-    "PATH_ESCAPES_ORIGIN",
-    "VENDOR_ADDRESS_FORBIDDEN",
-    "VENDOR_CIRCUIT_OPEN",
-    "VENDOR_OVERLOADED",
-];
 
 /// What the call does next.
 #[derive(Debug)]
@@ -120,11 +110,11 @@ pub async fn release(app: &App, scope: Option<Scope>) {
 
 /// Records how the call ended: the vendor's answer (sealed) for replays; the
 /// key freed when the request provably never left; `unknown` otherwise.
-pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyResponse, Failure>, sent: bool) {
+pub async fn finish(app: &App, scope: Option<Scope>, sent: &Sent<Failure>) {
     let Some(scope) = scope else { return };
     let store = &app.idempotency;
     let config = &app.idempotency_config;
-    let done = match result {
+    let done = match &sent.result {
         Ok(answer) => {
             let response = proto::CallResponse {
                 status: u32::from(answer.status),
@@ -137,7 +127,7 @@ pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyRespon
                     })
                     .collect(),
                 body: answer.body.to_vec(),
-                attempts: answer.attempts,
+                attempts: sent.attempts,
                 replayed: false,
                 request_id: String::new(),
             };
@@ -148,7 +138,7 @@ pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyRespon
                 .complete(&scope, sealed, now_ms(), config.retention_ms)
                 .await
         }
-        Err(f) if !sent || NOT_SENT.contains(&f.reason) => store.abandon(&scope).await,
+        Err(_) if sent.reached == Reached::No => store.abandon(&scope).await,
         Err(_) => {
             store
                 .mark_unknown(&scope, now_ms() + config.lease_ms, now_ms(), config.retention_ms)

@@ -255,7 +255,7 @@ impl Scrubber {
     }
 
     /// A vendor's answer as the caller may see it: the body scrubbed, and
-    /// the headers filtered by [`answer_headers`].
+    /// the headers filtered for the caller (`answer_headers`).
     pub fn answer(&self, headers: &HeaderMap, body: Bytes) -> (Vec<(String, String)>, Bytes) {
         let (body, new_len) = match self.scrub(&body) {
             Some(scrubbed) => {

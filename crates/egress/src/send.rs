@@ -182,7 +182,7 @@ mod tests {
     use bytes::Bytes;
     use http::{HeaderMap, Method};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use valet_telemetry::Metrics;
 
     /// A loopback vendor at `addr` that retries at once, up to 3 attempts.
@@ -225,7 +225,7 @@ mod tests {
     }
 
     /// Reads one request's head from `conn`.
-    async fn read_head(conn: &mut tokio::net::TcpStream) {
+    async fn read_head(conn: &mut TcpStream) {
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -259,16 +259,30 @@ mod tests {
         assert_eq!((sent.attempts, sent.reached), (0, Reached::No));
     }
 
-    #[tokio::test]
-    async fn a_vendor_that_takes_the_request_and_never_answers_may_have_acted() {
+    /// A vendor that takes one request and hands its listener and
+    /// connection to `then`.
+    async fn serve_once<F, Fut>(then: F) -> (Vendor, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(TcpListener, TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let v = vendor(listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
             read_head(&mut conn).await;
-            // Hold the connection open, silent, until the client gives up.
-            let _ = conn.read(&mut [0u8; 1]).await;
+            then(listener, conn).await;
         });
+        (v, server)
+    }
+
+    #[tokio::test]
+    async fn a_vendor_that_takes_the_request_and_never_answers_may_have_acted() {
+        // Holds the connection open, silent, until the client gives up.
+        let (v, server) = serve_once(|_listener, mut conn| async move {
+            let _ = conn.read(&mut [0u8; 1]).await;
+        })
+        .await;
         let sent = get(&v).await;
         assert_eq!(reason(&sent), "VENDOR_TIMEOUT");
         assert_eq!((sent.attempts, sent.reached), (1, Reached::Maybe));
@@ -279,11 +293,7 @@ mod tests {
     /// The call fails as unreachable, yet a request did reach the vendor.
     #[tokio::test]
     async fn an_answer_before_refused_retries_still_counts_as_reached() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let v = vendor(listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            read_head(&mut conn).await;
+        let (v, server) = serve_once(|listener, mut conn| async move {
             // Gone before the answer arrives: every retry is refused.
             drop(listener);
             conn.write_all(
@@ -291,7 +301,8 @@ mod tests {
             )
             .await
             .unwrap();
-        });
+        })
+        .await;
         let sent = get(&v).await;
         server.await.unwrap();
         assert_eq!(reason(&sent), "VENDOR_UNREACHABLE");

@@ -146,9 +146,8 @@ impl AdminService {
             deadline: None,
             repeatable: false,
             metrics: &self.app.metrics,
-            attempts: &Default::default(),
         };
-        let checked = vendor.send(verify, &secret, &exchange).await;
+        let checked = vendor.send(verify, &secret, &exchange).await.result;
         drop(secret);
         match checked {
             Ok(answer) if (200..300).contains(&answer.status) => {

@@ -27,10 +27,9 @@ pub mod validate;
 use crate::app::App;
 use crate::proto;
 use crate::status::{Failure, Reason};
-use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
-use valet_egress::ProxyResponse;
+use valet_egress::{Reached, Sent};
 
 /// Per-call facts from the transport.
 #[derive(Debug, Clone)]
@@ -108,12 +107,10 @@ pub async fn handle(
             return Err(refused);
         }
     };
-    let mut sent = false;
-    let attempts = AtomicU32::new(0);
-    let result = exchange(app, &caller, &call, ctx, &mut sent, &attempts).await;
-    outcome.attempts = attempts.load(Ordering::Relaxed);
-    idempotency::finish(app, scope, &result, sent).await;
-    let answer = result?;
+    let sent = exchange(app, &caller, &call, ctx).await;
+    outcome.attempts = sent.attempts;
+    idempotency::finish(app, scope, &sent).await;
+    let answer = sent.result?;
     outcome.status = Some(answer.status);
     Ok(proto::CallResponse {
         status: u32::from(answer.status),
@@ -123,47 +120,68 @@ pub async fn handle(
             .map(|(name, value)| proto::Header { name, value })
             .collect(),
         body: answer.body.to_vec(),
-        attempts: answer.attempts,
+        attempts: outcome.attempts,
         replayed: false,
         request_id: ctx.request_id.clone(),
     })
 }
 
-/// Lease, send, and on a 401 refresh and retry once. `sent` turns true once
-/// a request may have left for the vendor.
+/// Lease, send, and on a 401 refresh and retry once; says, with egress,
+/// how many requests were made and whether any may have reached the vendor.
 async fn exchange(
     app: &App,
     caller: &valet_access::Caller,
     call: &validate::ValidCall,
     ctx: &CallContext,
-    sent: &mut bool,
-    attempts: &AtomicU32,
-) -> Result<ProxyResponse, Failure> {
-    let lease = within(
+) -> Sent<Failure> {
+    let failed = |f, attempts, reached| Sent {
+        result: Err(f),
+        attempts,
+        reached,
+    };
+    let lease = match within(
         ctx,
         "fetching the credential",
         lease::credential(app, caller, call, &ctx.request_id),
     )
-    .await?;
-    *sent = true;
-    let mut answer = forward::send(app, call, &lease, ctx.deadline, attempts).await?;
+    .await
+    {
+        Ok(lease) => lease,
+        Err(f) => return failed(f, 0, Reached::No),
+    };
+    let first = forward::send(app, call, &lease, ctx.deadline).await;
+    let (attempts, reached) = (first.attempts, first.reached);
+    let answer = match first.result {
+        Ok(answer) => answer,
+        Err(f) => return failed(f, attempts, reached),
+    };
     let used = lease.fingerprint().clone();
     drop(lease);
     quota::vendor_pushback(app, call, &answer).await;
     if answer.status == 401 && refresh::changed(app, caller, call, &used, &ctx.request_id).await {
-        let lease = within(
+        let lease = match within(
             ctx,
             "fetching the credential",
             lease::credential(app, caller, call, &ctx.request_id),
         )
-        .await?;
-        let retry = forward::send(app, call, &lease, ctx.deadline, attempts).await?;
-        answer = ProxyResponse {
-            attempts: answer.attempts + retry.attempts,
+        .await
+        {
+            Ok(lease) => lease,
+            Err(f) => return failed(f, attempts, reached),
+        };
+        let retry = forward::send(app, call, &lease, ctx.deadline).await;
+        // The vendor refused the first request (401): only the retry may
+        // have been acted on.
+        return Sent {
+            attempts: attempts + retry.attempts,
             ..retry
         };
     }
-    Ok(answer)
+    Sent {
+        result: Ok(answer),
+        attempts,
+        reached,
+    }
 }
 
 /// Runs `step` within the caller's deadline: a slow quota backend,

@@ -3,35 +3,28 @@
 use super::validate::ValidCall;
 use crate::app::App;
 use crate::status::Failure;
-use std::sync::atomic::AtomicU32;
 use tokio::time::Instant;
 use valet_access::Operation;
 use valet_credentials::Lease;
-use valet_egress::{Exchange, ProxyResponse};
+use valet_egress::{Exchange, Sent};
 
 /// Sends the call with the leased credential. It may be retried only when
 /// repeating it is harmless: a READ, or a WRITE carrying our idempotency
-/// key in the header the vendor dedupes by.
-pub async fn send(
-    app: &App,
-    call: &ValidCall,
-    lease: &Lease,
-    deadline: Option<Instant>,
-    attempts: &AtomicU32,
-) -> Result<ProxyResponse, Failure> {
+/// key in the header the vendor dedupes by. Egress says how many attempts
+/// were made and whether any may have reached the vendor.
+pub async fn send(app: &App, call: &ValidCall, lease: &Lease, deadline: Option<Instant>) -> Sent<Failure> {
     let exchange = Exchange {
         limits: &app.limits,
         answers: &app.answers,
         deadline,
         repeatable: repeatable(call),
         metrics: &app.metrics,
-        attempts,
     };
-    let answer = call
+    let sent = call
         .vendor
         .send(call.request.clone(), lease.secret(), &exchange)
         .await;
-    answer.map_err(|e| {
+    sent.map_err(|e| {
         tracing::warn!(
             vendor = call.key.vendor,
             reason = e.reason(),

@@ -10,7 +10,7 @@ use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use valet_egress::{ProxyRequest, ProxyResponse};
+use valet_egress::{ProxyRequest, Reached, Sent};
 use valet_idempotency::{Begin, Scope, Terms};
 
 /// Purge expired records every this many keyed calls.
@@ -20,16 +20,6 @@ const PURGE_EVERY: u64 = 4096;
 /// left (up to minutes): most calls end in well under a second, and a retry
 /// then gets the replay.
 const IN_FLIGHT_RETRY_HINT: Duration = Duration::from_millis(500);
-
-/// Reasons of failures that prove the request never reached the vendor.
-const NOT_SENT: &[Reason] = &[
-    Reason::VendorUnreachable,
-    Reason::VendorTlsError,
-    Reason::PathEscapesOrigin,
-    Reason::VendorAddressForbidden,
-    Reason::VendorCircuitOpen,
-    Reason::VendorOverloaded,
-];
 
 /// What the call does next.
 #[derive(Debug)]
@@ -115,11 +105,11 @@ pub async fn release(app: &App, scope: Option<Scope>) {
 
 /// Records how the call ended: the vendor's answer (sealed) for replays; the
 /// key freed when the request provably never left; `unknown` otherwise.
-pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyResponse, Failure>, sent: bool) {
+pub async fn finish(app: &App, scope: Option<Scope>, sent: &Sent<Failure>) {
     let Some(scope) = scope else { return };
     let store = &app.idempotency;
     let config = &app.idempotency_config;
-    let done = match result {
+    let done = match &sent.result {
         Ok(answer) => {
             let response = proto::CallResponse {
                 status: u32::from(answer.status),
@@ -132,7 +122,7 @@ pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyRespon
                     })
                     .collect(),
                 body: answer.body.to_vec(),
-                attempts: answer.attempts,
+                attempts: sent.attempts,
                 replayed: false,
                 request_id: String::new(),
             };
@@ -143,7 +133,7 @@ pub async fn finish(app: &App, scope: Option<Scope>, result: &Result<ProxyRespon
                 .complete(&scope, sealed, now_ms(), config.retention_ms)
                 .await
         }
-        Err(f) if !sent || NOT_SENT.contains(&f.reason) => store.abandon(&scope).await,
+        Err(_) if sent.reached == Reached::No => store.abandon(&scope).await,
         Err(_) => {
             store
                 .mark_unknown(&scope, now_ms() + config.lease_ms, now_ms(), config.retention_ms)

@@ -5,12 +5,19 @@
 //! - [`path`]: the rules for a caller's relative path (no escapes from the
 //!   vendor's base URL).
 //! - [`request`]: method, header and size rules, and [`Limits`].
-//! - [`vendor`]: [`Vendor`] — base URL, [`AuthScheme`] injection, and a
-//!   pooled rustls client per vendor (public roots, or the vendor's
-//!   `ca_file`).
+//! - [`vendor`]: [`Vendor`] — base URL, [`AuthScheme`] injection, a pooled
+//!   rustls client per vendor (public roots, or the vendor's `ca_file`), and
+//!   [`Vendor::send`], the one way out.
+//! - [`send`]: the call's loop — a slot in the vendor's concurrency limit,
+//!   then attempts through the breaker, retried when it is safe, and the
+//!   [`Sent`] that says what happened.
+//! - [`attempt`]: one outbound request — join and re-check the URL, inject
+//!   the credential and the trace context, send without following redirects
+//!   under a client span, bound time and size.
 //! - [`scrub`]: [`Scrubber`] — removes the credential in every documented
-//!   form (raw, Base64 at any alignment, hex, percent and JSON escapes)
-//!   from the vendor's answer, one automaton built per call.
+//!   form (raw, Base64 at any alignment, hex, percent and JSON escapes), one
+//!   automaton built per call, and applies it to an answer's headers and
+//!   body.
 //! - [`retry`]: which failed attempts are tried again, backoff with full
 //!   jitter, `Retry-After`, and the per-vendor retry budget.
 //! - [`breaker`]: the per-vendor circuit breaker.
@@ -18,20 +25,19 @@
 //!   buffered at once.
 //! - [`resolve`]: SSRF and DNS defences — the resolver that refuses
 //!   loopback, private, link-local and similar addresses.
-//! - this file: [`Registry`] of vendors and [`Vendor::send`]: a slot in the
-//!   vendor's concurrency limit, then attempts through the breaker, each one
-//!   outbound request: join and re-check the URL, inject the credential and the
-//!   trace context, send without following redirects under a client span,
-//!   bound time and size, scrub.
+//! - this file: the [`Registry`] of vendors, the request and answer types,
+//!   [`Exchange`], [`Sent`] and [`Reached`], and [`EgressError`].
 #![forbid(unsafe_code)]
 
 pub mod answers;
+pub mod attempt;
 pub mod breaker;
 pub mod path;
 pub mod request;
 pub mod resolve;
 pub mod retry;
 pub mod scrub;
+pub mod send;
 pub mod vendor;
 
 pub use answers::{AnswerBudget, Reservation};
@@ -42,21 +48,13 @@ pub use retry::RetryPolicy;
 pub use scrub::Scrubber;
 pub use vendor::{AuthScheme, Vendor, VendorError, VendorSpec, VerifyRequest};
 
-use breaker::Verdict;
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri};
-use http_body_util::{BodyExt as _, Full};
-use retry::RetryAfter;
+use http::{HeaderMap, Method};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
-use tracing::Instrument as _;
-use tracing::field::Empty;
-use valet_credentials::Secret;
-use valet_telemetry::{Metrics, propagation};
+use valet_telemetry::Metrics;
 
 /// The configured vendors, by name.
 #[derive(Debug, Clone, Default)]
@@ -111,8 +109,6 @@ pub struct ProxyResponse {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Bytes,
-    /// Requests sent to the vendor.
-    pub attempts: u32,
     /// The body's room in the [`AnswerBudget`], given back when dropped.
     pub held: Reservation,
 }
@@ -201,6 +197,30 @@ impl EgressError {
             EgressError::AnswersOverBudget(_) => "RESPONSE_BUFFER_EXHAUSTED",
         }
     }
+
+    /// Whether the attempt that failed so may have reached the vendor. No
+    /// wildcard: a new error must say which it is.
+    pub fn reached(&self) -> Reached {
+        match self {
+            // Refused before the request was written: the connection or its
+            // TLS handshake failed, or Valet's own guards said no.
+            EgressError::Unreachable(_)
+            | EgressError::Tls(_)
+            | EgressError::OriginMismatch(_)
+            | EgressError::AddressForbidden { .. }
+            | EgressError::CircuitOpen { .. }
+            | EgressError::Overloaded(_) => Reached::No,
+            // Sent, or perhaps sent: the time ran out or the connection
+            // broke somewhere along the way, or the answer had begun to come
+            // back (an answer over a limit or the buffer budget, encoded).
+            EgressError::VendorTimeout { .. }
+            | EgressError::Deadline(_)
+            | EgressError::Protocol(_)
+            | EgressError::ResponseTooLarge { .. }
+            | EgressError::ResponseEncoded(_)
+            | EgressError::AnswersOverBudget(_) => Reached::Maybe,
+        }
+    }
 }
 
 /// How one call's exchange with a vendor is bounded.
@@ -217,420 +237,44 @@ pub struct Exchange<'a> {
     pub repeatable: bool,
     /// Where attempts are counted.
     pub metrics: &'a Metrics,
-    /// Counts the attempts made, whatever the result (an error carries no
-    /// count of its own).
-    pub attempts: &'a AtomicU32,
 }
 
-/// The least time worth starting a retry with.
-const MIN_ATTEMPT: Duration = Duration::from_millis(50);
-
-/// What happened to one attempt, for the retry decision.
-enum Next {
-    Done,
-    RetryAfter(Duration),
+/// Whether anything left Valet for the vendor — what an idempotency key's
+/// record needs to know: a key whose request never left is free again, one
+/// whose request may have arrived is not. (Like pingora's `ErrorSource`,
+/// it is said by the code that knows, not read back from an error's text.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reached {
+    /// Nothing was sent: no connection, no TLS session, a URL or address
+    /// refused, the breaker open, no slot free.
+    No,
+    /// A request was sent, or may have been (a timeout, a dropped
+    /// connection): the vendor may have acted on it.
+    Maybe,
 }
 
-impl Vendor {
-    /// Sends `req` with `secret` injected, retrying when it is safe and
-    /// worth it (see [`retry`]), through the vendor's circuit breaker (see
-    /// [`breaker`]), and returns the last answer, scrubbed, with the number
-    /// of attempts made.
-    pub async fn send(
-        &self,
-        req: ProxyRequest,
-        secret: &Secret,
-        x: &Exchange<'_>,
-    ) -> Result<ProxyResponse, EgressError> {
-        self.budget.deposit();
-        // Built once for the call: every attempt's answer is scrubbed with it.
-        let scrubber = Scrubber::new(secret, matches!(self.auth(), AuthScheme::Basic));
-        let mut attempts = 0u32;
-        let mut last: Option<Result<ProxyResponse, EgressError>> = None;
-        loop {
-            let admitted = self.breaker.admit();
-            // The call's span (the current one) says what the breaker was.
-            tracing::Span::current().record("valet.vendor.circuit", self.breaker.state().as_str());
-            // A slot per attempt, not across backoff sleeps.
-            let slot = self.slots.clone().try_acquire_owned();
-            let (ticket, _slot) = match (admitted, slot) {
-                (Ok(ticket), Ok(slot)) => (ticket, slot),
-                // A retry that cannot be made: the answer in hand stands.
-                _ if last.is_some() => {
-                    return last
-                        .expect("checked")
-                        .map(|answer| ProxyResponse { attempts, ..answer });
-                }
-                // Nothing was sent: these errors say so to the caller.
-                (Err(retry_after), _) => {
-                    return Err(EgressError::CircuitOpen {
-                        vendor: self.name().to_owned(),
-                        retry_after,
-                    });
-                }
-                (Ok(_), Err(_)) => return Err(EgressError::Overloaded(self.name().to_owned())),
-            };
-            attempts += 1;
-            x.attempts.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let result = self.attempt(req.clone(), secret, &scrubber, x).await;
-            ticket.record(breaker_verdict(&result));
-            let status = result.as_ref().ok().map(|r| r.status);
-            x.metrics.vendor_attempt(self.name(), status, started.elapsed());
-            match self.next(&result, attempts, x) {
-                Next::Done => {
-                    // A retry that failed outright: the answer before it
-                    // says more (and says the vendor was reached).
-                    let result = match (result, last) {
-                        (Err(_), Some(Ok(answer))) => Ok(answer),
-                        (result, _) => result,
-                    };
-                    return result.map(|answer| ProxyResponse { attempts, ..answer });
-                }
-                Next::RetryAfter(wait) => {
-                    x.metrics.vendor_retry(self.name());
-                    tracing::info!(
-                        vendor = self.name(),
-                        attempt = attempts,
-                        wait_ms = wait.as_millis() as u64,
-                        "retrying the vendor call"
-                    );
-                    last = Some(result);
-                    tokio::time::sleep(wait).await;
-                }
-            }
+/// What [`Vendor::send`] did: the last answer or error, and how many
+/// requests were made and whether any of them may have reached the vendor,
+/// which hold for a failure as much as for an answer.
+#[derive(Debug)]
+#[must_use]
+pub struct Sent<E = EgressError> {
+    /// The answer, scrubbed, or why there is none.
+    pub result: Result<ProxyResponse, E>,
+    /// Requests made to the vendor (0 when none could start).
+    pub attempts: u32,
+    /// Whether any of them may have reached it.
+    pub reached: Reached,
+}
+
+impl<E> Sent<E> {
+    /// The same outcome with the error converted (e.g. to the caller's
+    /// status).
+    pub fn map_err<F>(self, f: impl FnOnce(E) -> F) -> Sent<F> {
+        Sent {
+            result: self.result.map_err(f),
+            attempts: self.attempts,
+            reached: self.reached,
         }
-    }
-
-    /// Whether attempt number `attempts`, which gave `result`, is retried,
-    /// and after how long.
-    fn next(&self, result: &Result<ProxyResponse, EgressError>, attempts: u32, x: &Exchange<'_>) -> Next {
-        let policy = &self.spec.retry;
-        if !x.repeatable || attempts >= policy.max_attempts {
-            return Next::Done;
-        }
-        let wait = match result {
-            Err(EgressError::Unreachable(_)) => policy.backoff(attempts),
-            Ok(answer) if policy.on_status.contains(&answer.status) => {
-                let header = answer
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n == "retry-after")
-                    .map(|(_, v)| v.as_str());
-                match policy.retry_after(header, SystemTime::now()) {
-                    RetryAfter::Absent => policy.backoff(attempts),
-                    RetryAfter::TooLong => return Next::Done,
-                    RetryAfter::Wait(wait) => wait,
-                }
-            }
-            _ => return Next::Done,
-        };
-        // Never sleep past the deadline, nor retry with no time left for the
-        // attempt: the answer in hand is better.
-        if x.deadline
-            .is_some_and(|d| Instant::now() + wait + MIN_ATTEMPT >= d)
-        {
-            return Next::Done;
-        }
-        if !self.budget.withdraw() {
-            x.metrics.vendor_retry_budget_exhausted(self.name());
-            return Next::Done;
-        }
-        Next::RetryAfter(wait)
-    }
-
-    /// One attempt: `req` with `secret` injected, the scrubbed answer.
-    ///
-    /// Redirects are never followed: a 3xx goes back to the caller as it is.
-    /// The attempt is bounded by the vendor's timeout and by the deadline,
-    /// whichever is sooner; when either expires the request is dropped, which
-    /// closes its connection.
-    async fn attempt(
-        &self,
-        req: ProxyRequest,
-        secret: &Secret,
-        scrubber: &Scrubber,
-        x: &Exchange<'_>,
-    ) -> Result<ProxyResponse, EgressError> {
-        let deadline = x.deadline;
-        let name = || self.name().to_owned();
-        let url = self.url(&req.path, req.query.as_deref(), secret);
-        let uri: Uri = url.parse().map_err(|_| EgressError::OriginMismatch(name()))?;
-        drop(url);
-        if !self.same_origin(&uri) {
-            return Err(EgressError::OriginMismatch(name()));
-        }
-        let span = attempt_span(&req.method, &uri, self.name());
-        let mut headers = req.headers;
-        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        propagation::inject(&span, &mut headers);
-        self.inject_header(&mut headers, secret);
-        let mut outbound = Request::builder()
-            .method(req.method)
-            .uri(uri)
-            .body(Full::new(req.body))
-            .expect("method, URI and body were checked");
-        *outbound.headers_mut() = headers;
-
-        let vendor_timeout = self.spec.timeout;
-        let now = Instant::now();
-        let (limit, by_deadline) = match deadline {
-            Some(d) if d.saturating_duration_since(now) < vendor_timeout => {
-                (d.saturating_duration_since(now), true)
-            }
-            _ => (vendor_timeout, false),
-        };
-        let exchange = async {
-            let resp = self
-                .client
-                .request(outbound)
-                .await
-                .map_err(|e| self.classify(&e))?;
-            let (parts, body) = resp.into_parts();
-            // HTTP status codes are three digits, 100 to 599; hyper parses
-            // anything up to 999, which no caller can make sense of.
-            if !(100..=599).contains(&parts.status.as_u16()) {
-                return Err(EgressError::Protocol(name()));
-            }
-            if encoded(&parts.headers) {
-                return Err(EgressError::ResponseEncoded(name()));
-            }
-            let (body, held) = self.read_body(body, x).await?;
-            Ok((parts, body, held))
-        };
-        let timed = async {
-            match tokio::time::timeout(limit, exchange).await {
-                Ok(result) => result,
-                Err(_) if by_deadline => Err(EgressError::Deadline(name())),
-                Err(_) => Err(EgressError::VendorTimeout {
-                    vendor: name(),
-                    timeout_ms: duration_ms(vendor_timeout),
-                }),
-            }
-        };
-        let (parts, body, held) = match timed.instrument(span.clone()).await {
-            Ok(answer) => {
-                let status = answer.0.status.as_u16();
-                span.record("http.response.status_code", i64::from(status));
-                if status >= 400 {
-                    span.record("error.type", status.to_string());
-                    span.record("otel.status_code", "ERROR");
-                }
-                answer
-            }
-            Err(e) => {
-                span.record("error.type", e.reason());
-                span.record("otel.status_code", "ERROR");
-                return Err(e);
-            }
-        };
-        let (body, new_len) = match scrubber.scrub(&body) {
-            Some(scrubbed) => {
-                let len = scrubbed.len();
-                (Bytes::from(scrubbed), Some(len))
-            }
-            None => (body, None),
-        };
-        Ok(ProxyResponse {
-            status: parts.status.as_u16(),
-            headers: response_headers(&parts.headers, scrubber, new_len),
-            body,
-            attempts: 1,
-            held,
-        })
-    }
-
-    /// Reads the answer's body whole, within `max_response_body_bytes` and
-    /// with room taken from the [`AnswerBudget`] as its bytes arrive.
-    async fn read_body(
-        &self,
-        mut body: hyper::body::Incoming,
-        x: &Exchange<'_>,
-    ) -> Result<(Bytes, Reservation), EgressError> {
-        let limit = x.limits.max_response_body_bytes;
-        let mut held = Reservation::default();
-        let mut buf = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| EgressError::Protocol(self.name().to_owned()))?;
-            let Ok(data) = frame.into_data() else { continue };
-            if buf.len() + data.len() > limit {
-                return Err(EgressError::ResponseTooLarge {
-                    vendor: self.name().to_owned(),
-                    limit,
-                });
-            }
-            x.answers
-                .reserve(&mut held, data.len())
-                .await
-                .map_err(|_| EgressError::AnswersOverBudget(self.name().to_owned()))?;
-            buf.extend_from_slice(&data);
-        }
-        Ok((buf.freeze(), held))
-    }
-
-    fn classify(&self, err: &hyper_util::client::legacy::Error) -> EgressError {
-        let name = self.name().to_owned();
-        if let Some(forbidden) = find::<resolve::ForbiddenAddress>(err) {
-            EgressError::AddressForbidden {
-                vendor: name,
-                class: forbidden.class,
-            }
-        } else if find::<rustls::Error>(err).is_some() {
-            EgressError::Tls(name)
-        } else if err.is_connect() {
-            EgressError::Unreachable(name)
-        } else {
-            EgressError::Protocol(name)
-        }
-    }
-}
-
-/// One HTTP attempt's client span (HTTP client semantic conventions): method,
-/// host, port and scheme — never the path's query, a header or a body.
-fn attempt_span(method: &Method, uri: &Uri, vendor: &str) -> tracing::Span {
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") {
-        443
-    } else {
-        80
-    });
-    tracing::info_span!(
-        "vendor attempt",
-        otel.name = %method,
-        otel.kind = "client",
-        otel.status_code = Empty,
-        http.request.method = %method,
-        server.address = uri.host().unwrap_or_default(),
-        server.port = i64::from(port),
-        url.scheme = uri.scheme_str().unwrap_or_default(),
-        http.response.status_code = Empty,
-        error.type = Empty,
-        valet.vendor = vendor,
-    )
-}
-
-/// Whether the body arrives in a form the scrubber cannot read: any content
-/// coding but `identity` (in any of the header's values), or any transfer
-/// coding but `chunked` (which hyper removes).
-fn encoded(headers: &HeaderMap) -> bool {
-    let tokens = |name| {
-        headers
-            .get_all(name)
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-    };
-    tokens(CONTENT_ENCODING).iter().any(|t| t != "identity")
-        || tokens(http::header::TRANSFER_ENCODING)
-            .iter()
-            .any(|t| t != "chunked")
-}
-
-fn duration_ms(d: Duration) -> u128 {
-    d.as_millis()
-}
-
-/// How an attempt's result counts for the breaker: 5xx, timeouts and
-/// failed connections are failures; a 4xx means the vendor is up.
-fn breaker_verdict(result: &Result<ProxyResponse, EgressError>) -> Verdict {
-    match result {
-        Ok(answer) if answer.status >= 500 => Verdict::Failure,
-        Ok(_) => Verdict::Success,
-        Err(
-            EgressError::Unreachable(_)
-            | EgressError::Tls(_)
-            | EgressError::VendorTimeout { .. }
-            | EgressError::Protocol(_),
-        ) => Verdict::Failure,
-        // The caller's deadline, our own limits: nothing said about the vendor.
-        Err(_) => Verdict::Neutral,
-    }
-}
-
-/// The first `E` in `err`'s chain of causes. `io::Error::source` skips the
-/// error it wraps, and hyper-rustls wraps tokio-rustls's `io::Error` in
-/// another, so an `io::Error`'s inner error is stepped into explicitly.
-fn find<'a, E: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<E>() {
-            return Some(found);
-        }
-        current = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    None
-}
-
-/// The vendor's headers for the caller: hop-by-hop headers dropped (the
-/// fixed list and any the vendor names in `Connection`), every value
-/// scrubbed, and `content-length` corrected when scrubbing changed the body.
-fn response_headers(
-    headers: &HeaderMap,
-    scrubber: &Scrubber,
-    new_len: Option<usize>,
-) -> Vec<(String, String)> {
-    let named_by_connection: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            !request::HOP_BY_HOP.contains(&name.as_str())
-                && !named_by_connection.iter().any(|n| n == name.as_str())
-                // A header named after the credential goes entirely.
-                && scrubber.scrub(name.as_str().as_bytes()).is_none()
-        })
-        .map(|(name, value)| {
-            let bytes = match new_len {
-                Some(len) if name == http::header::CONTENT_LENGTH => len.to_string().into_bytes(),
-                _ => scrubber
-                    .scrub(value.as_bytes())
-                    .unwrap_or_else(|| value.as_bytes().to_vec()),
-            };
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(&bytes).into_owned(),
-            )
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unscrubbable_codings_are_recognised() {
-        let headers = |pairs: &[(&str, &str)]| {
-            let mut h = HeaderMap::new();
-            for (n, v) in pairs {
-                h.append(
-                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                );
-            }
-            h
-        };
-        assert!(!encoded(&headers(&[])));
-        assert!(!encoded(&headers(&[
-            ("content-encoding", "identity"),
-            ("transfer-encoding", "chunked")
-        ])));
-        assert!(encoded(&headers(&[
-            ("content-encoding", "identity"),
-            ("content-encoding", "gzip")
-        ])));
-        assert!(encoded(&headers(&[("content-encoding", "identity, br")])));
-        assert!(encoded(&headers(&[("transfer-encoding", "gzip, chunked")])));
     }
 }

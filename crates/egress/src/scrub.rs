@@ -27,6 +27,11 @@
 //! matched is mapped back to the bytes of the original text, and those are
 //! replaced.
 //!
+//! [`Scrubber::answer`] applies it to a vendor's answer as it goes back to
+//! the caller: the body, every header value (a header named after the
+//! secret goes whole), and with the hop-by-hop headers dropped and
+//! `content-length` corrected.
+//!
 //! Not covered: other encodings (Base32, compressed or encrypted data,
 //! Base64 of an already-escaped form), and a secret split across header
 //! values. A body in a content coding is refused before it gets here.
@@ -43,6 +48,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http::HeaderMap;
 use std::collections::VecDeque;
 use valet_credentials::Secret;
 use zeroize::Zeroizing;
@@ -246,6 +253,53 @@ impl Scrubber {
         out.extend_from_slice(&bytes[last..]);
         Some(out)
     }
+
+    /// A vendor's answer as the caller may see it: the body scrubbed, and
+    /// the headers filtered for the caller (`answer_headers`).
+    pub fn answer(&self, headers: &HeaderMap, body: Bytes) -> (Vec<(String, String)>, Bytes) {
+        let (body, new_len) = match self.scrub(&body) {
+            Some(scrubbed) => {
+                let len = scrubbed.len();
+                (Bytes::from(scrubbed), Some(len))
+            }
+            None => (body, None),
+        };
+        (answer_headers(headers, self, new_len), body)
+    }
+}
+
+/// The vendor's headers for the caller: hop-by-hop headers dropped (the
+/// fixed list and any the vendor names in `Connection`), every value
+/// scrubbed, a header named after the credential dropped, and
+/// `content-length` corrected when scrubbing changed the body.
+fn answer_headers(headers: &HeaderMap, scrubber: &Scrubber, new_len: Option<usize>) -> Vec<(String, String)> {
+    let named_by_connection: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !crate::request::HOP_BY_HOP.contains(&name.as_str())
+                && !named_by_connection.iter().any(|n| n == name.as_str())
+                && scrubber.scrub(name.as_str().as_bytes()).is_none()
+        })
+        .map(|(name, value)| {
+            let bytes = match new_len {
+                Some(len) if name == http::header::CONTENT_LENGTH => len.to_string().into_bytes(),
+                _ => scrubber
+                    .scrub(value.as_bytes())
+                    .unwrap_or_else(|| value.as_bytes().to_vec()),
+            };
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Units handed to the decoding rounds at a time.

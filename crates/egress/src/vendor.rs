@@ -1,5 +1,6 @@
-//! A vendor: its base URL, how its credential is injected, and its own
-//! outbound client (connection pool, TLS roots, timeout).
+//! A vendor: its base URL, how its credential is injected, its own
+//! outbound client (connection pool, TLS roots, timeout), and
+//! [`Vendor::send`], the one way a request leaves for it.
 
 use crate::breaker::{Breaker, BreakerPolicy, BreakerState};
 use crate::request::RequestError;
@@ -233,6 +234,20 @@ impl Vendor {
         })
     }
 
+    /// Sends `req` with `secret` injected, retrying when it is safe and
+    /// worth it (see [`crate::send`]), through the vendor's circuit breaker
+    /// and concurrency slots, and says what happened: the last answer,
+    /// scrubbed, or the error, with the attempts made and whether any may
+    /// have reached the vendor.
+    pub async fn send(
+        &self,
+        req: crate::ProxyRequest,
+        secret: &Secret,
+        x: &crate::Exchange<'_>,
+    ) -> crate::Sent {
+        crate::send::send(self, req, secret, x).await
+    }
+
     /// The state of the vendor's circuit breaker.
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
@@ -270,7 +285,7 @@ impl Vendor {
     }
 
     /// Refuses a query that sets the vendor's credential parameter, as any
-    /// lenient server might read it: see [`param_key`].
+    /// lenient server might read it: see `param_key`.
     pub fn check_query(&self, query: Option<&str>) -> Result<(), RequestError> {
         let (AuthScheme::Query(param), Some(query)) = (&self.spec.auth, query) else {
             return Ok(());
@@ -453,10 +468,11 @@ fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, VendorE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(base: &str, auth: AuthScheme) -> VendorSpec {
+    /// A vendor entry with the defaults, for tests across the crate.
+    pub(crate) fn spec(base: &str, auth: AuthScheme) -> VendorSpec {
         VendorSpec {
             retry: RetryPolicy::default(),
             breaker: BreakerPolicy::default(),

@@ -130,7 +130,7 @@ where
                 Reason::DeadlineExceeded,
                 "the call's deadline had passed when it arrived; nothing was sent",
             );
-            crate::gateway::report_refused(&self.app, &request_id, &failure);
+            crate::call::record::refused(&self.app, request_id.clone(), &failure);
             let status = failure.into_status(Some(&request_id));
             return Either::Left(ready(Ok(status.into_http())));
         }

@@ -10,6 +10,23 @@ tonic::include_proto!("valet.v1");
 /// The encoded descriptors of `valet.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("valet_descriptor");
 
+/// The vendor's (scrubbed) answer as the caller gets it; the call fills in
+/// `attempts`, `replayed` and `request_id`.
+impl From<valet_egress::ProxyResponse> for CallResponse {
+    fn from(answer: valet_egress::ProxyResponse) -> Self {
+        Self {
+            status: u32::from(answer.status),
+            headers: answer
+                .headers
+                .into_iter()
+                .map(|(name, value)| Header { name, value })
+                .collect(),
+            body: answer.body.to_vec(),
+            ..Self::default()
+        }
+    }
+}
+
 impl std::fmt::Debug for PutCredentialRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PutCredentialRequest")

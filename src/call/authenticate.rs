@@ -5,10 +5,20 @@
 //! its first DNS SAN must be the `client_identity` bound to a valid,
 //! non-admin API key at its creation, whose grant then applies.
 
+use super::Call;
+use crate::app::App;
 use crate::status::{Failure, Reason};
 use tonic::Request;
 use tonic::metadata::MetadataMap;
 use valet_access::{AuthError, Caller, KeyStore};
+
+/// The step: authenticates the call's caller, and notes who it is.
+pub fn run(app: &App, call: &mut Call, metadata: &MetadataMap) -> Result<Caller, Failure> {
+    let caller = caller(&app.keys, metadata, call.identity.as_deref())?;
+    call.caller = Some(caller.id.clone());
+    call.caller_name = Some(caller.name.clone());
+    Ok(caller)
+}
 
 /// Authenticates the bearer key in `metadata`, or else the client
 /// certificate's `identity`.

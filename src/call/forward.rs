@@ -1,12 +1,71 @@
-//! Step 5: the vendor call, and the scrubbed answer.
+//! Step 6: the exchange with the vendor — lease the credential, send,
+//! note the vendor's push-back, and on a 401 refresh and retry once — and
+//! the scrubbed answer. Every part runs under the caller's deadline.
 
 use super::validate::ValidCall;
+use super::{Call, lease, quota, refresh};
 use crate::app::App;
 use crate::status::Failure;
 use tokio::time::Instant;
-use valet_access::Operation;
+use valet_access::{Caller, Operation};
 use valet_credentials::Lease;
-use valet_egress::{Exchange, Sent};
+use valet_egress::{Exchange, Reached, Sent};
+
+/// The step: lease, send, and on a 401 refresh and retry once. Says, with
+/// egress, how many requests were made and whether any may have reached
+/// the vendor.
+pub async fn run(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> Sent<Failure> {
+    let failed = |f, attempts, reached| Sent {
+        result: Err(f),
+        attempts,
+        reached,
+    };
+    let leased = lease::credential(app, caller, req, &call.request_id);
+    let lease = match call.within("fetching the credential", leased).await {
+        Ok(lease) => lease,
+        Err(f) => return failed(f, 0, Reached::No),
+    };
+    let first = send(app, req, &lease, call.deadline).await;
+    let (attempts, reached) = (first.attempts, first.reached);
+    let answer = match first.result {
+        Ok(answer) => answer,
+        Err(f) => return failed(f, attempts, reached),
+    };
+    let used = lease.fingerprint().clone();
+    drop(lease);
+    // The answer is in hand: past the deadline these stop waiting, and the
+    // answer stands.
+    let pushback = async {
+        quota::vendor_pushback(app, req, &answer).await;
+        Ok(())
+    };
+    let _ = call.within("noting the vendor's push-back", pushback).await;
+    let rotated = async { Ok(refresh::changed(app, caller, req, &used, &call.request_id).await) };
+    if answer.status != 401
+        || !call
+            .within("checking for a rotated credential", rotated)
+            .await
+            .unwrap_or(false)
+    {
+        return Sent {
+            result: Ok(answer),
+            attempts,
+            reached,
+        };
+    }
+    let leased = lease::credential(app, caller, req, &call.request_id);
+    let lease = match call.within("fetching the credential", leased).await {
+        Ok(lease) => lease,
+        Err(f) => return failed(f, attempts, reached),
+    };
+    let retry = send(app, req, &lease, call.deadline).await;
+    // The vendor refused the first request (401): only the retry may have
+    // been acted on.
+    Sent {
+        attempts: attempts + retry.attempts,
+        ..retry
+    }
+}
 
 /// Sends the call with the leased credential. It may be retried only when
 /// repeating it is harmless: a READ, or a WRITE carrying our idempotency

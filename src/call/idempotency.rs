@@ -3,6 +3,7 @@
 //! quota refuses frees its key), before the lease.
 
 use super::validate::ValidCall;
+use super::{Call, Flow};
 use crate::app::{App, now_ms};
 use crate::proto;
 use crate::status::{Failure, Reason};
@@ -28,6 +29,25 @@ pub enum Step {
     Proceed(Option<Scope>),
     /// The vendor already answered this key: return its answer again.
     Replay(proto::CallResponse),
+}
+
+/// The step: claims the call's key under its deadline — or answers now
+/// with the vendor's earlier answer to it.
+pub async fn run(app: &App, call: &mut Call, req: &mut ValidCall) -> Result<Flow<Option<Scope>>, Failure> {
+    match call
+        .within("claiming the idempotency key", begin(app, req))
+        .await?
+    {
+        Step::Proceed(claim) => Ok(Flow::Continue(claim)),
+        Step::Replay(mut answer) => {
+            answer.replayed = true;
+            answer.request_id = call.request_id.clone();
+            call.status = u16::try_from(answer.status).ok();
+            call.replayed = true;
+            app.metrics.replayed(&req.key.tenant, &req.key.vendor);
+            Ok(Flow::Respond(answer))
+        }
+    }
 }
 
 /// Claims the call's key, or answers from its record.

@@ -1,6 +1,7 @@
 //! Step 3c: the tenant's quota, after the idempotency claim and before the
 //! credential lease; and, after the vendor answered, its push-back.
 
+use super::Call;
 use super::validate::ValidCall;
 use crate::app::App;
 use crate::status::{Failure, Reason};
@@ -15,6 +16,13 @@ use valet_quota::Verdict;
 /// Response metadata for an admitted call, in the shape of the IETF
 /// RateLimit header fields.
 pub type RateLimitHeaders = Vec<(&'static str, String)>;
+
+/// The step: the call's quota, under its deadline; an admitted call's
+/// RateLimit metadata goes on the call.
+pub async fn run(app: &App, call: &mut Call, req: &ValidCall) -> Result<(), Failure> {
+    call.ratelimit = call.within("checking the quota", check(app, req)).await?;
+    Ok(())
+}
 
 /// Checks the call against its policies. Admitted calls get RateLimit
 /// metadata; refused ones RESOURCE_EXHAUSTED `QUOTA_EXCEEDED` naming the

@@ -3,6 +3,8 @@
 //! Every failure is INVALID_ARGUMENT with a reason code and a message naming
 //! the field. Nothing here touches a credential.
 
+use super::Call;
+use crate::app::App;
 use crate::proto;
 use crate::status::{Failure, Reason};
 use bytes::Bytes;
@@ -34,8 +36,16 @@ pub struct ValidCall {
 /// The longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+/// The step: checks the request, and notes its vendor and operation.
+pub fn run(app: &App, call: &mut Call, req: proto::CallRequest) -> Result<ValidCall, Failure> {
+    let valid = check(&app.registry, &app.limits, req)?;
+    call.vendor = Some(valid.key.vendor.clone());
+    call.operation = Some(valid.operation.as_str());
+    Ok(valid)
+}
+
 /// Checks every field of `req`.
-pub fn call(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Result<ValidCall, Failure> {
+pub fn check(registry: &Registry, limits: &Limits, req: proto::CallRequest) -> Result<ValidCall, Failure> {
     valid_name(&req.tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
     let vendor = registry.get(&req.vendor).cloned().ok_or_else(|| {
         Failure::invalid(

@@ -5,15 +5,11 @@ use crate::app::{App, actor};
 use crate::call::authenticate;
 use crate::proto::{self, admin_server::Admin};
 use crate::status::Failure;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
-use valet_access::{ApiKeyRecord, Caller, Grant, Operation, Permission};
+use valet_access::{ApiKeyRecord, Caller, Grant, KeyRequest, Operation, Permission};
 use valet_audit::Event;
 use valet_credentials::{CredentialKey, CredentialMeta, Secret, valid_name};
-
-/// The longest API key lifetime: ten years.
-const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// The Admin service.
 #[derive(Debug, Clone)]
@@ -291,84 +287,36 @@ impl AdminService {
         })
     }
 
+    /// The grant the request asks for, under `valet_access`'s rules.
     fn grant(&self, req: &proto::CreateApiKeyRequest) -> Result<(Grant, Option<u64>), Failure> {
-        valid_name(&req.name).map_err(|e| Failure::invalid("name", "NAME_INVALID", e))?;
-        if req.name.len() > 64 {
-            return Err(Failure::invalid(
-                "name",
-                "NAME_INVALID",
-                "must be at most 64 characters",
-            ));
-        }
-        for t in &req.tenants {
-            if t != "*" {
-                valid_name(t)
-                    .map_err(|e| Failure::invalid("tenants", "TENANT_INVALID", format!("'{t}': {e}")))?;
-            }
-        }
-        for v in &req.vendors {
-            if v != "*" && self.app.registry.get(v).is_none() {
-                return Err(Failure::invalid(
-                    "vendors",
-                    "VENDOR_UNKNOWN",
-                    format!("'{v}' is not a configured vendor"),
-                ));
-            }
-        }
-        let mut operations = BTreeSet::new();
-        for op in &req.operations {
-            operations.insert(match proto::Operation::try_from(*op) {
-                Ok(proto::Operation::Read) => Operation::Read,
-                Ok(proto::Operation::Write) => Operation::Write,
-                _ => {
-                    return Err(Failure::invalid(
-                        "operations",
-                        "OPERATION_INVALID",
-                        "must be OPERATION_READ or OPERATION_WRITE",
-                    ));
-                }
-            });
-        }
-        let mut permissions = BTreeSet::new();
-        for p in &req.permissions {
-            permissions.insert(match proto::Permission::try_from(*p) {
-                Ok(proto::Permission::QuotaAdmin) => Permission::QuotaAdmin,
-                Ok(proto::Permission::QuotaView) => Permission::QuotaView,
-                _ => {
-                    return Err(Failure::invalid(
-                        "permissions",
-                        "PERMISSION_INVALID",
-                        "must be PERMISSION_QUOTA_ADMIN or PERMISSION_QUOTA_VIEW",
-                    ));
-                }
-            });
-        }
-        let gateway_scope = !req.tenants.is_empty() && !req.vendors.is_empty() && !operations.is_empty();
-        let no_gateway_scope = req.tenants.is_empty() && req.vendors.is_empty() && operations.is_empty();
-        let other_scope = req.admin || !permissions.is_empty();
-        if !(gateway_scope || (other_scope && no_gateway_scope)) {
-            return Err(Failure::invalid(
-                "tenants",
-                "GRANT_INCOMPLETE",
-                "a key needs at least one tenant, vendor and operation (or none of them, for an admin-only key)",
-            ));
-        }
-        if req.ttl_seconds > MAX_TTL_SECONDS {
-            return Err(Failure::invalid(
-                "ttl_seconds",
-                "TTL_INVALID",
-                "must be at most ten years",
-            ));
-        }
-        let ttl_ms = (req.ttl_seconds > 0).then(|| req.ttl_seconds * 1000);
-        let grant = Grant {
-            tenants: req.tenants.clone(),
-            vendors: req.vendors.clone(),
-            operations,
+        let operations: Vec<_> = req
+            .operations
+            .iter()
+            .map(|op| match proto::Operation::try_from(*op) {
+                Ok(proto::Operation::Read) => Some(Operation::Read),
+                Ok(proto::Operation::Write) => Some(Operation::Write),
+                _ => None,
+            })
+            .collect();
+        let permissions: Vec<_> = req
+            .permissions
+            .iter()
+            .map(|p| match proto::Permission::try_from(*p) {
+                Ok(proto::Permission::QuotaAdmin) => Some(Permission::QuotaAdmin),
+                Ok(proto::Permission::QuotaView) => Some(Permission::QuotaView),
+                _ => None,
+            })
+            .collect();
+        let request = KeyRequest {
+            name: &req.name,
+            tenants: &req.tenants,
+            vendors: &req.vendors,
+            operations: &operations,
+            permissions: &permissions,
             admin: req.admin,
-            permissions,
+            ttl_seconds: req.ttl_seconds,
         };
-        Ok((grant, ttl_ms))
+        Ok(request.grant(|v| self.app.registry.get(v).is_some())?)
     }
 
     async fn revoke_api_key(

@@ -7,7 +7,7 @@
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
-use valet_access::{AuthError, Denied, KeyStoreError};
+use valet_access::{AuthError, Denied, GrantError, KeyStoreError};
 use valet_credentials::VaultError;
 use valet_egress::{EgressError, PathError, RequestError};
 
@@ -282,5 +282,20 @@ impl From<valet_quota::BackendUnavailable> for Failure {
             ),
         )
         .with_retry_after(e.retry_after)
+    }
+}
+
+impl From<GrantError> for Failure {
+    fn from(e: GrantError) -> Self {
+        let reason = match e {
+            GrantError::Name(_) | GrantError::NameTooLong => "NAME_INVALID",
+            GrantError::Tenant { .. } => "TENANT_INVALID",
+            GrantError::VendorUnknown(_) => "VENDOR_UNKNOWN",
+            GrantError::Operation => "OPERATION_INVALID",
+            GrantError::Permission => "PERMISSION_INVALID",
+            GrantError::Incomplete => "GRANT_INCOMPLETE",
+            GrantError::Ttl => "TTL_INVALID",
+        };
+        Self::invalid(e.field(), reason, e)
     }
 }

@@ -9,26 +9,65 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 use valet_access::{ApiKeyRecord, Caller, Grant, KeyRequest, Operation, Permission};
 use valet_audit::Event;
-use valet_credentials::{CredentialKey, CredentialMeta, Secret, valid_name};
+use valet_credentials::rotation::{Journal, StepRecord, Verdict, Verifier};
+use valet_credentials::{CredentialKey, CredentialMeta, Rotations, Secret, valid_name};
 
 /// The Admin service.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     app: Arc<App>,
-    /// Credentials being rotated by this replica: one rotation per key at a
-    /// time (a second is refused, not queued).
-    rotating: Arc<std::sync::Mutex<std::collections::HashSet<CredentialKey>>>,
+    /// Credentials being rotated by this replica.
+    rotations: Rotations,
 }
 
-/// Marks a key as being rotated until dropped.
-struct RotationGuard {
-    key: CredentialKey,
-    rotating: Arc<std::sync::Mutex<std::collections::HashSet<CredentialKey>>>,
+/// A rotation's check: the vendor's verify request, one attempt.
+struct VerifyWith<'a> {
+    app: &'a App,
+    vendor: &'a valet_egress::Vendor,
+    request: valet_egress::ProxyRequest,
 }
 
-impl Drop for RotationGuard {
-    fn drop(&mut self) {
-        self.rotating.lock().expect("lock").remove(&self.key);
+impl Verifier for VerifyWith<'_> {
+    async fn verify(&self, secret: &Secret) -> Verdict {
+        // One attempt: a verify answer must come from this credential now.
+        let exchange = valet_egress::Exchange {
+            limits: &self.app.limits,
+            answers: &self.app.answers,
+            deadline: None,
+            repeatable: false,
+            metrics: &self.app.metrics,
+            attempts: &Default::default(),
+        };
+        match self.vendor.send(self.request.clone(), secret, &exchange).await {
+            Ok(answer) => Verdict::Answered(answer.status),
+            Err(e) => Verdict::Failed {
+                reason: e.reason(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// A rotation's journal: the audit log.
+struct AuditJournal<'a> {
+    app: &'a App,
+    actor: String,
+}
+
+impl Journal for AuditJournal<'_> {
+    type Error = valet_audit::AuditError;
+
+    async fn record(&self, r: StepRecord<'_>) -> Result<(), Self::Error> {
+        let event = Event::CredentialRotate {
+            tenant: r.key.tenant.clone(),
+            vendor: r.key.vendor.clone(),
+            step: r.step.as_str().to_owned(),
+            old_fingerprint: r.old.to_string(),
+            new_fingerprint: r.new.to_string(),
+            vendor_status: r.vendor_status,
+            error: r.error.map(str::to_owned),
+        };
+        self.app.record(&self.actor, event).await
     }
 }
 
@@ -37,7 +76,7 @@ impl AdminService {
     pub fn new(app: Arc<App>) -> Self {
         Self {
             app,
-            rotating: Arc::default(),
+            rotations: Rotations::default(),
         }
     }
 
@@ -85,8 +124,8 @@ impl AdminService {
         Ok(credential_info(&key, &stored.meta()))
     }
 
-    /// Stage, verify with the vendor, then commit or abort — every step
-    /// audited with the old and new fingerprints.
+    /// Checks the request, then runs `valet_credentials`' rotation with
+    /// the vendor's verify request and the audit log as its journal.
     async fn rotate_credential(
         &self,
         request: Request<proto::RotateCredentialRequest>,
@@ -95,7 +134,7 @@ impl AdminService {
         let req = request.into_inner();
         let key = self.credential_key(&req.tenant, &req.vendor)?;
         let vendor = self.app.registry.get(&key.vendor).expect("checked above").clone();
-        let Some(verify) = vendor.verify_request() else {
+        let Some(request) = vendor.verify_request() else {
             return Err(Failure::new(
                 Code::FailedPrecondition,
                 "VERIFY_NOT_CONFIGURED",
@@ -110,79 +149,24 @@ impl AdminService {
             .auth()
             .check_secret(&secret)
             .map_err(|why| Failure::invalid("secret", "SECRET_INVALID", why))?;
-        if !self.rotating.lock().expect("lock").insert(key.clone()) {
-            return Err(Failure::new(
-                Code::Aborted,
-                "ROTATION_IN_PROGRESS",
-                format!(
-                    "a rotation of tenant '{}' vendor '{}' is already running",
-                    key.tenant, key.vendor
-                ),
-            ));
-        }
-        let _rotating = RotationGuard {
-            key: key.clone(),
-            rotating: self.rotating.clone(),
+        let verifier = VerifyWith {
+            app: &self.app,
+            vendor: &vendor,
+            request,
         };
-        let (pending, old) = self.app.vault.stage(&key, &secret).await?;
-        let actor = actor(&caller);
-        let step = |step: &str, vendor_status: Option<u16>, error: Option<&str>| Event::CredentialRotate {
-            tenant: key.tenant.clone(),
-            vendor: key.vendor.clone(),
-            step: step.to_owned(),
-            old_fingerprint: old.to_string(),
-            new_fingerprint: pending.fingerprint.to_string(),
-            vendor_status,
-            error: error.map(str::to_owned),
+        let journal = AuditJournal {
+            app: &self.app,
+            actor: actor(&caller),
         };
-        self.app.record(&actor, step("staged", None, None)).await?;
-
-        // One attempt: a verify answer must come from this credential now.
-        let exchange = valet_egress::Exchange {
-            limits: &self.app.limits,
-            answers: &self.app.answers,
-            deadline: None,
-            repeatable: false,
-            metrics: &self.app.metrics,
-            attempts: &Default::default(),
-        };
-        let checked = vendor.send(verify, &secret, &exchange).await;
-        drop(secret);
-        match checked {
-            Ok(answer) if (200..300).contains(&answer.status) => {
-                let current = self.app.vault.promote(&key, &pending.fingerprint).await?;
-                self.app
-                    .record(&actor, step("committed", Some(answer.status), None))
-                    .await?;
-                Ok(proto::RotateCredentialResponse {
-                    credential: Some(credential_info(&key, &current.meta())),
-                    previous_fingerprint: old.to_string(),
-                    verify_status: u32::from(answer.status),
-                })
-            }
-            failed => {
-                let (status, why) = match &failed {
-                    Ok(answer) => (
-                        Some(answer.status),
-                        format!(
-                            "the vendor answered {} to the verify request with the new credential",
-                            answer.status
-                        ),
-                    ),
-                    Err(e) => (None, format!("the verify request failed ({e})")),
-                };
-                self.app.vault.discard(&key).await?;
-                let reason = failed.as_ref().err().map_or("VENDOR_REFUSED", |e| e.reason());
-                self.app
-                    .record(&actor, step("aborted", status, Some(reason)))
-                    .await?;
-                Err(Failure::new(
-                    Code::FailedPrecondition,
-                    "ROTATION_VERIFY_FAILED",
-                    format!("{why}; the current credential stays in use"),
-                ))
-            }
-        }
+        let rotated = self
+            .rotations
+            .rotate(&self.app.vault, &key, secret, &verifier, &journal)
+            .await?;
+        Ok(proto::RotateCredentialResponse {
+            credential: Some(credential_info(&key, &rotated.current)),
+            previous_fingerprint: rotated.previous.to_string(),
+            verify_status: u32::from(rotated.verify_status),
+        })
     }
 
     /// Offboarding: deletes the tenant's stored responses.

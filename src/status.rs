@@ -299,3 +299,17 @@ impl From<GrantError> for Failure {
         Self::invalid(e.field(), reason, e)
     }
 }
+
+impl From<valet_credentials::RotationError<valet_audit::AuditError>> for Failure {
+    fn from(e: valet_credentials::RotationError<valet_audit::AuditError>) -> Self {
+        use valet_credentials::RotationError;
+        match e {
+            RotationError::InProgress(_) => Self::new(Code::Aborted, "ROTATION_IN_PROGRESS", e.to_string()),
+            RotationError::Vault(e) => e.into(),
+            RotationError::Journal(e) => e.into(),
+            RotationError::Refused(_) => {
+                Self::new(Code::FailedPrecondition, "ROTATION_VERIFY_FAILED", e.to_string())
+            }
+        }
+    }
+}

@@ -559,23 +559,67 @@ pub struct ConfigError {
     message: String,
 }
 
+/// A configuration that passed every check, with what checking it built:
+/// the vendor registry (each vendor's TLS client included) and the limits
+/// are built here once and handed to start-up, not rebuilt from the file.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    config: Config,
+    registry: Registry,
+    limits: Limits,
+}
+
+impl Validated {
+    /// The vendors, checked and their clients built.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The size limits, checked.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+impl std::ops::Deref for Validated {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
 impl Config {
-    /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
         let fail = |message: String| ConfigError {
             path: path.display().to_string(),
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let config: Config = toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_owned()))?;
-        config.check().map_err(|e| fail(e.message))?;
-        Ok(config)
+        config.validate().map_err(|e| fail(e.message))
     }
 
-    /// Checks values that parse but are wrong; builds nothing that lasts.
+    /// Checks values that parse but are wrong, keeping what the checks built.
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        let (registry, limits) = self.build()?;
+        Ok(Validated {
+            config: self,
+            registry,
+            limits,
+        })
+    }
+
+    /// Checks values that parse but are wrong; keeps nothing it built.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.registry().map(|_| ())?;
-        self.limits().map(|_| ())?;
+        self.build().map(drop)
+    }
+
+    /// Every check, and the registry and limits they build.
+    fn build(&self) -> Result<(Registry, Limits), ConfigError> {
+        let registry = self.registry()?;
+        let limits = self.limits()?;
         self.check_secrets()?;
         self.telemetry.validate().map_err(invalid)?;
         for (key, value) in [
@@ -594,7 +638,8 @@ impl Config {
                 return Err(invalid(format!("{key} must be greater than 0")));
             }
         }
-        self.check_quota()
+        self.check_quota()?;
+        Ok((registry, limits))
     }
 
     fn check_quota(&self) -> Result<(), ConfigError> {
@@ -713,7 +758,7 @@ impl Config {
     }
 
     /// The size limits, checked.
-    pub fn limits(&self) -> Result<Limits, ConfigError> {
+    fn limits(&self) -> Result<Limits, ConfigError> {
         let l = &self.limits;
         let positive = [
             ("limits.max_request_body_bytes", l.max_request_body_bytes),
@@ -739,7 +784,7 @@ impl Config {
     }
 
     /// The vendor registry, each vendor checked and its client built.
-    pub fn registry(&self) -> Result<Registry, ConfigError> {
+    fn registry(&self) -> Result<Registry, ConfigError> {
         let mut seen = std::collections::HashSet::new();
         let mut vendors = Vec::with_capacity(self.vendors.len());
         for (i, v) in self.vendors.iter().enumerate() {

@@ -385,6 +385,18 @@ pub fn actor(caller: &Caller) -> String {
 }
 
 impl App {
+    /// Probes the backends readiness requires (see [`crate::readiness`]);
+    /// returns whether the replica is ready afterwards.
+    pub async fn probe(&self) -> bool {
+        let backends = crate::readiness::Backends {
+            audit: &self.audit,
+            vault: &self.vault,
+            idempotency: &self.idempotency,
+            quotas: &self.quotas,
+        };
+        crate::readiness::probe(&self.readiness, self.required, backends).await
+    }
+
     /// Appends to the audit log under its own span, counting failures.
     pub async fn record(&self, actor: &str, event: Event) -> Result<(), AuditError> {
         let span = tracing::info_span!(

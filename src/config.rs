@@ -508,6 +508,29 @@ pub struct VendorConfig {
     pub resolve_to: Vec<std::net::IpAddr>,
 }
 
+impl VendorConfig {
+    /// A vendor entry with every optional field at its file default, as if
+    /// only `name`, `base_url` and `auth` were written.
+    pub fn new(name: impl Into<String>, base_url: impl Into<String>, auth: AuthConfig) -> Self {
+        Self {
+            name: name.into(),
+            base_url: base_url.into(),
+            allow_insecure_http: false,
+            auth,
+            ca_file: None,
+            timeout_ms: default_timeout_ms(),
+            verify: None,
+            idempotency_header: None,
+            require_idempotency_key: default_true(),
+            retry: Default::default(),
+            breaker: Default::default(),
+            allow_private_addresses: false,
+            max_concurrent_requests: default_max_concurrent_requests(),
+            resolve_to: Vec::new(),
+        }
+    }
+}
+
 fn default_max_concurrent_requests() -> usize {
     512
 }
@@ -903,6 +926,14 @@ mod tests {
         let text = include_str!("../valet.example.toml");
         let config = parse(text).unwrap();
         assert_eq!(config.vendors.len(), 1);
+    }
+
+    #[test]
+    fn a_new_vendor_has_the_file_defaults() {
+        let text = "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\" }\n";
+        let parsed: Config = toml::from_str(text).unwrap();
+        let built = VendorConfig::new("a", "https://x", AuthConfig::Bearer {});
+        assert_eq!(format!("{:?}", parsed.vendors[0]), format!("{built:?}"));
     }
 
     #[test]

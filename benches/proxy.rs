@@ -222,20 +222,9 @@ async fn start_valet(
 ) -> (GatewayClient<tonic::transport::Channel>, String) {
     let mut config = Config {
         vendors: vec![VendorConfig {
-            name: "mock".into(),
-            base_url: mock.base_url(),
             allow_insecure_http: true,
-            auth: AuthConfig::Bearer {},
-            ca_file: None,
             timeout_ms: 10_000,
-            verify: None,
-            idempotency_header: None,
-            require_idempotency_key: true,
-            retry: Default::default(),
-            breaker: Default::default(),
-            allow_private_addresses: false,
-            max_concurrent_requests: 512,
-            resolve_to: Vec::new(),
+            ..VendorConfig::new("mock", mock.base_url(), AuthConfig::Bearer {})
         }],
         ..Config::default()
     };
@@ -284,16 +273,12 @@ async fn start_valet(
     });
     put.metadata_mut().insert("authorization", bearer.clone());
     admin_client.put_credential(put).await.unwrap();
-    let mut create = tonic::Request::new(CreateApiKeyRequest {
-        name: "bench".into(),
-        tenants: vec!["acme".into()],
-        vendors: vec!["mock".into()],
-        operations: vec![Operation::Read as i32],
-        admin: false,
-        ttl_seconds: 0,
-        permissions: Vec::new(),
-        client_identity: String::new(),
-    });
+    let mut create = tonic::Request::new(CreateApiKeyRequest::gateway(
+        "bench",
+        &["acme"],
+        &["mock"],
+        &[Operation::Read],
+    ));
     create.metadata_mut().insert("authorization", bearer);
     let key = admin_client
         .create_api_key(create)

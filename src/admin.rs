@@ -5,34 +5,73 @@ use crate::app::{App, actor};
 use crate::call::authenticate;
 use crate::proto::{self, admin_server::Admin};
 use crate::status::{Failure, Reason};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use valet_access::{ApiKeyRecord, Caller, Grant, Operation, Permission};
+use valet_access::{ApiKeyRecord, Caller, Grant, KeyRequest, Operation, Permission};
 use valet_audit::Event;
-use valet_credentials::{CredentialKey, CredentialMeta, Secret, valid_name};
-
-/// The longest API key lifetime: ten years.
-const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+use valet_credentials::rotation::{Journal, StepRecord, Verdict, Verifier};
+use valet_credentials::{CredentialKey, CredentialMeta, Rotations, Secret, valid_name};
 
 /// The Admin service.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     app: Arc<App>,
-    /// Credentials being rotated by this replica: one rotation per key at a
-    /// time (a second is refused, not queued).
-    rotating: Arc<std::sync::Mutex<std::collections::HashSet<CredentialKey>>>,
+    /// Credentials being rotated by this replica.
+    rotations: Rotations,
 }
 
-/// Marks a key as being rotated until dropped.
-struct RotationGuard {
-    key: CredentialKey,
-    rotating: Arc<std::sync::Mutex<std::collections::HashSet<CredentialKey>>>,
+/// A rotation's check: the vendor's verify request, one attempt.
+struct VerifyWith<'a> {
+    app: &'a App,
+    vendor: &'a valet_egress::Vendor,
+    request: valet_egress::ProxyRequest,
 }
 
-impl Drop for RotationGuard {
-    fn drop(&mut self) {
-        self.rotating.lock().expect("lock").remove(&self.key);
+impl Verifier for VerifyWith<'_> {
+    async fn verify(&self, secret: &Secret) -> Verdict {
+        // One attempt: a verify answer must come from this credential now.
+        let exchange = valet_egress::Exchange {
+            limits: &self.app.limits,
+            answers: &self.app.answers,
+            deadline: None,
+            repeatable: false,
+            metrics: &self.app.metrics,
+        };
+        match self
+            .vendor
+            .send(self.request.clone(), secret, &exchange)
+            .await
+            .result
+        {
+            Ok(answer) => Verdict::Answered(answer.status),
+            Err(e) => Verdict::Failed {
+                reason: e.reason(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// A rotation's journal: the audit log.
+struct AuditJournal<'a> {
+    app: &'a App,
+    actor: String,
+}
+
+impl Journal for AuditJournal<'_> {
+    type Error = valet_audit::AuditError;
+
+    async fn record(&self, r: StepRecord<'_>) -> Result<(), Self::Error> {
+        let event = Event::CredentialRotate {
+            tenant: r.key.tenant.clone(),
+            vendor: r.key.vendor.clone(),
+            step: r.step.as_str().to_owned(),
+            old_fingerprint: r.old.to_string(),
+            new_fingerprint: r.new.to_string(),
+            vendor_status: r.vendor_status,
+            error: r.error.map(str::to_owned),
+        };
+        self.app.record(&self.actor, event).await
     }
 }
 
@@ -41,7 +80,7 @@ impl AdminService {
     pub fn new(app: Arc<App>) -> Self {
         Self {
             app,
-            rotating: Arc::default(),
+            rotations: Rotations::default(),
         }
     }
 
@@ -89,8 +128,8 @@ impl AdminService {
         Ok(credential_info(&key, &stored.meta()))
     }
 
-    /// Stage, verify with the vendor, then commit or abort — every step
-    /// audited with the old and new fingerprints.
+    /// Checks the request, then runs `valet_credentials`' rotation with
+    /// the vendor's verify request and the audit log as its journal.
     async fn rotate_credential(
         &self,
         request: Request<proto::RotateCredentialRequest>,
@@ -99,7 +138,7 @@ impl AdminService {
         let req = request.into_inner();
         let key = self.credential_key(&req.tenant, &req.vendor)?;
         let vendor = self.app.registry.get(&key.vendor).expect("checked above").clone();
-        let Some(verify) = vendor.verify_request() else {
+        let Some(request) = vendor.verify_request() else {
             return Err(Failure::new(
                 Reason::VerifyNotConfigured,
                 format!(
@@ -113,76 +152,24 @@ impl AdminService {
             .auth()
             .check_secret(&secret)
             .map_err(|why| Failure::invalid("secret", Reason::SecretInvalid, why))?;
-        if !self.rotating.lock().expect("lock").insert(key.clone()) {
-            return Err(Failure::new(
-                Reason::RotationInProgress,
-                format!(
-                    "a rotation of tenant '{}' vendor '{}' is already running",
-                    key.tenant, key.vendor
-                ),
-            ));
-        }
-        let _rotating = RotationGuard {
-            key: key.clone(),
-            rotating: self.rotating.clone(),
+        let verifier = VerifyWith {
+            app: &self.app,
+            vendor: &vendor,
+            request,
         };
-        let (pending, old) = self.app.vault.stage(&key, &secret).await?;
-        let actor = actor(&caller);
-        let step = |step: &str, vendor_status: Option<u16>, error: Option<&str>| Event::CredentialRotate {
-            tenant: key.tenant.clone(),
-            vendor: key.vendor.clone(),
-            step: step.to_owned(),
-            old_fingerprint: old.to_string(),
-            new_fingerprint: pending.fingerprint.to_string(),
-            vendor_status,
-            error: error.map(str::to_owned),
+        let journal = AuditJournal {
+            app: &self.app,
+            actor: actor(&caller),
         };
-        self.app.record(&actor, step("staged", None, None)).await?;
-
-        // One attempt: a verify answer must come from this credential now.
-        let exchange = valet_egress::Exchange {
-            limits: &self.app.limits,
-            answers: &self.app.answers,
-            deadline: None,
-            repeatable: false,
-            metrics: &self.app.metrics,
-        };
-        let checked = vendor.send(verify, &secret, &exchange).await.result;
-        drop(secret);
-        match checked {
-            Ok(answer) if (200..300).contains(&answer.status) => {
-                let current = self.app.vault.promote(&key, &pending.fingerprint).await?;
-                self.app
-                    .record(&actor, step("committed", Some(answer.status), None))
-                    .await?;
-                Ok(proto::RotateCredentialResponse {
-                    credential: Some(credential_info(&key, &current.meta())),
-                    previous_fingerprint: old.to_string(),
-                    verify_status: u32::from(answer.status),
-                })
-            }
-            failed => {
-                let (status, why) = match &failed {
-                    Ok(answer) => (
-                        Some(answer.status),
-                        format!(
-                            "the vendor answered {} to the verify request with the new credential",
-                            answer.status
-                        ),
-                    ),
-                    Err(e) => (None, format!("the verify request failed ({e})")),
-                };
-                self.app.vault.discard(&key).await?;
-                let reason = failed.as_ref().err().map_or("VENDOR_REFUSED", |e| e.reason());
-                self.app
-                    .record(&actor, step("aborted", status, Some(reason)))
-                    .await?;
-                Err(Failure::new(
-                    Reason::RotationVerifyFailed,
-                    format!("{why}; the current credential stays in use"),
-                ))
-            }
-        }
+        let rotated = self
+            .rotations
+            .rotate(&self.app.vault, &key, secret, &verifier, &journal)
+            .await?;
+        Ok(proto::RotateCredentialResponse {
+            credential: Some(credential_info(&key, &rotated.current)),
+            previous_fingerprint: rotated.previous.to_string(),
+            verify_status: u32::from(rotated.verify_status),
+        })
     }
 
     /// Offboarding: deletes the tenant's stored responses.
@@ -286,84 +273,36 @@ impl AdminService {
         })
     }
 
+    /// The grant the request asks for, under `valet_access`'s rules.
     fn grant(&self, req: &proto::CreateApiKeyRequest) -> Result<(Grant, Option<u64>), Failure> {
-        valid_name(&req.name).map_err(|e| Failure::invalid("name", Reason::NameInvalid, e))?;
-        if req.name.len() > 64 {
-            return Err(Failure::invalid(
-                "name",
-                Reason::NameInvalid,
-                "must be at most 64 characters",
-            ));
-        }
-        for t in &req.tenants {
-            if t != "*" {
-                valid_name(t)
-                    .map_err(|e| Failure::invalid("tenants", Reason::TenantInvalid, format!("'{t}': {e}")))?;
-            }
-        }
-        for v in &req.vendors {
-            if v != "*" && self.app.registry.get(v).is_none() {
-                return Err(Failure::invalid(
-                    "vendors",
-                    Reason::VendorUnknown,
-                    format!("'{v}' is not a configured vendor"),
-                ));
-            }
-        }
-        let mut operations = BTreeSet::new();
-        for op in &req.operations {
-            operations.insert(match proto::Operation::try_from(*op) {
-                Ok(proto::Operation::Read) => Operation::Read,
-                Ok(proto::Operation::Write) => Operation::Write,
-                _ => {
-                    return Err(Failure::invalid(
-                        "operations",
-                        Reason::OperationInvalid,
-                        "must be OPERATION_READ or OPERATION_WRITE",
-                    ));
-                }
-            });
-        }
-        let mut permissions = BTreeSet::new();
-        for p in &req.permissions {
-            permissions.insert(match proto::Permission::try_from(*p) {
-                Ok(proto::Permission::QuotaAdmin) => Permission::QuotaAdmin,
-                Ok(proto::Permission::QuotaView) => Permission::QuotaView,
-                _ => {
-                    return Err(Failure::invalid(
-                        "permissions",
-                        Reason::PermissionInvalid,
-                        "must be PERMISSION_QUOTA_ADMIN or PERMISSION_QUOTA_VIEW",
-                    ));
-                }
-            });
-        }
-        let gateway_scope = !req.tenants.is_empty() && !req.vendors.is_empty() && !operations.is_empty();
-        let no_gateway_scope = req.tenants.is_empty() && req.vendors.is_empty() && operations.is_empty();
-        let other_scope = req.admin || !permissions.is_empty();
-        if !(gateway_scope || (other_scope && no_gateway_scope)) {
-            return Err(Failure::invalid(
-                "tenants",
-                Reason::GrantIncomplete,
-                "a key needs at least one tenant, vendor and operation (or none of them, for an admin-only key)",
-            ));
-        }
-        if req.ttl_seconds > MAX_TTL_SECONDS {
-            return Err(Failure::invalid(
-                "ttl_seconds",
-                Reason::TtlInvalid,
-                "must be at most ten years",
-            ));
-        }
-        let ttl_ms = (req.ttl_seconds > 0).then(|| req.ttl_seconds * 1000);
-        let grant = Grant {
-            tenants: req.tenants.clone(),
-            vendors: req.vendors.clone(),
-            operations,
+        let operations: Vec<_> = req
+            .operations
+            .iter()
+            .map(|op| match proto::Operation::try_from(*op) {
+                Ok(proto::Operation::Read) => Some(Operation::Read),
+                Ok(proto::Operation::Write) => Some(Operation::Write),
+                _ => None,
+            })
+            .collect();
+        let permissions: Vec<_> = req
+            .permissions
+            .iter()
+            .map(|p| match proto::Permission::try_from(*p) {
+                Ok(proto::Permission::QuotaAdmin) => Some(Permission::QuotaAdmin),
+                Ok(proto::Permission::QuotaView) => Some(Permission::QuotaView),
+                _ => None,
+            })
+            .collect();
+        let request = KeyRequest {
+            name: &req.name,
+            tenants: &req.tenants,
+            vendors: &req.vendors,
+            operations: &operations,
+            permissions: &permissions,
             admin: req.admin,
-            permissions,
+            ttl_seconds: req.ttl_seconds,
         };
-        Ok((grant, ttl_ms))
+        Ok(request.grant(|v| self.app.registry.get(v).is_some())?)
     }
 
     async fn revoke_api_key(

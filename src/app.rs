@@ -5,7 +5,7 @@
 //! comes from elsewhere) and a bootstrap admin API key, written to
 //! `<state dir>/admin.key` with mode 0600 and never logged.
 
-use crate::config::{Config, MasterKeySource, QuotaBackend, SecretsBackend};
+use crate::config::{Config, MasterKeySource, QuotaBackend, SecretsBackend, Validated};
 use crate::readiness::{Readiness, Required};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,16 +82,22 @@ pub struct StartOptions {
 }
 
 impl App {
-    /// Opens (creating on first start) everything the config names.
+    /// Validates `config`, then opens (creating on first start) everything
+    /// it names.
     pub async fn open(config: &Config) -> Result<Self, StartError> {
         Self::open_with(config, &StartOptions::default()).await
     }
 
     /// [`App::open`] with [`StartOptions`].
     pub async fn open_with(config: &Config, options: &StartOptions) -> Result<Self, StartError> {
-        let registry = config.registry()?;
-        let limits = config.limits()?;
-        config.check()?;
+        Self::start(&config.clone().validate()?, options).await
+    }
+
+    /// Opens everything a validated config names, using the registry and
+    /// limits its validation built.
+    pub async fn start(config: &Validated, options: &StartOptions) -> Result<Self, StartError> {
+        let registry = config.registry().clone();
+        let limits = *config.limits();
         let dir = &config.state.dir;
         valet_durable::create_private_dir(dir).map_err(|e| state_err(dir, e))?;
         let lock = lock_state_dir(dir)?;
@@ -379,6 +385,18 @@ pub fn actor(caller: &Caller) -> String {
 }
 
 impl App {
+    /// Probes the backends readiness requires (see [`crate::readiness`]);
+    /// returns whether the replica is ready afterwards.
+    pub async fn probe(&self) -> bool {
+        let backends = crate::readiness::Backends {
+            audit: &self.audit,
+            vault: &self.vault,
+            idempotency: &self.idempotency,
+            quotas: &self.quotas,
+        };
+        crate::readiness::probe(&self.readiness, self.required, backends).await
+    }
+
     /// Appends to the audit log under its own span, counting failures.
     pub async fn record(&self, actor: &str, event: Event) -> Result<(), AuditError> {
         let span = tracing::info_span!(

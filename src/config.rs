@@ -508,6 +508,29 @@ pub struct VendorConfig {
     pub resolve_to: Vec<std::net::IpAddr>,
 }
 
+impl VendorConfig {
+    /// A vendor entry with every optional field at its file default, as if
+    /// only `name`, `base_url` and `auth` were written.
+    pub fn new(name: impl Into<String>, base_url: impl Into<String>, auth: AuthConfig) -> Self {
+        Self {
+            name: name.into(),
+            base_url: base_url.into(),
+            allow_insecure_http: false,
+            auth,
+            ca_file: None,
+            timeout_ms: default_timeout_ms(),
+            verify: None,
+            idempotency_header: None,
+            require_idempotency_key: default_true(),
+            retry: Default::default(),
+            breaker: Default::default(),
+            allow_private_addresses: false,
+            max_concurrent_requests: default_max_concurrent_requests(),
+            resolve_to: Vec::new(),
+        }
+    }
+}
+
 fn default_max_concurrent_requests() -> usize {
     512
 }
@@ -559,23 +582,67 @@ pub struct ConfigError {
     message: String,
 }
 
+/// A configuration that passed every check, with what checking it built:
+/// the vendor registry (each vendor's TLS client included) and the limits
+/// are built here once and handed to start-up, not rebuilt from the file.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    config: Config,
+    registry: Registry,
+    limits: Limits,
+}
+
+impl Validated {
+    /// The vendors, checked and their clients built.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The size limits, checked.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+impl std::ops::Deref for Validated {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
 impl Config {
-    /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
         let fail = |message: String| ConfigError {
             path: path.display().to_string(),
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let config: Config = toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_owned()))?;
-        config.check().map_err(|e| fail(e.message))?;
-        Ok(config)
+        config.validate().map_err(|e| fail(e.message))
     }
 
-    /// Checks values that parse but are wrong; builds nothing that lasts.
+    /// Checks values that parse but are wrong, keeping what the checks built.
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        let (registry, limits) = self.build()?;
+        Ok(Validated {
+            config: self,
+            registry,
+            limits,
+        })
+    }
+
+    /// Checks values that parse but are wrong; keeps nothing it built.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.registry().map(|_| ())?;
-        self.limits().map(|_| ())?;
+        self.build().map(drop)
+    }
+
+    /// Every check, and the registry and limits they build.
+    fn build(&self) -> Result<(Registry, Limits), ConfigError> {
+        let registry = self.registry()?;
+        let limits = self.limits()?;
         self.check_secrets()?;
         self.telemetry.validate().map_err(invalid)?;
         for (key, value) in [
@@ -598,7 +665,8 @@ impl Config {
                 return Err(invalid(format!("{key} must be greater than 0")));
             }
         }
-        self.check_quota()
+        self.check_quota()?;
+        Ok((registry, limits))
     }
 
     fn check_quota(&self) -> Result<(), ConfigError> {
@@ -717,7 +785,7 @@ impl Config {
     }
 
     /// The size limits, checked.
-    pub fn limits(&self) -> Result<Limits, ConfigError> {
+    fn limits(&self) -> Result<Limits, ConfigError> {
         let l = &self.limits;
         let positive = [
             ("limits.max_request_body_bytes", l.max_request_body_bytes),
@@ -743,7 +811,7 @@ impl Config {
     }
 
     /// The vendor registry, each vendor checked and its client built.
-    pub fn registry(&self) -> Result<Registry, ConfigError> {
+    fn registry(&self) -> Result<Registry, ConfigError> {
         let mut seen = std::collections::HashSet::new();
         let mut vendors = Vec::with_capacity(self.vendors.len());
         for (i, v) in self.vendors.iter().enumerate() {
@@ -862,6 +930,14 @@ mod tests {
         let text = include_str!("../valet.example.toml");
         let config = parse(text).unwrap();
         assert_eq!(config.vendors.len(), 1);
+    }
+
+    #[test]
+    fn a_new_vendor_has_the_file_defaults() {
+        let text = "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\" }\n";
+        let parsed: Config = toml::from_str(text).unwrap();
+        let built = VendorConfig::new("a", "https://x", AuthConfig::Bearer {});
+        assert_eq!(format!("{:?}", parsed.vendors[0]), format!("{built:?}"));
     }
 
     #[test]

@@ -6,9 +6,9 @@ use clap::Parser as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use valet::app::{App, StartError};
+use valet::app::{App, StartError, StartOptions};
 use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE};
-use valet::config::Config;
+use valet::config::{Config, Validated};
 use valet::server::{self, Listeners};
 use valet_telemetry::subscriber::CONSOLE;
 
@@ -42,7 +42,13 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
                 return EXIT_USAGE;
             }
         },
-        None => Config::default(),
+        None => match Config::default().validate() {
+            Ok(c) => c,
+            Err(e) => {
+                console_error(&e.to_string());
+                return EXIT_USAGE;
+            }
+        },
     };
     let telemetry = match valet_telemetry::subscriber::init(&config.telemetry) {
         Ok(guard) => guard,
@@ -83,7 +89,7 @@ fn console_error(message: &str) {
     }
 }
 
-async fn run(config: &Config, exit: &mut Exit) -> i32 {
+async fn run(config: &Validated, exit: &mut Exit) -> i32 {
     let options = match server::ServeOptions::from_config(&config.server) {
         Ok(options) => options,
         Err(e) => {
@@ -91,7 +97,7 @@ async fn run(config: &Config, exit: &mut Exit) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let app = match App::open(config).await {
+    let app = match App::start(config, &StartOptions::default()).await {
         Ok(app) => Arc::new(app),
         Err(e @ StartError::Config(_)) => {
             console_error(&e.to_string());

@@ -21,12 +21,13 @@
 //! `server.health_probe_interval_ms` and drives `grpc.health.v1.Health`,
 //! `/readyz` and the `valet_ready` gauge from the same answer.
 
-use crate::app::App;
 use crate::config::{Config, QuotaBackend, SecretsBackend};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use valet_quota::OnBackendError;
+use valet_audit::AuditLog;
+use valet_credentials::Vault;
+use valet_quota::{OnBackendError, Quotas};
 
 /// How long one backend may take to answer a probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -131,43 +132,56 @@ impl Readiness {
     }
 }
 
-/// Probes every required backend once and records which are down. Returns
-/// whether the replica is ready afterwards.
-pub async fn probe(app: &App) -> bool {
-    let required = app.required;
+/// The backends a probe checks, borrowed from the app (so this module need
+/// not know the app, which holds the readiness state).
+#[derive(Debug, Clone, Copy)]
+pub struct Backends<'a> {
+    /// The audit log.
+    pub audit: &'a AuditLog,
+    /// The credential vault and its store.
+    pub vault: &'a Vault,
+    /// The idempotency records.
+    pub idempotency: &'a valet_idempotency::Store,
+    /// The quota backend.
+    pub quotas: &'a Quotas,
+}
+
+/// Probes every backend `required` names once and records in `readiness`
+/// which are down. Returns whether the replica is ready afterwards.
+pub async fn probe(readiness: &Readiness, required: Required, backends: Backends<'_>) -> bool {
     let mut down = Vec::new();
     let mut degraded = Vec::new();
-    if !app.audit.writable() {
+    if !backends.audit.writable() {
         down.push("audit log unavailable");
     }
     if let Some(max_stale) = required.secrets_manager
-        && !answers(app.vault.probe()).await
+        && !answers(backends.vault.probe()).await
     {
         // Any request Secrets Manager answered counts, not only probes: a
         // call's refresh may have confirmed a record since the last probe.
-        match app.vault.store_last_answered() {
+        match backends.vault.store_last_answered() {
             Some(at) if at.elapsed() <= max_stale => degraded.push(SECRETS_MANAGER_DEGRADED),
             _ => down.push(SECRETS_MANAGER_DOWN),
         }
     }
-    if required.idempotency_redis && !answers(app.idempotency.probe()).await {
+    if required.idempotency_redis && !answers(backends.idempotency.probe()).await {
         down.push("redis (idempotency) unavailable");
     }
-    if required.quota_redis && !answers(app.quotas.probe()).await {
+    if required.quota_redis && !answers(backends.quotas.probe()).await {
         down.push("redis (quota) unavailable");
     }
     if !down.is_empty() {
         tracing::warn!(reasons = ?down, "required backend unavailable; reporting NOT_SERVING");
     }
     let degraded_now = !degraded.is_empty();
-    match app.readiness.set(down, degraded) {
+    match readiness.set(down, degraded) {
         true if degraded_now => tracing::warn!(
             "Secrets Manager unavailable; serving cached credentials (degraded) until they are older than max_stale"
         ),
         true => tracing::info!("no longer degraded"),
         false => {}
     }
-    app.readiness.is_ready()
+    readiness.is_ready()
 }
 
 async fn answers<E>(probe: impl Future<Output = Result<(), E>>) -> bool {

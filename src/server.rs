@@ -299,7 +299,7 @@ async fn watch_backends(
             () = &mut stop => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let ready = readiness::probe(&app).await;
+        let ready = app.probe().await;
         if ready != was_ready {
             tracing::info!(ready, "readiness changed");
             report(&health, &app.readiness).await;

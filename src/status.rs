@@ -7,7 +7,7 @@
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
-use valet_access::{AuthError, Denied, KeyStoreError};
+use valet_access::{AuthError, Denied, GrantError, KeyStoreError};
 use valet_credentials::VaultError;
 use valet_egress::{EgressError, PathError, RequestError};
 
@@ -408,6 +408,33 @@ impl From<valet_quota::BackendUnavailable> for Failure {
             ),
         )
         .with_retry_after(e.retry_after)
+    }
+}
+
+impl From<GrantError> for Failure {
+    fn from(e: GrantError) -> Self {
+        let reason = match e {
+            GrantError::Name(_) | GrantError::NameTooLong => Reason::NameInvalid,
+            GrantError::Tenant { .. } => Reason::TenantInvalid,
+            GrantError::VendorUnknown(_) => Reason::VendorUnknown,
+            GrantError::Operation => Reason::OperationInvalid,
+            GrantError::Permission => Reason::PermissionInvalid,
+            GrantError::Incomplete => Reason::GrantIncomplete,
+            GrantError::Ttl => Reason::TtlInvalid,
+        };
+        Self::invalid(e.field(), reason, e)
+    }
+}
+
+impl From<valet_credentials::RotationError<valet_audit::AuditError>> for Failure {
+    fn from(e: valet_credentials::RotationError<valet_audit::AuditError>) -> Self {
+        use valet_credentials::RotationError;
+        match e {
+            RotationError::InProgress(_) => Self::new(Reason::RotationInProgress, e.to_string()),
+            RotationError::Vault(e) => e.into(),
+            RotationError::Journal(e) => e.into(),
+            RotationError::Refused(_) => Self::new(Reason::RotationVerifyFailed, e.to_string()),
+        }
     }
 }
 

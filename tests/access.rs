@@ -238,16 +238,7 @@ async fn admin_service_needs_an_admin_key() {
 async fn bad_api_key_requests_are_invalid() {
     let (_mock, valet) = setup().await;
     let mut admin = valet.admin().await;
-    let base = CreateApiKeyRequest {
-        name: "ok".into(),
-        tenants: vec!["acme".into()],
-        vendors: vec!["mock".into()],
-        operations: vec![Operation::Read as i32],
-        admin: false,
-        ttl_seconds: 0,
-        permissions: Vec::new(),
-        client_identity: String::new(),
-    };
+    let base = CreateApiKeyRequest::gateway("ok", &["acme"], &["mock"], &[Operation::Read]);
     let cases = [
         (
             CreateApiKeyRequest {

@@ -462,3 +462,62 @@ async fn a_replay_is_neither_counted_nor_refused_by_the_quota() {
     assert_eq!(reason(&err), "QUOTA_EXCEEDED");
     assert_eq!(mock.requests().len(), 1);
 }
+
+/// Records written before the stored-response format existed hold an
+/// encoded `CallResponse`; they still replay, once, as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_stored_as_a_call_response_still_replays() {
+    use prost::Message as _;
+    let (mock, valet, key) = setup(|_| {}).await;
+    let (config, state) = valet.stop().await;
+    {
+        let app = valet::app::App::open(&config).await.unwrap();
+        let scope = valet_idempotency::Scope {
+            tenant: "acme".into(),
+            vendor: "mock".into(),
+            key: "k-old".into(),
+        };
+        let fingerprint = valet_idempotency::fingerprint("POST", "/v1/charges", None, [], b"x");
+        let now_ms = valet::app::now_ms();
+        let terms = valet_idempotency::Terms {
+            now_ms,
+            lease_ms: config.idempotency.lease_ms,
+            retention_ms: config.idempotency.retention_ms,
+            vendor_dedupes: false,
+        };
+        let begun = app.idempotency.begin(&scope, &fingerprint, &terms).await.unwrap();
+        assert_eq!(begun, valet_idempotency::Begin::Proceed);
+        let old = valet::proto::CallResponse {
+            status: 201,
+            headers: vec![valet::proto::Header {
+                name: "x-old".into(),
+                value: "yes".into(),
+            }],
+            body: b"from an old record".to_vec(),
+            attempts: 2,
+            replayed: false,
+            request_id: String::new(),
+        };
+        let sealed = app
+            .vault
+            .seal_data(&scope.tenant, &scope.seal_label(), &old.encode_to_vec());
+        let retention_ms = config.idempotency.retention_ms;
+        app.idempotency
+            .complete(&scope, sealed, now_ms, retention_ms)
+            .await
+            .unwrap();
+    }
+    let valet = Valet::start_with(config, state).await;
+    let again = valet.call(&key, write("acme", "k-old", "x")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.status, 201);
+    assert_eq!(again.body, b"from an old record");
+    assert_eq!(again.attempts, 2);
+    assert!(
+        again
+            .headers
+            .iter()
+            .any(|h| h.name == "x-old" && h.value == "yes")
+    );
+    assert_eq!(mock.requests().len(), 0, "a replay never reaches the vendor");
+}

@@ -7,12 +7,10 @@ use super::{Call, Flow};
 use crate::app::{App, now_ms};
 use crate::proto;
 use crate::status::{Failure, Reason};
-use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use valet_egress::{ProxyRequest, Reached, Sent};
-use valet_idempotency::{Begin, Scope, Terms};
+use valet_idempotency::{Begin, Scope, StoredHeader, StoredResponse, Terms};
 
 /// Purge expired records every this many keyed calls.
 const PURGE_EVERY: u64 = 4096;
@@ -63,7 +61,7 @@ pub async fn begin(app: &App, call: &mut ValidCall) -> Result<Step, Failure> {
     let fingerprint = fingerprint(&call.request);
     let header = call.vendor.idempotency_header().cloned();
     if let Some(name) = &header {
-        let value = namespaced(&scope).parse().expect("hex is a valid header value");
+        let value = scope.vendor_key().parse().expect("hex is a valid header value");
         call.request.headers.insert(name.clone(), value);
     }
     let terms = Terms {
@@ -131,24 +129,22 @@ pub async fn finish(app: &App, scope: Option<Scope>, sent: &Sent<Failure>) {
     let config = &app.idempotency_config;
     let done = match &sent.result {
         Ok(answer) => {
-            let response = proto::CallResponse {
+            let response = StoredResponse {
                 status: u32::from(answer.status),
                 headers: answer
                     .headers
                     .iter()
-                    .map(|(name, value)| proto::Header {
+                    .map(|(name, value)| StoredHeader {
                         name: name.clone(),
                         value: value.clone(),
                     })
                     .collect(),
                 body: answer.body.to_vec(),
                 attempts: sent.attempts,
-                replayed: false,
-                request_id: String::new(),
             };
             let sealed = app
                 .vault
-                .seal_data(&scope.tenant, &label(&scope), &response.encode_to_vec());
+                .seal_data(&scope.tenant, &scope.seal_label(), &response.to_bytes());
             store
                 .complete(&scope, sealed, now_ms(), config.retention_ms)
                 .await
@@ -168,7 +164,7 @@ pub async fn finish(app: &App, scope: Option<Scope>, sent: &Sent<Failure>) {
 fn replay(app: &App, scope: &Scope, sealed: &[u8]) -> Result<proto::CallResponse, Failure> {
     let plain = app
         .vault
-        .open_data(&scope.tenant, &label(scope), sealed)
+        .open_data(&scope.tenant, &scope.seal_label(), sealed)
         .map_err(|e| {
             tracing::error!(error = %e, "stored idempotent response does not open");
             Failure::new(
@@ -176,42 +172,39 @@ fn replay(app: &App, scope: &Scope, sealed: &[u8]) -> Result<proto::CallResponse
                 "the stored response cannot be read",
             )
         })?;
-    proto::CallResponse::decode(plain.as_slice()).map_err(|_| {
+    let stored = StoredResponse::from_bytes(&plain).map_err(|_| {
         Failure::new(
             Reason::IdempotencyRecordUnreadable,
             "the stored response cannot be read",
         )
+    })?;
+    Ok(proto::CallResponse {
+        status: stored.status,
+        headers: stored
+            .headers
+            .into_iter()
+            .map(|h| proto::Header {
+                name: h.name,
+                value: h.value,
+            })
+            .collect(),
+        body: stored.body,
+        attempts: stored.attempts,
+        replayed: false,
+        request_id: String::new(),
     })
 }
 
-/// SHA-256 over method, path and query, the caller's headers in order, and
-/// the body — each part length-prefixed, so no two requests collide.
+/// The request's fingerprint ([`valet_idempotency::fingerprint`]).
 pub fn fingerprint(req: &ProxyRequest) -> String {
-    let mut h = Sha256::new();
-    let mut part = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    };
-    part(req.method.as_str().as_bytes());
-    part(req.path.as_bytes());
-    part(req.query.as_deref().unwrap_or("").as_bytes());
-    for (name, value) in &req.headers {
-        part(name.as_str().as_bytes());
-        part(value.as_bytes());
-    }
-    part(&req.body);
-    hex::encode(h.finalize())
-}
-
-/// The key the vendor sees: per tenant, so two tenants' equal keys never
-/// collide at the vendor, and stable, so the vendor dedupes our retries.
-fn namespaced(scope: &Scope) -> String {
-    let digest = Sha256::digest(format!("{}\u{1f}{}", scope.tenant, scope.key));
-    format!("valet-{}", hex::encode(&digest[..16]))
-}
-
-fn label(scope: &Scope) -> String {
-    format!("idempotency/{}/{}", scope.vendor, scope.key)
+    let headers = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    valet_idempotency::fingerprint(
+        req.method.as_str(),
+        &req.path,
+        req.query.as_deref(),
+        headers,
+        &req.body,
+    )
 }
 
 /// The store could not record the key: the write is refused, never sent

@@ -36,20 +36,9 @@ pub struct Valet {
 /// A vendor entry for `base_url`.
 pub fn vendor(name: &str, base_url: &str, auth: AuthConfig) -> VendorConfig {
     VendorConfig {
-        name: name.to_owned(),
-        base_url: base_url.to_owned(),
         allow_insecure_http: base_url.starts_with("http://"),
-        auth,
-        ca_file: None,
         timeout_ms: 10_000,
-        verify: None,
-        idempotency_header: None,
-        require_idempotency_key: true,
-        retry: Default::default(),
-        breaker: Default::default(),
-        allow_private_addresses: false,
-        max_concurrent_requests: 512,
-        resolve_to: Vec::new(),
+        ..VendorConfig::new(name, base_url, auth)
     }
 }
 
@@ -197,16 +186,8 @@ impl Valet {
         ops: &[Operation],
         ttl: u64,
     ) -> (String, String) {
-        let req = proto::CreateApiKeyRequest {
-            name: "test-caller".into(),
-            tenants: tenants.iter().map(|s| s.to_string()).collect(),
-            vendors: vendors.iter().map(|s| s.to_string()).collect(),
-            operations: ops.iter().map(|o| *o as i32).collect(),
-            admin: false,
-            ttl_seconds: ttl,
-            permissions: Vec::new(),
-            client_identity: String::new(),
-        };
+        let req =
+            proto::CreateApiKeyRequest::gateway("test-caller", tenants, vendors, ops).with_ttl_seconds(ttl);
         let resp = self
             .admin()
             .await

@@ -21,6 +21,9 @@
 //!   background refresh, stale-if-error within a refresh budget, LRU.
 //! - [`vault`]: [`Vault`], put / delete / list, and [`Vault::lease`] — the one
 //!   function that decrypts, and only after the access was audited.
+//! - [`rotation`]: [`Rotations`] — stage, verify (a [`rotation::Verifier`]
+//!   the caller passes: the vendor call is egress's), then promote or
+//!   discard, each step journaled; one rotation per credential at a time.
 //!
 //! Rules (see DESIGN.md, "Secrets: rules that never bend"): plaintext exists
 //! only inside a [`Lease`]; nothing here caches or writes plaintext.
@@ -33,6 +36,7 @@ pub mod fingerprint;
 pub mod key;
 pub mod local;
 pub mod master_key;
+pub mod rotation;
 pub mod secret;
 pub mod store;
 pub mod vault;
@@ -42,6 +46,7 @@ pub use fingerprint::Fingerprint;
 pub use key::{CredentialKey, NameError, valid_name};
 pub use local::LocalStore;
 pub use master_key::{MasterKey, MasterKeyError};
+pub use rotation::{RotationError, Rotations};
 pub use secret::Secret;
 pub use store::{CredentialMeta, SecretStore, StoreError, StoredCredential};
 pub use vault::{Lease, LeaseAudit, LeaseEvent, Vault, VaultError};

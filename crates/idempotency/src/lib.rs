@@ -11,6 +11,11 @@
 //! - [`shared`]: [`Shared`], records in Redis for fleets, one Lua script per
 //!   transition.
 //! - [`store`]: [`Store`], either of them behind one face.
+//! - [`fingerprint`]: what makes two calls the same request, and the
+//!   per-tenant key the vendor sees.
+//! - [`response`]: [`StoredResponse`], the vendor answer a record replays, in
+//!   Valet's own versioned format (old records, encoded `CallResponse`s, are
+//!   still read).
 //!
 //! States: a first call records `in_flight` (with a lease) before calling the
 //! vendor; when the vendor answers — any status, 5xx included — the sealed
@@ -22,10 +27,14 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod fingerprint;
+pub mod response;
 pub mod shared;
 pub mod store;
 
 pub use embedded::Embedded;
+pub use fingerprint::fingerprint;
+pub use response::{StoredHeader, StoredResponse};
 pub use shared::Shared;
 pub use store::Store;
 

@@ -98,7 +98,7 @@ impl BreakerState {
     }
 }
 
-/// Permission to make one attempt; hand it back with [`Breaker::record`].
+/// Permission to make one attempt; hand it back with [`Ticket::record`].
 /// A ticket dropped unrecorded (the call was cancelled) counts as
 /// [`Verdict::Neutral`], so an abandoned probe frees its slot.
 #[derive(Debug)]

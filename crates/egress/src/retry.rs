@@ -9,7 +9,7 @@
 //! `max_retry_after_ms`, or any wait that would end past the caller's
 //! deadline, ends the retries: the caller gets the vendor's answer.
 //!
-//! A retry budget per vendor ([`RetryBudget`]) bounds retries to a share of
+//! A retry budget per vendor (`RetryBudget`) bounds retries to a share of
 //! recent first attempts plus a small floor, over a one-second window, so a
 //! vendor's brown-out cannot multiply the traffic sent to it and a reader of
 //! the config can compute the worst case.

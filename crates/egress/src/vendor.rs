@@ -270,7 +270,7 @@ impl Vendor {
     }
 
     /// Refuses a query that sets the vendor's credential parameter, as any
-    /// lenient server might read it: see [`param_key`].
+    /// lenient server might read it: see `param_key`.
     pub fn check_query(&self, query: Option<&str>) -> Result<(), RequestError> {
         let (AuthScheme::Query(param), Some(query)) = (&self.spec.auth, query) else {
             return Ok(());

@@ -22,7 +22,9 @@ const PROBE: &str = "__probe";
 fn fields(text: &str) -> Option<BTreeSet<String>> {
     let err = toml::from_str::<Config>(text).expect_err("the probe is refused");
     let message = err.to_string();
-    let expected = message.split_once(&format!("unknown field `{PROBE}`, expected "))?.1;
+    let expected = message
+        .split_once(&format!("unknown field `{PROBE}`, expected "))?
+        .1;
     let line = expected.lines().next().unwrap_or_default();
     Some(line.split('`').skip(1).step_by(2).map(str::to_owned).collect())
 }
@@ -76,12 +78,17 @@ fn inline_keys(line: &str) -> BTreeSet<String> {
         toml::Value::Array(items) => items.iter().filter_map(|i| i.as_table().cloned()).collect(),
         _ => Vec::new(),
     });
-    tables.flat_map(|t| t.keys().cloned().collect::<Vec<_>>()).collect()
+    tables
+        .flat_map(|t| t.keys().cloned().collect::<Vec<_>>())
+        .collect()
 }
 
 /// A bare TOML key (`cache_ttl_ms`), not prose.
 fn is_key(word: &str) -> bool {
-    !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The keys in `valet.example.toml`, commented-out ones included: a line
@@ -140,7 +147,10 @@ fn readme_keys(structs: &Keys) -> Keys {
         .next()
         .unwrap_or_default();
     let mut keys = Keys::new();
-    for row in section.lines().filter(|l| l.starts_with("| `") || l.starts_with("| [[")) {
+    for row in section
+        .lines()
+        .filter(|l| l.starts_with("| `") || l.starts_with("| [["))
+    {
         let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
         let (names, rest) = cells.split_first().expect("a row");
         let mut prefix = "vendors".to_owned();
@@ -210,7 +220,12 @@ fn drift(docs: &Keys, of: &Keys) -> Vec<String> {
 fn the_probe_reads_the_types_fields() {
     let keys = type_keys();
     // A few that must be there, whatever else changes.
-    for key in ["server.listen", "vendors.base_url", "quota.policies", "telemetry.otlp_endpoint"] {
+    for key in [
+        "server.listen",
+        "vendors.base_url",
+        "quota.policies",
+        "telemetry.otlp_endpoint",
+    ] {
         assert!(keys.contains_key(key), "{key} not in {keys:?}");
     }
     assert!(keys["vendors.retry"].contains("max_attempts"));
@@ -221,12 +236,20 @@ fn the_probe_reads_the_types_fields() {
 #[test]
 fn the_example_shows_every_key_and_only_real_ones() {
     let drift = drift(&example_keys(), &type_keys());
-    assert!(drift.is_empty(), "valet.example.toml drifted:\n{}", drift.join("\n"));
+    assert!(
+        drift.is_empty(),
+        "valet.example.toml drifted:\n{}",
+        drift.join("\n")
+    );
 }
 
 #[test]
 fn the_readme_table_lists_every_key_and_only_real_ones() {
     let of = type_keys();
     let drift = drift(&readme_keys(&of), &of);
-    assert!(drift.is_empty(), "README's configuration table drifted:\n{}", drift.join("\n"));
+    assert!(
+        drift.is_empty(),
+        "README's configuration table drifted:\n{}",
+        drift.join("\n")
+    );
 }

@@ -34,4 +34,3 @@ pub fn header<'a>(resp: &'a CallResponse, name: &str) -> Option<&'a str> {
         .find(|h| h.name == name)
         .map(|h| h.value.as_str())
 }
-

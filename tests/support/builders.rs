@@ -48,4 +48,3 @@ pub fn get(tenant: &str, vendor: &str, path: &str) -> CallRequest {
         ..Default::default()
     }
 }
-

@@ -202,4 +202,3 @@ impl Valet {
             .map(|r| r.into_inner())
     }
 }
-

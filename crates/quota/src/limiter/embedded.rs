@@ -260,7 +260,6 @@ impl<C: Clock> Embedded<C> {
     }
 }
 
-
 fn same_numbers(a: &Policy, b: &Policy) -> bool {
     (a.rate, a.period, a.burst) == (b.rate, b.period, b.burst)
 }

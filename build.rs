@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]);
     let include = protoc_bin_vendored::include_path()?;
     // Served by gRPC reflection, so grpcurl needs no .proto files.
+    // Cargo hands a build script its output directory in OUT_DIR.
+    #[allow(clippy::disallowed_methods)]
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     config.file_descriptor_set_path(out_dir.join("valet_descriptor.bin"));
     // Decode errors are the sender's: INVALID_ARGUMENT, not INTERNAL.

@@ -7,11 +7,18 @@
 //! - [`config`]: the TOML configuration, typed and checked.
 //! - [`app`]: shared state opened from the config (vault, API keys, audit
 //!   log, vendor registry), and first-start bootstrap.
-//! - [`call`]: one call's steps in order — authenticate, validate,
-//!   authorize, lease, forward — each in its own module.
+//! - [`call`]: one call's steps in order, each in its own module —
+//!   [`authenticate`](call::authenticate), [`validate`](call::validate),
+//!   [`authorize`](call::authorize), [`idempotency`](call::idempotency)
+//!   (claim the key or replay the stored answer),
+//!   [`quota`](call::quota), [`lease`](call::lease),
+//!   [`forward`](call::forward), and [`refresh`](call::refresh) (after a
+//!   vendor 401, a credential rotated elsewhere, once).
 //! - [`deadline`]: the caller's `grpc-timeout`, read strictly on arrival.
-//! - [`gateway`]: the Gateway gRPC service around [`call`].
-//! - [`admin`]: the Admin gRPC service (credentials, API keys).
+//! - [`gateway`]: the Gateway gRPC service around [`call`], and what a
+//!   finished call reports (span attributes, metrics, the log line).
+//! - [`admin`]: the Admin gRPC service (credentials and their rotation, API
+//!   keys, quota policies).
 //! - [`status`]: the one mapping from failures to gRPC statuses with stable
 //!   reason codes.
 //! - [`server`]: listeners and serving with graceful shutdown; health
@@ -29,8 +36,9 @@
 //! `valet-access` (API keys, grants), `valet-egress` (vendors, request
 //! rules, outbound client, scrubbing), `valet-audit` (hash-chained log),
 //! `valet-durable` (atomic file replacement and shredding for the embedded
-//! stores), `valet-quota`, `valet-idempotency`, and `valet-telemetry` (logs,
-//! OTLP traces, metrics, trace context).
+//! stores), `valet-quota` (policies, GCRA limiters in process or in Redis),
+//! `valet-idempotency` (records in redb or Redis), and `valet-telemetry`
+//! (logs, OTLP traces, metrics, trace context).
 #![forbid(unsafe_code)]
 
 pub mod admin;

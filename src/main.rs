@@ -30,6 +30,9 @@ async fn main() {
         Command::Admin(args) => valet::cli::admin::run(*args).await,
         Command::Audit(AuditCommand::Verify { file }) => valet::cli::audit::verify(&file),
     };
+    // Only main picks the exit code, once every command has returned and
+    // dropped (so wiped) what it held.
+    #[allow(clippy::disallowed_methods)]
     std::process::exit(code);
 }
 

@@ -8,7 +8,7 @@
 //! - [`log`]: [`AuditLog`], the writer. Entries from concurrent calls are
 //!   group-committed: appended together and made durable by one fsync; each
 //!   caller waits until the batch holding its entry is on disk.
-//! - [`verify`]: [`verify()`], walks a file and reports the first broken entry.
+//! - [`mod@verify`]: [`verify()`], walks a file and reports the first broken entry.
 //!
 //! Line format: `{"seq":N,"ts_ms":T,"prev":"<hex sha256 of previous line>",
 //! "actor":"...","event":"...",...}`. The first entry's `prev` is 64 zeros.

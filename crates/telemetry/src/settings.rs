@@ -123,6 +123,8 @@ impl Settings {
     }
 
     /// `service.name`: the file, else `OTEL_SERVICE_NAME`, else `valet`.
+    // OTEL_* variables are OpenTelemetry's standard settings, beside the file's.
+    #[allow(clippy::disallowed_methods)]
     pub fn service_name(&self) -> String {
         self.service_name
             .clone()
@@ -145,10 +147,14 @@ impl Settings {
     }
 }
 
+// OTEL_* variables are OpenTelemetry's standard settings, beside the file's.
+#[allow(clippy::disallowed_methods)]
 fn env_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())
 }
 
+// OTEL_* variables are OpenTelemetry's standard settings, beside the file's.
+#[allow(clippy::disallowed_methods)]
 fn env_true(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }

@@ -213,6 +213,9 @@ fn tracer_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryEr
 /// `OTEL_RESOURCE_ATTRIBUTES` adds. A `service.name` given in
 /// `OTEL_RESOURCE_ATTRIBUTES` stands unless the file or `OTEL_SERVICE_NAME`
 /// names one; with none at all it is `valet`.
+// OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME are OpenTelemetry's own
+// settings, read where the resource is built so the SDK's reading agrees.
+#[allow(clippy::disallowed_methods)]
 pub fn resource(settings: &Settings) -> Resource {
     let builder = Resource::builder().with_attributes(
         settings

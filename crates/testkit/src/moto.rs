@@ -83,7 +83,10 @@ fn spawn_moto(port: u16) -> Child {
             .stderr(Stdio::null())
             .spawn()
     };
-    if let Ok(bin) = std::env::var("MOTO_SERVER") {
+    // Test set-up: which emulator binary to run is the test runner's choice.
+    #[allow(clippy::disallowed_methods)]
+    let configured = std::env::var("MOTO_SERVER");
+    if let Ok(bin) = configured {
         return run(&bin, &[]).unwrap_or_else(|e| panic!("cannot run MOTO_SERVER={bin}: {e}"));
     }
     run("moto_server", &[])

@@ -20,6 +20,8 @@ async fn main() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("mock-vendor: cannot listen on 127.0.0.1:{}: {e}", args.port);
+            // A binary's main: nothing is left to drop but the runtime.
+            #[allow(clippy::disallowed_methods)]
             std::process::exit(1);
         }
     };

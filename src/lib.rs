@@ -7,20 +7,23 @@
 //! - [`config`]: the TOML configuration, typed and checked.
 //! - [`app`]: shared state opened from the config (vault, API keys, audit
 //!   log, vendor registry), and first-start bootstrap.
-//! - [`call`]: one call's steps in order, each in its own module —
-//!   [`authenticate`](call::authenticate), [`validate`](call::validate),
-//!   [`authorize`](call::authorize), [`idempotency`](call::idempotency)
-//!   (claim the key or replay the stored answer),
-//!   [`quota`](call::quota), [`lease`](call::lease),
-//!   [`forward`](call::forward), and [`refresh`](call::refresh) (after a
-//!   vendor 401, a credential rotated elsewhere, once).
+//! - [`call`]: one call's steps in order, each in its own module, around
+//!   one [`Call`](call::Call) context — [`authenticate`](call::authenticate),
+//!   [`validate`](call::validate), [`authorize`](call::authorize),
+//!   [`idempotency`](call::idempotency) (claim the key or replay the stored
+//!   answer), [`quota`](call::quota), [`forward`](call::forward) (the
+//!   exchange: [`lease`](call::lease), send through egress, push-back, and
+//!   after a vendor 401 [`refresh`](call::refresh) and retry once), and
+//!   [`record`](call::record) (span attributes, metrics, the log line of the
+//!   finished call).
 //! - [`deadline`]: the caller's `grpc-timeout`, read strictly on arrival.
-//! - [`gateway`]: the Gateway gRPC service around [`call`], and what a
-//!   finished call reports (span attributes, metrics, the log line).
+//! - [`gateway`]: the Gateway gRPC service — transport only, around
+//!   [`call`].
 //! - [`admin`]: the Admin gRPC service (credentials and their rotation, API
 //!   keys, quota policies).
-//! - [`status`]: the one mapping from failures to gRPC statuses with stable
-//!   reason codes.
+//! - [`status`]: [`Reason`](status::Reason), every stable reason with its
+//!   gRPC code and wire string, and the one mapping from failures to gRPC
+//!   statuses.
 //! - [`server`]: listeners and serving with graceful shutdown; health
 //!   driven by [`readiness`] (draining, required backends).
 //! - [`ops`]: the ops HTTP listener — `/metrics`, `/healthz`, `/readyz`.
@@ -32,12 +35,14 @@
 //! - [`proto`]: generated `valet.v1` types.
 //! - [`cli`]: the `valet admin` and `valet audit` commands.
 //!
-//! Domain logic lives in `crates/`: `valet-credentials` (sealing, leases),
-//! `valet-access` (API keys, grants), `valet-egress` (vendors, request
+//! Domain logic lives in `crates/`: `valet-credentials` (sealing, leases,
+//! the rotation workflow), `valet-access` (API keys, grants and their
+//! rules), `valet-egress` (vendors, request
 //! rules, outbound client, scrubbing), `valet-audit` (hash-chained log),
 //! `valet-durable` (atomic file replacement and shredding for the embedded
 //! stores), `valet-quota` (policies, GCRA limiters in process or in Redis),
-//! `valet-idempotency` (records in redb or Redis), and `valet-telemetry`
+//! `valet-idempotency` (records in redb or Redis, request fingerprints,
+//! the stored-response format), and `valet-telemetry`
 //! (logs, OTLP traces, metrics, trace context).
 #![forbid(unsafe_code)]
 

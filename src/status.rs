@@ -17,7 +17,7 @@ use valet_egress::{EgressError, PathError, RequestError};
 /// wire string, so renaming one is a visible, deliberate change.
 macro_rules! reasons {
     ($($variant:ident => $code:ident, $wire:literal;)*) => {
-        /// A stable reason code (see [`reasons!`]).
+        /// A stable reason code: its gRPC code and wire string are below.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Reason {
             $(

@@ -195,7 +195,7 @@ fn replay(app: &App, scope: &Scope, sealed: &[u8]) -> Result<proto::CallResponse
     })
 }
 
-/// The request's fingerprint ([`valet_idempotency::fingerprint`]).
+/// The request's fingerprint ([`valet_idempotency::fingerprint()`]).
 pub fn fingerprint(req: &ProxyRequest) -> String {
     let headers = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     valet_idempotency::fingerprint(

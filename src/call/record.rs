@@ -63,7 +63,7 @@ type Observer = fn(&App, &Call, Reason);
 const OBSERVERS: [Observer; 3] = [span, metrics, log_line];
 
 /// The call's server span (RPC semantic conventions), with the fields the
-/// steps and [`span`] fill in.
+/// steps and the span observer fill in.
 pub fn server_span(request_id: &str) -> tracing::Span {
     tracing::info_span!(
         "valet.v1.Gateway/Call",

@@ -11,7 +11,7 @@
 //! - [`shared`]: [`Shared`], records in Redis for fleets, one Lua script per
 //!   transition.
 //! - [`store`]: [`Store`], either of them behind one face.
-//! - [`fingerprint`]: what makes two calls the same request, and the
+//! - [`fingerprint`](mod@fingerprint): what makes two calls the same request, and the
 //!   per-tenant key the vendor sees.
 //! - [`response`]: [`StoredResponse`], the vendor answer a record replays, in
 //!   Valet's own versioned format (old records, encoded `CallResponse`s, are

@@ -35,7 +35,6 @@
 use crate::{Settings, TelemetryError, TenantLabels};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, UpDownCounter};
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -141,11 +140,7 @@ impl Metrics {
             .with_reader(prometheus);
         if settings.exports_metrics() {
             let exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
-            let exporter = match &settings.otlp_endpoint {
-                Some(endpoint) => exporter.with_endpoint(endpoint.clone()),
-                None => exporter,
-            };
-            let exporter = exporter
+            let exporter = crate::subscriber::otlp_endpoint(exporter, settings)
                 .build()
                 .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
             let reader = PeriodicReader::builder(crate::export::Reported::new(exporter, "metrics"));

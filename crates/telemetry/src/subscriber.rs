@@ -15,7 +15,6 @@
 use crate::{Settings, TelemetryError};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Level;
@@ -186,15 +185,19 @@ fn own_crate(target: &str) -> bool {
     root == "valet" || root.starts_with("valet_")
 }
 
+/// `builder` aimed at the configured OTLP endpoint, if one is set (else the
+/// exporter's own default, from the standard `OTEL_*` variables).
+pub(crate) fn otlp_endpoint<B: opentelemetry_otlp::WithExportConfig>(builder: B, settings: &Settings) -> B {
+    match &settings.otlp_endpoint {
+        Some(endpoint) => builder.with_endpoint(endpoint.clone()),
+        None => builder,
+    }
+}
+
 fn tracer_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryError> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource(settings));
     if settings.exports_traces() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        let exporter = match &settings.otlp_endpoint {
-            Some(endpoint) => exporter.with_endpoint(endpoint.clone()),
-            None => exporter,
-        };
-        let exporter = exporter
+        let exporter = otlp_endpoint(opentelemetry_otlp::SpanExporter::builder().with_tonic(), settings)
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(crate::export::Reported::new(exporter, "spans"));

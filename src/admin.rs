@@ -242,7 +242,7 @@ impl AdminService {
         let keys = self.app.keys.clone();
         let name = req.name.clone();
         let identity = Some(req.client_identity.trim().to_owned()).filter(|s| !s.is_empty());
-        let (key, record) = tokio::task::spawn_blocking(move || keys.create(&name, grant, ttl_ms, identity))
+        let (key, record) = tokio::spawn(async move { keys.create(&name, grant, ttl_ms, identity).await })
             .await
             .map_err(|_| Failure::new(Reason::Internal, "API key creation was interrupted"))??;
         let event = Event::ApiKeyCreate {
@@ -312,7 +312,7 @@ impl AdminService {
         let caller = self.admin(&request)?;
         let id = request.into_inner().id;
         let keys = self.app.keys.clone();
-        let record = tokio::task::spawn_blocking(move || keys.revoke(&id))
+        let record = tokio::spawn(async move { keys.revoke(&id).await })
             .await
             .map_err(|_| Failure::new(Reason::Internal, "API key revocation was interrupted"))??;
         let event = Event::ApiKeyRevoke {
@@ -418,6 +418,27 @@ impl Admin for AdminService {
         reply(self.get_quota_usage(r).await)
     }
 
+    async fn set_tenant_status(
+        &self,
+        r: Request<proto::SetTenantStatusRequest>,
+    ) -> Result<Response<proto::SetTenantStatusResponse>, Status> {
+        reply(self.set_tenant_status(r).await)
+    }
+
+    async fn get_tenant_status(
+        &self,
+        r: Request<proto::GetTenantStatusRequest>,
+    ) -> Result<Response<proto::TenantStatus>, Status> {
+        reply(self.get_tenant_status(r).await)
+    }
+
+    async fn list_tenants(
+        &self,
+        r: Request<proto::ListTenantsRequest>,
+    ) -> Result<Response<proto::ListTenantsResponse>, Status> {
+        reply(self.list_tenants(r).await)
+    }
+
     async fn list_api_keys(
         &self,
         r: Request<proto::ListApiKeysRequest>,
@@ -429,6 +450,7 @@ impl Admin for AdminService {
 }
 
 mod quota;
+mod tenants;
 
 fn reply<T>(result: Result<T, Failure>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|f| f.into_status(None))

@@ -134,9 +134,8 @@ impl App {
             ),
         };
         let vault = Vault::new(master, store);
-        let keys = Arc::new(
-            KeyStore::open(&dir.join("apikeys.json")).map_err(|e| StartError::State(e.to_string()))?,
-        );
+        let keys = Arc::new(open_control(config, dir).await?);
+        keys.spawn_sync(Duration::from_millis(config.control.poll_interval_ms));
         let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
         let idempotency = open_idempotency(config, dir).await?;
@@ -150,8 +149,11 @@ impl App {
         quotas.spawn_sync();
         let readiness = Readiness::default();
         register_gauges(&metrics, &quotas, &readiness, &registry);
+        register_control_gauges(&metrics, &keys);
 
-        let bootstrap_key = if keys.is_empty() {
+        // A fleet replica that could not reach Redis does not know whether
+        // the fleet has keys: it bootstraps nothing.
+        let bootstrap_key = if keys.is_empty() && keys.staleness_ms().is_none() {
             Some(bootstrap_admin_key(&keys, &audit, dir).await?)
         } else {
             None
@@ -238,6 +240,7 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
     valet_durable::write_atomically(&path, text.as_bytes()).map_err(|e| state_err(&path, e))?;
     let record = keys
         .add(&key, "bootstrap-admin", grant.clone(), None)
+        .await
         .map_err(|e| StartError::State(e.to_string()))?;
     audit
         .append(
@@ -260,6 +263,26 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
     Ok(path)
 }
 
+/// The control state: embedded files, or the fleet's Redis (see
+/// [`valet_access::control`]).
+async fn open_control(config: &Config, dir: &Path) -> Result<KeyStore, StartError> {
+    let keys = dir.join("apikeys.json");
+    match config.control.backend {
+        QuotaBackend::Local => KeyStore::open(&keys).map_err(|e| StartError::State(e.to_string())),
+        QuotaBackend::Redis => {
+            let settings = valet_access::SharedSettings {
+                redis_url: config.redis_url.clone().unwrap_or_default(),
+                snapshot: dir.join("control.snapshot.json"),
+                import_from: keys,
+                max_stale: Duration::from_millis(config.control.max_stale_ms),
+            };
+            KeyStore::open_shared(&settings)
+                .await
+                .map_err(|e| StartError::State(format!("control store: {e}")))
+        }
+    }
+}
+
 async fn open_quotas(config: &Config, dir: &Path) -> Result<Quotas, StartError> {
     let q = &config.quota;
     let defaults = q.policies.clone();
@@ -267,7 +290,7 @@ async fn open_quotas(config: &Config, dir: &Path) -> Result<Quotas, StartError> 
         QuotaBackend::Local => Quotas::open_local(defaults, dir.join("quotas.json"))
             .map_err(|e| StartError::State(e.to_string())),
         QuotaBackend::Redis => {
-            let url = q.redis_url.as_deref().unwrap_or_default();
+            let url = config.redis_url_for(&q.redis_url).unwrap_or_default();
             Quotas::open_redis(defaults, url, q.on_backend_error, q.replicas)
                 .await
                 .map_err(|e| StartError::State(format!("quota.redis_url: {e}")))
@@ -288,7 +311,7 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
             .map_err(|e| StartError::State(e.to_string()))?,
         ),
         QuotaBackend::Redis => valet_idempotency::Store::Shared(
-            valet_idempotency::Shared::connect(idem.redis_url.as_deref().unwrap_or_default())
+            valet_idempotency::Shared::connect(config.redis_url_for(&idem.redis_url).unwrap_or_default())
                 .await
                 .map_err(|e| StartError::State(format!("idempotency.redis_url: {e}")))?,
         ),
@@ -337,6 +360,22 @@ fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readines
                 })
                 .collect()
         },
+    );
+}
+
+/// The control state's gauges: stale, and losses of the shared store.
+fn register_control_gauges(metrics: &Metrics, keys: &Arc<KeyStore>) {
+    let stale = Arc::downgrade(keys);
+    metrics.gauge(
+        "valet.control.stale",
+        "1 while calls are refused because the shared control state was not confirmed within control.max_stale_ms",
+        move || i64::from(stale.upgrade().is_some_and(|k| k.staleness_ms().is_some())),
+    );
+    let lost = Arc::downgrade(keys);
+    metrics.counter_fn(
+        "valet.control.store_lost",
+        "Times this replica found the shared control store empty and re-published its last known state",
+        move || lost.upgrade().map_or(0, |k| k.store_losses()),
     );
 }
 
@@ -393,6 +432,7 @@ impl App {
             vault: &self.vault,
             idempotency: &self.idempotency,
             quotas: &self.quotas,
+            keys: &self.keys,
         };
         crate::readiness::probe(&self.readiness, self.required, backends).await
     }

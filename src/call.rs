@@ -135,7 +135,7 @@ pub async fn handle(
 ) -> Result<proto::CallResponse, Failure> {
     let caller = authenticate::run(app, call, metadata)?;
     let mut req = validate::run(app, call, req)?;
-    authorize::run(call, &caller, &req)?;
+    authorize::run(app, call, &caller, &req)?;
     let claim = match idempotency::run(app, call, &mut req).await? {
         Flow::Continue(claim) => claim,
         Flow::Respond(replay) => return Ok(replay),

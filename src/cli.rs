@@ -102,6 +102,53 @@ pub enum AdminCommand {
     /// Idempotency records.
     #[command(subcommand)]
     Idempotency(IdempotencyCommand),
+    /// Tenants: the kill switch (disable, enable), status.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+/// `valet admin tenant …`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Refuse every call for a tenant (or one of its integrations) on every
+    /// replica within a second, and cancel its calls in flight.
+    ///
+    /// With --compromised (containment): also revoke every API key scoped
+    /// only to the tenant and mark its credentials compromised, so enabling
+    /// it again requires rotating or re-putting each one first; prints the
+    /// incident runbook's next steps.
+    Disable {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// One vendor only (the tenant's other integrations keep working).
+        #[arg(long)]
+        vendor: Option<String>,
+        /// Why; recorded in the audit log (never shown to callers).
+        #[arg(long)]
+        reason: String,
+        /// A credential may be compromised: disable, revoke the tenant's own
+        /// API keys and require new credentials before enabling.
+        #[arg(long)]
+        compromised: bool,
+    },
+    /// Lift a disable (the whole tenant, or --vendor's).
+    Enable {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The vendor whose disable to lift.
+        #[arg(long)]
+        vendor: Option<String>,
+    },
+    /// Show whether a tenant is enabled, and every disable in force.
+    Status {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List tenants (with credentials or a disable) and their status.
+    List,
 }
 
 /// `valet admin idempotency …`.

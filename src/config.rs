@@ -32,6 +32,14 @@ pub struct Config {
     /// Idempotency records.
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
+    /// Who may call: API keys, client identities, tenant status.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Redis URL for all of Valet's shared state (control state, quotas,
+    /// idempotency records), e.g. `redis://10.0.0.5:6379`. A feature's own
+    /// `redis_url` (`quota.redis_url`, `idempotency.redis_url`) overrides it.
+    #[serde(default)]
+    pub redis_url: Option<String>,
     /// Traces, metrics and their labels.
     #[serde(default)]
     pub telemetry: valet_telemetry::Settings,
@@ -294,6 +302,45 @@ pub enum MasterKeySource {
     /// An AWS Secrets Manager secret (name or ARN) holding 32 bytes in
     /// base64, so other IAM policies guard the key than the ciphertexts.
     AwsSecret(String),
+}
+
+/// `[control]`: where API keys, client identities and tenant status live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `local` (files in the state dir; one replica) or `redis` (shared by
+    /// the fleet, at the top-level `redis_url`): a key created, a key
+    /// revoked or a tenant disabled on one replica holds on all of them
+    /// within a second.
+    #[serde(default)]
+    pub backend: QuotaBackend,
+    /// With `redis`: how long a replica keeps serving from its last
+    /// confirmed state while Redis does not answer. Past it, calls are
+    /// refused with UNAVAILABLE `CONTROL_STATE_STALE` and health is
+    /// NOT_SERVING, rather than honour a key that may have been revoked.
+    #[serde(default = "default_control_max_stale_ms")]
+    pub max_stale_ms: u64,
+    /// With `redis`: how often the shared version is polled, besides the
+    /// change notices on pub/sub (the fallback when a notice is lost).
+    #[serde(default = "default_control_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            backend: QuotaBackend::Local,
+            max_stale_ms: default_control_max_stale_ms(),
+            poll_interval_ms: default_control_poll_interval_ms(),
+        }
+    }
+}
+
+fn default_control_max_stale_ms() -> u64 {
+    30_000
+}
+fn default_control_poll_interval_ms() -> u64 {
+    250
 }
 
 /// Idempotency records: how long they are kept and how long a call holds
@@ -669,17 +716,36 @@ impl Config {
         Ok((registry, limits))
     }
 
+    /// The Redis URL a feature uses: its own, or else the shared one.
+    pub fn redis_url_for<'a>(&'a self, own: &'a Option<String>) -> Option<&'a str> {
+        own.as_deref()
+            .or(self.redis_url.as_deref())
+            .filter(|u| !u.is_empty())
+    }
+
     fn check_quota(&self) -> Result<(), ConfigError> {
         let q = &self.quota;
-        if q.backend == QuotaBackend::Redis && q.redis_url.as_deref().is_none_or(str::is_empty) {
+        if q.backend == QuotaBackend::Redis && self.redis_url_for(&q.redis_url).is_none() {
             return Err(invalid(
-                "quota.redis_url: required with backend = \"redis\"".into(),
+                "quota.redis_url: required with backend = \"redis\" (or set the top-level redis_url)".into(),
             ));
         }
         let idem = &self.idempotency;
-        if idem.backend == QuotaBackend::Redis && idem.redis_url.as_deref().is_none_or(str::is_empty) {
+        if idem.backend == QuotaBackend::Redis && self.redis_url_for(&idem.redis_url).is_none() {
             return Err(invalid(
-                "idempotency.redis_url: required with backend = \"redis\"".into(),
+                "idempotency.redis_url: required with backend = \"redis\" (or set the top-level redis_url)"
+                    .into(),
+            ));
+        }
+        let control = &self.control;
+        if control.backend == QuotaBackend::Redis && self.redis_url.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "redis_url: required with control.backend = \"redis\"".into(),
+            ));
+        }
+        if control.max_stale_ms == 0 || control.poll_interval_ms == 0 {
+            return Err(invalid(
+                "control: max_stale_ms and poll_interval_ms must be greater than 0".into(),
             ));
         }
         if idem.backend == QuotaBackend::Redis && self.secrets.master_key.is_none() {

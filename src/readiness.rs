@@ -144,7 +144,14 @@ pub struct Backends<'a> {
     pub idempotency: &'a valet_idempotency::Store,
     /// The quota backend.
     pub quotas: &'a Quotas,
+    /// The control state (API keys, tenant status).
+    pub keys: &'a valet_access::KeyStore,
 }
+
+/// Why the replica is degraded while Redis does not confirm the control
+/// state, within its bound; and why it is down past it.
+const CONTROL_DEGRADED: &str = "control store unreachable; serving the last confirmed state";
+const CONTROL_STALE: &str = "control state stale: not confirmed within control.max_stale_ms";
 
 /// Probes every backend `required` names once and records in `readiness`
 /// which are down. Returns whether the replica is ready afterwards.
@@ -164,6 +171,11 @@ pub async fn probe(readiness: &Readiness, required: Required, backends: Backends
             _ => down.push(SECRETS_MANAGER_DOWN),
         }
     }
+    match (backends.keys.staleness_ms(), backends.keys.unconfirmed_ms()) {
+        (Some(_), _) => down.push(CONTROL_STALE),
+        (None, Some(age)) if age > 2_000 => degraded.push(CONTROL_DEGRADED),
+        _ => {}
+    }
     if required.idempotency_redis && !answers(backends.idempotency.probe()).await {
         down.push("redis (idempotency) unavailable");
     }
@@ -176,7 +188,8 @@ pub async fn probe(readiness: &Readiness, required: Required, backends: Backends
     let degraded_now = !degraded.is_empty();
     match readiness.set(down, degraded) {
         true if degraded_now => tracing::warn!(
-            "Secrets Manager unavailable; serving cached credentials (degraded) until they are older than max_stale"
+            reasons = ?readiness.degraded(),
+            "degraded: serving from caches until their bounds"
         ),
         true => tracing::info!("no longer degraded"),
         false => {}

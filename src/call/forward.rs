@@ -1,6 +1,8 @@
 //! Step 6: the exchange with the vendor — lease the credential, send,
 //! note the vendor's push-back, and on a 401 refresh and retry once — and
-//! the scrubbed answer. Every part runs under the caller's deadline.
+//! the scrubbed answer. Every part runs under the caller's deadline, and
+//! ends the moment the tenant (or this integration) is disabled: the vendor
+//! request is dropped mid-flight and pending retries never start.
 
 use super::validate::ValidCall;
 use super::{Call, lease, quota, refresh};
@@ -15,6 +17,38 @@ use valet_egress::{Exchange, Reached, Sent};
 /// egress, how many requests were made and whether any may have reached
 /// the vendor.
 pub async fn run(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> Sent<Failure> {
+    let mut changes = app.keys.changes();
+    tokio::select! {
+        sent = exchange(app, call, caller, req) => sent,
+        () = disabled(app, &mut changes, req) => {
+            tracing::warn!(tenant = req.key.tenant, vendor = req.key.vendor, "tenant disabled; call in flight cancelled");
+            Sent {
+                result: Err(super::authorize::disabled_failure(&req.key.tenant, &req.key.vendor)),
+                attempts: 1,
+                reached: Reached::Maybe,
+            }
+        }
+    }
+}
+
+/// Resolves once the call's tenant or integration is disabled.
+async fn disabled(app: &App, changes: &mut tokio::sync::watch::Receiver<u64>, req: &ValidCall) {
+    loop {
+        if app
+            .keys
+            .tenant_disabled(&req.key.tenant, &req.key.vendor)
+            .is_some()
+        {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// The exchange itself: lease, send, push-back, refresh and retry once.
+async fn exchange(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> Sent<Failure> {
     let failed = |f, attempts, reached| Sent {
         result: Err(f),
         attempts,

@@ -13,6 +13,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_types::StatusExt as _;
 use zeroize::Zeroizing;
 
+mod tenant;
+
 /// Runs an admin command; returns the exit code.
 pub async fn run(args: AdminArgs) -> i32 {
     match execute(args).await {
@@ -90,6 +92,7 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
         AdminCommand::Credential(cmd) => credential(&mut client, cmd).await,
         AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
         AdminCommand::Quota(cmd) => quota(&mut client, cmd).await,
+        AdminCommand::Tenant(cmd) => tenant::run(&mut client, cmd).await,
         AdminCommand::Idempotency(IdempotencyCommand::Purge { tenant }) => {
             let done = client
                 .purge_tenant_records(proto::PurgeTenantRecordsRequest {

@@ -120,13 +120,18 @@ impl ValetProcess {
         let (gw, admin, ops) = (free_port(), free_port(), free_port());
         let state = dir.path().join("state");
         let config = dir.path().join("valet.toml");
+        // Top-level keys (`redis_url = …`) before the first table go first.
+        let (top, body) = match body.find("\n[") {
+            Some(i) if !body.trim_start().starts_with('[') => body.split_at(i + 1),
+            _ => ("", body),
+        };
         // A body may open with its own `[server]` keys; they join ours.
         let (server_extra, body) = match body.trim_start().strip_prefix("[server]\n") {
             Some(rest) => rest.split_at(rest.find("\n[").map_or(rest.len(), |i| i + 1)),
             None => ("", body),
         };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{gw}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nops_listen = \"127.0.0.1:{ops}\"\n{server_extra}\n[state]\ndir = \"{}\"\n{body}",
+            "{top}[server]\nlisten = \"127.0.0.1:{gw}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nops_listen = \"127.0.0.1:{ops}\"\n{server_extra}\n[state]\ndir = \"{}\"\n{body}",
             state.display()
         );
         std::fs::write(&config, text).expect("config");

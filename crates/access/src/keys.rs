@@ -6,17 +6,21 @@
 //! in-memory index is updated only after the write is durable, so a revoke
 //! that returned is a revoke that survives a crash.
 
+use crate::control::shared::{Shared, SharedError};
+use crate::control::{ControlState, Embedded, Versioned, read_snapshot, write_snapshot};
 use crate::grant::Grant;
+use crate::tenants::{Disabled, TenantStatus};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 /// Prefix of every API key, so secret scanners and people recognise one.
@@ -115,6 +119,11 @@ pub enum AuthError {
     /// The key has expired.
     #[error("API key expired")]
     Expired,
+    /// The shared control state was not confirmed within its bound.
+    #[error(
+        "this replica could not confirm its access control state recently enough; retry on another replica"
+    )]
+    Stale,
 }
 
 /// Why the key store failed.
@@ -137,48 +146,151 @@ pub enum KeyStoreError {
     /// The client identity cannot be bound.
     #[error("client_identity: {0}")]
     Identity(String),
+    /// The shared control store (Redis) could not take the change.
+    #[error("{0}")]
+    Shared(String),
 }
 
-/// API keys, indexed by hash.
+/// The control state — API keys and tenant status — with the index calls
+/// read. Changes go through one place ([`KeyStore::update_state`]), which
+/// makes them durable (file or Redis) before the index shows them.
 #[derive(Debug)]
 pub struct KeyStore {
-    path: PathBuf,
-    /// Records in creation order; the source of truth written to the file.
-    records: Mutex<Vec<ApiKeyRecord>>,
+    backend: Backend,
+    /// Serialises changes; the state last written or read, with its version.
+    current: tokio::sync::Mutex<Versioned>,
+    /// What calls read: one `Arc` swapped whole on every change.
+    view: RwLock<Arc<View>>,
+    /// When the shared store last confirmed `current`, Unix milliseconds.
+    confirmed_ms: AtomicU64,
+    /// When the snapshot on disk was last stamped.
+    stamped_ms: AtomicU64,
+    /// Times the shared store was found empty while we held a state.
+    losses: AtomicU64,
+    /// Bumped on every change this replica applies (tenant disables cancel
+    /// calls in flight when they see it).
+    changes: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Embedded(Embedded),
+    Shared {
+        store: Box<Shared>,
+        snapshot: PathBuf,
+        /// Past this without a confirmation, calls are refused.
+        max_stale_ms: u64,
+        /// How often the snapshot's confirmation time is refreshed: a
+        /// restart during an outage counts staleness from at most this much
+        /// earlier than the truth.
+        stamp_every_ms: u64,
+    },
+}
+
+/// The state calls read, indexed.
+#[derive(Debug, Default)]
+struct View {
+    state: ControlState,
     /// SHA-256 → record, for the hot path.
-    by_hash: RwLock<HashMap<[u8; 32], Caller>>,
+    by_hash: HashMap<[u8; 32], Caller>,
+    disabled: Disabled,
+}
+
+impl View {
+    fn new(state: &ControlState) -> Option<Self> {
+        Some(Self {
+            by_hash: index(&state.keys)?,
+            disabled: Disabled::new(&state.tenants),
+            state: state.clone(),
+        })
+    }
+}
+
+/// Settings for the shared (Redis) control store.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    /// Redis URL.
+    pub redis_url: String,
+    /// The on-disk snapshot.
+    pub snapshot: PathBuf,
+    /// The embedded key file to import on the first fleet start.
+    pub import_from: PathBuf,
+    /// How long calls are served without a confirmation from Redis.
+    pub max_stale: Duration,
 }
 
 impl KeyStore {
-    /// Opens the key file at `path` (empty if it does not exist yet).
+    /// Opens the embedded store: the key file at `path` and `tenants.json`
+    /// beside it (empty if they do not exist yet).
     pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
-        let records: Vec<ApiKeyRecord> = match fs::read(path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|_| KeyStoreError::Corrupt(path.to_owned()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(KeyStoreError::Io {
-                    path: path.to_owned(),
-                    source,
-                });
+        let files = Embedded::new(path);
+        let state = files.load()?;
+        Self::new(Backend::Embedded(files), Versioned { version: 0, state }, 0)
+            .ok_or_else(|| KeyStoreError::Corrupt(path.to_owned()))
+    }
+
+    /// Opens the shared store: starts from the on-disk snapshot (or, on the
+    /// first fleet start, the embedded key file, imported if Redis holds
+    /// nothing yet), then tries Redis once. Redis being down is not an
+    /// error: the snapshot serves within the staleness bound and the sync
+    /// loop ([`KeyStore::spawn_sync`]) reconnects.
+    pub async fn open_shared(settings: &SharedSettings) -> Result<Self, KeyStoreError> {
+        let store = Shared::connect(&settings.redis_url).map_err(|e| KeyStoreError::Shared(e.to_string()))?;
+        let (initial, confirmed_ms) = match read_snapshot(&settings.snapshot)? {
+            Some(found) => found,
+            None => {
+                let files = Embedded::new(&settings.import_from);
+                let state = if files.exists() {
+                    files.load()?
+                } else {
+                    Default::default()
+                };
+                (Versioned { version: 0, state }, 0)
             }
         };
-        let by_hash = index(&records).ok_or_else(|| KeyStoreError::Corrupt(path.to_owned()))?;
-        Ok(Self {
-            path: path.to_owned(),
-            records: Mutex::new(records),
-            by_hash: RwLock::new(by_hash),
+        let backend = Backend::Shared {
+            store: Box::new(store),
+            snapshot: settings.snapshot.clone(),
+            max_stale_ms: settings.max_stale.as_millis() as u64,
+            stamp_every_ms: (settings.max_stale.as_millis() as u64 / 10).clamp(100, 5_000),
+        };
+        let keys = Self::new(backend, initial, confirmed_ms)
+            .ok_or_else(|| KeyStoreError::Corrupt(settings.snapshot.clone()))?;
+        if let Err(e) = keys.sync().await {
+            tracing::warn!(error = %e, "control store unreachable at start; serving the on-disk snapshot within control.max_stale_ms");
+        }
+        Ok(keys)
+    }
+
+    fn new(backend: Backend, current: Versioned, confirmed_ms: u64) -> Option<Self> {
+        let view = View::new(&current.state)?;
+        Some(Self {
+            backend,
+            current: tokio::sync::Mutex::new(current),
+            view: RwLock::new(Arc::new(view)),
+            confirmed_ms: AtomicU64::new(confirmed_ms),
+            stamped_ms: AtomicU64::new(confirmed_ms),
+            losses: AtomicU64::new(0),
+            changes: watch::channel(0).0,
         })
+    }
+
+    fn view(&self) -> Arc<View> {
+        Arc::clone(&self.view.read().expect("lock"))
     }
 
     /// Whether no key was ever created.
     pub fn is_empty(&self) -> bool {
-        self.records.lock().expect("lock").is_empty()
+        self.view().state.keys.is_empty()
+    }
+
+    /// Whether the state is shared (Redis) rather than embedded.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Shared { .. })
     }
 
     /// Creates a key; returns it (to show once) and its record.
-    pub fn create(
+    pub async fn create(
         &self,
         name: &str,
         grant: Grant,
@@ -186,23 +298,23 @@ impl KeyStore {
         client_identity: Option<String>,
     ) -> Result<(ApiKey, ApiKeyRecord), KeyStoreError> {
         let key = ApiKey::generate();
-        let record = self.insert(&key, name, grant, ttl_ms, client_identity)?;
+        let record = self.insert(&key, name, grant, ttl_ms, client_identity).await?;
         Ok((key, record))
     }
 
     /// Records a key generated by the caller (who may need to save it
     /// somewhere durable before it becomes valid).
-    pub fn add(
+    pub async fn add(
         &self,
         key: &ApiKey,
         name: &str,
         grant: Grant,
         ttl_ms: Option<u64>,
     ) -> Result<ApiKeyRecord, KeyStoreError> {
-        self.insert(key, name, grant, ttl_ms, None)
+        self.insert(key, name, grant, ttl_ms, None).await
     }
 
-    fn insert(
+    async fn insert(
         &self,
         key: &ApiKey,
         name: &str,
@@ -247,13 +359,15 @@ impl KeyStore {
             }
             records.push(record.clone());
             Ok(())
-        })?;
+        })
+        .await?;
         Ok(record)
     }
 
-    /// Revokes the key with `id`; effective at once. Revoking twice keeps the
-    /// first revocation time.
-    pub fn revoke(&self, id: &str) -> Result<ApiKeyRecord, KeyStoreError> {
+    /// Revokes the key with `id`; effective at once (on every replica within
+    /// the propagation window). Revoking twice keeps the first revocation
+    /// time.
+    pub async fn revoke(&self, id: &str) -> Result<ApiKeyRecord, KeyStoreError> {
         let mut revoked = None;
         self.update(|records| {
             let rec = records
@@ -263,13 +377,14 @@ impl KeyStore {
             rec.revoked_ms.get_or_insert_with(now_ms);
             revoked = Some(rec.clone());
             Ok(())
-        })?;
+        })
+        .await?;
         Ok(revoked.expect("set by the update"))
     }
 
     /// All keys in creation order.
     pub fn list(&self) -> Vec<ApiKeyRecord> {
-        self.records.lock().expect("lock").clone()
+        self.view().state.keys.clone()
     }
 
     /// Authenticates a presented key: one SHA-256 and one map lookup.
@@ -277,10 +392,10 @@ impl KeyStore {
         if presented.is_empty() {
             return Err(AuthError::Missing);
         }
+        self.fresh()?;
         let caller = self
+            .view()
             .by_hash
-            .read()
-            .expect("lock")
             .get(&hash(presented))
             .cloned()
             .ok_or(AuthError::Unknown)?;
@@ -297,9 +412,11 @@ impl KeyStore {
     /// bound to `identity` (compared case-insensitively). Keys are bound
     /// explicitly at creation, never matched by name, and never admin keys.
     pub fn authenticate_identity(&self, identity: &str) -> Result<Caller, AuthError> {
+        self.fresh()?;
         let identity = identity.to_ascii_lowercase();
-        let index = self.by_hash.read().expect("lock");
-        let bound: Vec<&Caller> = index
+        let view = self.view();
+        let bound: Vec<&Caller> = view
+            .by_hash
             .values()
             .filter(|c| c.client_identity.as_deref() == Some(identity.as_str()))
             .collect();
@@ -312,23 +429,279 @@ impl KeyStore {
         }
     }
 
-    /// Applies `change` to a copy of the records, writes it durably, then
-    /// publishes it to the in-memory index.
-    fn update(
+    /// Refuses when the shared state was not confirmed within its bound: a
+    /// key revoked meanwhile must not pass.
+    fn fresh(&self) -> Result<(), AuthError> {
+        match self.staleness_ms() {
+            Some(_) => Err(AuthError::Stale),
+            None => Ok(()),
+        }
+    }
+
+    /// How long past its bound the control state is unconfirmed; `None`
+    /// while it is fresh (always, embedded).
+    pub fn staleness_ms(&self) -> Option<u64> {
+        let Backend::Shared { max_stale_ms, .. } = &self.backend else {
+            return None;
+        };
+        let age = now_ms().saturating_sub(self.confirmed_ms.load(Ordering::Relaxed));
+        (age > *max_stale_ms).then_some(age)
+    }
+
+    /// How long since the shared store last confirmed the state; `None`
+    /// when embedded.
+    pub fn unconfirmed_ms(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Shared { .. } => {
+                Some(now_ms().saturating_sub(self.confirmed_ms.load(Ordering::Relaxed)))
+            }
+            Backend::Embedded(_) => None,
+        }
+    }
+
+    /// Times the shared store was found emptied (Redis restarted without
+    /// its data) and this replica's state re-published.
+    pub fn store_losses(&self) -> u64 {
+        self.losses.load(Ordering::Relaxed)
+    }
+
+    /// The disable covering a call for `tenant` × `vendor`, if any.
+    pub fn tenant_disabled(&self, tenant: &str, vendor: &str) -> Option<Arc<TenantStatus>> {
+        self.view().disabled.get(tenant, vendor)
+    }
+
+    /// Every disable in force.
+    pub fn tenant_statuses(&self) -> Vec<TenantStatus> {
+        self.view().state.tenants.clone()
+    }
+
+    /// Notices of change: the value is bumped on every change applied here.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Disables `status.tenant` (or one integration), replacing an earlier
+    /// disable of the same scope. With `revoke_tenant_keys`, every valid
+    /// non-admin key scoped only to that tenant is revoked in the same
+    /// change. Returns the revoked keys.
+    pub async fn disable(
         &self,
-        change: impl FnOnce(&mut Vec<ApiKeyRecord>) -> Result<(), KeyStoreError>,
+        status: TenantStatus,
+        revoke_tenant_keys: bool,
+    ) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+        let mut revoked = Vec::new();
+        self.update_state(|state| {
+            revoked.clear();
+            state
+                .tenants
+                .retain(|s| !(s.tenant == status.tenant && s.vendor == status.vendor));
+            state.tenants.push(status.clone());
+            if revoke_tenant_keys {
+                let now = now_ms();
+                for rec in &mut state.keys {
+                    if rec.valid_at(now) && !rec.grant.admin && rec.grant.tenants == [status.tenant.as_str()]
+                    {
+                        rec.revoked_ms = Some(now);
+                        revoked.push(rec.clone());
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(revoked)
+    }
+
+    /// Lifts the disable of `tenant` (`vendor: None`: the tenant-wide one);
+    /// returns it, or `None` if there was none.
+    pub async fn enable(
+        &self,
+        tenant: &str,
+        vendor: Option<&str>,
+    ) -> Result<Option<TenantStatus>, KeyStoreError> {
+        let mut lifted = None;
+        self.update_state(|state| {
+            let at = state
+                .tenants
+                .iter()
+                .position(|s| s.tenant == tenant && s.vendor.as_deref() == vendor);
+            lifted = at.map(|i| state.tenants.remove(i));
+            Ok(())
+        })
+        .await?;
+        Ok(lifted)
+    }
+
+    /// Applies `change` to a copy of the keys, makes it durable, then
+    /// publishes it to the index. See [`KeyStore::update_state`].
+    pub async fn update(
+        &self,
+        mut change: impl FnMut(&mut Vec<ApiKeyRecord>) -> Result<(), KeyStoreError>,
     ) -> Result<(), KeyStoreError> {
-        let mut records = self.records.lock().expect("lock");
-        let mut next = records.clone();
-        change(&mut next)?;
-        write_atomically(
-            &self.path,
-            &serde_json::to_vec_pretty(&next).expect("records serialise"),
-        )?;
-        *self.by_hash.write().expect("lock") = index(&next).expect("ids and hashes are unique");
-        *records = next;
+        self.update_state(|state| change(&mut state.keys)).await
+    }
+
+    /// Applies `change` to a copy of the state, makes it durable (the
+    /// files, or Redis — then the snapshot), then publishes it to the index.
+    /// Against Redis it is a compare-and-set: if another replica changed
+    /// the state first, `change` runs again on the newer state, so it must
+    /// be safe to repeat.
+    pub async fn update_state(
+        &self,
+        mut change: impl FnMut(&mut ControlState) -> Result<(), KeyStoreError>,
+    ) -> Result<(), KeyStoreError> {
+        let mut current = self.current.lock().await;
+        for _ in 0..8 {
+            let mut next = current.state.clone();
+            change(&mut next)?;
+            index(&next.keys).ok_or_else(|| KeyStoreError::Shared("duplicate key hash".into()))?;
+            match &self.backend {
+                Backend::Embedded(files) => {
+                    files.save(&current.state, &next)?;
+                    current.state = next;
+                    self.apply(&current);
+                    return Ok(());
+                }
+                Backend::Shared { store, .. } => {
+                    match store.write(current.version, &next).await.map_err(shared_err)? {
+                        Some(version) => {
+                            *current = Versioned { version, state: next };
+                            self.confirm(&current, true)?;
+                            return Ok(());
+                        }
+                        None => match store.read().await.map_err(shared_err)? {
+                            Some(latest) => {
+                                *current = latest;
+                                self.confirm(&current, true)?;
+                            }
+                            None => current.version = 0,
+                        },
+                    }
+                }
+            }
+        }
+        Err(KeyStoreError::Shared(
+            "the control state kept changing under this write; retry".into(),
+        ))
+    }
+
+    /// One round with the shared store: confirm the version, fetch a newer
+    /// state, or re-publish ours into an emptied store (counted).
+    pub async fn sync(&self) -> Result<(), KeyStoreError> {
+        let Backend::Shared { store, .. } = &self.backend else {
+            return Ok(());
+        };
+        let stored = store.version().await.map_err(shared_err)?;
+        let mut current = self.current.lock().await;
+        match stored {
+            Some(v) if v == current.version => self.confirm(&current, false)?,
+            Some(_) => {
+                if let Some(latest) = store.read().await.map_err(shared_err)? {
+                    *current = latest;
+                }
+                self.confirm(&current, true)?;
+            }
+            None if current.version == 0 && current.state == ControlState::default() => {
+                self.confirm(&current, false)?
+            }
+            None => {
+                let lost = current.version > 0;
+                if let Some(version) = store.write(0, &current.state).await.map_err(shared_err)? {
+                    if lost {
+                        self.losses.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            version,
+                            "the shared control store was empty; re-published this replica's last known state"
+                        );
+                    } else {
+                        tracing::info!(
+                            keys = current.state.keys.len(),
+                            "imported the embedded API keys into the shared control store"
+                        );
+                    }
+                    current.version = version;
+                    self.confirm(&current, true)?;
+                }
+            }
+        }
         Ok(())
     }
+
+    /// Notes that the shared store confirmed `current`; with `changed`,
+    /// publishes it to the index and writes the snapshot.
+    fn confirm(&self, current: &Versioned, changed: bool) -> Result<(), KeyStoreError> {
+        let now = now_ms();
+        self.confirmed_ms.store(now, Ordering::Relaxed);
+        if changed {
+            self.apply(current);
+        }
+        if let Backend::Shared {
+            snapshot,
+            stamp_every_ms,
+            ..
+        } = &self.backend
+            && (changed || now.saturating_sub(self.stamped_ms.load(Ordering::Relaxed)) >= *stamp_every_ms)
+        {
+            write_snapshot(snapshot, current, now)?;
+            self.stamped_ms.store(now, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn apply(&self, current: &Versioned) {
+        if let Some(view) = View::new(&current.state) {
+            *self.view.write().expect("lock") = Arc::new(view);
+            self.changes.send_modify(|n| *n += 1);
+        } else {
+            tracing::error!("control state has duplicate key hashes; keeping the previous one");
+        }
+    }
+
+    /// Keeps the shared state in step: on each change notice, and every
+    /// `poll` besides (the fallback when notices are lost). Ends when the
+    /// store is dropped.
+    pub fn spawn_sync(self: &Arc<Self>, poll: Duration) {
+        let Backend::Shared { store, .. } = &self.backend else {
+            return;
+        };
+        let store = Shared::clone(store);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut notices: Option<redis::aio::PubSubStream> = None;
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut warned_ms = 0;
+            loop {
+                if notices.is_none() {
+                    notices = store.subscribe().await.ok();
+                }
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    notice = next_notice(&mut notices) => if notice.is_none() { notices = None },
+                }
+                let Some(keys) = weak.upgrade() else { return };
+                if let Err(e) = keys.sync().await {
+                    let now = now_ms();
+                    if now.saturating_sub(warned_ms) >= 10_000 {
+                        warned_ms = now;
+                        tracing::warn!(error = %e, "control store unreachable; serving the last confirmed state within control.max_stale_ms");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn next_notice(notices: &mut Option<redis::aio::PubSubStream>) -> Option<redis::Msg> {
+    use futures_util::StreamExt as _;
+    match notices {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn shared_err(e: SharedError) -> KeyStoreError {
+    KeyStoreError::Shared(e.to_string())
 }
 
 fn index(records: &[ApiKeyRecord]) -> Option<HashMap<[u8; 32], Caller>> {
@@ -357,13 +730,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
-    valet_durable::write_atomically(path, bytes).map_err(|source| KeyStoreError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,22 +745,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn create_authenticate_revoke_and_reopen() {
+    #[tokio::test]
+    async fn create_authenticate_revoke_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("apikeys.json");
         let store = KeyStore::open(&path).unwrap();
-        let (key, rec) = store.create("sync", grant(), None, None).unwrap();
+        let (key, rec) = store.create("sync", grant(), None, None).await.unwrap();
         assert!(key.expose().starts_with(KEY_PREFIX));
         assert_eq!(store.authenticate(key.expose()).unwrap().id, rec.id);
         assert_eq!(store.authenticate("vk_nope").unwrap_err(), AuthError::Unknown);
 
         // Only the hash is on disk.
-        let on_disk = fs::read_to_string(&path).unwrap();
+        let on_disk = std::fs::read_to_string(&path).unwrap();
         assert!(!on_disk.contains(key.expose()));
         assert!(on_disk.contains(&rec.sha256));
 
-        store.revoke(&rec.id).unwrap();
+        store.revoke(&rec.id).await.unwrap();
         assert_eq!(store.authenticate(key.expose()).unwrap_err(), AuthError::Revoked);
         let reopened = KeyStore::open(&path).unwrap();
         assert_eq!(
@@ -402,16 +768,16 @@ mod tests {
             AuthError::Revoked
         );
         assert!(matches!(
-            reopened.revoke("key_0"),
+            reopened.revoke("key_0").await,
             Err(KeyStoreError::NotFound(_))
         ));
     }
 
-    #[test]
-    fn expired_keys_are_refused() {
+    #[tokio::test]
+    async fn expired_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(&dir.path().join("k.json")).unwrap();
-        let (key, _) = store.create("short", grant(), Some(0), None).unwrap();
+        let (key, _) = store.create("short", grant(), Some(0), None).await.unwrap();
         assert_eq!(store.authenticate(key.expose()).unwrap_err(), AuthError::Expired);
         assert_eq!(format!("{key:?}"), "ApiKey([REDACTED])");
     }

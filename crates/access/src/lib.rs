@@ -7,15 +7,23 @@
 //! - [`keys`]: [`KeyStore`] — API keys, random and shown once, stored only as
 //!   SHA-256 hashes with their last 4 characters; authentication is one hash
 //!   and one map lookup.
+//! - [`tenants`]: [`TenantStatus`] — the kill switch: a tenant, or one
+//!   integration, disabled with a reason.
+//! - [`control`]: where the keys and tenant status are kept — embedded
+//!   files, or one versioned document in Redis shared by the fleet — and
+//!   the on-disk snapshot a fleet replica restarts from.
 //! - [`issue`]: [`KeyRequest`] — the rules a new key's scope must meet
 //!   (valid names, configured vendors, a whole Gateway scope or none,
 //!   lifetime at most ten years).
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod grant;
 pub mod issue;
 pub mod keys;
+pub mod tenants;
 
 pub use grant::{Denied, Grant, Operation, Permission};
 pub use issue::{GrantError, KeyRequest};
-pub use keys::{ApiKey, ApiKeyRecord, AuthError, Caller, KeyStore, KeyStoreError};
+pub use keys::{ApiKey, ApiKeyRecord, AuthError, Caller, KeyStore, KeyStoreError, SharedSettings};
+pub use tenants::{CompromisedCredential, TenantStatus};

@@ -122,6 +122,28 @@ pub enum Event {
         /// Its name.
         name: String,
     },
+    /// A tenant, or one integration, was disabled (the kill switch).
+    TenantDisable {
+        /// The tenant.
+        tenant: String,
+        /// The one vendor, or `None` for the whole tenant.
+        vendor: Option<String>,
+        /// Why, as the admin gave it.
+        reason: String,
+        /// Disabled as compromised.
+        compromised: bool,
+        /// API keys revoked with it.
+        revoked_key_ids: Vec<String>,
+        /// Credentials marked compromised, `vendor:fingerprint`.
+        compromised_credentials: Vec<String>,
+    },
+    /// A disable was lifted.
+    TenantEnable {
+        /// The tenant.
+        tenant: String,
+        /// The one vendor, or `None` for the whole tenant.
+        vendor: Option<String>,
+    },
 }
 
 impl Event {
@@ -138,6 +160,8 @@ impl Event {
             Event::CredentialDelete { .. } => "credential_delete",
             Event::ApiKeyCreate { .. } => "api_key_create",
             Event::ApiKeyRevoke { .. } => "api_key_revoke",
+            Event::TenantDisable { .. } => "tenant_disable",
+            Event::TenantEnable { .. } => "tenant_enable",
         }
     }
 }

@@ -85,9 +85,10 @@ impl Shared {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(err)?;
+        // Lazy: a replica starts while Redis is down (calls with a key are
+        // refused, `IDEMPOTENCY_STORE_UNAVAILABLE`, until it is back), and the
+        // manager reconnects by itself.
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
         Ok(Self { conn })
     }
 

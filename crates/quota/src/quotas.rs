@@ -227,7 +227,16 @@ impl Quotas {
             .await
             .map_err(|e| QuotaError::Store(e.to_string()))?;
         let mut conn = shared.connection();
-        let (version, runtime) = load_redis(&mut conn).await?;
+        // Redis down at start: serve the default policies (under
+        // `on_backend_error`) until the sync loop reaches it and loads the
+        // run-time ones.
+        let (version, runtime) = match load_redis(&mut conn).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(error = %e, "quota policy store unreachable at start; using the default policies until it answers");
+                (None, Vec::new())
+            }
+        };
         let quotas = Self::new(defaults, runtime, Store::Redis(conn), Arc::new(shared));
         quotas.version.store(version.unwrap_or(0), Ordering::SeqCst);
         Ok(quotas)

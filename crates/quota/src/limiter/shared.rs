@@ -128,8 +128,9 @@ impl Shared {
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
-            .await
+        // Lazy: a replica starts while Redis is down, and the manager
+        // reconnects by itself once it is back.
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| BackendError(e.to_string()))?;
         Ok(Self {
             conn,

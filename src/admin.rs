@@ -439,6 +439,20 @@ impl Admin for AdminService {
         reply(self.list_tenants(r).await)
     }
 
+    async fn offboard_tenant(
+        &self,
+        r: Request<proto::OffboardTenantRequest>,
+    ) -> Result<Response<proto::OffboardTenantResponse>, Status> {
+        reply(self.offboard_tenant(r).await)
+    }
+
+    async fn restore_tenant(
+        &self,
+        r: Request<proto::RestoreTenantRequest>,
+    ) -> Result<Response<proto::TenantStatus>, Status> {
+        reply(self.restore_tenant(r).await)
+    }
+
     async fn list_api_keys(
         &self,
         r: Request<proto::ListApiKeysRequest>,
@@ -449,6 +463,7 @@ impl Admin for AdminService {
     }
 }
 
+mod offboard;
 mod quota;
 mod tenants;
 

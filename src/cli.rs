@@ -99,9 +99,6 @@ pub enum AdminCommand {
     /// Quota policies and usage.
     #[command(subcommand)]
     Quota(QuotaCommand),
-    /// Idempotency records.
-    #[command(subcommand)]
-    Idempotency(IdempotencyCommand),
     /// Tenants: the kill switch (disable, enable), status.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -149,14 +146,35 @@ pub enum TenantCommand {
     },
     /// List tenants (with credentials or a disable) and their status.
     List,
-}
-
-/// `valet admin idempotency …`.
-#[derive(Debug, Subcommand)]
-pub enum IdempotencyCommand {
-    /// Delete every idempotency record (stored vendor response) of a tenant,
-    /// when it is offboarded.
-    Purge {
+    /// Offboard a tenant: disable it, revoke its own API keys, overwrite and
+    /// delete its credentials, purge its idempotency records and stored
+    /// responses, remove its quota policies. Prints what was deleted and
+    /// what is retained until when (also in the audit log).
+    Offboard {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Days until what is retained (its status, its revoked keys'
+        /// records) is removed; `restore` works until then.
+        #[arg(long, default_value_t = 30, conflicts_with = "now")]
+        retention_days: u32,
+        /// Remove what is retained at once (no restore).
+        #[arg(long)]
+        now: bool,
+        /// Why; recorded in the audit log.
+        #[arg(long, default_value = "offboarded")]
+        reason: String,
+    },
+    /// Undo an offboarding within its retention (put new credentials and
+    /// create new keys: the old ones are gone).
+    Restore {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Erase a tenant's stored vendor responses (its idempotency records),
+    /// e.g. for a GDPR erasure request; audited.
+    EraseRecords {
         /// The tenant.
         #[arg(long)]
         tenant: String,

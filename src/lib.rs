@@ -20,7 +20,8 @@
 //! - [`gateway`]: the Gateway gRPC service — transport only, around
 //!   [`call`].
 //! - [`admin`]: the Admin gRPC service (credentials and their rotation, API
-//!   keys, quota policies).
+//!   keys, quota policies, tenants: the kill switch and offboarding).
+//! - [`sweeper`]: removes what an offboarding retained, after its date.
 //! - [`status`]: [`Reason`](status::Reason), every stable reason with its
 //!   gRPC code and wire string, and the one mapping from failures to gRPC
 //!   statuses.
@@ -59,4 +60,5 @@ pub mod proto;
 pub mod readiness;
 pub mod server;
 pub mod status;
+pub mod sweeper;
 pub mod transport;

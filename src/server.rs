@@ -113,6 +113,7 @@ pub async fn serve(
         probe_interval,
         stopped(stop_rx.clone()),
     ));
+    crate::sweeper::spawn(&app);
     let draining = app.readiness.clone();
     tokio::spawn(async move {
         shutdown.await;

@@ -29,14 +29,20 @@ fn fields(text: &str) -> Option<BTreeSet<String>> {
     Some(line.split('`').skip(1).step_by(2).map(str::to_owned).collect())
 }
 
-/// The fields of `table` (`""` for the top level, `vendors` for a vendor).
-fn table_fields(table: &str) -> BTreeSet<String> {
+/// The fields of `table` (`""` for the top level, `vendors` for a vendor);
+/// `None` when it is not a table (a top-level scalar such as `redis_url`).
+fn try_table_fields(table: &str) -> Option<BTreeSet<String>> {
     let header = match table {
         "" => String::new(),
         "vendors" => "[[vendors]]\n".to_owned(),
         t => format!("[{t}]\n"),
     };
-    fields(&format!("{header}{PROBE} = 1\n")).unwrap_or_else(|| panic!("[{table}] lists no fields"))
+    fields(&format!("{header}{PROBE} = 1\n"))
+}
+
+/// [`try_table_fields`] of a table that must be one.
+fn table_fields(table: &str) -> BTreeSet<String> {
+    try_table_fields(table).unwrap_or_else(|| panic!("[{table}] lists no fields"))
 }
 
 /// The fields of `table.key` when its value is a struct (inline or an
@@ -59,6 +65,11 @@ type Keys = BTreeMap<String, BTreeSet<String>>;
 fn type_keys() -> Keys {
     let mut keys = Keys::new();
     for table in table_fields("") {
+        // A top-level scalar (`redis_url`), not a table.
+        if try_table_fields(&table).is_none() {
+            keys.insert(table, BTreeSet::new());
+            continue;
+        }
         for key in table_fields(&table) {
             let nested = nested_fields(&table, &key).unwrap_or_default();
             keys.insert(format!("{table}.{key}"), nested);
@@ -123,6 +134,9 @@ fn example_keys() -> Keys {
                 let sub = keys.entry(format!("{parent}.{child}")).or_default();
                 sub.insert(key.to_owned());
             }
+            None if table.is_empty() => {
+                keys.entry(key.to_owned()).or_default();
+            }
             None => {
                 let sub = keys.entry(format!("{table}.{key}")).or_default();
                 sub.extend(inline_keys(line));
@@ -159,6 +173,8 @@ fn readme_keys(structs: &Keys) -> Keys {
             let name = name.trim().replace("[[vendors]] ", "");
             let name = name.trim_matches(['`', '[', ']', ' ']);
             let key = match name.split_once('.') {
+                // A top-level key.
+                None if structs.contains_key(name) => name.to_owned(),
                 Some((table, field)) => {
                     prefix = table.to_owned();
                     format!("{table}.{field}")

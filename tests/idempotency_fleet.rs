@@ -111,9 +111,9 @@ async fn one_key_reaches_the_vendor_once_across_three_processes() {
     // Offboarding removes the tenant's records from Redis.
     let said = fleet[0]
         .0
-        .admin(&["idempotency", "purge", "--tenant", "acme"], "")
+        .admin(&["tenant", "erase-records", "--tenant", "acme"], "")
         .await;
-    assert!(said.contains("deleted 1 idempotency records"), "{said}");
+    assert!(said.contains("erased 1 stored responses"), "{said}");
     let left: Vec<String> = redis::cmd("KEYS")
         .arg("valet:idem:*")
         .query_async(&mut conn)

@@ -650,3 +650,62 @@ async fn a_malformed_secret_is_an_error_not_an_outage() {
         "nothing was sent with a stale or partial credential"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_overwrites_then_deletes_the_secret_without_recovery() {
+    let f = fleet(300_000, 3_600_000).await;
+    let canary = valet_testkit::canary("sm-offboard");
+    f.valet.put_credential("acme", "mock", &canary).await;
+    f.valet
+        .call(&f.key, get("acme", "mock", "/v1/users"))
+        .await
+        .unwrap();
+    f.proxy.reset();
+
+    let mut admin = f.valet.admin().await;
+    let done = admin
+        .offboard_tenant(support::authed(
+            valet::proto::OffboardTenantRequest {
+                tenant: "acme".into(),
+                ..Default::default()
+            },
+            &f.valet.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        done.deleted.iter().any(|d| d.starts_with("credential mock")),
+        "{done:?}"
+    );
+    // Two tombstone versions, then a deletion without recovery window.
+    assert_eq!(f.proxy.count("PutSecretValue"), 2);
+    assert_eq!(f.proxy.count("DeleteSecret"), 1);
+    let sm = direct(&f.moto).await;
+    assert!(
+        sm.get_secret_value()
+            .secret_id(secret_name())
+            .send()
+            .await
+            .is_err()
+    );
+    let listed = sm
+        .list_secrets()
+        .include_planned_deletion(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .secret_list()
+            .iter()
+            .all(|s| s.name() != Some(secret_name().as_str())),
+        "no recoverable secret is left"
+    );
+    let refused = f
+        .valet
+        .call(&f.key, get("acme", "mock", "/v1/users"))
+        .await
+        .unwrap_err();
+    assert_eq!(support::reason(&refused), "API_KEY_REVOKED");
+}

@@ -77,6 +77,7 @@ impl AdminService {
             actor: actor.to_owned(),
             disabled_ms: now_ms(),
             compromised: marked.clone(),
+            offboarded_until_ms: None,
         };
         let keys = self.app.keys.clone();
         // Not cancelled with the request: a disable that started lands.
@@ -122,6 +123,16 @@ impl AdminService {
             .tenant_statuses()
             .into_iter()
             .find(|s| s.tenant == tenant && s.vendor.as_deref() == vendor);
+        if let Some(status) = &lifting
+            && status.offboarded_until_ms.is_some()
+        {
+            return Err(Failure::new(
+                Reason::TenantOffboarded,
+                format!(
+                    "tenant '{tenant}' is offboarded: use `valet admin tenant restore` (within its retention)"
+                ),
+            ));
+        }
         if let Some(status) = &lifting
             && !status.compromised.is_empty()
         {
@@ -210,7 +221,7 @@ impl AdminService {
             .collect())
     }
 
-    fn status_of(&self, tenant: &str) -> proto::TenantStatus {
+    pub(super) fn status_of(&self, tenant: &str) -> proto::TenantStatus {
         let disables: Vec<TenantStatus> = self
             .app
             .keys
@@ -233,6 +244,7 @@ impl AdminService {
                     actor: s.actor.clone(),
                     disabled_at: Some(timestamp(s.disabled_ms)),
                     compromised: s.compromised.iter().map(compromised_info).collect(),
+                    offboarded_until: s.offboarded_until_ms.map(timestamp),
                 })
                 .collect(),
         }
@@ -247,7 +259,7 @@ fn compromised_info(c: &CompromisedCredential) -> proto::CompromisedCredential {
 }
 
 /// A disable's reason: required, one line, at most [`MAX_REASON`] characters.
-fn valid_reason(reason: &str) -> Result<&str, Failure> {
+pub(super) fn valid_reason(reason: &str) -> Result<&str, Failure> {
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(Failure::invalid(

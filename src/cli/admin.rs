@@ -1,8 +1,7 @@
 //! `valet admin …`: a client of the Admin service.
 
 use super::{
-    AdminArgs, AdminCommand, ApiKeyCommand, CredentialCommand, IdempotencyCommand, OperationArg,
-    PermissionArg, QuotaCommand,
+    AdminArgs, AdminCommand, ApiKeyCommand, CredentialCommand, OperationArg, PermissionArg, QuotaCommand,
 };
 use crate::proto::{self, admin_client::AdminClient};
 use std::io::{IsTerminal as _, Read as _};
@@ -93,17 +92,6 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
         AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
         AdminCommand::Quota(cmd) => quota(&mut client, cmd).await,
         AdminCommand::Tenant(cmd) => tenant::run(&mut client, cmd).await,
-        AdminCommand::Idempotency(IdempotencyCommand::Purge { tenant }) => {
-            let done = client
-                .purge_tenant_records(proto::PurgeTenantRecordsRequest {
-                    tenant: tenant.clone(),
-                })
-                .await
-                .map_err(describe)?
-                .into_inner();
-            println!("deleted {} idempotency records of tenant {tenant}", done.purged);
-            Ok(())
-        }
     }
 }
 

@@ -492,6 +492,16 @@ impl KeyStore {
         let mut revoked = Vec::new();
         self.update_state(|state| {
             revoked.clear();
+            let mut status = status.clone();
+            // A disable of an offboarded tenant keeps it offboarded.
+            if let Some(earlier) = state
+                .tenants
+                .iter()
+                .find(|s| s.tenant == status.tenant && s.vendor == status.vendor)
+                && status.offboarded_until_ms.is_none()
+            {
+                status.offboarded_until_ms = earlier.offboarded_until_ms;
+            }
             state
                 .tenants
                 .retain(|s| !(s.tenant == status.tenant && s.vendor == status.vendor));
@@ -532,6 +542,40 @@ impl KeyStore {
         Ok(lifted)
     }
 
+    /// Removes what an offboarding retained once its time is past: the
+    /// tenant's status and the records of the (revoked) keys scoped only to
+    /// it. Returns, per tenant swept, the key ids removed. In a fleet only
+    /// the replica whose change lands reports a sweep.
+    pub async fn sweep(&self, now_ms: u64) -> Result<Vec<(String, Vec<String>)>, KeyStoreError> {
+        let mut swept = Vec::new();
+        self.update_state(|state| {
+            swept.clear();
+            let due: Vec<String> = state
+                .tenants
+                .iter()
+                .filter(|s| s.offboarded_until_ms.is_some_and(|t| t <= now_ms))
+                .map(|s| s.tenant.clone())
+                .collect();
+            for tenant in due {
+                state.tenants.retain(|s| s.tenant != tenant);
+                let own = |r: &ApiKeyRecord| {
+                    !r.grant.admin && r.revoked_ms.is_some() && r.grant.tenants == [tenant.as_str()]
+                };
+                let removed = state
+                    .keys
+                    .iter()
+                    .filter(|r| own(r))
+                    .map(|r| r.id.clone())
+                    .collect();
+                state.keys.retain(|r| !own(r));
+                swept.push((tenant, removed));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(swept)
+    }
+
     /// Applies `change` to a copy of the keys, makes it durable, then
     /// publishes it to the index. See [`KeyStore::update_state`].
     pub async fn update(
@@ -554,6 +598,9 @@ impl KeyStore {
         for _ in 0..8 {
             let mut next = current.state.clone();
             change(&mut next)?;
+            if next == current.state {
+                return Ok(());
+            }
             index(&next.keys).ok_or_else(|| KeyStoreError::Shared("duplicate key hash".into()))?;
             match &self.backend {
                 Backend::Embedded(files) => {

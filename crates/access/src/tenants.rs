@@ -28,6 +28,11 @@ pub struct TenantStatus {
     /// `vendor → fingerprint`, must be replaced before it is enabled again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compromised: Vec<CompromisedCredential>,
+    /// Offboarded: what is retained is removed at this time, Unix
+    /// milliseconds (the sweeper does it; `restore` before then undoes the
+    /// offboarding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offboarded_until_ms: Option<u64>,
 }
 
 /// A credential marked compromised when its tenant was disabled.
@@ -93,6 +98,7 @@ mod tests {
             actor: "a".into(),
             disabled_ms: 1,
             compromised: Vec::new(),
+            offboarded_until_ms: None,
         }
     }
 

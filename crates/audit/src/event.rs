@@ -137,6 +137,31 @@ pub enum Event {
         /// Credentials marked compromised, `vendor:fingerprint`.
         compromised_credentials: Vec<String>,
     },
+    /// A tenant was offboarded.
+    TenantOffboard {
+        /// The tenant.
+        tenant: String,
+        /// Why, as the admin gave it.
+        reason: String,
+        /// What was deleted, one entry each.
+        deleted: Vec<String>,
+        /// What is retained until `final_deletion_ms`.
+        retained: Vec<String>,
+        /// When the sweeper removes what is retained, Unix milliseconds.
+        final_deletion_ms: u64,
+    },
+    /// An offboarding was undone within its retention.
+    TenantRestore {
+        /// The tenant.
+        tenant: String,
+    },
+    /// The sweeper removed what an offboarding retained.
+    TenantSweep {
+        /// The tenant.
+        tenant: String,
+        /// What was removed.
+        deleted: Vec<String>,
+    },
     /// A disable was lifted.
     TenantEnable {
         /// The tenant.
@@ -162,6 +187,9 @@ impl Event {
             Event::ApiKeyRevoke { .. } => "api_key_revoke",
             Event::TenantDisable { .. } => "tenant_disable",
             Event::TenantEnable { .. } => "tenant_enable",
+            Event::TenantOffboard { .. } => "tenant_offboard",
+            Event::TenantRestore { .. } => "tenant_restore",
+            Event::TenantSweep { .. } => "tenant_sweep",
         }
     }
 }

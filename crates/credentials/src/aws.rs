@@ -40,6 +40,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use valet_telemetry::Metrics;
 
+/// What a deleted credential's secret holds before it is deleted: two
+/// versions of it push the sealed record out of `AWSCURRENT` and
+/// `AWSPREVIOUS`.
+const TOMBSTONE: &str = r#"{"valet":"deleted"}"#;
+
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
 
@@ -343,6 +348,23 @@ impl SecretStore for AwsStore {
         Box::pin(async move {
             // Forget it here first: from now on no call can lease it.
             self.cache.invalidate(key);
+            // Overwrite before deleting: should the delete fail, or a
+            // deleted secret be restored by other means, the sealed
+            // record is no longer its current (or previous) version.
+            for _ in 0..2 {
+                let put = self
+                    .client()
+                    .put_secret_value()
+                    .secret_id(self.secret_name(key))
+                    .secret_string(TOMBSTONE)
+                    .send()
+                    .await;
+                match put {
+                    Ok(_) => {}
+                    Err(e) if not_found(&e) => return Ok(false),
+                    Err(e) => return Err(unavailable(&e)),
+                }
+            }
             let deleted = self
                 .client()
                 .delete_secret()

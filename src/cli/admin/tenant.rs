@@ -54,6 +54,69 @@ pub(super) async fn run(client: &mut Client, cmd: TenantCommand) -> Result<(), S
             print_status(&status);
             Ok(())
         }
+        TenantCommand::Offboard {
+            tenant,
+            retention_days,
+            now,
+            reason,
+        } => {
+            let done = client
+                .offboard_tenant(proto::OffboardTenantRequest {
+                    tenant: tenant.clone(),
+                    retention_days: if now { 0 } else { retention_days },
+                    now,
+                    reason,
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("tenant {tenant} offboarded");
+            println!("deleted:");
+            for line in &done.deleted {
+                println!("  {line}");
+            }
+            let until = time(done.final_deletion.as_ref());
+            match now {
+                true => println!("retained: nothing (removed at once)"),
+                false => {
+                    println!(
+                        "retained until {until} (restore before then: valet admin tenant restore --tenant {tenant}):"
+                    );
+                    for line in &done.retained {
+                        println!("  {line}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        TenantCommand::Restore { tenant } => {
+            let status = client
+                .restore_tenant(proto::RestoreTenantRequest {
+                    tenant: tenant.clone(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            print_status(&status);
+            println!(
+                "put new credentials (valet admin credential put --tenant {tenant} ...) and create new API keys: the old ones were deleted and revoked"
+            );
+            Ok(())
+        }
+        TenantCommand::EraseRecords { tenant } => {
+            let done = client
+                .purge_tenant_records(proto::PurgeTenantRecordsRequest {
+                    tenant: tenant.clone(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!(
+                "erased {} stored responses (idempotency records) of tenant {tenant}",
+                done.purged
+            );
+            Ok(())
+        }
         TenantCommand::List => {
             let list = client
                 .list_tenants(proto::ListTenantsRequest {})
@@ -69,12 +132,17 @@ pub(super) async fn run(client: &mut Client, cmd: TenantCommand) -> Result<(), S
 }
 
 fn print_status(status: &proto::TenantStatus) {
+    let offboarded = status.disables.iter().find_map(|d| d.offboarded_until.as_ref());
     let state = match proto::TenantState::try_from(status.state) {
+        _ if offboarded.is_some() => "offboarded",
         Ok(proto::TenantState::Disabled) => "disabled",
         _ if status.disables.is_empty() => "enabled",
         _ => "enabled (some vendors disabled)",
     };
-    println!("{}\t{state}", status.tenant);
+    match offboarded {
+        Some(until) => println!("{}\t{state}\tfinal deletion {}", status.tenant, time(Some(until))),
+        None => println!("{}\t{state}", status.tenant),
+    }
     for d in &status.disables {
         let scope = if d.vendor.is_empty() {
             "all vendors"

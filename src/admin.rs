@@ -125,7 +125,11 @@ impl AdminService {
             replaced: replaced.map(|f| f.to_string()),
         };
         self.app.record(&actor(&caller), event).await?;
-        Ok(credential_info(&key, &stored.meta()))
+        Ok(credential_info(
+            &key,
+            &stored.meta(),
+            self.app.rotation_reminder_ms,
+        ))
     }
 
     /// Checks the request, then runs `valet_credentials`' rotation with
@@ -166,7 +170,11 @@ impl AdminService {
             .rotate(&self.app.vault, &key, secret, &verifier, &journal)
             .await?;
         Ok(proto::RotateCredentialResponse {
-            credential: Some(credential_info(&key, &rotated.current)),
+            credential: Some(credential_info(
+                &key,
+                &rotated.current,
+                self.app.rotation_reminder_ms,
+            )),
             previous_fingerprint: rotated.previous.to_string(),
             verify_status: u32::from(rotated.verify_status),
         })
@@ -227,7 +235,7 @@ impl AdminService {
             .list(filter)
             .await?
             .iter()
-            .map(|(k, c)| credential_info(k, c))
+            .map(|(k, c)| credential_info(k, c, self.app.rotation_reminder_ms))
             .collect();
         Ok(proto::ListCredentialsResponse { credentials })
     }
@@ -478,8 +486,11 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
     }
 }
 
-fn credential_info(key: &CredentialKey, c: &CredentialMeta) -> proto::CredentialInfo {
+fn credential_info(key: &CredentialKey, c: &CredentialMeta, reminder_ms: u64) -> proto::CredentialInfo {
+    let rotate_by = c.updated_ms.saturating_add(reminder_ms);
     proto::CredentialInfo {
+        rotate_by: Some(timestamp(rotate_by)),
+        rotation_overdue: crate::app::now_ms() >= rotate_by,
         tenant: key.tenant.clone(),
         vendor: key.vendor.clone(),
         fingerprint: c.fingerprint.to_string(),

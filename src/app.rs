@@ -59,6 +59,11 @@ pub struct App {
     pub idempotency_config: crate::config::IdempotencyConfig,
     /// Calls since the last purge of expired idempotency records.
     pub idempotency_calls: std::sync::atomic::AtomicU64,
+    /// How long a credential may go unreplaced before it is due for
+    /// rotation (`secrets.rotation_reminder_days`).
+    pub rotation_reminder_ms: u64,
+    /// Credentials past due, as last counted ([`crate::reminder`]).
+    pub rotation_overdue: Arc<std::sync::atomic::AtomicU64>,
     /// Where the bootstrap admin key was written, if this start created it.
     pub bootstrap_key: Option<PathBuf>,
     /// Counters and histograms for `/metrics` and OTLP.
@@ -150,6 +155,13 @@ impl App {
         let readiness = Readiness::default();
         register_gauges(&metrics, &quotas, &readiness, &registry);
         register_control_gauges(&metrics, &keys);
+        let rotation_overdue = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let overdue = Arc::clone(&rotation_overdue);
+        metrics.gauge(
+            "valet.credentials.rotation_overdue",
+            "Credentials not replaced within secrets.rotation_reminder_days, as last counted",
+            move || overdue.load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
 
         // A fleet replica that could not reach Redis does not know whether
         // the fleet has keys: it bootstraps nothing.
@@ -170,6 +182,8 @@ impl App {
             idempotency,
             idempotency_config: config.idempotency.clone(),
             idempotency_calls: Default::default(),
+            rotation_reminder_ms: u64::from(config.secrets.rotation_reminder_days) * 86_400_000,
+            rotation_overdue,
             bootstrap_key,
             metrics,
             readiness,

@@ -239,6 +239,11 @@ pub struct SecretsConfig {
     /// Most credentials cached; the least recently used are evicted.
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
+    /// A credential not replaced for this many days is due for rotation:
+    /// `credential list` says so, and `valet_credentials_rotation_overdue`
+    /// counts it.
+    #[serde(default = "default_rotation_reminder_days")]
+    pub rotation_reminder_days: u32,
 }
 
 impl Default for SecretsConfig {
@@ -253,6 +258,7 @@ impl Default for SecretsConfig {
             max_stale_ms: default_max_stale_ms(),
             refresh_budget_ms: default_refresh_budget_ms(),
             cache_capacity: default_cache_capacity(),
+            rotation_reminder_days: default_rotation_reminder_days(),
         }
     }
 }
@@ -276,6 +282,9 @@ fn default_refresh_budget_ms() -> u64 {
 const MAX_REFRESH_BUDGET_MS: u64 = 5_000;
 fn default_cache_capacity() -> usize {
     10_000
+}
+fn default_rotation_reminder_days() -> u32 {
+    90
 }
 
 /// Where sealed credentials are kept.
@@ -832,6 +841,11 @@ impl Config {
         }
         if s.cache_capacity == 0 {
             return Err(invalid("secrets.cache_capacity: must be greater than 0".into()));
+        }
+        if self.secrets.rotation_reminder_days == 0 {
+            return Err(invalid(
+                "secrets.rotation_reminder_days: must be greater than 0".into(),
+            ));
         }
         if !(1..=MAX_REFRESH_BUDGET_MS).contains(&s.refresh_budget_ms) {
             return Err(invalid(format!(

@@ -22,6 +22,7 @@
 //! - [`admin`]: the Admin gRPC service (credentials and their rotation, API
 //!   keys, quota policies, tenants: the kill switch and offboarding).
 //! - [`sweeper`]: removes what an offboarding retained, after its date.
+//! - [`reminder`]: counts credentials due for rotation.
 //! - [`status`]: [`Reason`](status::Reason), every stable reason with its
 //!   gRPC code and wire string, and the one mapping from failures to gRPC
 //!   statuses.
@@ -58,6 +59,7 @@ pub mod gateway;
 pub mod ops;
 pub mod proto;
 pub mod readiness;
+pub mod reminder;
 pub mod server;
 pub mod status;
 pub mod sweeper;

@@ -114,6 +114,7 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     crate::sweeper::spawn(&app);
+    crate::reminder::spawn(&app);
     let draining = app.readiness.clone();
     tokio::spawn(async move {
         shutdown.await;

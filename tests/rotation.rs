@@ -137,3 +137,66 @@ async fn the_cli_rotates_from_stdin() {
         "{said}"
     );
 }
+
+/// Credential age: a credential not replaced within
+/// `secrets.rotation_reminder_days` is listed as overdue and counted in
+/// `valet_credentials_rotation_overdue`; rotating it clears both.
+async fn list(valet: &Valet) -> Vec<valet::proto::CredentialInfo> {
+    valet
+        .admin()
+        .await
+        .list_credentials(authed(
+            valet::proto::ListCredentialsRequest::default(),
+            &valet.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credentials
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_past_its_reminder_is_listed_overdue_and_counted() {
+    let (_mock, valet, _key) = setup(true).await;
+    let fresh = list(&valet).await;
+    assert!(!fresh[0].rotation_overdue);
+    let rotate_by = fresh[0].rotate_by.unwrap().seconds - fresh[0].updated.unwrap().seconds;
+    assert_eq!(rotate_by, 90 * 86_400, "default: 90 days");
+
+    // Age the record on disk by 100 days, as if stored then.
+    let state = valet.state_dir();
+    let valet = {
+        let (config, dir) = valet.stop().await;
+        let file = state.join("credentials").join("acme").join("mock.json");
+        let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let aged = record["updated_ms"].as_u64().unwrap() - 100 * 86_400_000;
+        record["updated_ms"] = aged.into();
+        std::fs::write(&file, serde_json::to_vec(&record).unwrap()).unwrap();
+        Valet::start_with(config, dir).await
+    };
+    assert!(list(&valet).await[0].rotation_overdue);
+    let metrics = format!("http://{}/metrics", valet.ops_addr);
+    let started = std::time::Instant::now();
+    let counted = loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never counted"
+        );
+        let text = support::http_get(&metrics).await.1;
+        let n = support::sample(&text, "valet_credentials_rotation_overdue", &[]);
+        if n > 0.0 {
+            break n;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(counted, 1.0);
+    let out = support::admin_cli(
+        &format!("http://{}", valet.admin_addr),
+        &state.join("admin.key"),
+        &["credential", "list"],
+        "",
+    )
+    .await;
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("\t100d\t") && out.contains("(overdue)"), "{out}");
+}

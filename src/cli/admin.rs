@@ -145,16 +145,19 @@ async fn credential(client: &mut Client, cmd: CredentialCommand) -> Result<(), S
                 .await
                 .map_err(describe)?
                 .into_inner();
-            println!("TENANT\tVENDOR\tFINGERPRINT\tLAST4\tCREATED\tUPDATED");
+            println!("TENANT\tVENDOR\tFINGERPRINT\tLAST4\tCREATED\tUPDATED\tAGE\tROTATE BY");
             for c in list.credentials {
+                let due = if c.rotation_overdue { " (overdue)" } else { "" };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}{due}",
                     c.tenant,
                     c.vendor,
                     c.fingerprint,
                     or_dash(&c.last4),
                     time(c.created.as_ref()),
-                    time(c.updated.as_ref())
+                    time(c.updated.as_ref()),
+                    age(c.updated.as_ref()),
+                    time(c.rotate_by.as_ref()),
                 );
             }
         }
@@ -405,6 +408,17 @@ fn time(ts: Option<&prost_types::Timestamp>) -> String {
             let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
             humantime::format_rfc3339_seconds(at).to_string()
         },
+    )
+}
+
+/// Whole days since `ts`.
+fn age(ts: Option<&prost_types::Timestamp>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    ts.map_or_else(
+        || "-".to_owned(),
+        |t| format!("{}d", (now - t.seconds).max(0) / 86_400),
     )
 }
 

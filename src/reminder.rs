@@ -1,9 +1,11 @@
 //! Rotation reminders: counts the credentials not replaced within
 //! `secrets.rotation_reminder_days`, for the
 //! `valet_credentials_rotation_overdue` gauge (and the alert rule in
-//! `deploy/prometheus/valet-alerts.yml`). Counted at start and every
-//! [`EVERY`]: listing credentials is a Secrets Manager request in a fleet,
-//! so not on every scrape.
+//! `deploy/prometheus/valet-alerts.yml`). Counted every [`EVERY`]:
+//! listing credentials is a Secrets Manager request in a fleet, so not on
+//! every scrape. The embedded store is counted at start too; Secrets
+//! Manager first one interval after start, so a fleet restarting at once
+//! does not add a burst of ListSecrets to its start.
 
 use crate::app::{App, now_ms};
 use std::sync::Arc;
@@ -30,11 +32,16 @@ pub async fn count(app: &App) {
     }
 }
 
-/// Runs [`count`] now and every [`EVERY`] until the app is dropped.
+/// Runs [`count`] every [`EVERY`] (the embedded store also at once) until
+/// the app is dropped.
 pub fn spawn(app: &Arc<App>) {
     let weak = Arc::downgrade(app);
+    let first = match app.required.secrets_manager {
+        Some(_) => tokio::time::Instant::now() + EVERY,
+        None => tokio::time::Instant::now(),
+    };
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
+        let mut tick = tokio::time::interval_at(first, EVERY);
         loop {
             tick.tick().await;
             let Some(app) = weak.upgrade() else { return };

@@ -213,7 +213,11 @@ async fn without_redis_a_replica_serves_its_snapshot_until_the_bound_then_refuse
     let mut redis = RedisServer::start().await;
     let mock = MockVendor::start().await;
     let max_stale = Duration::from_millis(4_000);
-    let body = body(&redis, &mock, max_stale.as_millis() as u64);
+    // Quotas in the same Redis (the one top-level redis_url): a replica
+    // restarted during the outage must start anyway, and admit calls under
+    // the local fallback.
+    let body = body(&redis, &mock, max_stale.as_millis() as u64)
+        + "[quota]\nbackend = \"redis\"\non_backend_error = \"local\"\n[[quota.policies]]\ntenant = \"*\"\nvendor = \"mock\"\noperation = \"*\"\nrate = 1000\nperiod = \"second\"\nburst = 1000\n";
     let a = ValetProcess::spawn(&body).await;
     let key = a
         .acme_mock_caller(&valet_testkit::canary("snapshot"), "read")

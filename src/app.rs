@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
-use valet_access::{ApiKey, Caller, Grant, KeyStore};
+use valet_access::{ApiKey, Caller, Grant, KeyStore, LastUse};
 use valet_audit::{AuditError, AuditLog, Event};
 use valet_credentials::aws::SdkConfig;
 use valet_credentials::cache::CacheSettings;
@@ -39,6 +39,14 @@ pub enum StartError {
 pub struct App {
     /// API keys.
     pub keys: Arc<KeyStore>,
+    /// When and from where each key last authenticated (this replica).
+    pub last_use: LastUse,
+    /// Where [`App::last_use`] is flushed.
+    pub last_use_path: PathBuf,
+    /// API key lifetimes.
+    pub api_keys: crate::config::ApiKeysConfig,
+    /// Proxies whose x-forwarded-for names a call's source.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Sealed credentials.
     pub vault: Vault,
     /// Configured vendors.
@@ -137,6 +145,11 @@ impl App {
         let keys = Arc::new(
             KeyStore::open(&dir.join("apikeys.json")).map_err(|e| StartError::State(e.to_string()))?,
         );
+        let last_use_path = dir.join("apikeys.lastuse.json");
+        let last_use = LastUse::load(&last_use_path).unwrap_or_else(|why| {
+            tracing::warn!(%why, "API key last-use file is unreadable; last-use times start empty");
+            LastUse::default()
+        });
         let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
         let idempotency = open_idempotency(config, dir).await?;
@@ -150,6 +163,7 @@ impl App {
         quotas.spawn_sync();
         let readiness = Readiness::default();
         register_gauges(&metrics, &quotas, &readiness, &registry);
+        register_key_gauges(&metrics, &keys, &config.api_keys);
 
         let bootstrap_key = if keys.is_empty() {
             Some(bootstrap_admin_key(&keys, &audit, dir).await?)
@@ -158,6 +172,10 @@ impl App {
         };
         Ok(Self {
             keys,
+            last_use,
+            last_use_path,
+            api_keys: config.api_keys.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
             vault,
             registry,
             audit,
@@ -252,6 +270,7 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
                 permissions: Vec::new(),
                 expires_ms: None,
                 client_identity: None,
+                allow_cidrs: Vec::new(),
             },
         )
         .await
@@ -338,6 +357,33 @@ fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readines
                 .collect()
         },
     );
+}
+
+/// `valet_api_keys_expiring`: valid keys that expire within
+/// `api_keys.expiring_window_days`, read at collection time, so a rotation
+/// due soon shows on a dashboard before callers start failing.
+fn register_key_gauges(metrics: &Metrics, keys: &Arc<KeyStore>, config: &crate::config::ApiKeysConfig) {
+    let keys = Arc::clone(keys);
+    let window_ms = config.expiring_window_days.saturating_mul(86_400_000);
+    metrics.gauge(
+        "valet.api_keys.expiring",
+        "Valid API keys that expire within api_keys.expiring_window_days",
+        move || {
+            let now = now_ms();
+            let expiring = keys.list().iter().filter(|k| k.expires_within(now, window_ms)).count();
+            i64::try_from(expiring).unwrap_or(i64::MAX)
+        },
+    );
+}
+
+impl App {
+    /// Writes the API keys' last uses to their file if any changed; a
+    /// failure is logged (last use informs, it never decides access).
+    pub fn flush_last_use(&self) {
+        if let Err(e) = self.last_use.flush(&self.last_use_path) {
+            tracing::warn!(path = %self.last_use_path.display(), error = %e, "cannot write API key last-use times");
+        }
+    }
 }
 
 /// Now, Unix milliseconds.

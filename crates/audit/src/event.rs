@@ -114,6 +114,9 @@ pub enum Event {
         /// The client certificate identity bound to it, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_identity: Option<String>,
+        /// The source networks it is bound to, if any.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        allow_cidrs: Vec<String>,
     },
     /// An API key was revoked.
     ApiKeyRevoke {
@@ -121,6 +124,21 @@ pub enum Event {
         key_id: String,
         /// Its name.
         name: String,
+    },
+    /// An API key was rotated: a successor with the same name, grant and
+    /// source networks was created, and the old key set to expire at the
+    /// end of the overlap. One event, so the log never shows half a rotation.
+    ApiKeyRotate {
+        /// The old key's id.
+        key_id: String,
+        /// The successor's id.
+        new_key_id: String,
+        /// Their name.
+        name: String,
+        /// When the old key now expires, Unix milliseconds.
+        old_expires_ms: Option<u64>,
+        /// When the successor expires, if it does.
+        new_expires_ms: Option<u64>,
     },
 }
 
@@ -138,6 +156,7 @@ impl Event {
             Event::CredentialDelete { .. } => "credential_delete",
             Event::ApiKeyCreate { .. } => "api_key_create",
             Event::ApiKeyRevoke { .. } => "api_key_revoke",
+            Event::ApiKeyRotate { .. } => "api_key_rotate",
         }
     }
 }

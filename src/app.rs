@@ -370,7 +370,11 @@ fn register_key_gauges(metrics: &Metrics, keys: &Arc<KeyStore>, config: &crate::
         "Valid API keys that expire within api_keys.expiring_window_days",
         move || {
             let now = now_ms();
-            let expiring = keys.list().iter().filter(|k| k.expires_within(now, window_ms)).count();
+            let expiring = keys
+                .list()
+                .iter()
+                .filter(|k| k.expires_within(now, window_ms))
+                .count();
             i64::try_from(expiring).unwrap_or(i64::MAX)
         },
     );

@@ -718,14 +718,10 @@ impl Config {
         self.check_quota()?;
         let keys = &self.api_keys;
         if !(1..=36_500).contains(&keys.max_lifetime_days) {
-            return Err(invalid(
-                "api_keys.max_lifetime_days must be 1 to 36500".into(),
-            ));
+            return Err(invalid("api_keys.max_lifetime_days must be 1 to 36500".into()));
         }
         if !(1..=3650).contains(&keys.expiring_window_days) {
-            return Err(invalid(
-                "api_keys.expiring_window_days must be 1 to 3650".into(),
-            ));
+            return Err(invalid("api_keys.expiring_window_days must be 1 to 3650".into()));
         }
         Ok((registry, limits))
     }

@@ -78,7 +78,10 @@ mod tests {
         // A peer that is not a trusted proxy: its header is ignored.
         assert_eq!(resolve(ip("192.0.2.7"), &m, &trusted), ip("192.0.2.7"));
         // No header: the proxy itself.
-        assert_eq!(resolve(ip("127.0.0.1"), &MetadataMap::new(), &trusted), ip("127.0.0.1"));
+        assert_eq!(
+            resolve(ip("127.0.0.1"), &MetadataMap::new(), &trusted),
+            ip("127.0.0.1")
+        );
         // Only trusted hops: the farthest.
         let m = xff(&["fd00::9, 127.0.0.2"]);
         assert_eq!(resolve(ip("127.0.0.1"), &m, &trusted), ip("fd00::9"));

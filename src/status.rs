@@ -364,9 +364,7 @@ impl From<KeyStoreError> for Failure {
                 Self::new(Reason::ApiKeyNotFound, format!("no API key with id '{id}'"))
             }
             e @ KeyStoreError::NameNotFound(_) => Self::new(Reason::ApiKeyNotFound, e.to_string()),
-            e @ KeyStoreError::NameAmbiguous { .. } => {
-                Self::new(Reason::ApiKeyNameAmbiguous, e.to_string())
-            }
+            e @ KeyStoreError::NameAmbiguous { .. } => Self::new(Reason::ApiKeyNameAmbiguous, e.to_string()),
             e @ KeyStoreError::NotActive(_) => Self::new(Reason::ApiKeyNotActive, e.to_string()),
             e @ KeyStoreError::Identity(_) => Self::new(Reason::ClientIdentityInvalid, e.to_string()),
             other => {

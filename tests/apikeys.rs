@@ -28,8 +28,17 @@ async fn setup(config: Config) -> (MockVendor, Valet) {
 }
 
 /// Creates an acme × mock READ key named `name` with `req`'s extras.
-async fn create(valet: &Valet, name: &str, extra: impl Fn(CreateApiKeyRequest) -> CreateApiKeyRequest) -> (String, String) {
-    let req = extra(CreateApiKeyRequest::gateway(name, &["acme"], &["mock"], &[Operation::Read]));
+async fn create(
+    valet: &Valet,
+    name: &str,
+    extra: impl Fn(CreateApiKeyRequest) -> CreateApiKeyRequest,
+) -> (String, String) {
+    let req = extra(CreateApiKeyRequest::gateway(
+        name,
+        &["acme"],
+        &["mock"],
+        &[Operation::Read],
+    ));
     let created = valet
         .admin()
         .await
@@ -46,7 +55,12 @@ async fn call_with(valet: &Valet, key: &str, forwarded_for: Option<&str>) -> Res
     if let Some(xff) = forwarded_for {
         req.metadata_mut().insert("x-forwarded-for", xff.parse().unwrap());
     }
-    valet.gateway().await.call(req).await.map(|r| r.into_inner().status)
+    valet
+        .gateway()
+        .await
+        .call(req)
+        .await
+        .map(|r| r.into_inner().status)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -73,7 +87,11 @@ async fn keys_bound_to_networks_work_only_from_inside_them() {
     // Counted like any refusal.
     let (_, metrics) = http_get(&format!("http://{}/metrics", valet.ops_addr)).await;
     assert_eq!(
-        sample(&metrics, "valet_calls_total", &[("outcome", "SOURCE_NOT_ALLOWED")]),
+        sample(
+            &metrics,
+            "valet_calls_total",
+            &[("outcome", "SOURCE_NOT_ALLOWED")]
+        ),
         2.0
     );
 
@@ -143,13 +161,20 @@ async fn behind_trusted_proxies_the_forwarded_source_counts() {
     // Only the header's value changes: no traffic goes to 10.x.
     assert_eq!(call_with(&valet, &ten, Some("10.1.2.3")).await.unwrap(), 200);
     // A claim left of the hop the proxy appended is not believed.
-    let err = call_with(&valet, &ten, Some("10.9.9.9, 192.0.2.1")).await.unwrap_err();
+    let err = call_with(&valet, &ten, Some("10.9.9.9, 192.0.2.1"))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), "SOURCE_NOT_ALLOWED");
     // Through the proxy from a client outside 127/8, the loopback key fails.
     let err = call_with(&valet, &lo, Some("10.1.2.3")).await.unwrap_err();
     assert_eq!(reason(&err), "SOURCE_NOT_ALLOWED");
     // Trusted hops are skipped; no header means the proxy itself called.
-    assert_eq!(call_with(&valet, &ten, Some("10.1.2.3, 127.0.0.9")).await.unwrap(), 200);
+    assert_eq!(
+        call_with(&valet, &ten, Some("10.1.2.3, 127.0.0.9"))
+            .await
+            .unwrap(),
+        200
+    );
     assert_eq!(call_with(&valet, &lo, None).await.unwrap(), 200);
     // A hop that is not an address: unknown source, bound keys refused.
     let err = call_with(&valet, &ten, Some("garbage")).await.unwrap_err();
@@ -307,8 +332,14 @@ async fn rotation_overlaps_then_hands_over_in_one_audit_event() {
     let (new, old) = (rotated.info.unwrap(), rotated.previous.unwrap());
     assert_ne!(new.id, old_id);
     assert_eq!(old.id, old_id);
-    assert_eq!((new.name.as_str(), new.allow_cidrs.clone()), ("sync", vec!["127.0.0.0/8".to_owned()]));
-    assert_eq!((new.tenants.clone(), new.operations.clone()), (old.tenants.clone(), old.operations.clone()));
+    assert_eq!(
+        (new.name.as_str(), new.allow_cidrs.clone()),
+        ("sync", vec!["127.0.0.0/8".to_owned()])
+    );
+    assert_eq!(
+        (new.tenants.clone(), new.operations.clone()),
+        (old.tenants.clone(), old.operations.clone())
+    );
     let expires = old.expires.unwrap();
     let old_expiry_ms = expires.seconds as u64 * 1000 + expires.nanos as u64 / 1_000_000;
     assert!(old_expiry_ms <= before + 3_600_000 + 1000 && old_expiry_ms >= before + 3_590_000);
@@ -411,7 +442,10 @@ async fn last_use_is_listed_and_survives_a_restart_in_its_own_file() {
     let file = std::fs::read_to_string(state.join("apikeys.lastuse.json")).unwrap();
     assert!(file.contains(&id) && !file.contains(&idle_id), "{file}");
     let records = std::fs::read_to_string(state.join("apikeys.json")).unwrap();
-    assert!(!records.contains("127.0.0.1") && !records.contains("last_use"), "{records}");
+    assert!(
+        !records.contains("127.0.0.1") && !records.contains("last_use"),
+        "{records}"
+    );
     let after = list(&valet).await;
     let again = after.iter().find(|k| k.id == id).unwrap();
     assert_eq!(again.last_used, used.last_used);
@@ -425,14 +459,31 @@ async fn the_cli_binds_expires_lists_rotates_and_revokes() {
     )
     .await;
     let admin = async |args: &[&str]| support::admin_cli(&valet.admin_url, &valet.key_file, args, "").await;
-    let base = ["apikey", "create", "--tenant", "acme", "--vendor", "mock", "--operation", "read"];
+    let base = [
+        "apikey",
+        "create",
+        "--tenant",
+        "acme",
+        "--vendor",
+        "mock",
+        "--operation",
+        "read",
+    ];
     let create = async |extra: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         admin(&args).await
     };
 
     // Durations: units accepted, zero, negative and garbage refused.
-    let out = create(&["--name", "bound", "--allow-cidr", "10.0.0.0/8", "--expires-in", "12h"]).await;
+    let out = create(&[
+        "--name",
+        "bound",
+        "--allow-cidr",
+        "10.0.0.0/8",
+        "--expires-in",
+        "12h",
+    ])
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let bound = text(&out.stdout).trim().to_owned();
     assert!(bound.starts_with("vk_") && !bound.contains('\n'));
@@ -452,7 +503,8 @@ async fn the_cli_binds_expires_lists_rotates_and_revokes() {
     // The bound key is refused from loopback, and the refusal is in the
     // call's log line with its source.
     let mut req = authed(get("acme", "mock", "/x"), &bound);
-    req.metadata_mut().insert("x-forwarded-for", "10.1.1.1".parse().unwrap());
+    req.metadata_mut()
+        .insert("x-forwarded-for", "10.1.1.1".parse().unwrap());
     let err = valet.gateway().await.call(req).await.unwrap_err();
     assert_eq!(reason(&err), "SOURCE_NOT_ALLOWED");
     let log = valet.stdout_so_far();
@@ -467,7 +519,10 @@ async fn the_cli_binds_expires_lists_rotates_and_revokes() {
     let listing = text(&admin(&["apikey", "list", "--expiring", "7d"]).await.stdout);
     let rows: Vec<&str> = listing.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "{listing}");
-    assert!(rows[0].contains("\tbound\t") && rows[0].contains("10.0.0.0/8"), "{listing}");
+    assert!(
+        rows[0].contains("\tbound\t") && rows[0].contains("10.0.0.0/8"),
+        "{listing}"
+    );
     let id = rows[0].split('\t').next().unwrap().to_owned();
 
     // Rotate: the new key alone on stdout, the old one kept for the overlap.
@@ -482,12 +537,24 @@ async fn the_cli_binds_expires_lists_rotates_and_revokes() {
     // Revoke by name: two valid "bound" keys now (old and successor).
     let out = admin(&["apikey", "revoke", "--name", "bound"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("API_KEY_NAME_AMBIGUOUS"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("API_KEY_NAME_AMBIGUOUS"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = admin(&["apikey", "revoke", "--name", "days"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("revoked API key"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("revoked API key"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = admin(&["apikey", "revoke", "--name", "days"]).await;
-    assert!(text(&out.stderr).contains("API_KEY_NOT_FOUND"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("API_KEY_NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
+    );
     let exited = valet.terminate().await;
     assert!(!text(&exited.stdout).contains(&successor));
 }

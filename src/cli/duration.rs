@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Parses a positive duration (see the module docs).
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let bad = |why: &str| format!("'{text}': {why}; use a positive number and a unit: 90d, 12h, 30m, 45s or 2w");
+    let bad =
+        |why: &str| format!("'{text}': {why}; use a positive number and a unit: 90d, 12h, 30m, 45s or 2w");
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     if t.starts_with('-') {
@@ -43,7 +44,17 @@ mod tests {
         assert_eq!(parse("12h"), Ok(Duration::from_secs(12 * 3_600)));
         assert_eq!(parse("30m"), Ok(Duration::from_secs(1_800)));
         assert_eq!(parse("2w"), Ok(Duration::from_secs(14 * 86_400)));
-        for bad in ["0d", "-1d", "90", "d", "", "1.5h", "12 h", "3y", "99999999999999999999d"] {
+        for bad in [
+            "0d",
+            "-1d",
+            "90",
+            "d",
+            "",
+            "1.5h",
+            "12 h",
+            "3y",
+            "99999999999999999999d",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("0h").unwrap_err().contains("greater than zero"));

@@ -10,10 +10,10 @@ use crate::grant::Grant;
 use crate::source::{self, SourceNotAllowed};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use ipnet::IpNet;
 use std::fmt;
 use std::fs;
 use std::net::IpAddr;
@@ -157,7 +157,9 @@ pub enum KeyStoreError {
     #[error("no valid API key is named '{0}'")]
     NameNotFound(String),
     /// Several valid keys have this name, so it does not say which.
-    #[error("{count} valid API keys are named '{name}'; give the id of the one you mean (see `valet admin apikey list`)")]
+    #[error(
+        "{count} valid API keys are named '{name}'; give the id of the one you mean (see `valet admin apikey list`)"
+    )]
     NameAmbiguous {
         /// The name.
         name: String,
@@ -321,9 +323,7 @@ impl KeyStore {
         let mut revoked = None;
         self.update(|records| {
             let now = now_ms();
-            let mut named = records
-                .iter_mut()
-                .filter(|r| r.name == name && r.valid_at(now));
+            let mut named = records.iter_mut().filter(|r| r.name == name && r.valid_at(now));
             let rec = named
                 .next()
                 .ok_or_else(|| KeyStoreError::NameNotFound(name.to_owned()))?;
@@ -594,7 +594,10 @@ mod tests {
             .unwrap();
         let (new_key, new, before) = store.rotate(&old.id, day, 3650 * day).unwrap();
         assert_ne!(new.id, old.id);
-        assert_eq!((new.name.as_str(), &new.grant, &new.allow_cidrs), ("sync", &old.grant, &nets));
+        assert_eq!(
+            (new.name.as_str(), &new.grant, &new.allow_cidrs),
+            ("sync", &old.grant, &nets)
+        );
         let old_expiry = before.expires_ms.unwrap();
         assert!(old_expiry <= now_ms() + day && old_expiry > now_ms() + day - 60_000);
         assert!(new.expires_ms.unwrap() >= new.created_ms + 30 * day);
@@ -608,7 +611,13 @@ mod tests {
 
         // Nothing to hand over from a revoked key.
         store.revoke(&old.id).unwrap();
-        assert!(matches!(store.rotate(&old.id, day, day), Err(KeyStoreError::NotActive(_))));
-        assert!(matches!(store.rotate("key_0", day, day), Err(KeyStoreError::NotFound(_))));
+        assert!(matches!(
+            store.rotate(&old.id, day, day),
+            Err(KeyStoreError::NotActive(_))
+        ));
+        assert!(matches!(
+            store.rotate("key_0", day, day),
+            Err(KeyStoreError::NotFound(_))
+        ));
     }
 }

@@ -92,7 +92,9 @@ impl Slot {
             }
             let source = match family {
                 4 => Some(IpAddr::V4(Ipv4Addr::from(lo as u32))),
-                6 => Some(IpAddr::V6(Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo)))),
+                6 => Some(IpAddr::V6(Ipv6Addr::from(
+                    (u128::from(hi) << 64) | u128::from(lo),
+                ))),
                 _ => None,
             };
             return Some(Use { at_ms, source });
@@ -124,8 +126,7 @@ impl LastUse {
     /// never decides access, so a caller may start empty instead.
     pub fn load(path: &Path) -> Result<Self, String> {
         let uses: BTreeMap<String, Use> = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
@@ -140,9 +141,9 @@ impl LastUse {
     }
 
     fn shard(&self, id: &str) -> &RwLock<HashMap<String, Arc<Slot>>> {
-        let h = id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         &self.shards[(h % SHARDS as u64) as usize]
     }
 
@@ -169,7 +170,10 @@ impl LastUse {
         {
             return;
         }
-        slot.write(Use { at_ms: now_ms, source });
+        slot.write(Use {
+            at_ms: now_ms,
+            source,
+        });
         self.dirty.store(true, Ordering::Release);
     }
 
@@ -189,7 +193,11 @@ impl LastUse {
                 .iter()
                 .map(|(id, slot)| (id.clone(), Arc::clone(slot)))
                 .collect();
-            all.extend(slots.into_iter().filter_map(|(id, slot)| Some((id, slot.read()?))));
+            all.extend(
+                slots
+                    .into_iter()
+                    .filter_map(|(id, slot)| Some((id, slot.read()?))),
+            );
         }
         all
     }

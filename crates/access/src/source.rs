@@ -70,7 +70,10 @@ mod tests {
         assert_eq!(parse_cidr(" 127.0.0.1 ").unwrap().to_string(), "127.0.0.1/32");
         assert_eq!(parse_cidr("fd00::/8").unwrap().to_string(), "fd00::/8");
         assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
-        assert!(matches!(parse_cidr("10.1.2.3/8"), Err(CidrError::HostBits { .. })));
+        assert!(matches!(
+            parse_cidr("10.1.2.3/8"),
+            Err(CidrError::HostBits { .. })
+        ));
         assert!(matches!(parse_cidr("10.0.0.0/33"), Err(CidrError::Syntax(_))));
         assert!(matches!(parse_cidr("localhost"), Err(CidrError::Syntax(_))));
     }

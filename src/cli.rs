@@ -256,7 +256,7 @@ pub enum ApiKeyCommand {
         permissions: Vec<PermissionArg>,
         /// Expire after this long: 90d, 12h, 30m (minutes), 45s, 2w
         /// (default: never). At most the server's api_keys.max_lifetime_days.
-        #[arg(long, value_parser = duration::parse, conflicts_with = "ttl_days")]
+        #[arg(long, value_parser = duration::parse, allow_hyphen_values = true, conflicts_with = "ttl_days")]
         expires_in: Option<std::time::Duration>,
         /// Expire after this many days (older spelling of --expires-in Nd).
         #[arg(long)]
@@ -275,7 +275,7 @@ pub enum ApiKeyCommand {
     /// List API keys (metadata only), with each key's last use.
     List {
         /// Only valid keys that expire within this long (e.g. 7d).
-        #[arg(long, value_parser = duration::parse)]
+        #[arg(long, value_parser = duration::parse, allow_hyphen_values = true)]
         expiring: Option<std::time::Duration>,
     },
     /// Revoke an API key at once, by id or by name.
@@ -295,7 +295,7 @@ pub enum ApiKeyCommand {
         /// The key's id (`key_…`).
         id: String,
         /// How long the old key keeps working: 24h, 7d, 30m, ...
-        #[arg(long, value_parser = duration::parse, default_value = "24h")]
+        #[arg(long, value_parser = duration::parse, allow_hyphen_values = true, default_value = "24h")]
         overlap: std::time::Duration,
     },
 }

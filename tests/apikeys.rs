@@ -436,6 +436,14 @@ async fn last_use_is_listed_and_survives_a_restart_in_its_own_file() {
     let idle = keys.iter().find(|k| k.id == idle_id).unwrap();
     assert!(idle.last_used.is_none() && idle.last_used_source.is_empty());
 
+    // Written while serving, every few seconds: polled, bounded.
+    let file = valet.state_dir().join("apikeys.lastuse.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !std::fs::read_to_string(&file).is_ok_and(|t| t.contains(&id)) {
+        assert!(std::time::Instant::now() < deadline, "no periodic flush");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // Shutdown flushes; the key records are untouched by use.
     let valet = valet.restart().await;
     let state = valet.state_dir();

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".valet.v1.PutCredentialRequest",
         ".valet.v1.RotateCredentialRequest",
         ".valet.v1.CreateApiKeyResponse",
+        ".valet.v1.RotateApiKeyResponse",
     ]);
     let include = protoc_bin_vendored::include_path()?;
     // Served by gRPC reflection, so grpcurl needs no .proto files.

@@ -101,9 +101,15 @@ async fn propagation() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        on_b.revoke_api_key(authed(RevokeApiKeyRequest { id }, &admin_key))
-            .await
-            .unwrap();
+        on_b.revoke_api_key(authed(
+            RevokeApiKeyRequest {
+                id,
+                ..Default::default()
+            },
+            &admin_key,
+        ))
+        .await
+        .unwrap();
         let done = Instant::now();
         let (ta, tc) = tokio::join!(
             refused_on(&a, &key, "API_KEY_REVOKED"),

@@ -7,7 +7,7 @@ use crate::proto::{self, admin_server::Admin};
 use crate::status::{Failure, Reason};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use valet_access::{ApiKeyRecord, Caller, Grant, KeyRequest, Operation, Permission};
+use valet_access::{ApiKeyRecord, Caller, KeyRequest, KeyScope, Operation, Permission, Use};
 use valet_audit::Event;
 use valet_credentials::rotation::{Journal, StepRecord, Verdict, Verifier};
 use valet_credentials::{CredentialKey, CredentialMeta, Rotations, Secret, valid_name};
@@ -85,8 +85,7 @@ impl AdminService {
     }
 
     fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Failure> {
-        let identity = authenticate::peer_identity(request);
-        let caller = authenticate::caller(&self.app.keys, request.metadata(), identity.as_deref())?;
+        let caller = authenticate::request_caller(&self.app, request)?;
         caller.grant.allows_admin()?;
         Ok(caller)
     }
@@ -246,13 +245,20 @@ impl AdminService {
     ) -> Result<proto::CreateApiKeyResponse, Failure> {
         let caller = self.admin(&request)?;
         let req = request.into_inner();
-        let (grant, ttl_ms) = self.grant(&req)?;
+        let KeyScope {
+            grant,
+            ttl_ms,
+            allow_cidrs,
+        } = self.grant(&req)?;
         let keys = self.app.keys.clone();
         let name = req.name.clone();
         let identity = Some(req.client_identity.trim().to_owned()).filter(|s| !s.is_empty());
-        let (key, record) = tokio::spawn(async move { keys.create(&name, grant, ttl_ms, identity).await })
-            .await
-            .map_err(|_| Failure::new(Reason::Internal, "API key creation was interrupted"))??;
+        let (key, record) = tokio::spawn(async move {
+            keys.create_restricted(&name, grant, ttl_ms, identity, allow_cidrs)
+                .await
+        })
+        .await
+        .map_err(|_| Failure::new(Reason::Internal, "API key creation was interrupted"))??;
         let event = Event::ApiKeyCreate {
             key_id: record.id.clone(),
             name: record.name.clone(),
@@ -273,16 +279,17 @@ impl AdminService {
                 .collect(),
             expires_ms: record.expires_ms,
             client_identity: record.client_identity.clone(),
+            allow_cidrs: record.allow_cidrs.iter().map(ToString::to_string).collect(),
         };
         self.app.record(&actor(&caller), event).await?;
         Ok(proto::CreateApiKeyResponse {
             key: key.expose().to_owned(),
-            info: Some(api_key_info(&record)),
+            info: Some(self.api_key_info(&record)),
         })
     }
 
     /// The grant the request asks for, under `valet_access`'s rules.
-    fn grant(&self, req: &proto::CreateApiKeyRequest) -> Result<(Grant, Option<u64>), Failure> {
+    fn grant(&self, req: &proto::CreateApiKeyRequest) -> Result<KeyScope, Failure> {
         let operations: Vec<_> = req
             .operations
             .iter()
@@ -309,26 +316,106 @@ impl AdminService {
             permissions: &permissions,
             admin: req.admin,
             ttl_seconds: req.ttl_seconds,
+            max_ttl_seconds: self.app.api_keys.max_lifetime_seconds(),
+            allow_cidrs: &req.allow_cidrs,
         };
         Ok(request.grant(|v| self.app.registry.get(v).is_some())?)
     }
 
+    /// Revokes by id, or by the name of exactly one valid key.
     async fn revoke_api_key(
         &self,
         request: Request<proto::RevokeApiKeyRequest>,
     ) -> Result<proto::ApiKeyInfo, Failure> {
         let caller = self.admin(&request)?;
-        let id = request.into_inner().id;
+        let req = request.into_inner();
+        let (id, name) = (req.id.trim().to_owned(), req.name.trim().to_owned());
+        if id.is_empty() == name.is_empty() {
+            return Err(Failure::invalid(
+                "id",
+                Reason::ApiKeySelectorInvalid,
+                "give exactly one of id and name",
+            ));
+        }
         let keys = self.app.keys.clone();
-        let record = tokio::spawn(async move { keys.revoke(&id).await })
-            .await
-            .map_err(|_| Failure::new(Reason::Internal, "API key revocation was interrupted"))??;
+        let record = tokio::spawn(async move {
+            match id.is_empty() {
+                false => keys.revoke(&id).await,
+                true => keys.revoke_by_name(&name).await,
+            }
+        })
+        .await
+        .map_err(|_| Failure::new(Reason::Internal, "API key revocation was interrupted"))??;
         let event = Event::ApiKeyRevoke {
             key_id: record.id.clone(),
             name: record.name.clone(),
         };
         self.app.record(&actor(&caller), event).await?;
-        Ok(api_key_info(&record))
+        Ok(self.api_key_info(&record))
+    }
+
+    /// A successor for a key, the old one kept for an overlap; one audit
+    /// event for both changes.
+    async fn rotate_api_key(
+        &self,
+        request: Request<proto::RotateApiKeyRequest>,
+    ) -> Result<proto::RotateApiKeyResponse, Failure> {
+        let caller = self.admin(&request)?;
+        let req = request.into_inner();
+        let max_seconds = self.app.api_keys.max_lifetime_seconds();
+        if req.overlap_seconds > max_seconds {
+            return Err(Failure::invalid(
+                "overlap_seconds",
+                Reason::TtlInvalid,
+                format!(
+                    "must be at most {} days (this deployment's api_keys.max_lifetime_days)",
+                    self.app.api_keys.max_lifetime_days
+                ),
+            ));
+        }
+        let keys = self.app.keys.clone();
+        let id = req.id.trim().to_owned();
+        let overlap_ms = req.overlap_seconds * 1000;
+        let (key, successor, old) =
+            tokio::spawn(async move { keys.rotate(&id, overlap_ms, max_seconds * 1000).await })
+                .await
+                .map_err(|_| Failure::new(Reason::Internal, "API key rotation was interrupted"))??;
+        let event = Event::ApiKeyRotate {
+            key_id: old.id.clone(),
+            new_key_id: successor.id.clone(),
+            name: successor.name.clone(),
+            old_expires_ms: old.expires_ms,
+            new_expires_ms: successor.expires_ms,
+        };
+        self.app.record(&actor(&caller), event).await?;
+        Ok(proto::RotateApiKeyResponse {
+            key: key.expose().to_owned(),
+            info: Some(self.api_key_info(&successor)),
+            previous: Some(self.api_key_info(&old)),
+        })
+    }
+
+    /// Every key, or only valid ones expiring within the window asked for.
+    fn list_api_keys(
+        &self,
+        request: Request<proto::ListApiKeysRequest>,
+    ) -> Result<proto::ListApiKeysResponse, Failure> {
+        self.admin(&request)?;
+        let within = request.into_inner().expiring_within_seconds;
+        let now = crate::app::now_ms();
+        let keys = self
+            .app
+            .keys
+            .list()
+            .iter()
+            .filter(|k| within == 0 || k.expires_within(now, within.saturating_mul(1000)))
+            .map(|k| self.api_key_info(k))
+            .collect();
+        Ok(proto::ListApiKeysResponse { keys })
+    }
+
+    fn api_key_info(&self, record: &ApiKeyRecord) -> proto::ApiKeyInfo {
+        api_key_info(record, self.app.last_use.get(&record.id))
     }
 }
 
@@ -465,9 +552,14 @@ impl Admin for AdminService {
         &self,
         r: Request<proto::ListApiKeysRequest>,
     ) -> Result<Response<proto::ListApiKeysResponse>, Status> {
-        reply(self.admin(&r).map(|_| proto::ListApiKeysResponse {
-            keys: self.app.keys.list().iter().map(api_key_info).collect(),
-        }))
+        reply(self.list_api_keys(r))
+    }
+
+    async fn rotate_api_key(
+        &self,
+        r: Request<proto::RotateApiKeyRequest>,
+    ) -> Result<Response<proto::RotateApiKeyResponse>, Status> {
+        reply(self.rotate_api_key(r).await)
     }
 }
 
@@ -500,7 +592,7 @@ fn credential_info(key: &CredentialKey, c: &CredentialMeta, reminder_ms: u64) ->
     }
 }
 
-fn api_key_info(r: &ApiKeyRecord) -> proto::ApiKeyInfo {
+fn api_key_info(r: &ApiKeyRecord, last_use: Option<Use>) -> proto::ApiKeyInfo {
     proto::ApiKeyInfo {
         id: r.id.clone(),
         name: r.name.clone(),
@@ -530,5 +622,11 @@ fn api_key_info(r: &ApiKeyRecord) -> proto::ApiKeyInfo {
                 Permission::QuotaView => proto::Permission::QuotaView as i32,
             })
             .collect(),
+        allow_cidrs: r.allow_cidrs.iter().map(ToString::to_string).collect(),
+        last_used: last_use.map(|u| timestamp(u.at_ms)),
+        last_used_source: last_use
+            .and_then(|u| u.source)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
     }
 }

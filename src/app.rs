@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
-use valet_access::{ApiKey, Caller, Grant, KeyStore};
+use valet_access::{ApiKey, Caller, Grant, KeyStore, LastUse};
 use valet_audit::{AuditError, AuditLog, Event};
 use valet_credentials::aws::SdkConfig;
 use valet_credentials::cache::CacheSettings;
@@ -39,6 +39,14 @@ pub enum StartError {
 pub struct App {
     /// API keys.
     pub keys: Arc<KeyStore>,
+    /// When and from where each key last authenticated (this replica).
+    pub last_use: LastUse,
+    /// Where [`App::last_use`] is flushed.
+    pub last_use_path: PathBuf,
+    /// API key lifetimes.
+    pub api_keys: crate::config::ApiKeysConfig,
+    /// Proxies whose x-forwarded-for names a call's source.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Sealed credentials.
     pub vault: Vault,
     /// Configured vendors.
@@ -141,6 +149,11 @@ impl App {
         let vault = Vault::new(master, store);
         let keys = Arc::new(open_control(config, dir).await?);
         keys.spawn_sync(Duration::from_millis(config.control.poll_interval_ms));
+        let last_use_path = dir.join("apikeys.lastuse.json");
+        let last_use = LastUse::load(&last_use_path).unwrap_or_else(|why| {
+            tracing::warn!(%why, "API key last-use file is unreadable; last-use times start empty");
+            LastUse::default()
+        });
         let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
         let idempotency = open_idempotency(config, dir).await?;
@@ -162,6 +175,7 @@ impl App {
             "Credentials not replaced within secrets.rotation_reminder_days, as last counted",
             move || overdue.load(std::sync::atomic::Ordering::Relaxed) as i64,
         );
+        register_key_gauges(&metrics, &keys, &config.api_keys);
 
         // A fleet replica that could not reach Redis does not know whether
         // the fleet has keys: it bootstraps nothing.
@@ -172,6 +186,10 @@ impl App {
         };
         Ok(Self {
             keys,
+            last_use,
+            last_use_path,
+            api_keys: config.api_keys.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
             vault,
             registry,
             audit,
@@ -269,6 +287,7 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
                 permissions: Vec::new(),
                 expires_ms: None,
                 client_identity: None,
+                allow_cidrs: Vec::new(),
             },
         )
         .await
@@ -391,6 +410,37 @@ fn register_control_gauges(metrics: &Metrics, keys: &Arc<KeyStore>) {
         "Times this replica found the shared control store empty and re-published its last known state",
         move || lost.upgrade().map_or(0, |k| k.store_losses()),
     );
+}
+
+/// `valet_api_keys_expiring`: valid keys that expire within
+/// `api_keys.expiring_window_days`, read at collection time, so a rotation
+/// due soon shows on a dashboard before callers start failing.
+fn register_key_gauges(metrics: &Metrics, keys: &Arc<KeyStore>, config: &crate::config::ApiKeysConfig) {
+    let keys = Arc::clone(keys);
+    let window_ms = config.expiring_window_days.saturating_mul(86_400_000);
+    metrics.gauge(
+        "valet.api_keys.expiring",
+        "Valid API keys that expire within api_keys.expiring_window_days",
+        move || {
+            let now = now_ms();
+            let expiring = keys
+                .list()
+                .iter()
+                .filter(|k| k.expires_within(now, window_ms))
+                .count();
+            i64::try_from(expiring).unwrap_or(i64::MAX)
+        },
+    );
+}
+
+impl App {
+    /// Writes the API keys' last uses to their file if any changed; a
+    /// failure is logged (last use informs, it never decides access).
+    pub fn flush_last_use(&self) {
+        if let Err(e) = self.last_use.flush(&self.last_use_path) {
+            tracing::warn!(path = %self.last_use_path.display(), error = %e, "cannot write API key last-use times");
+        }
+    }
 }
 
 /// Now, Unix milliseconds.

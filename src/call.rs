@@ -2,7 +2,8 @@
 //! line each; each step is its own module, reads and fills in the one
 //! [`Call`] context, and runs under the caller's deadline:
 //!
-//! 1. [`authenticate`]: who is calling (API key → SHA-256 → record).
+//! 1. [`authenticate`]: who is calling (API key → SHA-256 → record), and
+//!    may its key be used from the call's source address.
 //! 2. [`validate`]: is the request well-formed and safe (vendor known, path
 //!    relative and normalised, headers allowed, sizes bounded, reason given).
 //! 3. [`authorize`]: may this key act for this tenant, vendor and operation.
@@ -51,6 +52,9 @@ pub struct Call {
     pub deadline: Option<Instant>,
     /// The verified client certificate's identity, on an mTLS listener.
     pub identity: Option<String>,
+    /// The caller's source address (see [`crate::source`]), checked
+    /// against keys bound to networks; `None` if it cannot be known.
+    pub source: Option<std::net::IpAddr>,
     /// The call's server span.
     pub span: tracing::Span,
     /// The caller's key id and name, once authenticated.
@@ -93,6 +97,7 @@ impl Call {
             started: Instant::now(),
             deadline,
             identity,
+            source: None,
             caller: None,
             caller_name: None,
             tenant: None,

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -318,7 +319,11 @@ pub enum ApiKeyCommand {
         /// A narrower Admin permission (repeat for several).
         #[arg(long = "permission", value_enum)]
         permissions: Vec<PermissionArg>,
-        /// Expire after this many days (default: never).
+        /// Expire after this long: 90d, 12h, 30m (minutes), 45s, 2w
+        /// (default: never). At most the server's api_keys.max_lifetime_days.
+        #[arg(long, value_parser = duration::parse, allow_hyphen_values = true, conflicts_with = "ttl_days")]
+        expires_in: Option<std::time::Duration>,
+        /// Expire after this many days (older spelling of --expires-in Nd).
         #[arg(long)]
         ttl_days: Option<u64>,
         /// Bind a client certificate identity (its first DNS SAN, e.g.
@@ -326,12 +331,36 @@ pub enum ApiKeyCommand {
         /// authenticates as this key without a bearer key. Not for admin keys.
         #[arg(long)]
         client_identity: Option<String>,
+        /// A source network (CIDR, e.g. 10.0.0.0/8 or fd00::/8, or one
+        /// address) the key may be used from; repeat for several. Calls from
+        /// elsewhere are refused (SOURCE_NOT_ALLOWED). Default: anywhere.
+        #[arg(long = "allow-cidr")]
+        allow_cidrs: Vec<String>,
     },
-    /// List API keys (metadata only).
-    List,
-    /// Revoke an API key at once.
+    /// List API keys (metadata only), with each key's last use.
+    List {
+        /// Only valid keys that expire within this long (e.g. 7d).
+        #[arg(long, value_parser = duration::parse, allow_hyphen_values = true)]
+        expiring: Option<std::time::Duration>,
+    },
+    /// Revoke an API key at once, by id or by name.
     Revoke {
         /// The key's id (`key_…`), from `create` or `list`.
+        #[arg(required_unless_present = "name", conflicts_with = "name")]
+        id: Option<String>,
+        /// The name of the one valid key to revoke (refused if several
+        /// valid keys share it).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Replace an API key with a new one (same name, grant and networks);
+    /// prints the new key alone on standard output, once. The old key keeps
+    /// working for the overlap, never longer than it would have.
+    Rotate {
+        /// The key's id (`key_…`).
         id: String,
+        /// How long the old key keeps working: 24h, 7d, 30m, ...
+        #[arg(long, value_parser = duration::parse, allow_hyphen_values = true, default_value = "24h")]
+        overlap: std::time::Duration,
     },
 }

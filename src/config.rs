@@ -40,6 +40,9 @@ pub struct Config {
     /// `redis_url` (`quota.redis_url`, `idempotency.redis_url`) overrides it.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// Caller API key lifetimes.
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
     /// Traces, metrics and their labels.
     #[serde(default)]
     pub telemetry: valet_telemetry::Settings,
@@ -99,6 +102,52 @@ pub struct ServerConfig {
     /// listeners. Unset: plain HTTP/2, for loopback or behind a proxy.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// Proxies (CIDRs) in front of Valet whose `x-forwarded-for` is
+    /// believed: when a call's TCP peer is one of them, its source address
+    /// (for keys bound with `allow_cidrs`, and last use) is the first
+    /// x-forwarded-for hop, read from the right, that is not a trusted
+    /// proxy. Empty: the TCP peer is the source and x-forwarded-for is
+    /// ignored, so a caller cannot claim an address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `[api_keys]`: how long caller API keys may live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// The longest lifetime a new key may be given, in days; a longer
+    /// request is refused with INVALID_ARGUMENT `TTL_INVALID`.
+    #[serde(default = "default_max_lifetime_days")]
+    pub max_lifetime_days: u64,
+    /// The `valet_api_keys_expiring` gauge counts valid keys that expire
+    /// within this many days.
+    #[serde(default = "default_expiring_window_days")]
+    pub expiring_window_days: u64,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        Self {
+            max_lifetime_days: default_max_lifetime_days(),
+            expiring_window_days: default_expiring_window_days(),
+        }
+    }
+}
+
+impl ApiKeysConfig {
+    /// The longest lifetime, in seconds.
+    pub fn max_lifetime_seconds(&self) -> u64 {
+        self.max_lifetime_days.saturating_mul(86_400)
+    }
+}
+
+fn default_max_lifetime_days() -> u64 {
+    valet_access::issue::MAX_TTL_SECONDS / 86_400
+}
+
+fn default_expiring_window_days() -> u64 {
+    7
 }
 
 /// `[server.tls]`: the listeners' certificate, and optionally the CA whose
@@ -132,6 +181,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval_ms: default_http2_keepalive_interval_ms(),
             http2_keepalive_timeout_ms: default_http2_keepalive_timeout_ms(),
             tls: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -722,6 +772,13 @@ impl Config {
             }
         }
         self.check_quota()?;
+        let keys = &self.api_keys;
+        if !(1..=36_500).contains(&keys.max_lifetime_days) {
+            return Err(invalid("api_keys.max_lifetime_days must be 1 to 36500".into()));
+        }
+        if !(1..=3650).contains(&keys.expiring_window_days) {
+            return Err(invalid("api_keys.expiring_window_days must be 1 to 3650".into()));
+        }
         Ok((registry, limits))
     }
 

@@ -1,6 +1,6 @@
 //! The `valet.v1.Gateway` service — transport only: a [`Call`] from the
-//! request (request id, deadline, client identity, the caller's trace
-//! context), admission (a well-formed deadline, a free slot), the
+//! request (request id, deadline, client identity, source address, the
+//! caller's trace context), admission (a well-formed deadline, a free slot), the
 //! [`crate::call`] steps under the call's server span, its record
 //! ([`crate::call::record`]), and the answer with its metadata.
 
@@ -52,7 +52,12 @@ impl Gateway for GatewayService {
             CallerDeadline::At(at) => Some(at),
             CallerDeadline::None | CallerDeadline::Invalid => None,
         };
-        let call = Call::new(new_request_id(), deadline, authenticate::peer_identity(&request));
+        let mut call = Call::new(new_request_id(), deadline, authenticate::peer_identity(&request));
+        call.source = crate::source::resolve(
+            crate::source::peer(&request),
+            request.metadata(),
+            &self.app.trusted_proxies,
+        );
         propagation::continue_trace(&call.span, request.metadata());
         let mut recorder = Recorder::new(&self.app, call);
         let result = match self.admit(arrival) {

@@ -16,6 +16,8 @@
 //!   after a vendor 401 [`refresh`](call::refresh) and retry once), and
 //!   [`record`](call::record) (span attributes, metrics, the log line of the
 //!   finished call).
+//! - [`source`]: the caller's source address — the TCP peer, or behind
+//!   `server.trusted_proxies` the x-forwarded-for hop they vouch for.
 //! - [`deadline`]: the caller's `grpc-timeout`, read strictly on arrival.
 //! - [`gateway`]: the Gateway gRPC service — transport only, around
 //!   [`call`].
@@ -61,6 +63,7 @@ pub mod proto;
 pub mod readiness;
 pub mod reminder;
 pub mod server;
+pub mod source;
 pub mod status;
 pub mod sweeper;
 pub mod transport;

@@ -1,7 +1,8 @@
 //! The generated `valet.v1` protocol types and services.
 //!
 //! Messages that carry a secret (`PutCredentialRequest.secret`,
-//! `RotateCredentialRequest.secret`, `CreateApiKeyResponse.key`) have a redacted `Debug` written here, so
+//! `RotateCredentialRequest.secret`, `CreateApiKeyResponse.key`,
+//! `RotateApiKeyResponse.key`) have a redacted `Debug` written here, so
 //! logging or printing one never shows the secret.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
@@ -56,6 +57,16 @@ impl std::fmt::Debug for CreateApiKeyResponse {
     }
 }
 
+impl std::fmt::Debug for RotateApiKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateApiKeyResponse")
+            .field("key", &"[REDACTED]")
+            .field("info", &self.info)
+            .field("previous", &self.previous)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,7 +82,11 @@ mod tests {
             key: "vk_canary-proto-key".into(),
             info: None,
         };
-        let shown = format!("{put:?} {created:?}");
+        let rotated = RotateApiKeyResponse {
+            key: "vk_canary-rotated-key".into(),
+            ..Default::default()
+        };
+        let shown = format!("{put:?} {created:?} {rotated:?}");
         assert!(!shown.contains("canary"), "{shown}");
         assert!(shown.contains("acme"));
     }
@@ -90,6 +105,12 @@ impl CreateApiKeyRequest {
             operations: operations.iter().map(|o| *o as i32).collect(),
             ..Self::default()
         }
+    }
+
+    /// Usable only from these networks (CIDRs or addresses).
+    pub fn with_allow_cidrs(mut self, cidrs: &[&str]) -> Self {
+        self.allow_cidrs = cidrs.iter().map(|c| (*c).to_owned()).collect();
+        self
     }
 
     /// Expires `seconds` after creation (0: never).

@@ -24,6 +24,9 @@ use tonic_health::server::{HealthReporter, HealthService};
 /// Room for the rest of a CallRequest beyond its body.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
 
+/// How often API key last-use times are written to their file.
+const LAST_USE_FLUSH: Duration = Duration::from_secs(5);
+
 /// The largest Admin request decoded (tonic's default).
 const ADMIN_MESSAGE_LIMIT: usize = 4 << 20;
 
@@ -115,6 +118,7 @@ pub async fn serve(
     ));
     crate::sweeper::spawn(&app);
     crate::reminder::spawn(&app);
+    let flusher = tokio::spawn(flush_last_use(app.clone(), stopped(stop_rx.clone())));
     let draining = app.readiness.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -202,9 +206,30 @@ pub async fn serve(
     let _ = ops_stop.send(());
     let _ = ops.await;
     let _ = watcher.await;
+    let _ = flusher.await;
+    // The uses of the calls just finished.
+    let last = app.clone();
+    let _ = tokio::task::spawn_blocking(move || last.flush_last_use()).await;
     // Flushing telemetry is the caller's, within what is left of the drain
     // and the grace period (see `valet_telemetry::subscriber::flush`).
     served
+}
+
+/// Writes API key last-use times every [`LAST_USE_FLUSH`] until `stop`
+/// (the final write follows the drain, in [`serve`]).
+async fn flush_last_use(app: Arc<App>, stop: impl Future<Output = ()>) {
+    let mut every = tokio::time::interval(LAST_USE_FLUSH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = every.tick() => {
+                let app = app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.flush_last_use()).await;
+            }
+        }
+    }
 }
 
 /// How [`serve`] runs, from `[server]`.

@@ -94,7 +94,13 @@ async fn revoked_keys_stop_working_at_once() {
     let revoked = valet
         .admin()
         .await
-        .revoke_api_key(authed(RevokeApiKeyRequest { id: id.clone() }, &valet.admin_key))
+        .revoke_api_key(authed(
+            RevokeApiKeyRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+            &valet.admin_key,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -112,6 +118,7 @@ async fn revoked_keys_stop_working_at_once() {
         .revoke_api_key(authed(
             RevokeApiKeyRequest {
                 id: "key_0000".into(),
+                ..Default::default()
             },
             &valet.admin_key,
         ))
@@ -203,10 +210,13 @@ async fn admin_service_needs_an_admin_key() {
     let caller_key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
     let mut admin = valet.admin().await;
 
-    let err = admin.list_api_keys(ListApiKeysRequest {}).await.unwrap_err();
+    let err = admin
+        .list_api_keys(ListApiKeysRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = admin
-        .list_api_keys(authed(ListApiKeysRequest {}, &caller_key))
+        .list_api_keys(authed(ListApiKeysRequest::default(), &caller_key))
         .await
         .unwrap_err();
     assert_eq!(
@@ -223,7 +233,7 @@ async fn admin_service_needs_an_admin_key() {
 
     // Keys are listed without the key itself.
     let keys = admin
-        .list_api_keys(authed(ListApiKeysRequest {}, &valet.admin_key))
+        .list_api_keys(authed(ListApiKeysRequest::default(), &valet.admin_key))
         .await
         .unwrap()
         .into_inner()

@@ -25,7 +25,13 @@ async fn a_restart_keeps_credentials_and_api_keys() {
     valet
         .admin()
         .await
-        .revoke_api_key(authed(RevokeApiKeyRequest { id: revoked_id }, &valet.admin_key))
+        .revoke_api_key(authed(
+            RevokeApiKeyRequest {
+                id: revoked_id,
+                ..Default::default()
+            },
+            &valet.admin_key,
+        ))
         .await
         .unwrap();
 

@@ -368,7 +368,7 @@ async fn quota_permissions() {
     );
     // A quota admin is not a credential admin.
     let err = admin
-        .list_api_keys(authed(valet::proto::ListApiKeysRequest {}, &quota_admin))
+        .list_api_keys(authed(valet::proto::ListApiKeysRequest::default(), &quota_admin))
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "ADMIN_REQUIRED");

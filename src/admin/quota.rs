@@ -14,9 +14,7 @@ use valet_quota::{Mode, OperationMatch, Period, Policy};
 
 impl AdminService {
     fn permitted<T>(&self, request: &Request<T>, permission: Permission) -> Result<Caller, Failure> {
-        let identity = crate::call::authenticate::peer_identity(request);
-        let caller =
-            crate::call::authenticate::caller(&self.app.keys, request.metadata(), identity.as_deref())?;
+        let caller = crate::call::authenticate::request_caller(&self.app, request)?;
         caller.grant.has(permission)?;
         Ok(caller)
     }

@@ -4,19 +4,51 @@
 //! one, on a listener with mutual TLS, the verified client certificate does:
 //! its first DNS SAN must be the `client_identity` bound to a valid,
 //! non-admin API key at its creation, whose grant then applies.
+//!
+//! A key bound to source networks (`allow_cidrs`) is then refused —
+//! PERMISSION_DENIED `SOURCE_NOT_ALLOWED`, logged and counted like any
+//! refusal — unless the call's source address ([`crate::source`]) is inside
+//! one. A key that passes has its use noted ([`valet_access::LastUse`]).
 
 use super::Call;
 use crate::app::App;
 use crate::status::{Failure, Reason};
+use std::net::IpAddr;
 use tonic::Request;
 use tonic::metadata::MetadataMap;
 use valet_access::{AuthError, Caller, KeyStore};
 
 /// The step: authenticates the call's caller, and notes who it is.
 pub fn run(app: &App, call: &mut Call, metadata: &MetadataMap) -> Result<Caller, Failure> {
-    let caller = caller(&app.keys, metadata, call.identity.as_deref())?;
+    let caller = caller(app, metadata, call.identity.as_deref(), call.source)?;
     call.caller = Some(caller.id.clone());
     call.caller_name = Some(caller.name.clone());
+    Ok(caller)
+}
+
+/// The Admin service's caller of `request`: its key (or client
+/// certificate), from the request's source address.
+pub fn request_caller<T>(app: &App, request: &Request<T>) -> Result<Caller, Failure> {
+    let identity = peer_identity(request);
+    let source = crate::source::resolve(
+        crate::source::peer(request),
+        request.metadata(),
+        &app.trusted_proxies,
+    );
+    caller(app, request.metadata(), identity.as_deref(), source)
+}
+
+/// Authenticates the caller ([`presented`]), checks its key may be used
+/// from `source`, and notes the use.
+pub fn caller(
+    app: &App,
+    metadata: &MetadataMap,
+    identity: Option<&str>,
+    source: Option<IpAddr>,
+) -> Result<Caller, Failure> {
+    let caller = presented(&app.keys, metadata, identity)?;
+    caller.allows_source(source)?;
+    app.last_use.touch(&caller.id, source, crate::app::now_ms());
     Ok(caller)
 }
 
@@ -24,7 +56,7 @@ pub fn run(app: &App, call: &mut Call, metadata: &MetadataMap) -> Result<Caller,
 /// certificate's `identity`.
 /// Two `authorization` entries are refused: which one a proxy or a server
 /// honours differs, so accepting either lets one key pass as another.
-pub fn caller(keys: &KeyStore, metadata: &MetadataMap, identity: Option<&str>) -> Result<Caller, Failure> {
+pub fn presented(keys: &KeyStore, metadata: &MetadataMap, identity: Option<&str>) -> Result<Caller, Failure> {
     let mut values = metadata.get_all("authorization").iter();
     let Some(value) = values.next() else {
         return match identity {

@@ -143,6 +143,7 @@ fn log_line(_: &App, call: &Call, reason: Reason) {
             trace_id = propagation::trace_id(span).as_deref().unwrap_or("-"),
             caller = call.caller.as_deref().unwrap_or("-"),
             caller_name = call.caller_name.as_deref().unwrap_or("-"),
+            source = %call.source.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
             tenant = call.tenant.as_deref().unwrap_or("-"),
             vendor = call.vendor.as_deref().unwrap_or("-"),
             operation = call.operation.unwrap_or("-"),

@@ -184,9 +184,17 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
             operations,
             admin,
             permissions,
+            expires_in,
             ttl_days,
             client_identity,
+            allow_cidrs,
         } => {
+            let ttl_seconds = match (expires_in, ttl_days) {
+                (Some(d), _) => d.as_secs(),
+                (None, Some(0)) => return Err("--ttl-days must be greater than zero".into()),
+                (None, Some(days)) => days.saturating_mul(86_400),
+                (None, None) => 0,
+            };
             let created = client
                 .create_api_key(proto::CreateApiKeyRequest {
                     name,
@@ -194,7 +202,7 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
                     vendors,
                     operations: operations.iter().map(|o| operation(*o)).collect(),
                     admin,
-                    ttl_seconds: ttl_days.map_or(0, |d| d.saturating_mul(86_400)),
+                    ttl_seconds,
                     permissions: permissions
                         .iter()
                         .map(|p| match p {
@@ -203,6 +211,7 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
                         })
                         .collect(),
                     client_identity: client_identity.unwrap_or_default(),
+                    allow_cidrs,
                 })
                 .await
                 .map_err(describe)?
@@ -211,13 +220,17 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
             eprintln!("created API key {id}; it is shown only this once:");
             println!("{}", created.key);
         }
-        ApiKeyCommand::List => {
+        ApiKeyCommand::List { expiring } => {
             let list = client
-                .list_api_keys(proto::ListApiKeysRequest {})
+                .list_api_keys(proto::ListApiKeysRequest {
+                    expiring_within_seconds: expiring.map_or(0, |d| d.as_secs()),
+                })
                 .await
                 .map_err(describe)?
                 .into_inner();
-            println!("ID\tNAME\tTENANTS\tVENDORS\tOPERATIONS\tADMIN\tLAST4\tCREATED\tEXPIRES\tREVOKED");
+            println!(
+                "ID\tNAME\tTENANTS\tVENDORS\tOPERATIONS\tADMIN\tLAST4\tCREATED\tEXPIRES\tREVOKED\tALLOW_CIDRS\tLAST_USED\tLAST_SOURCE"
+            );
             for k in list.keys {
                 let ops: Vec<&str> = k
                     .operations
@@ -229,7 +242,7 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
                     })
                     .collect();
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     k.id,
                     k.name,
                     or_dash(&k.tenants.join(",")),
@@ -239,17 +252,41 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
                     k.last4,
                     time(k.created.as_ref()),
                     time(k.expires.as_ref()),
-                    time(k.revoked.as_ref())
+                    time(k.revoked.as_ref()),
+                    or_dash(&k.allow_cidrs.join(",")),
+                    time(k.last_used.as_ref()),
+                    or_dash(&k.last_used_source),
                 );
             }
         }
-        ApiKeyCommand::Revoke { id } => {
+        ApiKeyCommand::Revoke { id, name } => {
             let info = client
-                .revoke_api_key(proto::RevokeApiKeyRequest { id })
+                .revoke_api_key(proto::RevokeApiKeyRequest {
+                    id: id.unwrap_or_default(),
+                    name: name.unwrap_or_default(),
+                })
                 .await
                 .map_err(describe)?
                 .into_inner();
             println!("revoked API key {} ({})", info.id, info.name);
+        }
+        ApiKeyCommand::Rotate { id, overlap } => {
+            let rotated = client
+                .rotate_api_key(proto::RotateApiKeyRequest {
+                    id,
+                    overlap_seconds: overlap.as_secs(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            let new_id = rotated.info.as_ref().map_or("", |i| i.id.as_str());
+            let old = rotated.previous.unwrap_or_default();
+            eprintln!(
+                "rotated API key {} -> {new_id}; the old key works until {}. The new key is shown only this once:",
+                old.id,
+                time(old.expires.as_ref())
+            );
+            println!("{}", rotated.key);
         }
     }
     Ok(())

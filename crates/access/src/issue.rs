@@ -1,11 +1,17 @@
 //! The rules a new API key's scope must meet before it is created.
 
 use crate::grant::{ANY, Grant, Operation, Permission};
+use crate::source::{CidrError, parse_cidr};
+use ipnet::IpNet;
 use std::collections::BTreeSet;
 use valet_credentials::{NameError, valid_name};
 
-/// The longest API key lifetime: ten years.
+/// The longest API key lifetime unless a deployment sets its own
+/// (`[api_keys] max_lifetime_days`): ten years.
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// The most source networks one key may be bound to.
+pub const MAX_CIDRS: usize = 64;
 
 /// The longest key name.
 pub const MAX_KEY_NAME_LEN: usize = 64;
@@ -28,6 +34,22 @@ pub struct KeyRequest<'a> {
     pub admin: bool,
     /// Lifetime in seconds; 0 for a key that does not expire.
     pub ttl_seconds: u64,
+    /// The longest lifetime this deployment allows, in seconds.
+    pub max_ttl_seconds: u64,
+    /// Source networks (or addresses) the key may be used from; none for
+    /// anywhere.
+    pub allow_cidrs: &'a [String],
+}
+
+/// What a valid request creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyScope {
+    /// What the key may do.
+    pub grant: Grant,
+    /// Its lifetime, ms; `None` for no expiry.
+    pub ttl_ms: Option<u64>,
+    /// The networks it may be used from; empty for anywhere.
+    pub allow_cidrs: Vec<IpNet>,
 }
 
 /// Why a requested key scope was refused; each names its request field.
@@ -59,9 +81,18 @@ pub enum GrantError {
     /// Some but not all of tenants, vendors and operations.
     #[error("a key needs at least one tenant, vendor and operation (or none of them, for an admin-only key)")]
     Incomplete,
-    /// Longer than [`MAX_TTL_SECONDS`].
-    #[error("must be at most ten years")]
-    Ttl,
+    /// Longer than the deployment's maximum lifetime.
+    #[error("must be at most {max_days} days (this deployment's api_keys.max_lifetime_days)")]
+    Ttl {
+        /// The maximum, in whole days.
+        max_days: u64,
+    },
+    /// A source network is malformed.
+    #[error("{0}")]
+    Cidr(CidrError),
+    /// More than [`MAX_CIDRS`] source networks.
+    #[error("at most {MAX_CIDRS} networks")]
+    TooManyCidrs,
 }
 
 impl GrantError {
@@ -73,7 +104,8 @@ impl GrantError {
             GrantError::VendorUnknown(_) => "vendors",
             GrantError::Operation => "operations",
             GrantError::Permission => "permissions",
-            GrantError::Ttl => "ttl_seconds",
+            GrantError::Ttl { .. } => "ttl_seconds",
+            GrantError::Cidr(_) | GrantError::TooManyCidrs => "allow_cidrs",
         }
     }
 }
@@ -87,7 +119,7 @@ impl KeyRequest<'_> {
     /// operation) or none at all and is then admin-only (the Admin service
     /// or narrower permissions): a partial scope is refused rather than
     /// creating a key that can do nothing.
-    pub fn grant(&self, is_vendor: impl Fn(&str) -> bool) -> Result<(Grant, Option<u64>), GrantError> {
+    pub fn grant(&self, is_vendor: impl Fn(&str) -> bool) -> Result<KeyScope, GrantError> {
         valid_name(self.name).map_err(GrantError::Name)?;
         if self.name.len() > MAX_KEY_NAME_LEN {
             return Err(GrantError::NameTooLong);
@@ -109,8 +141,20 @@ impl KeyRequest<'_> {
         if !(gateway_scope || (other_scope && no_gateway_scope)) {
             return Err(GrantError::Incomplete);
         }
-        if self.ttl_seconds > MAX_TTL_SECONDS {
-            return Err(GrantError::Ttl);
+        if self.ttl_seconds > self.max_ttl_seconds {
+            return Err(GrantError::Ttl {
+                max_days: self.max_ttl_seconds / 86_400,
+            });
+        }
+        if self.allow_cidrs.len() > MAX_CIDRS {
+            return Err(GrantError::TooManyCidrs);
+        }
+        let mut allow_cidrs = Vec::with_capacity(self.allow_cidrs.len());
+        for text in self.allow_cidrs {
+            let net = parse_cidr(text).map_err(GrantError::Cidr)?;
+            if !allow_cidrs.contains(&net) {
+                allow_cidrs.push(net);
+            }
         }
         let ttl_ms = (self.ttl_seconds > 0).then(|| self.ttl_seconds * 1000);
         let grant = Grant {
@@ -120,7 +164,11 @@ impl KeyRequest<'_> {
             admin: self.admin,
             permissions,
         };
-        Ok((grant, ttl_ms))
+        Ok(KeyScope {
+            grant,
+            ttl_ms,
+            allow_cidrs,
+        })
     }
 }
 
@@ -150,6 +198,8 @@ mod tests {
             permissions: &[],
             admin: false,
             ttl_seconds: 0,
+            max_ttl_seconds: MAX_TTL_SECONDS,
+            allow_cidrs: &[],
         }
     }
 
@@ -157,9 +207,9 @@ mod tests {
     fn a_gateway_scope_needs_all_three_parts() {
         let (t, v) = (names(&["acme"]), names(&["stripe", "*"]));
         let ops = [Some(Operation::Read)];
-        let (grant, ttl) = request(&t, &v, &ops).grant(|v| v == "stripe").unwrap();
-        assert_eq!(grant.operations, [Operation::Read].into());
-        assert_eq!(ttl, None);
+        let scope = request(&t, &v, &ops).grant(|v| v == "stripe").unwrap();
+        assert_eq!(scope.grant.operations, [Operation::Read].into());
+        assert_eq!(scope.ttl_ms, None);
         assert_eq!(
             request(&t, &[], &ops).grant(|_| true),
             Err(GrantError::Incomplete)
@@ -180,12 +230,33 @@ mod tests {
             admin: true,
             ..request(&[], &[], &[])
         };
-        assert!(admin.grant(|_| true).unwrap().0.admin);
+        assert!(admin.grant(|_| true).unwrap().grant.admin);
         let long = KeyRequest {
             ttl_seconds: MAX_TTL_SECONDS + 1,
             ..admin
         };
-        assert_eq!(long.grant(|_| true), Err(GrantError::Ttl));
+        assert_eq!(long.grant(|_| true), Err(GrantError::Ttl { max_days: 3650 }));
+        // A deployment's own maximum.
+        let week = KeyRequest {
+            ttl_seconds: 8 * 86_400,
+            max_ttl_seconds: 7 * 86_400,
+            ..admin
+        };
+        assert_eq!(week.grant(|_| true), Err(GrantError::Ttl { max_days: 7 }));
+        let cidrs = names(&["10.0.0.0/8", "::1", "10.0.0.0/8"]);
+        let bound = KeyRequest {
+            allow_cidrs: &cidrs,
+            ..admin
+        };
+        assert_eq!(bound.grant(|_| true).unwrap().allow_cidrs.len(), 2);
+        let bad = names(&["10.0.0.1/8"]);
+        let err = KeyRequest {
+            allow_cidrs: &bad,
+            ..admin
+        }
+        .grant(|_| true)
+        .unwrap_err();
+        assert_eq!(err.field(), "allow_cidrs");
         let name = "n".repeat(MAX_KEY_NAME_LEN + 1);
         let named = KeyRequest { name: &name, ..admin };
         assert_eq!(named.grant(|_| true).unwrap_err().field(), "name");

@@ -9,13 +9,16 @@
 use crate::control::shared::{Shared, SharedError};
 use crate::control::{ControlState, Embedded, Versioned, read_snapshot, write_snapshot};
 use crate::grant::Grant;
+use crate::source::{self, SourceNotAllowed};
 use crate::tenants::{Disabled, TenantStatus};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -75,12 +78,28 @@ pub struct ApiKeyRecord {
     /// this key on a mutual-TLS listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_identity: Option<String>,
+    /// Source networks the key may be used from; empty for anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cidrs: Vec<IpNet>,
 }
 
 impl ApiKeyRecord {
     /// Neither revoked nor expired at `now_ms`.
     pub fn valid_at(&self, now_ms: u64) -> bool {
         self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
+    }
+
+    /// Valid at `now_ms` and expiring within `window_ms` of it.
+    pub fn expires_within(&self, now_ms: u64, window_ms: u64) -> bool {
+        self.valid_at(now_ms)
+            && self
+                .expires_ms
+                .is_some_and(|e| e <= now_ms.saturating_add(window_ms))
+    }
+
+    /// Whether the key may be used from `source` (see [`source::allows`]).
+    pub fn allows_source(&self, source: Option<IpAddr>) -> Result<(), SourceNotAllowed> {
+        source::allows(&self.allow_cidrs, source)
     }
 }
 
@@ -143,6 +162,22 @@ pub enum KeyStoreError {
     /// No key has this id.
     #[error("no API key with id {0}")]
     NotFound(String),
+    /// No valid key has this name.
+    #[error("no valid API key is named '{0}'")]
+    NameNotFound(String),
+    /// Several valid keys have this name, so it does not say which.
+    #[error(
+        "{count} valid API keys are named '{name}'; give the id of the one you mean (see `valet admin apikey list`)"
+    )]
+    NameAmbiguous {
+        /// The name.
+        name: String,
+        /// Valid keys with it.
+        count: usize,
+    },
+    /// The key is revoked or expired, so it has nothing to hand over.
+    #[error("API key {0} is revoked or expired; create a new key instead")]
+    NotActive(String),
     /// The client identity cannot be bound.
     #[error("client_identity: {0}")]
     Identity(String),
@@ -297,8 +332,24 @@ impl KeyStore {
         ttl_ms: Option<u64>,
         client_identity: Option<String>,
     ) -> Result<(ApiKey, ApiKeyRecord), KeyStoreError> {
+        self.create_restricted(name, grant, ttl_ms, client_identity, Vec::new())
+            .await
+    }
+
+    /// [`KeyStore::create`] for a key usable only from `allow_cidrs` (any
+    /// source when empty), bound in the same durable write that creates it.
+    pub async fn create_restricted(
+        &self,
+        name: &str,
+        grant: Grant,
+        ttl_ms: Option<u64>,
+        client_identity: Option<String>,
+        allow_cidrs: Vec<IpNet>,
+    ) -> Result<(ApiKey, ApiKeyRecord), KeyStoreError> {
         let key = ApiKey::generate();
-        let record = self.insert(&key, name, grant, ttl_ms, client_identity).await?;
+        let record = self
+            .insert(&key, name, grant, ttl_ms, client_identity, allow_cidrs)
+            .await?;
         Ok((key, record))
     }
 
@@ -311,7 +362,7 @@ impl KeyStore {
         grant: Grant,
         ttl_ms: Option<u64>,
     ) -> Result<ApiKeyRecord, KeyStoreError> {
-        self.insert(key, name, grant, ttl_ms, None).await
+        self.insert(key, name, grant, ttl_ms, None, Vec::new()).await
     }
 
     async fn insert(
@@ -321,6 +372,7 @@ impl KeyStore {
         grant: Grant,
         ttl_ms: Option<u64>,
         client_identity: Option<String>,
+        allow_cidrs: Vec<IpNet>,
     ) -> Result<ApiKeyRecord, KeyStoreError> {
         let client_identity = client_identity.map(|id| id.to_ascii_lowercase());
         if let Some(identity) = &client_identity {
@@ -346,6 +398,7 @@ impl KeyStore {
             expires_ms: ttl_ms.map(|t| now.saturating_add(t)),
             revoked_ms: None,
             client_identity,
+            allow_cidrs,
         };
         self.update(|records| {
             if let Some(identity) = &record.client_identity
@@ -380,6 +433,82 @@ impl KeyStore {
         })
         .await?;
         Ok(revoked.expect("set by the update"))
+    }
+
+    /// Revokes the one valid key named `name`: refused if none or several
+    /// valid keys have it (revoked and expired ones do not count).
+    pub async fn revoke_by_name(&self, name: &str) -> Result<ApiKeyRecord, KeyStoreError> {
+        let mut revoked = None;
+        self.update(|records| {
+            let now = now_ms();
+            let mut named = records.iter_mut().filter(|r| r.name == name && r.valid_at(now));
+            let rec = named
+                .next()
+                .ok_or_else(|| KeyStoreError::NameNotFound(name.to_owned()))?;
+            let others = named.count();
+            if others > 0 {
+                return Err(KeyStoreError::NameAmbiguous {
+                    name: name.to_owned(),
+                    count: others + 1,
+                });
+            }
+            rec.revoked_ms = Some(now);
+            revoked = Some(rec.clone());
+            Ok(())
+        })
+        .await?;
+        Ok(revoked.expect("set by the update"))
+    }
+
+    /// Replaces key `id` with a successor: a new secret with the same name,
+    /// grant, source networks and client identity (which moves to the
+    /// successor), and the same lifetime as the old key had, at most
+    /// `max_lifetime_ms`. The old key keeps working until `overlap_ms` from
+    /// now — never later than it would have — so callers can switch over.
+    /// Returns the successor's key, its record, and the old key's record.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        overlap_ms: u64,
+        max_lifetime_ms: u64,
+    ) -> Result<(ApiKey, ApiKeyRecord, ApiKeyRecord), KeyStoreError> {
+        let key = ApiKey::generate();
+        let new_id = format!("key_{}", hex::encode(random::<8>()));
+        let mut rotated = None;
+        self.update(|records| {
+            let now = now_ms();
+            let old = records
+                .iter_mut()
+                .find(|r| r.id == id)
+                .ok_or_else(|| KeyStoreError::NotFound(id.to_owned()))?;
+            if !old.valid_at(now) {
+                return Err(KeyStoreError::NotActive(id.to_owned()));
+            }
+            let lifetime = old
+                .expires_ms
+                .map(|e| e.saturating_sub(old.created_ms).min(max_lifetime_ms));
+            let successor = ApiKeyRecord {
+                id: new_id.clone(),
+                name: old.name.clone(),
+                sha256: hex::encode(hash(key.expose())),
+                last4: key.expose()[key.expose().len() - 4..].to_owned(),
+                grant: old.grant.clone(),
+                created_ms: now,
+                expires_ms: lifetime.map(|l| now.saturating_add(l)),
+                revoked_ms: None,
+                client_identity: old.client_identity.take(),
+                allow_cidrs: old.allow_cidrs.clone(),
+            };
+            let until = now.saturating_add(overlap_ms);
+            old.expires_ms = Some(old.expires_ms.map_or(until, |e| e.min(until)));
+            let old = old.clone();
+            records.push(successor.clone());
+            rotated = Some((successor, old));
+            Ok(())
+        })
+        .await?;
+        let (successor, old) = rotated.expect("set by the update");
+        Ok((key, successor, old))
     }
 
     /// All keys in creation order.
@@ -827,5 +956,88 @@ mod tests {
         let (key, _) = store.create("short", grant(), Some(0), None).await.unwrap();
         assert_eq!(store.authenticate(key.expose()).unwrap_err(), AuthError::Expired);
         assert_eq!(format!("{key:?}"), "ApiKey([REDACTED])");
+    }
+
+    #[tokio::test]
+    async fn old_key_files_load_and_bound_keys_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apikeys.json");
+        let store = KeyStore::open(&path).unwrap();
+        let (_, plain) = store.create("plain", grant(), None, None).await.unwrap();
+        // A record written before source binding has no `allow_cidrs`.
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("allow_cidrs"));
+        let nets = vec!["10.0.0.0/8".parse().unwrap()];
+        let (_, bound) = store
+            .create_restricted("bound", grant(), None, None, nets.clone())
+            .await
+            .unwrap();
+        let reopened = KeyStore::open(&path).unwrap();
+        let list = reopened.list();
+        assert_eq!(list[0].id, plain.id);
+        assert!(list[0].allow_cidrs.is_empty());
+        assert_eq!(list[1].id, bound.id);
+        assert_eq!(list[1].allow_cidrs, nets);
+        assert!(list[1].allows_source(Some("10.1.1.1".parse().unwrap())).is_ok());
+        assert!(list[1].allows_source(Some("127.0.0.1".parse().unwrap())).is_err());
+    }
+
+    #[tokio::test]
+    async fn revoke_by_name_needs_exactly_one_valid_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(&dir.path().join("k.json")).unwrap();
+        assert!(matches!(
+            store.revoke_by_name("sync").await,
+            Err(KeyStoreError::NameNotFound(_))
+        ));
+        let (_, a) = store.create("sync", grant(), None, None).await.unwrap();
+        let (_, _b) = store.create("sync", grant(), None, None).await.unwrap();
+        assert!(matches!(
+            store.revoke_by_name("sync").await,
+            Err(KeyStoreError::NameAmbiguous { count: 2, .. })
+        ));
+        store.revoke(&a.id).await.unwrap();
+        // Only valid keys count: the revoked one no longer makes it ambiguous.
+        let revoked = store.revoke_by_name("sync").await.unwrap();
+        assert_ne!(revoked.id, a.id);
+        assert!(revoked.revoked_ms.is_some());
+    }
+
+    #[tokio::test]
+    async fn rotate_hands_over_and_never_extends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(&dir.path().join("k.json")).unwrap();
+        let nets = vec!["127.0.0.0/8".parse().unwrap()];
+        let day = 86_400_000;
+        let (old_key, old) = store
+            .create_restricted("sync", grant(), Some(30 * day), None, nets.clone())
+            .await
+            .unwrap();
+        let (new_key, new, before) = store.rotate(&old.id, day, 3650 * day).await.unwrap();
+        assert_ne!(new.id, old.id);
+        assert_eq!(
+            (new.name.as_str(), &new.grant, &new.allow_cidrs),
+            ("sync", &old.grant, &nets)
+        );
+        let old_expiry = before.expires_ms.unwrap();
+        assert!(old_expiry <= now_ms() + day && old_expiry > now_ms() + day - 60_000);
+        assert!(new.expires_ms.unwrap() >= new.created_ms + 30 * day);
+        // Both work during the overlap.
+        assert_eq!(store.authenticate(old_key.expose()).unwrap().id, old.id);
+        assert_eq!(store.authenticate(new_key.expose()).unwrap().id, new.id);
+
+        // A longer overlap does not extend the old key.
+        let (_, _, again) = store.rotate(&old.id, 10 * day, 3650 * day).await.unwrap();
+        assert_eq!(again.expires_ms, Some(old_expiry));
+
+        // Nothing to hand over from a revoked key.
+        store.revoke(&old.id).await.unwrap();
+        assert!(matches!(
+            store.rotate(&old.id, day, day).await,
+            Err(KeyStoreError::NotActive(_))
+        ));
+        assert!(matches!(
+            store.rotate("key_0", day, day).await,
+            Err(KeyStoreError::NotFound(_))
+        ));
     }
 }

@@ -114,6 +114,9 @@ pub enum Event {
         /// The client certificate identity bound to it, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_identity: Option<String>,
+        /// The source networks it is bound to, if any.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        allow_cidrs: Vec<String>,
     },
     /// An API key was revoked.
     ApiKeyRevoke {
@@ -169,6 +172,21 @@ pub enum Event {
         /// The one vendor, or `None` for the whole tenant.
         vendor: Option<String>,
     },
+    /// An API key was rotated: a successor with the same name, grant and
+    /// source networks was created, and the old key set to expire at the
+    /// end of the overlap. One event, so the log never shows half a rotation.
+    ApiKeyRotate {
+        /// The old key's id.
+        key_id: String,
+        /// The successor's id.
+        new_key_id: String,
+        /// Their name.
+        name: String,
+        /// When the old key now expires, Unix milliseconds.
+        old_expires_ms: Option<u64>,
+        /// When the successor expires, if it does.
+        new_expires_ms: Option<u64>,
+    },
 }
 
 impl Event {
@@ -190,6 +208,7 @@ impl Event {
             Event::TenantOffboard { .. } => "tenant_offboard",
             Event::TenantRestore { .. } => "tenant_restore",
             Event::TenantSweep { .. } => "tenant_sweep",
+            Event::ApiKeyRotate { .. } => "api_key_rotate",
         }
     }
 }

@@ -124,11 +124,32 @@ async fn keys_revokes_and_disables_reach_every_replica_within_a_second() {
         .and_then(|l| l.split_whitespace().next())
         .expect("the key is listed on B")
         .to_owned();
+    let before_revoke = control_keys(&redis).await;
     let out = admin_cli(&b.admin_url, &admin, &["apikey", "revoke", &id], "").await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     call(&b, &key, "/v1/x").await.expect_err("revoked at once on B");
     for replica in [&a, &c] {
         until(second, replica, &key, is_reason("API_KEY_REVOKED")).await;
+    }
+
+    // Redis restored from a copy older than the revoke: no replica takes the
+    // older state in (that would undo the revoke); they write theirs back.
+    restore_control_keys(&redis, &before_revoke).await;
+    let restored_at = Instant::now();
+    loop {
+        let now = control_keys(&redis).await;
+        if now[0] != before_revoke[0] {
+            break;
+        }
+        assert!(
+            restored_at.elapsed() < second,
+            "the older copy was never replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for replica in [&a, &b, &c] {
+        let refused = call(replica, &key, "/v1/x").await.unwrap_err();
+        assert_eq!(reason(&refused), "API_KEY_REVOKED", "the revoke holds");
     }
 
     // Disabled on C while a call is in flight on A: that call is cancelled
@@ -259,13 +280,38 @@ async fn without_redis_a_replica_serves_its_snapshot_until_the_bound_then_refuse
     redis.restart().await;
     until(Duration::from_secs(5), &a, &key, Result::is_ok).await;
     let dump = redis_dump(&redis).await;
-    assert!(dump.contains("valet:control:state"), "re-published: {dump}");
+    assert!(dump.contains("valet:{control}:state"), "re-published: {dump}");
     let metrics = http_get(&format!("{}/metrics", a.ops_url)).await.1;
     assert!(
         support::sample(&metrics, "valet_control_store_lost_total", &[]) >= 1.0,
         "{metrics}"
     );
     assert_eq!(a.terminate().await.code, Some(0));
+}
+
+/// The control state's two Redis values: token, document.
+async fn control_keys(redis: &RedisServer) -> [String; 2] {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (token, doc): (String, String) = redis::pipe()
+        .get("valet:{control}:version")
+        .get("valet:{control}:state")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    [token, doc]
+}
+
+/// Puts `values` back (as if Redis were restored from an older copy).
+async fn restore_control_keys(redis: &RedisServer, values: &[String; 2]) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::pipe()
+        .set("valet:{control}:version", &values[0])
+        .set("valet:{control}:state", &values[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
 
 /// Every key and value in `redis`, as text.

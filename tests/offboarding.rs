@@ -164,7 +164,10 @@ async fn offboarding_deletes_at_once_retains_what_it_says_and_restore_undoes_it(
         .await;
     assert!(out.contains("retained: nothing"), "{out}");
     let list = valet.admin(&["tenant", "list"], "").await;
-    assert!(!list.contains("globex"), "swept at once: {list}");
+    assert!(
+        list.contains("globex\tdisabled") && list.contains("retained records swept"),
+        "swept at once, and still disabled: {list}"
+    );
     let restore = admin_cli(
         &valet.admin_url,
         &valet.key_file,

@@ -246,6 +246,20 @@ async fn a_compromised_disable_revokes_the_tenants_keys_and_enable_waits_for_new
     );
     call(&valet, &shared, "globex", "mock").await.unwrap();
 
+    // A later plain disable (a new reason) keeps the compromise marks.
+    valet
+        .admin(
+            &[
+                "tenant",
+                "disable",
+                "--tenant",
+                "acme",
+                "--reason",
+                "INC-7 still investigating",
+            ],
+            "",
+        )
+        .await;
     let early = admin_cli(
         &valet.admin_url,
         &valet.key_file,

@@ -154,13 +154,14 @@ impl AdminService {
         let caller = self.admin(&request)?;
         let tenant = request.into_inner().tenant.trim().to_owned();
         valid_name(&tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
-        let offboarded = self
+        let seen = self
             .app
             .keys
             .tenant_statuses()
-            .iter()
-            .any(|s| s.tenant == tenant && s.offboarded_until_ms.is_some());
-        if !offboarded {
+            .into_iter()
+            .find(|s| s.tenant == tenant && s.vendor.is_none() && s.offboarded_until_ms.is_some())
+            .map(|s| s.disabled_ms);
+        if seen.is_none() {
             return Err(Failure::new(
                 Reason::TenantNotOffboarded,
                 format!("tenant '{tenant}' is not offboarded (or its retention has passed)"),
@@ -168,7 +169,7 @@ impl AdminService {
         }
         let keys = self.app.keys.clone();
         let t = tenant.clone();
-        tokio::spawn(async move { keys.enable(&t, None).await })
+        tokio::spawn(async move { keys.enable(&t, None, seen).await })
             .await
             .map_err(|_| Failure::new(Reason::Internal, "the restore was interrupted"))??;
         self.app

@@ -66,24 +66,27 @@ impl AdminService {
         compromised: bool,
     ) -> Result<proto::SetTenantStatusResponse, Failure> {
         let reason = valid_reason(reason)?;
-        let marked = match compromised {
-            false => Vec::new(),
-            true => self.current_credentials(tenant, vendor).await?,
-        };
         let status = TenantStatus {
             tenant: tenant.to_owned(),
             vendor: vendor.map(str::to_owned),
             reason: reason.to_owned(),
             actor: actor.to_owned(),
             disabled_ms: now_ms(),
-            compromised: marked.clone(),
+            compromised: Vec::new(),
             offboarded_until_ms: None,
         };
+        // Containment first: the disable and the revocations land even if
+        // the credential store cannot be listed right now.
         let keys = self.app.keys.clone();
+        let first = status.clone();
         // Not cancelled with the request: a disable that started lands.
-        let revoked = tokio::spawn(async move { keys.disable(status, compromised).await })
+        let revoked = tokio::spawn(async move { keys.disable(first, compromised).await })
             .await
             .map_err(|_| Failure::new(Reason::Internal, "the disable was interrupted"))??;
+        let marked = match compromised {
+            false => Ok(Vec::new()),
+            true => self.mark_compromised(&status).await,
+        };
         let revoked_key_ids: Vec<String> = revoked.iter().map(|r| r.id.clone()).collect();
         tracing::warn!(
             tenant,
@@ -100,10 +103,19 @@ impl AdminService {
             revoked_key_ids: revoked_key_ids.clone(),
             compromised_credentials: marked
                 .iter()
+                .flatten()
                 .map(|c| format!("{}:{}", c.vendor, c.fingerprint))
                 .collect(),
         };
+        // Audited whether or not the marks could be added: the disable and
+        // the revocations happened.
         self.app.record(actor, event).await?;
+        let marked = marked.map_err(|f| {
+            f.with_info(
+                "tenant_disabled",
+                "true: the tenant is disabled and its keys revoked; run the command again to mark its credentials",
+            )
+        })?;
         Ok(proto::SetTenantStatusResponse {
             status: Some(self.status_of(tenant)),
             revoked_key_ids,
@@ -155,7 +167,8 @@ impl AdminService {
         }
         let keys = self.app.keys.clone();
         let (t, v) = (tenant.to_owned(), vendor.map(str::to_owned));
-        let lifted = tokio::spawn(async move { keys.enable(&t, v.as_deref()).await })
+        let seen = lifting.as_ref().map(|s| s.disabled_ms);
+        let lifted = tokio::spawn(async move { keys.enable(&t, v.as_deref(), seen).await })
             .await
             .map_err(|_| Failure::new(Reason::Internal, "the enable was interrupted"))??;
         if lifted.is_some() {
@@ -199,6 +212,23 @@ impl AdminService {
         Ok(proto::ListTenantsResponse {
             tenants: names.iter().map(|t| self.status_of(t)).collect(),
         })
+    }
+
+    /// Marks the credentials `status` covers as compromised, in a second
+    /// change after the disable itself.
+    async fn mark_compromised(&self, status: &TenantStatus) -> Result<Vec<CompromisedCredential>, Failure> {
+        let marked = self
+            .current_credentials(&status.tenant, status.vendor.as_deref())
+            .await?;
+        let keys = self.app.keys.clone();
+        let again = TenantStatus {
+            compromised: marked.clone(),
+            ..status.clone()
+        };
+        tokio::spawn(async move { keys.disable(again, false).await })
+            .await
+            .map_err(|_| Failure::new(Reason::Internal, "the disable was interrupted"))??;
+        Ok(marked)
     }
 
     /// The tenant's credentials now (one vendor, or all), by fingerprint.

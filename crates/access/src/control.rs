@@ -35,14 +35,38 @@ pub struct ControlState {
 }
 
 /// A state and the shared version it was read or written at (0: never
-/// written to the shared store).
+/// written to the shared store), with the token of that write.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Versioned {
     /// The shared store's version of `state`.
     pub version: u64,
+    /// `version:nonce` of the write that stored it: two histories that
+    /// reached the same number (after a Redis loss) still differ here, and
+    /// a write whose reply was lost is recognised by it.
+    #[serde(default)]
+    pub token: String,
     /// The state.
     pub state: ControlState,
+}
+
+impl Versioned {
+    /// `state` as the write after this one: the next version, a new token.
+    pub fn successor(&self, state: ControlState) -> Self {
+        let version = self.version + 1;
+        let mut nonce = [0u8; 8];
+        getrandom::getrandom(&mut nonce).expect("the OS random source is available");
+        Self {
+            version,
+            token: format!("{version}:{}", hex::encode(nonce)),
+            state,
+        }
+    }
+}
+
+/// The version a token names (`None` for a malformed one).
+pub fn token_version(token: &str) -> Option<u64> {
+    token.split(':').next()?.parse().ok()
 }
 
 /// The on-disk copy of the last state a fleet replica confirmed.

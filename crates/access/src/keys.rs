@@ -7,7 +7,7 @@
 //! that returned is a revoke that survives a crash.
 
 use crate::control::shared::{Shared, SharedError};
-use crate::control::{ControlState, Embedded, Versioned, read_snapshot, write_snapshot};
+use crate::control::{ControlState, Embedded, Versioned, read_snapshot, token_version, write_snapshot};
 use crate::grant::Grant;
 use crate::source::{self, SourceNotAllowed};
 use crate::tenants::{Disabled, TenantStatus};
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -184,6 +184,9 @@ pub enum KeyStoreError {
     /// The shared control store (Redis) could not take the change.
     #[error("{0}")]
     Shared(String),
+    /// The tenant's status changed since the caller read it.
+    #[error("tenant '{0}' changed status meanwhile; read its status and retry")]
+    Changed(String),
 }
 
 /// The control state — API keys and tenant status — with the index calls
@@ -196,10 +199,14 @@ pub struct KeyStore {
     current: tokio::sync::Mutex<Versioned>,
     /// What calls read: one `Arc` swapped whole on every change.
     view: RwLock<Arc<View>>,
-    /// When the shared store last confirmed `current`, Unix milliseconds.
-    confirmed_ms: AtomicU64,
-    /// When the snapshot on disk was last stamped.
-    stamped_ms: AtomicU64,
+    /// The clock staleness is measured on: monotonic, so a wall-clock step
+    /// cannot stretch or shrink the bound.
+    started: std::time::Instant,
+    /// When the shared store last confirmed `current`, milliseconds since
+    /// `started` (negative: before this process, from the snapshot).
+    confirmed_at: AtomicI64,
+    /// When the snapshot on disk was last stamped, likewise.
+    stamped_at: AtomicI64,
     /// Times the shared store was found empty while we held a state.
     losses: AtomicU64,
     /// Bumped on every change this replica applies (tenant disables cancel
@@ -241,6 +248,9 @@ impl View {
     }
 }
 
+/// `confirmed_at` of a state never confirmed: older than any bound.
+const NEVER: i64 = i64::MIN / 4;
+
 /// Settings for the shared (Redis) control store.
 #[derive(Debug, Clone)]
 pub struct SharedSettings {
@@ -260,8 +270,16 @@ impl KeyStore {
     pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
         let files = Embedded::new(path);
         let state = files.load()?;
-        Self::new(Backend::Embedded(files), Versioned { version: 0, state }, 0)
-            .ok_or_else(|| KeyStoreError::Corrupt(path.to_owned()))
+        Self::new(
+            Backend::Embedded(files),
+            Versioned {
+                version: 0,
+                token: String::new(),
+                state,
+            },
+            0,
+        )
+        .ok_or_else(|| KeyStoreError::Corrupt(path.to_owned()))
     }
 
     /// Opens the shared store: starts from the on-disk snapshot (or, on the
@@ -280,7 +298,14 @@ impl KeyStore {
                 } else {
                     Default::default()
                 };
-                (Versioned { version: 0, state }, 0)
+                (
+                    Versioned {
+                        version: 0,
+                        token: String::new(),
+                        state,
+                    },
+                    0,
+                )
             }
         };
         let backend = Backend::Shared {
@@ -297,17 +322,38 @@ impl KeyStore {
         Ok(keys)
     }
 
+    /// `confirmed_ms`: when the state was last confirmed, Unix
+    /// milliseconds (0: never; a time in the future counts as never).
     fn new(backend: Backend, current: Versioned, confirmed_ms: u64) -> Option<Self> {
         let view = View::new(&current.state)?;
+        let now = now_ms();
+        let confirmed_at = match confirmed_ms {
+            c if c == 0 || c > now => NEVER,
+            c => -i64::try_from(now - c).unwrap_or(i64::MAX / 4),
+        };
         Some(Self {
             backend,
             current: tokio::sync::Mutex::new(current),
             view: RwLock::new(Arc::new(view)),
-            confirmed_ms: AtomicU64::new(confirmed_ms),
-            stamped_ms: AtomicU64::new(confirmed_ms),
+            started: std::time::Instant::now(),
+            confirmed_at: AtomicI64::new(confirmed_at),
+            stamped_at: AtomicI64::new(confirmed_at),
             losses: AtomicU64::new(0),
             changes: watch::channel(0).0,
         })
+    }
+
+    /// Milliseconds since `started`.
+    fn mono_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// How long since the state was last confirmed.
+    fn age_ms(&self) -> u64 {
+        let age = self
+            .mono_ms()
+            .saturating_sub(self.confirmed_at.load(Ordering::Relaxed));
+        u64::try_from(age).unwrap_or(0)
     }
 
     fn view(&self) -> Arc<View> {
@@ -573,7 +619,7 @@ impl KeyStore {
         let Backend::Shared { max_stale_ms, .. } = &self.backend else {
             return None;
         };
-        let age = now_ms().saturating_sub(self.confirmed_ms.load(Ordering::Relaxed));
+        let age = self.age_ms();
         (age > *max_stale_ms).then_some(age)
     }
 
@@ -581,9 +627,7 @@ impl KeyStore {
     /// when embedded.
     pub fn unconfirmed_ms(&self) -> Option<u64> {
         match &self.backend {
-            Backend::Shared { .. } => {
-                Some(now_ms().saturating_sub(self.confirmed_ms.load(Ordering::Relaxed)))
-            }
+            Backend::Shared { .. } => Some(self.age_ms()),
             Backend::Embedded(_) => None,
         }
     }
@@ -622,14 +666,21 @@ impl KeyStore {
         self.update_state(|state| {
             revoked.clear();
             let mut status = status.clone();
-            // A disable of an offboarded tenant keeps it offboarded.
+            // A disable of an offboarded or compromised tenant keeps it so:
+            // a later disable (a new reason) must not lift either.
             if let Some(earlier) = state
                 .tenants
                 .iter()
                 .find(|s| s.tenant == status.tenant && s.vendor == status.vendor)
-                && status.offboarded_until_ms.is_none()
             {
-                status.offboarded_until_ms = earlier.offboarded_until_ms;
+                if status.offboarded_until_ms.is_none() {
+                    status.offboarded_until_ms = earlier.offboarded_until_ms;
+                }
+                for c in &earlier.compromised {
+                    if !status.compromised.contains(c) {
+                        status.compromised.push(c.clone());
+                    }
+                }
             }
             state
                 .tenants
@@ -651,12 +702,15 @@ impl KeyStore {
         Ok(revoked)
     }
 
-    /// Lifts the disable of `tenant` (`vendor: None`: the tenant-wide one);
-    /// returns it, or `None` if there was none.
+    /// Lifts the disable of `tenant` (`vendor: None`: the tenant-wide one)
+    /// if it is still the one the caller checked (`seen`: its
+    /// `disabled_ms`; another admin may have disabled it again meanwhile,
+    /// e.g. as compromised). Returns it, or `None` if there was none.
     pub async fn enable(
         &self,
         tenant: &str,
         vendor: Option<&str>,
+        seen: Option<u64>,
     ) -> Result<Option<TenantStatus>, KeyStoreError> {
         let mut lifted = None;
         self.update_state(|state| {
@@ -664,6 +718,11 @@ impl KeyStore {
                 .tenants
                 .iter()
                 .position(|s| s.tenant == tenant && s.vendor.as_deref() == vendor);
+            if let Some(i) = at
+                && Some(state.tenants[i].disabled_ms) != seen
+            {
+                return Err(KeyStoreError::Changed(tenant.to_owned()));
+            }
             lifted = at.map(|i| state.tenants.remove(i));
             Ok(())
         })
@@ -672,8 +731,8 @@ impl KeyStore {
     }
 
     /// Removes what an offboarding retained once its time is past: the
-    /// tenant's status and the records of the (revoked) keys scoped only to
-    /// it. Returns, per tenant swept, the key ids removed. In a fleet only
+    /// records of the (revoked) keys scoped only to the tenant; its status
+    /// stays, disabled, without the offboarding date (no restore). Returns, per tenant swept, the key ids removed. In a fleet only
     /// the replica whose change lands reports a sweep.
     pub async fn sweep(&self, now_ms: u64) -> Result<Vec<(String, Vec<String>)>, KeyStoreError> {
         let mut swept = Vec::new();
@@ -686,7 +745,13 @@ impl KeyStore {
                 .map(|s| s.tenant.clone())
                 .collect();
             for tenant in due {
-                state.tenants.retain(|s| s.tenant != tenant);
+                // The tenant stays disabled (no restore any more): keys for
+                // several tenants, kept at offboarding, must not work for it
+                // again, nor a credential another replica still caches.
+                for s in state.tenants.iter_mut().filter(|s| s.tenant == tenant) {
+                    s.offboarded_until_ms = None;
+                    s.reason = format!("offboarded; retained records swept ({})", s.reason);
+                }
                 let own = |r: &ApiKeyRecord| {
                     !r.grant.admin && r.revoked_ms.is_some() && r.grant.tenants == [tenant.as_str()]
                 };
@@ -718,7 +783,8 @@ impl KeyStore {
     /// files, or Redis — then the snapshot), then publishes it to the index.
     /// Against Redis it is a compare-and-set: if another replica changed
     /// the state first, `change` runs again on the newer state, so it must
-    /// be safe to repeat.
+    /// be safe to repeat. A write whose reply is lost is looked for by its
+    /// token before it is reported as failed.
     pub async fn update_state(
         &self,
         mut change: impl FnMut(&mut ControlState) -> Result<(), KeyStoreError>,
@@ -731,106 +797,153 @@ impl KeyStore {
                 return Ok(());
             }
             index(&next.keys).ok_or_else(|| KeyStoreError::Shared("duplicate key hash".into()))?;
-            match &self.backend {
+            let store = match &self.backend {
                 Backend::Embedded(files) => {
                     files.save(&current.state, &next)?;
                     current.state = next;
                     self.apply(&current);
                     return Ok(());
                 }
-                Backend::Shared { store, .. } => {
-                    match store.write(current.version, &next).await.map_err(shared_err)? {
-                        Some(version) => {
-                            *current = Versioned { version, state: next };
-                            self.confirm(&current, true)?;
-                            return Ok(());
-                        }
-                        None => match store.read().await.map_err(shared_err)? {
-                            Some(latest) => {
-                                *current = latest;
-                                self.confirm(&current, true)?;
-                            }
-                            None => current.version = 0,
-                        },
-                    }
-                }
+                Backend::Shared { store, .. } => store,
+            };
+            let proposed = current.successor(next);
+            let written = match store.write(&current.token, &proposed).await {
+                Ok(written) => written,
+                Err(e) => match store.token().await {
+                    Ok(Some(token)) if token == proposed.token => true,
+                    _ => return Err(shared_err(e)),
+                },
+            };
+            if written {
+                *current = proposed;
+                self.confirm(&current, true)?;
+                return Ok(());
             }
+            // Another write came first: take it in (unless it is older
+            // than ours: a loss), and compute the change again.
+            let stored = store.read().await.map_err(shared_err)?;
+            self.reconcile(&mut current, stored)?;
         }
         Err(KeyStoreError::Shared(
             "the control state kept changing under this write; retry".into(),
         ))
     }
 
-    /// One round with the shared store: confirm the version, fetch a newer
-    /// state, or re-publish ours into an emptied store (counted).
+    /// Takes in `stored`, what Redis holds, if it is not older than
+    /// `current`; an older or missing one is a loss, and `current` is kept
+    /// to be written over it (the next write's compare-and-set expects the
+    /// stored token).
+    fn reconcile(&self, current: &mut Versioned, stored: Option<Versioned>) -> Result<(), KeyStoreError> {
+        match stored {
+            Some(latest) if latest.version >= current.version => {
+                *current = latest;
+                self.confirm(current, true)
+            }
+            Some(older) => {
+                self.lost(current.version, Some(older.version));
+                current.token = older.token;
+                Ok(())
+            }
+            None => {
+                self.lost(current.version, None);
+                current.token = String::new();
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts and logs a shared store found behind this replica.
+    fn lost(&self, known: u64, stored: Option<u64>) {
+        if known > 0 {
+            self.losses.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                known,
+                ?stored,
+                "the shared control store is behind this replica (emptied or restored from an older copy); re-publishing this replica's state"
+            );
+        }
+    }
+
+    /// One round with the shared store: confirm the token, take in a newer
+    /// state, or write ours over a store that is behind (emptied, restored
+    /// from an older copy, or re-published by a replica that knew less).
+    /// Never adopts an older state: that would undo revocations.
     pub async fn sync(&self) -> Result<(), KeyStoreError> {
         let Backend::Shared { store, .. } = &self.backend else {
             return Ok(());
         };
-        let stored = store.version().await.map_err(shared_err)?;
+        let stored = store.token().await.map_err(shared_err)?;
         let mut current = self.current.lock().await;
-        match stored {
-            Some(v) if v == current.version => self.confirm(&current, false)?,
-            Some(_) => {
-                if let Some(latest) = store.read().await.map_err(shared_err)? {
+        let behind = match &stored {
+            Some(token) if *token == current.token => return self.confirm(&current, false),
+            Some(token) => token_version(token).is_none_or(|v| v < current.version),
+            None => !(current.version == 0 && current.state == ControlState::default()),
+        };
+        if !behind {
+            return match (&stored, store.read().await.map_err(shared_err)?) {
+                (None, _) => self.confirm(&current, false),
+                (Some(_), Some(latest)) => {
                     *current = latest;
+                    self.confirm(&current, true)
                 }
-                self.confirm(&current, true)?;
+                (Some(_), None) => Err(KeyStoreError::Shared(
+                    "control store (redis): a version without a state (evicted? run Redis with noeviction)"
+                        .into(),
+                )),
+            };
+        }
+        let expected = stored.unwrap_or_default();
+        self.lost(current.version, token_version(&expected));
+        let proposed = current.successor(current.state.clone());
+        if store.write(&expected, &proposed).await.map_err(shared_err)? {
+            if current.version == 0 {
+                tracing::info!(
+                    keys = proposed.state.keys.len(),
+                    "imported the embedded API keys into the shared control store"
+                );
             }
-            None if current.version == 0 && current.state == ControlState::default() => {
-                self.confirm(&current, false)?
-            }
-            None => {
-                let lost = current.version > 0;
-                if let Some(version) = store.write(0, &current.state).await.map_err(shared_err)? {
-                    if lost {
-                        self.losses.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            version,
-                            "the shared control store was empty; re-published this replica's last known state"
-                        );
-                    } else {
-                        tracing::info!(
-                            keys = current.state.keys.len(),
-                            "imported the embedded API keys into the shared control store"
-                        );
-                    }
-                    current.version = version;
-                    self.confirm(&current, true)?;
-                }
-            }
+            *current = proposed;
+            self.confirm(&current, true)?;
         }
         Ok(())
     }
 
     /// Notes that the shared store confirmed `current`; with `changed`,
-    /// publishes it to the index and writes the snapshot.
+    /// publishes it to the index first and writes the snapshot. A state
+    /// that cannot be indexed is not confirmed: the replica goes stale
+    /// rather than serve an index that no longer matches the store.
     fn confirm(&self, current: &Versioned, changed: bool) -> Result<(), KeyStoreError> {
-        let now = now_ms();
-        self.confirmed_ms.store(now, Ordering::Relaxed);
-        if changed {
-            self.apply(current);
+        if changed && !self.apply(current) {
+            return Err(KeyStoreError::Shared(
+                "control store (redis): the stored state has an unusable key hash".into(),
+            ));
         }
+        let now = self.mono_ms();
+        self.confirmed_at.store(now, Ordering::Relaxed);
         if let Backend::Shared {
             snapshot,
             stamp_every_ms,
             ..
         } = &self.backend
-            && (changed || now.saturating_sub(self.stamped_ms.load(Ordering::Relaxed)) >= *stamp_every_ms)
+            && (changed
+                || now.saturating_sub(self.stamped_at.load(Ordering::Relaxed))
+                    >= i64::try_from(*stamp_every_ms).unwrap_or(i64::MAX))
         {
-            write_snapshot(snapshot, current, now)?;
-            self.stamped_ms.store(now, Ordering::Relaxed);
+            write_snapshot(snapshot, current, now_ms())?;
+            self.stamped_at.store(now, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    fn apply(&self, current: &Versioned) {
-        if let Some(view) = View::new(&current.state) {
-            *self.view.write().expect("lock") = Arc::new(view);
-            self.changes.send_modify(|n| *n += 1);
-        } else {
-            tracing::error!("control state has duplicate key hashes; keeping the previous one");
-        }
+    /// Publishes `current` to the index; `false` if it cannot be indexed.
+    fn apply(&self, current: &Versioned) -> bool {
+        let Some(view) = View::new(&current.state) else {
+            tracing::error!("control state has an unusable or duplicate key hash; keeping the previous one");
+            return false;
+        };
+        *self.view.write().expect("lock") = Arc::new(view);
+        self.changes.send_modify(|n| *n += 1);
+        true
     }
 
     /// Keeps the shared state in step: on each change notice, and every
@@ -884,7 +997,9 @@ fn index(records: &[ApiKeyRecord]) -> Option<HashMap<[u8; 32], Caller>> {
     let mut map = HashMap::with_capacity(records.len());
     for r in records {
         let bytes: [u8; 32] = hex::decode(&r.sha256).ok()?.try_into().ok()?;
-        map.insert(bytes, Arc::new(r.clone()));
+        if map.insert(bytes, Arc::new(r.clone())).is_some() {
+            return None;
+        }
     }
     Some(map)
 }

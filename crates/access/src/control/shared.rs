@@ -1,30 +1,32 @@
 //! The control state in Redis: one JSON document and a version counter.
 //!
-//! - `valet:control:state` holds `{"version": N, "state": {...}}`;
-//! - `valet:control:version` holds N, so a poll is one small GET;
+//! - `valet:{control}:state` holds `{"version": N, "token": "N:nonce",
+//!   "state": {...}}`;
+//! - `valet:{control}:version` holds the token, so a poll is one small GET;
 //! - every change is published on `valet:control:changed`.
 //!
-//! A write is a compare-and-set on the version (a Lua script), so it lands
+//! A write is a compare-and-set on the token (a Lua script), so it lands
 //! only on the state it was computed from; it returns once Redis has it.
+//! Both keys share a hash tag, so the script also runs on Redis Cluster.
 
-use super::{ControlState, Versioned};
+use super::Versioned;
 use std::time::Duration;
 
-const STATE_KEY: &str = "valet:control:state";
-const VERSION_KEY: &str = "valet:control:version";
+const STATE_KEY: &str = "valet:{control}:state";
+const VERSION_KEY: &str = "valet:{control}:version";
 /// The channel each change's new version is published on.
 pub const CHANNEL: &str = "valet:control:changed";
 
-/// Compare-and-set: KEYS version, state; ARGV expected version, state JSON,
-/// channel. Returns the new version, or -1 if the version moved.
+/// Compare-and-set: KEYS token, state; ARGV expected token ('' for none
+/// stored), new token, document, channel. Returns 1 if written, 0 if the
+/// token moved.
 const WRITE_LUA: &str = r#"
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-if v ~= tonumber(ARGV[1]) then return -1 end
-v = v + 1
-redis.call('SET', KEYS[2], '{"version":' .. v .. ',"state":' .. ARGV[2] .. '}')
-redis.call('SET', KEYS[1], v)
-redis.call('PUBLISH', ARGV[3], v)
-return v
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[2])
+return 1
 "#;
 
 /// Why Redis could not be used.
@@ -75,9 +77,9 @@ impl Shared {
         })
     }
 
-    /// The stored version; `None` when nothing is stored (a new or emptied
+    /// The stored token; `None` when nothing is stored (a new or emptied
     /// Redis).
-    pub async fn version(&self) -> Result<Option<u64>, SharedError> {
+    pub async fn token(&self) -> Result<Option<String>, SharedError> {
         let mut conn = self.conn.clone();
         bounded(redis::cmd("GET").arg(VERSION_KEY).query_async(&mut conn)).await
     }
@@ -90,16 +92,20 @@ impl Shared {
             .transpose()
     }
 
-    /// Writes `state` if the stored version is still `expected` (0: none
-    /// stored); returns the new version, or `None` if another write came
-    /// first.
-    pub async fn write(&self, expected: u64, state: &ControlState) -> Result<Option<u64>, SharedError> {
-        let json = serde_json::to_string(state).expect("control state serialises");
+    /// Writes `next` if the stored token is still `expected` (`""`: none
+    /// stored); returns whether it did (`false`: another write came first).
+    pub async fn write(&self, expected: &str, next: &Versioned) -> Result<bool, SharedError> {
+        let doc = serde_json::to_string(next).expect("control state serialises");
         let mut conn = self.conn.clone();
         let mut invocation = self.write.key(VERSION_KEY);
-        invocation.key(STATE_KEY).arg(expected).arg(json).arg(CHANNEL);
-        let v: i64 = bounded(invocation.invoke_async(&mut conn)).await?;
-        Ok(u64::try_from(v).ok())
+        invocation
+            .key(STATE_KEY)
+            .arg(expected)
+            .arg(&next.token)
+            .arg(doc)
+            .arg(CHANNEL);
+        let written: i64 = bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(written == 1)
     }
 
     /// A subscription to change notices.

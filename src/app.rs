@@ -180,7 +180,7 @@ impl App {
         // A fleet replica that could not reach Redis does not know whether
         // the fleet has keys: it bootstraps nothing.
         let bootstrap_key = if keys.is_empty() && keys.staleness_ms().is_none() {
-            Some(bootstrap_admin_key(&keys, &audit, dir).await?)
+            bootstrap_admin_key(&keys, &audit, dir).await?
         } else {
             None
         };
@@ -255,8 +255,13 @@ async fn load_master_key(
     }
 }
 
-/// Creates the first admin key and writes it to `admin.key` (0600).
-async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> Result<PathBuf, StartError> {
+/// Creates the first admin key and writes it to `admin.key` (0600); `None`
+/// if another replica of a new fleet recorded its own first.
+async fn bootstrap_admin_key(
+    keys: &KeyStore,
+    audit: &AuditLog,
+    dir: &Path,
+) -> Result<Option<PathBuf>, StartError> {
     let grant = Grant {
         tenants: Vec::new(),
         vendors: Vec::new(),
@@ -270,10 +275,15 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
     let path = dir.join("admin.key");
     let text = zeroize::Zeroizing::new(format!("{}\n", key.expose()));
     valet_durable::write_atomically(&path, text.as_bytes()).map_err(|e| state_err(&path, e))?;
-    let record = keys
-        .add(&key, "bootstrap-admin", grant.clone(), None)
+    let added = keys
+        .add_first(&key, "bootstrap-admin", grant.clone())
         .await
         .map_err(|e| StartError::State(e.to_string()))?;
+    let Some(record) = added else {
+        std::fs::remove_file(&path).map_err(|e| state_err(&path, e))?;
+        tracing::info!("another replica bootstrapped the fleet's admin key; use its admin.key");
+        return Ok(None);
+    };
     audit
         .append(
             SYSTEM_ACTOR,
@@ -293,7 +303,7 @@ async fn bootstrap_admin_key(keys: &KeyStore, audit: &AuditLog, dir: &Path) -> R
         .await
         .map_err(|e| StartError::State(e.to_string()))?;
     tracing::info!(path = %path.display(), key_id = %record.id, "wrote the bootstrap admin API key");
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// The control state: embedded files, or the fleet's Redis (see

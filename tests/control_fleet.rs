@@ -347,3 +347,32 @@ async fn redis_dump(redis: &RedisServer) -> String {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_fleet_started_at_once_bootstraps_one_admin_key() {
+    let redis = RedisServer::start().await;
+    let mock = MockVendor::start().await;
+    let body = body(&redis, &mock, 30_000);
+    let (a, b, c) = tokio::join!(
+        ValetProcess::spawn(&body),
+        ValetProcess::spawn(&body),
+        ValetProcess::spawn(&body)
+    );
+    let files: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|p| p.key_file.clone())
+        .filter(|f| f.exists())
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "exactly one replica keeps an admin.key: {files:?}"
+    );
+    let listed = admin_cli(&b.admin_url, &files[0], &["apikey", "list"], "").await;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("bootstrap-admin").count(), 1, "{listed}");
+    for replica in [&a, &b, &c] {
+        let out = admin_cli(&replica.admin_url, &files[0], &["tenant", "list"], "").await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

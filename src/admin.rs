@@ -179,6 +179,16 @@ impl AdminService {
         })
     }
 
+    /// Deletes `tenant`'s idempotency records and stored responses;
+    /// `unavailable` is the caller's message when the store cannot.
+    async fn purge_records(&self, tenant: &str, unavailable: &str) -> Result<u64, Failure> {
+        let purged = self.app.idempotency.purge_tenant(tenant).await.map_err(|e| {
+            tracing::error!(error = %e, "idempotency purge failed");
+            Failure::new(Reason::IdempotencyStoreUnavailable, unavailable)
+        })?;
+        Ok(purged as u64)
+    }
+
     /// Offboarding: deletes the tenant's stored responses.
     async fn purge_tenant_records(
         &self,
@@ -187,13 +197,9 @@ impl AdminService {
         let caller = self.admin(&request)?;
         let tenant = request.into_inner().tenant;
         valid_name(&tenant).map_err(|e| Failure::invalid("tenant", Reason::TenantInvalid, e))?;
-        let purged = self.app.idempotency.purge_tenant(&tenant).await.map_err(|e| {
-            tracing::error!(error = %e, "idempotency purge failed");
-            Failure::new(
-                Reason::IdempotencyStoreUnavailable,
-                "the idempotency store is unavailable",
-            )
-        })? as u64;
+        let purged = self
+            .purge_records(&tenant, "the idempotency store is unavailable")
+            .await?;
         let event = Event::IdempotencyPurge {
             tenant: tenant.clone(),
             purged,
@@ -253,12 +259,11 @@ impl AdminService {
         let keys = self.app.keys.clone();
         let name = req.name.clone();
         let identity = Some(req.client_identity.trim().to_owned()).filter(|s| !s.is_empty());
-        let (key, record) = tokio::spawn(async move {
+        let (key, record) = landing("API key creation", async move {
             keys.create_restricted(&name, grant, ttl_ms, identity, allow_cidrs)
                 .await
         })
-        .await
-        .map_err(|_| Failure::new(Reason::Internal, "API key creation was interrupted"))??;
+        .await?;
         let event = Event::ApiKeyCreate {
             key_id: record.id.clone(),
             name: record.name.clone(),
@@ -338,14 +343,13 @@ impl AdminService {
             ));
         }
         let keys = self.app.keys.clone();
-        let record = tokio::spawn(async move {
+        let record = landing("API key revocation", async move {
             match id.is_empty() {
                 false => keys.revoke(&id).await,
                 true => keys.revoke_by_name(&name).await,
             }
         })
-        .await
-        .map_err(|_| Failure::new(Reason::Internal, "API key revocation was interrupted"))??;
+        .await?;
         let event = Event::ApiKeyRevoke {
             key_id: record.id.clone(),
             name: record.name.clone(),
@@ -376,10 +380,10 @@ impl AdminService {
         let keys = self.app.keys.clone();
         let id = req.id.trim().to_owned();
         let overlap_ms = req.overlap_seconds * 1000;
-        let (key, successor, old) =
-            tokio::spawn(async move { keys.rotate(&id, overlap_ms, max_seconds * 1000).await })
-                .await
-                .map_err(|_| Failure::new(Reason::Internal, "API key rotation was interrupted"))??;
+        let (key, successor, old) = landing("API key rotation", async move {
+            keys.rotate(&id, overlap_ms, max_seconds * 1000).await
+        })
+        .await?;
         let event = Event::ApiKeyRotate {
             key_id: old.id.clone(),
             new_key_id: successor.id.clone(),
@@ -566,6 +570,17 @@ impl Admin for AdminService {
 mod offboard;
 mod quota;
 mod tenants;
+
+/// Runs a control-store change to its end even if the admin's request is
+/// dropped meanwhile: a revoke or a disable that started lands.
+async fn landing<T: Send + 'static>(
+    what: &str,
+    change: impl Future<Output = Result<T, valet_access::KeyStoreError>> + Send + 'static,
+) -> Result<T, Failure> {
+    let joined = tokio::spawn(change).await;
+    let done = joined.map_err(|_| Failure::new(Reason::Internal, format!("{what} was interrupted")))?;
+    Ok(done?)
+}
 
 fn reply<T>(result: Result<T, Failure>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|f| f.into_status(None))

@@ -12,8 +12,8 @@
 //! Each step is safe to repeat: an offboarding that failed half-way is
 //! finished by running it again.
 
-use super::AdminService;
 use super::timestamp;
+use super::{AdminService, landing};
 use crate::app::{actor, now_ms};
 use crate::proto;
 use crate::status::{Failure, Reason};
@@ -65,13 +65,12 @@ impl AdminService {
             offboarded_until_ms: Some(until),
         };
         let keys = self.app.keys.clone();
-        let revoked = tokio::spawn(async move {
+        let revoked = landing("the offboarding", async move {
             // A second offboarding keeps the first one's keys revoked and
             // only moves the date.
             keys.disable(status, true).await
         })
-        .await
-        .map_err(|_| Failure::new(Reason::Internal, "the offboarding was interrupted"))??;
+        .await?;
         let mut deleted: Vec<String> = revoked
             .iter()
             .map(|r| format!("api key {} ({}) revoked", r.id, r.name))
@@ -87,13 +86,12 @@ impl AdminService {
         }
 
         // 3. Idempotency records and their stored responses.
-        let purged = self.app.idempotency.purge_tenant(&tenant).await.map_err(|e| {
-            tracing::error!(error = %e, "idempotency purge failed");
-            Failure::new(
-                Reason::IdempotencyStoreUnavailable,
+        let purged = self
+            .purge_records(
+                &tenant,
                 "the idempotency store is unavailable; run the offboarding again",
             )
-        })?;
+            .await?;
         deleted.push(format!(
             "{purged} idempotency records and stored responses purged"
         ));
@@ -121,7 +119,7 @@ impl AdminService {
             .keys
             .list()
             .iter()
-            .filter(|r| !r.grant.admin && r.grant.tenants == [tenant.as_str()])
+            .filter(|r| r.scoped_only_to(&tenant))
             .count();
         retained.push("tenant status (offboarded, disabled)".to_owned());
         retained.push(format!("{own_keys} revoked API key records (hashes only)"));
@@ -169,9 +167,7 @@ impl AdminService {
         }
         let keys = self.app.keys.clone();
         let t = tenant.clone();
-        tokio::spawn(async move { keys.enable(&t, None, seen).await })
-            .await
-            .map_err(|_| Failure::new(Reason::Internal, "the restore was interrupted"))??;
+        landing("the restore", async move { keys.enable(&t, None, seen).await }).await?;
         self.app
             .record(
                 &actor(&caller),

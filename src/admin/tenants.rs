@@ -6,7 +6,7 @@
 //! window; this replica's calls in flight for it end at once (see
 //! `call::forward`).
 
-use super::{AdminService, timestamp};
+use super::{AdminService, landing, timestamp};
 use crate::app::{actor, now_ms};
 use crate::proto;
 use crate::status::{Failure, Reason};
@@ -80,9 +80,11 @@ impl AdminService {
         let keys = self.app.keys.clone();
         let first = status.clone();
         // Not cancelled with the request: a disable that started lands.
-        let revoked = tokio::spawn(async move { keys.disable(first, compromised).await })
-            .await
-            .map_err(|_| Failure::new(Reason::Internal, "the disable was interrupted"))??;
+        let revoked = landing(
+            "the disable",
+            async move { keys.disable(first, compromised).await },
+        )
+        .await?;
         let marked = match compromised {
             false => Ok(Vec::new()),
             true => self.mark_compromised(&status).await,
@@ -168,9 +170,11 @@ impl AdminService {
         let keys = self.app.keys.clone();
         let (t, v) = (tenant.to_owned(), vendor.map(str::to_owned));
         let seen = lifting.as_ref().map(|s| s.disabled_ms);
-        let lifted = tokio::spawn(async move { keys.enable(&t, v.as_deref(), seen).await })
-            .await
-            .map_err(|_| Failure::new(Reason::Internal, "the enable was interrupted"))??;
+        let lifted = landing(
+            "the enable",
+            async move { keys.enable(&t, v.as_deref(), seen).await },
+        )
+        .await?;
         if lifted.is_some() {
             tracing::info!(tenant, vendor, "tenant enabled");
             let event = Event::TenantEnable {
@@ -208,9 +212,10 @@ impl AdminService {
             .into_iter()
             .map(|(k, _)| k.tenant)
             .collect();
-        names.extend(self.app.keys.tenant_statuses().into_iter().map(|s| s.tenant));
+        let statuses = self.app.keys.tenant_statuses();
+        names.extend(statuses.iter().map(|s| s.tenant.clone()));
         Ok(proto::ListTenantsResponse {
-            tenants: names.iter().map(|t| self.status_of(t)).collect(),
+            tenants: names.iter().map(|t| status_from(t, &statuses)).collect(),
         })
     }
 
@@ -225,9 +230,7 @@ impl AdminService {
             compromised: marked.clone(),
             ..status.clone()
         };
-        tokio::spawn(async move { keys.disable(again, false).await })
-            .await
-            .map_err(|_| Failure::new(Reason::Internal, "the disable was interrupted"))??;
+        landing("the disable", async move { keys.disable(again, false).await }).await?;
         Ok(marked)
     }
 
@@ -252,32 +255,31 @@ impl AdminService {
     }
 
     pub(super) fn status_of(&self, tenant: &str) -> proto::TenantStatus {
-        let disables: Vec<TenantStatus> = self
-            .app
-            .keys
-            .tenant_statuses()
-            .into_iter()
-            .filter(|s| s.tenant == tenant)
-            .collect();
-        let state = match disables.iter().any(|s| s.vendor.is_none()) {
-            true => proto::TenantState::Disabled,
-            false => proto::TenantState::Enabled,
-        };
-        proto::TenantStatus {
-            tenant: tenant.to_owned(),
-            state: state as i32,
-            disables: disables
-                .iter()
-                .map(|s| proto::TenantDisable {
-                    vendor: s.vendor.clone().unwrap_or_default(),
-                    reason: s.reason.clone(),
-                    actor: s.actor.clone(),
-                    disabled_at: Some(timestamp(s.disabled_ms)),
-                    compromised: s.compromised.iter().map(compromised_info).collect(),
-                    offboarded_until: s.offboarded_until_ms.map(timestamp),
-                })
-                .collect(),
-        }
+        status_from(tenant, &self.app.keys.tenant_statuses())
+    }
+}
+
+/// `tenant`'s status on the wire, from every disable in force.
+fn status_from(tenant: &str, statuses: &[TenantStatus]) -> proto::TenantStatus {
+    let disables: Vec<&TenantStatus> = statuses.iter().filter(|s| s.tenant == tenant).collect();
+    let state = match disables.iter().any(|s| s.vendor.is_none()) {
+        true => proto::TenantState::Disabled,
+        false => proto::TenantState::Enabled,
+    };
+    proto::TenantStatus {
+        tenant: tenant.to_owned(),
+        state: state as i32,
+        disables: disables
+            .iter()
+            .map(|s| proto::TenantDisable {
+                vendor: s.vendor.clone().unwrap_or_default(),
+                reason: s.reason.clone(),
+                actor: s.actor.clone(),
+                disabled_at: Some(timestamp(s.disabled_ms)),
+                compromised: s.compromised.iter().map(compromised_info).collect(),
+                offboarded_until: s.offboarded_until_ms.map(timestamp),
+            })
+            .collect(),
     }
 }
 

@@ -97,6 +97,13 @@ impl ApiKeyRecord {
                 .is_some_and(|e| e <= now_ms.saturating_add(window_ms))
     }
 
+    /// Whether this is a Gateway key for `tenant` alone: the keys a
+    /// compromised disable or an offboarding revokes (a key for several
+    /// tenants is kept, and refused for this one).
+    pub fn scoped_only_to(&self, tenant: &str) -> bool {
+        !self.grant.admin && self.grant.tenants == [tenant]
+    }
+
     /// Whether the key may be used from `source` (see [`source::allows`]).
     pub fn allows_source(&self, source: Option<IpAddr>) -> Result<(), SourceNotAllowed> {
         source::allows(&self.allow_cidrs, source)
@@ -676,8 +683,7 @@ impl KeyStore {
             if revoke_tenant_keys {
                 let now = now_ms();
                 for rec in &mut state.keys {
-                    if rec.valid_at(now) && !rec.grant.admin && rec.grant.tenants == [status.tenant.as_str()]
-                    {
+                    if rec.valid_at(now) && rec.scoped_only_to(&status.tenant) {
                         rec.revoked_ms = Some(now);
                         revoked.push(rec.clone());
                     }
@@ -739,9 +745,7 @@ impl KeyStore {
                     s.offboarded_until_ms = None;
                     s.reason = format!("offboarded; retained records swept ({})", s.reason);
                 }
-                let own = |r: &ApiKeyRecord| {
-                    !r.grant.admin && r.revoked_ms.is_some() && r.grant.tenants == [tenant.as_str()]
-                };
+                let own = |r: &ApiKeyRecord| r.revoked_ms.is_some() && r.scoped_only_to(&tenant);
                 let removed = state
                     .keys
                     .iter()

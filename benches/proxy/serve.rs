@@ -1,0 +1,149 @@
+//! Valet as it ships: `valet serve` as a child process on the embedded
+//! defaults (state on disk, the production `tracing` subscriber, the JSON
+//! call line on stdout — read by a pipe, as a container runtime would), set
+//! up through the admin CLI like a new user does.
+
+use crate::peers::Process;
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A running Valet and the keys the benchmark calls it with.
+pub(crate) struct Valet {
+    pub(crate) process: Process,
+    pub(crate) gateway_port: u16,
+    pub(crate) ops_port: u16,
+    /// A key granted READ for tenant `acme` × vendor `mock`.
+    pub(crate) read_key: String,
+    /// A key granted WRITE.
+    pub(crate) write_key: String,
+}
+
+/// Lines of `[section]` keys added to the shipped defaults (the audit
+/// durability mode, an OTLP endpoint).
+pub(crate) fn start(dir: &Path, vendor_http1: u16, extra: &str) -> Valet {
+    let (gateway_port, admin_port, ops_port) = (crate::free_port(), crate::free_port(), crate::free_port());
+    let state = dir.join("state");
+    let config = dir.join("valet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             ops_listen = \"127.0.0.1:{ops_port}\"\n\n[state]\ndir = \"{}\"\n\n{extra}\n\
+             [[vendors]]\nname = \"mock\"\nbase_url = \"http://127.0.0.1:{vendor_http1}\"\n\
+             allow_insecure_http = true\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 10000\n",
+            state.display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("valet runs");
+    drain_until_serving(child.stdout.take().expect("stdout"));
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+    let process = Process::new(child);
+    let admin = Admin {
+        endpoint: format!("http://127.0.0.1:{admin_port}"),
+        key_file: state.join("admin.key"),
+    };
+    admin.run(
+        &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
+        "bench-secret-0123456789\n",
+    );
+    let key = |name: &str, operation: &str| {
+        let args = [
+            "apikey",
+            "create",
+            "--name",
+            name,
+            "--tenant",
+            "acme",
+            "--vendor",
+            "mock",
+            "--operation",
+            operation,
+        ];
+        admin.run(&args, "").trim().to_owned()
+    };
+    Valet {
+        read_key: key("bench-read", "read"),
+        write_key: key("bench-write", "write"),
+        process,
+        gateway_port,
+        ops_port,
+    }
+}
+
+/// Reads stdout until the "valet serving" line, then keeps draining it.
+fn drain_until_serving(stdout: std::process::ChildStdout) {
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("valet stdout");
+        assert!(n > 0, "valet exited before serving");
+        if line.contains("valet serving") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+}
+
+struct Admin {
+    endpoint: String,
+    key_file: PathBuf,
+}
+
+impl Admin {
+    fn run(&self, args: &[&str], stdin: &str) -> String {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_valet"))
+            .args(["admin", "--endpoint", &self.endpoint, "--api-key-file"])
+            .arg(&self.key_file)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("valet admin runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("stdin");
+        let out = child.wait_with_output().expect("valet admin exits");
+        assert!(
+            out.status.success(),
+            "valet admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// `valet_calls_total` summed over its series with `outcome="OK"`, and over
+/// all outcomes, from `/metrics`: the calls Valet itself counted.
+pub(crate) fn calls_counted(ops_port: u16) -> (u64, u64) {
+    let text = crate::http_get(ops_port, "/metrics");
+    let (mut ok, mut all) = (0, 0);
+    for line in text.lines().filter(|l| l.starts_with("valet_calls_total{")) {
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        all += value;
+        if line.contains("outcome=\"OK\"") {
+            ok += value;
+        }
+    }
+    (ok, all)
+}

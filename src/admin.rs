@@ -36,6 +36,7 @@ impl Verifier for VerifyWith<'_> {
             deadline: None,
             repeatable: false,
             metrics: &self.app.metrics,
+            trace: &valet_telemetry::propagation::TraceContext::new_trace(),
         };
         match self
             .vendor

@@ -53,6 +53,8 @@ pub struct App {
     pub registry: Registry,
     /// The audit log.
     pub audit: AuditLog,
+    /// When a call's lease entry must be durable (`[audit] durability`).
+    pub audit_durability: valet_audit::Durability,
     /// Size limits.
     pub limits: Limits,
     /// Room for the vendor answers all calls hold at once.
@@ -154,7 +156,8 @@ impl App {
             tracing::warn!(%why, "API key last-use file is unreadable; last-use times start empty");
             LastUse::default()
         });
-        let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| StartError::State(e.to_string()))?;
+        let audit = AuditLog::open_for(&dir.join("audit.log"), config.audit.durability)
+            .map_err(|e| StartError::State(e.to_string()))?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
         let idempotency = open_idempotency(config, dir).await?;
         let purged = idempotency
@@ -193,6 +196,7 @@ impl App {
             vault,
             registry,
             audit,
+            audit_durability: config.audit.durability,
             limits,
             answers: valet_egress::AnswerBudget::new(config.limits.max_buffered_response_bytes),
             quotas,
@@ -382,6 +386,11 @@ fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readines
         move || i64::from(quotas.fallback_active()),
     );
     metrics.counter_fn(
+        "valet.log.lines_dropped",
+        "Log lines dropped because stdout fell too far behind (the buffer was full)",
+        valet_telemetry::lines::dropped,
+    );
+    metrics.counter_fn(
         "valet.quota.policy_store_lost",
         "Times this replica found the shared quota policy store had lost data and kept its last known policies",
         move || losses.policy_store_losses(),
@@ -528,10 +537,31 @@ impl App {
 }
 
 /// Records credential leases in the audit log (the glue between the vault's
-/// [`LeaseAudit`] and the audit crate).
+/// [`LeaseAudit`] and the audit crate), as durably as `[audit] durability`
+/// asks before the credential is used.
 pub struct LeaseRecorder<'a> {
     /// Valet, whose audit log records the lease.
     pub app: &'a App,
+    /// With `before_answer`: the entry, written but not yet durable; the
+    /// caller's answer waits for it ([`crate::call::audited`]).
+    pub unsynced: std::sync::Mutex<Option<valet_audit::Written>>,
+}
+
+impl<'a> LeaseRecorder<'a> {
+    /// Records leases for `app`.
+    pub fn new(app: &'a App) -> Self {
+        Self {
+            app,
+            unsynced: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The entry the answer must wait for, if any.
+    pub fn into_unsynced(self) -> Option<valet_audit::Written> {
+        self.unsynced
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl LeaseAudit for LeaseRecorder<'_> {
@@ -543,9 +573,33 @@ impl LeaseAudit for LeaseRecorder<'_> {
             reason: e.reason.to_owned(),
             request_id: e.request_id.to_owned(),
         };
-        self.app
-            .record(e.caller, event)
-            .await
-            .map_err(|err| err.to_string())
+        let app = self.app;
+        let durability = app.audit_durability;
+        if durability == valet_audit::Durability::BeforeSend {
+            return app.record(e.caller, event).await.map_err(|err| err.to_string());
+        }
+        // Written now; durable in the background (`os`) or before the
+        // answer (`before_answer`, see `call::audited`).
+        let span = tracing::info_span!(
+            "valet.audit.append",
+            valet.audit.event = event.kind(),
+            valet.audit.durability = durability.as_str(),
+            otel.status_code = tracing::field::Empty
+        );
+        match span.in_scope(|| app.audit.append_written(e.caller, &event)) {
+            Ok(written) => {
+                let unsynced = (durability == valet_audit::Durability::BeforeAnswer).then_some(written);
+                *self
+                    .unsynced
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = unsynced;
+                Ok(())
+            }
+            Err(err) => {
+                span.record("otel.status_code", "ERROR");
+                app.metrics.audit_write_failed();
+                Err(err.to_string())
+            }
+        }
     }
 }

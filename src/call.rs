@@ -18,10 +18,13 @@
 //!    401 [`refresh`]: if the credential was rotated elsewhere, lease it
 //!    and retry once.
 //! 7. [`idempotency::finish`]: the answer kept for replays, the key freed,
-//!    or the outcome marked unknown.
+//!    or the outcome marked unknown; then [`audited`]: with audit
+//!    durability `before_answer`, the answer waits until the lease's audit
+//!    entry is on disk.
 //! 8. [`record`]: the span, metrics and log line of the finished call
 //!    (run by the Gateway service, however the call ended).
 
+pub mod audited;
 pub mod authenticate;
 pub mod authorize;
 pub mod forward;
@@ -55,8 +58,11 @@ pub struct Call {
     /// The caller's source address (see [`crate::source`]), checked
     /// against keys bound to networks; `None` if it cannot be known.
     pub source: Option<std::net::IpAddr>,
-    /// The call's server span.
+    /// The call's server span (disabled when no tracer records spans).
     pub span: tracing::Span,
+    /// The call's trace context, kept without a tracer: what the vendor
+    /// and the log line get when the span records nothing.
+    pub trace: valet_telemetry::propagation::TraceContext,
     /// The caller's key id and name, once authenticated.
     pub caller: Option<String>,
     /// See `caller`.
@@ -90,9 +96,15 @@ pub enum Flow<T> {
 
 impl Call {
     /// A call that has just arrived.
-    pub fn new(request_id: String, deadline: Option<Instant>, identity: Option<String>) -> Self {
+    pub fn new(
+        request_id: String,
+        deadline: Option<Instant>,
+        identity: Option<String>,
+        trace: valet_telemetry::propagation::TraceContext,
+    ) -> Self {
         Self {
             span: record::server_span(&request_id),
+            trace,
             request_id,
             started: Instant::now(),
             deadline,
@@ -149,8 +161,10 @@ pub async fn handle(
         idempotency::release(app, claim).await;
         return Err(refused);
     }
-    let sent = forward::run(app, call, &caller, &req).await;
+    let mut unsynced = None;
+    let sent = forward::run(app, call, &caller, &req, &mut unsynced).await;
     idempotency::finish(app, claim, &sent).await;
+    let sent = audited::settle(app, call, sent, unsynced).await;
     respond(call, sent)
 }
 

@@ -23,6 +23,9 @@ pub struct Config {
     /// Where the master key comes from.
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Size limits on calls.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -246,6 +249,19 @@ impl Default for StateConfig {
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from(".valet")
+}
+
+/// The audit log (`<state.dir>/audit.log`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// When a call's credential lease entry must be on disk:
+    /// `before_answer` (default: written before the credential is used, the
+    /// answer held until it is fsync'd), `before_send` (fsync'd before the
+    /// credential is used) or `os` (written before use, fsync'd in the
+    /// background: survives a Valet crash, not a power loss).
+    #[serde(default)]
+    pub durability: valet_audit::Durability,
 }
 
 /// Secrets settings: where sealed credentials and the master key live.

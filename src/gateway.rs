@@ -52,7 +52,13 @@ impl Gateway for GatewayService {
             CallerDeadline::At(at) => Some(at),
             CallerDeadline::None | CallerDeadline::Invalid => None,
         };
-        let mut call = Call::new(new_request_id(), deadline, authenticate::peer_identity(&request));
+        let trace = propagation::TraceContext::from_caller(request.metadata());
+        let mut call = Call::new(
+            new_request_id(),
+            deadline,
+            authenticate::peer_identity(&request),
+            trace,
+        );
         call.source = crate::source::resolve(
             crate::source::peer(&request),
             request.metadata(),
@@ -115,7 +121,16 @@ impl GatewayService {
 
 /// A fresh request id: `req_` and 24 hex digits.
 pub fn new_request_id() -> String {
-    let mut bytes = [0u8; 12];
-    getrandom::getrandom(&mut bytes).expect("the OS random source is available");
-    format!("req_{}", hex::encode(bytes))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Unique, not secret: a random prefix per process and a counter, so a
+    // call costs no system call for its id.
+    static PREFIX: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+        bytes
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("req_{}{n:08x}", hex::encode(prefix))
 }

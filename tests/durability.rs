@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 use support::{Valet, authed, bearer, get, reason, valet_bin, vendor};
 use tonic::Code;
+use valet::config::Config;
 use valet::proto::{DeleteCredentialRequest, ListCredentialsRequest, Operation, RevokeApiKeyRequest};
+use valet_audit::Durability;
 use valet_testkit::{MockVendor, leak};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,30 +216,49 @@ async fn the_audit_log_records_leases_and_its_chain_detects_an_edit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_audit_means_no_credential() {
-    let mock = MockVendor::start().await;
-    let valet = Valet::start(vec![vendor("mock", &mock.base_url(), bearer())]).await;
-    valet
-        .put_credential("acme", "mock", "unaudited-secret-00001")
-        .await;
-    let key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
-    let (config, state) = valet.stop().await;
+async fn no_audit_means_no_credential_in_every_durability_mode() {
+    for durability in [Durability::BeforeSend, Durability::BeforeAnswer, Durability::Os] {
+        let mock = MockVendor::start().await;
+        let mut config = Config {
+            vendors: vec![vendor("mock", &mock.base_url(), bearer())],
+            ..Config::default()
+        };
+        config.audit.durability = durability;
+        let valet = Valet::start_with(config, tempfile::tempdir().unwrap()).await;
+        valet
+            .put_credential("acme", "mock", "unaudited-secret-00001")
+            .await;
+        let key = valet.api_key(&["acme"], &["mock"], &[Operation::Read]).await;
+        // Audited calls work, and each left its entry in the file.
+        for _ in 0..3 {
+            valet.call(&key, get("acme", "mock", "/x")).await.unwrap();
+        }
+        let (config, state) = valet.stop().await;
+        let log = config.state.dir.join("audit.log");
+        let leases = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"event\":\"credential_lease\""))
+            .count();
+        assert_eq!(leases, 3, "{durability:?}");
 
-    // Every audit write now fails (ENOSPC).
-    let log = config.state.dir.join("audit.log");
-    std::fs::remove_file(&log).unwrap();
-    std::os::unix::fs::symlink("/dev/full", &log).unwrap();
-    let valet = Valet::start_with(config, state).await;
-
-    let err = valet.call(&key, get("acme", "mock", "/x")).await.unwrap_err();
-    assert_eq!(
-        (err.code(), reason(&err).as_str()),
-        (Code::Unavailable, "AUDIT_UNAVAILABLE")
-    );
-    assert!(
-        mock.requests().is_empty(),
-        "a credential was used without an audit entry"
-    );
+        // Every audit write now fails (ENOSPC).
+        std::fs::remove_file(&log).unwrap();
+        std::os::unix::fs::symlink("/dev/full", &log).unwrap();
+        let valet = Valet::start_with(config, state).await;
+        let before = mock.requests().len();
+        let err = valet.call(&key, get("acme", "mock", "/x")).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::Unavailable, "AUDIT_UNAVAILABLE"),
+            "{durability:?}"
+        );
+        assert_eq!(
+            mock.requests().len(),
+            before,
+            "{durability:?}: a credential was used without an audit entry"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,3 +61,46 @@ pub(crate) fn run(port: u16, vendor: String) -> ! {
         }
     })
 }
+
+/// The environment variable that makes the benchmark binary a vendor that
+/// answers every request after 20 ms (`LISTEN_PORT`): a realistic vendor,
+/// for the latency an audit fsync adds when it overlaps the round trip.
+pub(crate) const SLOW_VENDOR: &str = "VALET_BENCH_SLOW_VENDOR";
+
+/// How long the slow vendor takes.
+pub(crate) const SLOW: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Serves the slow vendor forever on `port` (HTTP/1.1 and h2c).
+pub(crate) fn slow_vendor(port: u16) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("slow vendor listens");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+                    tokio::time::sleep(SLOW).await;
+                    let body =
+                        http_body_util::Full::new(bytes::Bytes::from_static(crate::peers::BODY.as_bytes()));
+                    Ok::<_, Infallible>(
+                        http::Response::builder()
+                            .status(200)
+                            .body(body)
+                            .expect("response"),
+                    )
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}

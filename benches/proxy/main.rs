@@ -66,6 +66,9 @@ fn main() {
         let (port, vendor) = args.split_once(' ').expect("PORT URL");
         limit::run(port.parse().expect("port"), vendor.to_owned());
     }
+    if let Ok(port) = std::env::var(limit::SLOW_VENDOR) {
+        limit::slow_vendor(port.parse().expect("port"));
+    }
     let rounds = env_u64("VALET_BENCH_ROUNDS", 3);
     let secs = env_u64("VALET_BENCH_SECONDS", 5);
     let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("tempdir on disk");
@@ -77,9 +80,22 @@ fn main() {
     let nginx = peers::nginx_proxy(dir.path(), nginx_port, vendor_http1);
     let limit_port = free_port();
     let limit = peers::limit_proxy(limit_port, vendor_http1);
-    let valet_dir = dir.path().join("valet");
-    std::fs::create_dir_all(&valet_dir).expect("valet dir");
-    let valet = serve::start(&valet_dir, vendor_http1, "");
+    let slow_port = free_port();
+    let _slow = peers::slow_vendor(slow_port);
+    // Valet as shipped (audit durability `before_answer`), and with the two
+    // other modes, each its own process and state dir.
+    let start = |mode: &str| {
+        let valet_dir = dir.path().join(format!("valet-{mode}"));
+        std::fs::create_dir_all(&valet_dir).expect("valet dir");
+        let extra = if mode == "default" {
+            String::new()
+        } else {
+            format!("[audit]\ndurability = \"{mode}\"\n")
+        };
+        serve::start(&valet_dir, vendor_http1, slow_port, &extra)
+    };
+    let valet = start("default");
+    let modes = [("before_send", start("before_send")), ("os", start("os"))];
 
     let path = "/v1/users/123";
     let direct = Target {
@@ -94,7 +110,9 @@ fn main() {
         url: format!("http://127.0.0.1:{limit_port}{path}"),
         args: vec![],
     };
-    let through_valet = grpc_target(dir.path(), valet.gateway_port, &valet.read_key, path);
+    let through =
+        |v: &serve::Valet, vendor: &str| grpc_target(dir.path(), v.gateway_port, &v.read_key, vendor, path);
+    let through_valet = through(&valet, "mock");
     runtime.block_on(check_one_call(valet.gateway_port, &valet.read_key, path));
 
     // Half of Valet's own saturation, from a short calibration run.
@@ -133,14 +151,60 @@ fn main() {
             Box::new(move |d| load::h2load(d, &t, in_flight, secs, None, p)),
         );
     }
-    for (name, target, tree) in [
-        ("direct", direct.clone(), None),
-        ("nginx", through_nginx.clone(), Some(nginx.tree())),
-        ("valet", through_valet.clone(), Some(valet.process.tree())),
-    ] {
+    for (mode, v) in &modes {
+        let (t, p) = (through(v, "mock"), Some(v.process.tree()));
+        add(
+            format!("valet {mode}, 64 in flight"),
+            Box::new(move |d| load::h2load(d, &t, AT_64, secs, None, p)),
+        );
+    }
+    let mut paced = vec![
+        ("direct".to_owned(), direct.clone(), None),
+        ("nginx".to_owned(), through_nginx.clone(), Some(nginx.tree())),
+        (
+            "valet".to_owned(),
+            through_valet.clone(),
+            Some(valet.process.tree()),
+        ),
+    ];
+    for (mode, v) in &modes {
+        paced.push((
+            format!("valet {mode}"),
+            through(v, "mock"),
+            Some(v.process.tree()),
+        ));
+    }
+    for (name, target, tree) in paced {
         add(
             format!("{name}, paced at {half:.0}/s"),
             Box::new(move |d| load::h2load(d, &target, AT_64, secs, Some(half), tree)),
+        );
+    }
+    // A vendor that takes 20 ms: the fsync overlaps its round trip.
+    let slow_rate = 1000.0;
+    let slow_direct = Target {
+        url: format!("http://127.0.0.1:{slow_port}{path}"),
+        args: vec![],
+    };
+    let mut slow = vec![
+        ("direct".to_owned(), slow_direct, None),
+        (
+            "valet".to_owned(),
+            through(&valet, "slow"),
+            Some(valet.process.tree()),
+        ),
+    ];
+    for (mode, v) in &modes {
+        slow.push((
+            format!("valet {mode}"),
+            through(v, "slow"),
+            Some(v.process.tree()),
+        ));
+    }
+    for (name, target, tree) in slow {
+        add(
+            format!("{name}, 20 ms vendor at {slow_rate:.0}/s"),
+            Box::new(move |d| load::h2load(d, &target, AT_64, secs, Some(slow_rate), tree)),
         );
     }
     let handle = runtime.handle().clone();
@@ -156,14 +220,18 @@ fn main() {
             Box::new(move |_| handle.block_on(grpc_calls(port, &key, operation, secs, tree))),
         );
     }
+    let all_valets: Vec<u16> = std::iter::once(valet.ops_port)
+        .chain(modes.iter().map(|(_, v)| v.ops_port))
+        .collect();
 
     let mut results: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds as usize {
         for i in 0..rows.len() {
             let i = (i + round) % rows.len();
-            let (ok_before, _) = serve::calls_counted(valet.ops_port);
+            let counted = || all_valets.iter().map(|p| serve::calls_counted(*p).0).sum::<u64>();
+            let ok_before = counted();
             let sample = (rows[i].run)(dir.path());
-            let (ok_after, _) = serve::calls_counted(valet.ops_port);
+            let ok_after = counted();
             if rows[i].name.starts_with("valet") {
                 // h2load counts HTTP 200s; a gRPC error is a 200 too. Valet's
                 // own count of OK calls must agree.
@@ -189,12 +257,14 @@ fn main() {
 
 /// The h2load target for READ calls through Valet: the framed request in a
 /// file, POSTed with the gRPC headers.
-fn grpc_target(dir: &std::path::Path, port: u16, key: &str, path: &str) -> Target {
-    let message = read_request(path).encode_to_vec();
+fn grpc_target(dir: &std::path::Path, port: u16, key: &str, vendor: &str, path: &str) -> Target {
+    let mut request = read_request(path);
+    request.vendor = vendor.into();
+    let message = request.encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(&message);
-    let file = dir.join("call.grpc");
+    let file = dir.join(format!("call-{port}-{vendor}.grpc"));
     std::fs::write(&file, frame).expect("frame");
     Target {
         url: format!("http://127.0.0.1:{port}/valet.v1.Gateway/Call"),
@@ -335,19 +405,31 @@ fn print_table(rows: &[Row], results: &BTreeMap<usize, Vec<Sample>>, rounds: u64
             cpu(valet) / cpu(limit),
         );
     }
-    let paced = |name: &str| {
+    let find = |prefix: &str, contains: &str| {
         medians
             .iter()
-            .find(|(k, _)| k.starts_with(name) && k.contains("paced"))
+            .find(|(k, _)| k.starts_with(&format!("{prefix}, ")) && k.contains(contains))
             .map(|(_, s)| *s)
     };
-    if let (Some(direct), Some(nginx), Some(valet)) = (paced("direct"), paced("nginx"), paced("valet")) {
-        let added = |s: Sample, d: Sample| (ms(s.p50.saturating_sub(d.p50)), ms(s.p99.saturating_sub(d.p99)));
-        let (vp50, vp99) = added(valet, direct);
-        let (np50, np99) = added(nginx, direct);
-        println!(
-            "added latency at half of Valet's saturation: valet +{vp50} p50 / +{vp99} p99; nginx +{np50} / +{np99}"
-        );
+    for (scenario, contains) in [
+        ("half of Valet's saturation", "paced"),
+        ("a 20 ms vendor", "20 ms vendor"),
+    ] {
+        let Some(direct) = find("direct", contains) else {
+            continue;
+        };
+        let added: Vec<String> = ["nginx", "valet", "valet before_send", "valet os"]
+            .iter()
+            .filter_map(|name| {
+                let s = find(name, contains)?;
+                Some(format!(
+                    "{name} +{} p50 / +{} p99",
+                    ms(s.p50.saturating_sub(direct.p50)),
+                    ms(s.p99.saturating_sub(direct.p99))
+                ))
+            })
+            .collect();
+        println!("added latency at {scenario}: {}", added.join("; "));
     }
     let grpc = |op: &str| {
         medians

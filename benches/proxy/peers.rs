@@ -110,3 +110,15 @@ pub(crate) fn limit_proxy(port: u16, vendor_http1: u16) -> Process {
     crate::wait_for_port(port);
     Process { child }
 }
+
+/// The slow vendor ([`crate::limit::slow_vendor`]), this binary run again.
+pub(crate) fn slow_vendor(port: u16) -> Process {
+    let child = Command::new(std::env::current_exe().expect("own path"))
+        .env(crate::limit::SLOW_VENDOR, port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("slow vendor runs");
+    crate::wait_for_port(port);
+    Process { child }
+}

@@ -19,9 +19,9 @@ pub(crate) struct Valet {
     pub(crate) write_key: String,
 }
 
-/// Lines of `[section]` keys added to the shipped defaults (the audit
-/// durability mode, an OTLP endpoint).
-pub(crate) fn start(dir: &Path, vendor_http1: u16, extra: &str) -> Valet {
+/// `extra`: lines of `[section]` keys added to the shipped defaults (the
+/// audit durability mode). Vendors: `mock` (nginx) and `slow` (20 ms).
+pub(crate) fn start(dir: &Path, vendor_http1: u16, slow_vendor: u16, extra: &str) -> Valet {
     let (gateway_port, admin_port, ops_port) = (crate::free_port(), crate::free_port(), crate::free_port());
     let state = dir.join("state");
     let config = dir.join("valet.toml");
@@ -31,6 +31,8 @@ pub(crate) fn start(dir: &Path, vendor_http1: u16, extra: &str) -> Valet {
             "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
              ops_listen = \"127.0.0.1:{ops_port}\"\n\n[state]\ndir = \"{}\"\n\n{extra}\n\
              [[vendors]]\nname = \"mock\"\nbase_url = \"http://127.0.0.1:{vendor_http1}\"\n\
+             allow_insecure_http = true\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 10000\n\n\
+             [[vendors]]\nname = \"slow\"\nbase_url = \"http://127.0.0.1:{slow_vendor}\"\n\
              allow_insecure_http = true\nauth = {{ scheme = \"bearer\" }}\ntimeout_ms = 10000\n",
             state.display()
         ),
@@ -51,10 +53,12 @@ pub(crate) fn start(dir: &Path, vendor_http1: u16, extra: &str) -> Valet {
         endpoint: format!("http://127.0.0.1:{admin_port}"),
         key_file: state.join("admin.key"),
     };
-    admin.run(
-        &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-        "bench-secret-0123456789\n",
-    );
+    for vendor in ["mock", "slow"] {
+        admin.run(
+            &["credential", "put", "--tenant", "acme", "--vendor", vendor],
+            "bench-secret-0123456789\n",
+        );
+    }
     let key = |name: &str, operation: &str| {
         let args = [
             "apikey",
@@ -65,6 +69,8 @@ pub(crate) fn start(dir: &Path, vendor_http1: u16, extra: &str) -> Valet {
             "acme",
             "--vendor",
             "mock",
+            "--vendor",
+            "slow",
             "--operation",
             operation,
         ];

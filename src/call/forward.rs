@@ -8,18 +8,25 @@ use super::validate::ValidCall;
 use super::{Call, lease, quota, refresh};
 use crate::app::App;
 use crate::status::Failure;
-use tokio::time::Instant;
 use valet_access::{Caller, Operation};
+use valet_audit::Written;
 use valet_credentials::Lease;
 use valet_egress::{Exchange, Reached, Sent};
 
 /// The step: lease, send, and on a 401 refresh and retry once. Says, with
 /// egress, how many requests were made and whether any may have reached
-/// the vendor.
-pub async fn run(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> Sent<Failure> {
+/// the vendor; `unsynced` receives the last lease's audit entry if the
+/// answer must wait for it ([`super::audited`]).
+pub async fn run(
+    app: &App,
+    call: &Call,
+    caller: &Caller,
+    req: &ValidCall,
+    unsynced: &mut Option<Written>,
+) -> Sent<Failure> {
     let mut changes = app.keys.changes();
     tokio::select! {
-        sent = exchange(app, call, caller, req) => sent,
+        sent = exchange(app, call, caller, req, unsynced) => sent,
         () = disabled(app, &mut changes, req) => {
             tracing::warn!(tenant = req.key.tenant, vendor = req.key.vendor, "tenant disabled; call in flight cancelled");
             Sent {
@@ -48,7 +55,13 @@ async fn disabled(app: &App, changes: &mut tokio::sync::watch::Receiver<u64>, re
 }
 
 /// The exchange itself: lease, send, push-back, refresh and retry once.
-async fn exchange(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> Sent<Failure> {
+async fn exchange(
+    app: &App,
+    call: &Call,
+    caller: &Caller,
+    req: &ValidCall,
+    unsynced: &mut Option<Written>,
+) -> Sent<Failure> {
     let failed = |f, attempts, reached| Sent {
         result: Err(f),
         attempts,
@@ -56,10 +69,13 @@ async fn exchange(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> S
     };
     let leased = lease::credential(app, caller, req, &call.request_id);
     let lease = match call.within("fetching the credential", leased).await {
-        Ok(lease) => lease,
+        Ok(leased) => {
+            *unsynced = leased.unsynced;
+            leased.lease
+        }
         Err(f) => return failed(f, 0, Reached::No),
     };
-    let first = send(app, req, &lease, call.deadline).await;
+    let first = send(app, call, req, &lease).await;
     let (attempts, reached) = (first.attempts, first.reached);
     let answer = match first.result {
         Ok(answer) => answer,
@@ -89,10 +105,14 @@ async fn exchange(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> S
     }
     let leased = lease::credential(app, caller, req, &call.request_id);
     let lease = match call.within("fetching the credential", leased).await {
-        Ok(lease) => lease,
+        Ok(leased) => {
+            // A later entry is durable only after every earlier one.
+            *unsynced = leased.unsynced;
+            leased.lease
+        }
         Err(f) => return failed(f, attempts, reached),
     };
-    let retry = send(app, req, &lease, call.deadline).await;
+    let retry = send(app, call, req, &lease).await;
     // The vendor refused the first request (401): only the retry may have
     // been acted on.
     Sent {
@@ -105,13 +125,14 @@ async fn exchange(app: &App, call: &Call, caller: &Caller, req: &ValidCall) -> S
 /// repeating it is harmless: a READ, or a WRITE carrying our idempotency
 /// key in the header the vendor dedupes by. Egress says how many attempts
 /// were made and whether any may have reached the vendor.
-pub async fn send(app: &App, call: &ValidCall, lease: &Lease, deadline: Option<Instant>) -> Sent<Failure> {
+pub async fn send(app: &App, this: &Call, call: &ValidCall, lease: &Lease) -> Sent<Failure> {
     let exchange = Exchange {
         limits: &app.limits,
         answers: &app.answers,
-        deadline,
+        deadline: this.deadline,
         repeatable: repeatable(call),
         metrics: &app.metrics,
+        trace: &this.trace,
     };
     let sent = call
         .vendor

@@ -6,17 +6,28 @@ use crate::status::Failure;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use valet_access::Caller;
+use valet_audit::Written;
 use valet_credentials::Lease;
 
-/// Leases the call's credential; the audit entry is durable before the
-/// envelope is opened, and no entry means no credential.
+/// A leased credential, and (with `[audit] durability = "before_answer"`)
+/// its audit entry, written but not yet durable: the answer waits for it.
+pub struct Leased {
+    /// The credential.
+    pub lease: Lease,
+    /// See the type docs.
+    pub unsynced: Option<Written>,
+}
+
+/// Leases the call's credential; the audit entry is written (or, with
+/// `before_send`, durable) before the envelope is opened, and no entry
+/// means no credential.
 pub async fn credential(
     app: &App,
     caller: &Caller,
     call: &ValidCall,
     request_id: &str,
-) -> Result<Lease, Failure> {
-    let recorder = LeaseRecorder { app };
+) -> Result<Leased, Failure> {
+    let recorder = LeaseRecorder::new(app);
     // `valet.cache` is filled in by the Secrets Manager cache (hit, miss,
     // stale); the embedded store has no cache and leaves it out.
     let span = tracing::info_span!(
@@ -32,10 +43,16 @@ pub async fn credential(
         .lease(&call.key, &actor(caller), &call.reason, request_id, &recorder)
         .instrument(span.clone())
         .await;
-    lease.map_err(|e| {
-        let failure = Failure::from(e);
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", failure.reason.as_str());
-        failure
-    })
+    match lease {
+        Ok(lease) => Ok(Leased {
+            lease,
+            unsynced: recorder.into_unsynced(),
+        }),
+        Err(e) => {
+            let failure = Failure::from(e);
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", failure.reason.as_str());
+            Err(failure)
+        }
+    }
 }

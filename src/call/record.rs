@@ -54,7 +54,8 @@ impl Drop for Recorder<'_> {
 /// Reports a call refused before the Gateway handler ran (its deadline was
 /// spent on arrival): the same span, metrics and log line as any other.
 pub fn refused(app: &App, request_id: String, failure: &Failure) {
-    Recorder::new(app, Call::new(request_id, None, None)).finish(failure.reason);
+    let trace = propagation::TraceContext::new_trace();
+    Recorder::new(app, Call::new(request_id, None, None, trace)).finish(failure.reason);
 }
 
 type Observer = fn(&App, &Call, Reason);
@@ -140,7 +141,7 @@ fn log_line(_: &App, call: &Call, reason: Reason) {
     span.in_scope(|| {
         tracing::info!(
             request_id = %call.request_id,
-            trace_id = propagation::trace_id(span).as_deref().unwrap_or("-"),
+            trace_id = propagation::trace_id(span, &call.trace),
             caller = call.caller.as_deref().unwrap_or("-"),
             caller_name = call.caller_name.as_deref().unwrap_or("-"),
             source = %call.source.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),

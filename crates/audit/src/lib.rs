@@ -5,9 +5,10 @@
 //!
 //! - [`event`]: [`Event`], what is recorded (credential put, delete and
 //!   lease; API key create and revoke), never a secret.
-//! - [`log`]: [`AuditLog`], the writer. Entries from concurrent calls are
-//!   group-committed: appended together and made durable by one fsync; each
-//!   caller waits until the batch holding its entry is on disk.
+//! - [`log`]: [`AuditLog`], the writer. Each entry is appended by its
+//!   caller under one lock (written: it survives the process); one sync
+//!   thread group-commits them (durable: one fsync covers every entry
+//!   written since the last). [`Durability`] is when a call waits for which.
 //! - [`mod@verify`]: [`verify()`], walks a file and reports the first broken entry.
 //!
 //! Line format: `{"seq":N,"ts_ms":T,"prev":"<hex sha256 of previous line>",
@@ -19,7 +20,7 @@ pub mod log;
 pub mod verify;
 
 pub use event::Event;
-pub use log::{AuditError, AuditLog};
+pub use log::{AuditError, AuditLog, Durability, Written};
 pub use verify::{VerifyError, verify};
 
 /// The `prev` of the first entry.

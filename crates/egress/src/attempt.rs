@@ -43,7 +43,7 @@ pub(crate) async fn make(
     let span = attempt_span(&req.method, &uri, vendor.name());
     let mut headers = req.headers;
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    propagation::inject(&span, &mut headers);
+    propagation::inject(&span, x.trace, &mut headers);
     vendor.inject_header(&mut headers, secret);
     let mut outbound = Request::builder()
         .method(req.method)

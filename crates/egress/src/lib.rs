@@ -237,6 +237,9 @@ pub struct Exchange<'a> {
     pub repeatable: bool,
     /// Where attempts are counted.
     pub metrics: &'a Metrics,
+    /// The call's trace context, for `traceparent` when no tracer records
+    /// the attempt's span.
+    pub trace: &'a valet_telemetry::propagation::TraceContext,
 }
 
 /// Whether anything left Valet for the vendor — what an idempotency key's

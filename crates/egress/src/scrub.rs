@@ -664,10 +664,19 @@ impl Automaton {
         // The trie: each state's label (the byte leading to it), its first
         // child and its next sibling (0: none; the root is no one's child),
         // so building it allocates per table, not per state.
-        let mut label: Zeroizing<Vec<u8>> = Zeroizing::new(vec![0]);
-        let mut first: Vec<u32> = vec![0];
-        let mut sibling: Vec<u32> = vec![0];
-        let mut output: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0]);
+        // At most one state per form byte, plus the root: sized once, so
+        // building never reallocates (a zeroizing buffer that grows leaves
+        // its old copy unzeroed, and growth was most of the build's cost).
+        let states = 1 + forms.iter().map(|(f, _)| f.len()).sum::<usize>();
+        fn with_root<T>(states: usize, root: T) -> Vec<T> {
+            let mut table = Vec::with_capacity(states);
+            table.push(root);
+            table
+        }
+        let mut label: Zeroizing<Vec<u8>> = Zeroizing::new(with_root(states, 0u8));
+        let mut first: Vec<u32> = with_root(states, 0);
+        let mut sibling: Vec<u32> = with_root(states, 0);
+        let mut output: Zeroizing<Vec<u32>> = Zeroizing::new(with_root(states, 0));
         fn kids<'t>(first: &'t [u32], sibling: &'t [u32], s: u32) -> impl Iterator<Item = u32> + 't {
             std::iter::successors(Some(first[s as usize]).filter(|&c| c != 0), move |&c| {
                 Some(sibling[c as usize]).filter(|&n| n != 0)
@@ -697,7 +706,8 @@ impl Automaton {
         let n = label.len();
         let mut fail: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0; n]);
         let mut next_output: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0; n]);
-        let mut queue: VecDeque<u32> = kids(&first, &sibling, 0).collect();
+        let mut queue: VecDeque<u32> = VecDeque::with_capacity(n);
+        queue.extend(kids(&first, &sibling, 0));
         while let Some(s) = queue.pop_front() {
             for c in kids(&first, &sibling, s) {
                 let b = label[c as usize];

@@ -214,6 +214,7 @@ mod tests {
             deadline: None,
             repeatable: true,
             metrics: &metrics,
+            trace: &valet_telemetry::propagation::TraceContext::new_trace(),
         };
         vendor.send(req, &Secret::from("s3cret".to_owned()), &x).await
     }

@@ -4,7 +4,13 @@
 //! transactions that fsync on commit — exactly what a record that must
 //! survive `kill -9` between "in flight" and "completed" needs — with no C
 //! library to build (SQLite would bring one).
+//!
+//! Concurrent transitions are group-committed (`group.rs`): one
+//! transaction, one fsync, for every change queued meanwhile. redb's page
+//! cache is bounded at [`CACHE_BYTES`] (its default, 1 GiB, let a process
+//! under sustained writes grow by hundreds of MiB).
 
+use crate::group::{Group, Table};
 use crate::{Begin, Record, Scope, State, StoreError, Terms, decide, unsettled_expiry_ms};
 use base64::Engine as _;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -13,10 +19,14 @@ use std::sync::Arc;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
+/// redb's page cache: records are small and read once or twice each.
+pub const CACHE_BYTES: usize = 16 << 20;
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct Embedded {
     db: Arc<Database>,
+    group: Arc<Group>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -38,9 +48,15 @@ impl Embedded {
         // redb creates its file with the umask's mode; records are sealed,
         // but no state file of Valet's is readable by others.
         let file = valet_durable::open_private(path).map_err(err)?;
-        let db = Database::builder().create_file(file).map_err(err)?;
-        let store = Self { db: Arc::new(db) };
-        store.write(|table| {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_file(file)
+            .map_err(err)?;
+        let store = Self {
+            db: Arc::new(db),
+            group: Arc::default(),
+        };
+        store.write(move |table| {
             let mut lost = Vec::new();
             for entry in table.iter().map_err(err)? {
                 let (k, v) = entry.map_err(err)?;
@@ -63,30 +79,26 @@ impl Embedded {
         Ok(store)
     }
 
-    fn write<T>(
+    /// Applies `f` in a committed transaction, shared with the changes of
+    /// concurrent callers; returns once it is durable.
+    fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Table<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(err)?;
-        let out = {
-            let mut table = txn.open_table(RECORDS).map_err(err)?;
-            f(&mut table)?
-        };
-        txn.commit().map_err(err)?;
-        Ok(out)
+        self.group.write(&self.db, RECORDS, f)
     }
 
     /// Atomically decides what the call may do and, if it may proceed,
     /// records the key `in_flight`.
     pub fn begin(&self, scope: &Scope, fingerprint: &str, terms: &Terms) -> Result<Begin, StoreError> {
-        let key = scope.storage_key();
-        self.write(|table| {
+        let (key, fingerprint, terms) = (scope.storage_key(), fingerprint.to_owned(), *terms);
+        self.write(move |table| {
             let existing = get(table, &key)?;
-            let decision = decide(existing.as_ref(), fingerprint, terms);
+            let decision = decide(existing.as_ref(), &fingerprint, &terms);
             if decision == Begin::Proceed {
                 let lease_until_ms = terms.now_ms + terms.lease_ms;
                 let record = Record {
-                    fingerprint: fingerprint.to_owned(),
+                    fingerprint,
                     state: State::InFlight { lease_until_ms },
                     expires_ms: unsettled_expiry_ms(lease_until_ms, terms.retention_ms),
                 };
@@ -104,10 +116,9 @@ impl Embedded {
         now_ms: u64,
         retention_ms: u64,
     ) -> Result<(), StoreError> {
-        self.transition(scope, |record| {
-            record.state = State::Completed {
-                sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
-            };
+        let sealed = base64::engine::general_purpose::STANDARD.encode(sealed);
+        self.transition(scope, move |record| {
+            record.state = State::Completed { sealed };
             record.expires_ms = now_ms + retention_ms;
         })
     }
@@ -120,7 +131,7 @@ impl Embedded {
         lease_until_ms: u64,
         retention_ms: u64,
     ) -> Result<(), StoreError> {
-        self.transition(scope, |record| {
+        self.transition(scope, move |record| {
             record.state = State::Unknown { lease_until_ms };
             record.expires_ms = record
                 .expires_ms
@@ -132,7 +143,7 @@ impl Embedded {
     /// it proceeds.
     pub fn abandon(&self, scope: &Scope) -> Result<(), StoreError> {
         let key = scope.storage_key();
-        self.write(|table| {
+        self.write(move |table| {
             table.remove(key.as_str()).map_err(err)?;
             Ok(())
         })
@@ -140,17 +151,17 @@ impl Embedded {
 
     /// Removes every record expired at `now_ms`; returns how many.
     pub fn purge_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
-        self.purge(|_, r| r.expires_ms <= now_ms)
+        self.purge(move |_, r| r.expires_ms <= now_ms)
     }
 
     /// Removes every record of `tenant` (offboarding); returns how many.
     pub fn purge_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
         let prefix = format!("{tenant}\u{1f}");
-        self.purge(|k, _| k.starts_with(&prefix))
+        self.purge(move |k, _| k.starts_with(&prefix))
     }
 
-    fn purge(&self, doomed: impl Fn(&str, &Record) -> bool) -> Result<usize, StoreError> {
-        self.write(|table| {
+    fn purge(&self, doomed: impl Fn(&str, &Record) -> bool + Send + 'static) -> Result<usize, StoreError> {
+        self.write(move |table| {
             let mut gone = Vec::new();
             for entry in table.iter().map_err(err)? {
                 let (k, v) = entry.map_err(err)?;
@@ -166,9 +177,13 @@ impl Embedded {
         })
     }
 
-    fn transition(&self, scope: &Scope, change: impl FnOnce(&mut Record)) -> Result<(), StoreError> {
+    fn transition(
+        &self,
+        scope: &Scope,
+        change: impl FnOnce(&mut Record) + Send + 'static,
+    ) -> Result<(), StoreError> {
         let key = scope.storage_key();
-        self.write(|table| {
+        self.write(move |table| {
             let Some(mut record) = get(table, &key)? else {
                 return Ok(()); // purged meanwhile: nothing to update
             };
@@ -178,7 +193,7 @@ impl Embedded {
     }
 }
 
-fn get(table: &redb::Table<&str, &[u8]>, key: &str) -> Result<Option<Record>, StoreError> {
+fn get(table: &Table<'_>, key: &str) -> Result<Option<Record>, StoreError> {
     match table.get(key).map_err(err)? {
         None => Ok(None),
         Some(v) => serde_json::from_slice(v.value())
@@ -187,7 +202,7 @@ fn get(table: &redb::Table<&str, &[u8]>, key: &str) -> Result<Option<Record>, St
     }
 }
 
-fn put(table: &mut redb::Table<&str, &[u8]>, key: &str, record: &Record) -> Result<(), StoreError> {
+fn put(table: &mut Table<'_>, key: &str, record: &Record) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(record).expect("a record serialises");
     table.insert(key, bytes.as_slice()).map_err(err)?;
     Ok(())

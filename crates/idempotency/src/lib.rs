@@ -6,8 +6,9 @@
 //!   tenant never sees another's record), [`Record`] and its states, and
 //!   [`Begin`], what a call may do with its key.
 //! - [`embedded`]: [`Embedded`], records in a redb database under the state
-//!   dir: every transition is one committed (fsync'd) transaction, so records
-//!   survive a restart and a `kill -9`.
+//!   dir: every transition is committed (fsync'd) before it is reported, so
+//!   records survive a restart and a `kill -9`; concurrent transitions share
+//!   one transaction (group commit, `group.rs`).
 //! - [`shared`]: [`Shared`], records in Redis for fleets, one Lua script per
 //!   transition.
 //! - [`store`]: [`Store`], either of them behind one face.
@@ -28,6 +29,7 @@
 
 pub mod embedded;
 pub mod fingerprint;
+mod group;
 pub mod response;
 pub mod shared;
 pub mod store;

@@ -8,9 +8,12 @@
 //!   standard `OTEL_*` environment variables fill in what the config leaves
 //!   out.
 //! - [`subscriber`]: the process's `tracing` subscriber — JSON log lines and,
-//!   when an endpoint is set, spans exported over OTLP/gRPC. Both are filtered
+//!   when an endpoint is set, spans exported over OTLP/gRPC (without one, no
+//!   span is recorded at all). Both are filtered
 //!   so that only Valet's own crates reach the exporter and the HTTP, TLS,
 //!   gRPC and AWS SDK crates never log below `info`.
+//! - [`lines`]: the buffered stdout writer the log lines go through (one
+//!   write per few milliseconds, not per line; bounded, drops counted).
 //! - [`export`]: the OTLP exporters wrapped so that failing exports are
 //!   logged (rate-limited) while they happen.
 //! - [`propagation`]: W3C trace context in from gRPC metadata and out to the
@@ -28,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod lines;
 pub mod metrics;
 pub mod propagation;
 pub mod settings;

@@ -20,6 +20,7 @@
 //! | `valet_quota_fallback_active` | |
 //! | `valet_quota_backend_unavailable_total` | vendor |
 //! | `valet_quota_policy_store_lost_total` | |
+//! | `valet_log_lines_dropped_total` | |
 //! | `valet_idempotency_replays_total` | tenant, vendor |
 //! | `valet_credential_cache_lookups_total` | result (`hit`, `miss`, `stale`) |
 //! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |

@@ -34,6 +34,8 @@ pub const CONSOLE: &str = "valet::console";
 #[derive(Debug)]
 pub struct Guard {
     tracer: Option<SdkTracerProvider>,
+    /// The buffered stdout writer, written out at exit.
+    lines: Option<crate::lines::Lines>,
     /// Whether anything is exported, so a flush may have to wait.
     exports: bool,
 }
@@ -51,6 +53,9 @@ impl Drop for Guard {
         {
             tracing::warn!(error = %e, "flushing spans at exit failed");
         }
+        if let Some(lines) = self.lines.take() {
+            lines.close(std::time::Duration::from_secs(5));
+        }
     }
 }
 
@@ -58,6 +63,19 @@ impl Drop for Guard {
 /// after `within` so the process exits on time however stalled the
 /// collector is. Each failure (or the deadline) is one WARN line.
 pub fn flush(mut guard: Guard, metrics: crate::Metrics, within: std::time::Duration) {
+    let started = std::time::Instant::now();
+    flush_exports(&mut guard, metrics, within);
+    // The log lines last, so the warnings above are among them.
+    if let Some(lines) = guard.lines.take() {
+        lines.close(
+            within
+                .saturating_sub(started.elapsed())
+                .max(std::time::Duration::from_millis(500)),
+        );
+    }
+}
+
+fn flush_exports(guard: &mut Guard, metrics: crate::Metrics, within: std::time::Duration) {
     let tracer = guard.tracer.take();
     let spans = move || tracer.map_or(Ok(()), |t| t.shutdown().map_err(|e| e.to_string()));
     let pushes = move || metrics.shutdown();
@@ -128,13 +146,16 @@ where
 }
 
 /// Installs the global subscriber, logging to stdout. Without an endpoint,
-/// spans are still created (so log lines and the vendor get a trace id) but
-/// go nowhere.
+/// no spans are recorded; log lines and the vendor still get the call's
+/// trace id (see [`crate::propagation`]).
 pub fn init(settings: &Settings) -> Result<Guard, TelemetryError> {
-    init_with(settings, std::io::stdout)
+    let lines = crate::lines::Lines::start(std::io::stdout());
+    let mut guard = init_with(settings, lines.clone())?;
+    guard.lines = Some(lines);
+    Ok(guard)
 }
 
-/// [`init`] with log lines written to `logs` (benchmarks discard them).
+/// [`init`] with log lines written to `logs`.
 pub fn init_with<W>(settings: &Settings, logs: W) -> Result<Guard, TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -152,21 +173,33 @@ where
                 .and(filter_fn(|meta| meta.is_event() && meta.target() != CONSOLE)),
         );
 
-    let tracer = tracer_provider(settings)?;
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(tracer.tracer("valet"))
-        .with_location(false)
-        .with_threads(false)
-        .with_filter(filter_fn(|meta| {
-            own_crate(meta.target()) && *meta.level() <= Level::INFO
-        }));
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(console_layer())
-        .with(spans)
-        .init();
+    // No exporter, no span layer: nothing would read a recorded span, and
+    // recording them (ids, fields, timings, the layer's lock) was a tenth of
+    // a call's CPU. Trace ids still flow, from the call's own
+    // `propagation::TraceContext`.
+    let tracer = settings
+        .exports_traces()
+        .then(|| tracer_provider(settings))
+        .transpose()?;
+    let spans = tracer.as_ref().map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer.tracer("valet"))
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(filter_fn(|meta| {
+                own_crate(meta.target()) && *meta.level() <= Level::INFO
+            }))
+    });
+    // Not `.with(Option<Layer>)`: a `None` layer enables every span, and the
+    // registry would still create (and close) each one.
+    let registry = tracing_subscriber::registry().with(logs).with(console_layer());
+    match spans {
+        Some(spans) => registry.with(spans).init(),
+        None => registry.init(),
+    }
     Ok(Guard {
-        tracer: Some(tracer),
+        tracer,
+        lines: None,
         exports: settings.exports_traces() || settings.exports_metrics(),
     })
 }
@@ -194,20 +227,15 @@ pub(crate) fn otlp_endpoint<B: opentelemetry_otlp::WithExportConfig>(builder: B,
     }
 }
 
+/// The tracer exporting to the configured OTLP endpoint.
 fn tracer_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryError> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource(settings));
-    if settings.exports_traces() {
-        let exporter = otlp_endpoint(opentelemetry_otlp::SpanExporter::builder().with_tonic(), settings)
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        builder = builder.with_batch_exporter(crate::export::Reported::new(exporter, "spans"));
-        if let Some(ratio) = settings.sampling_ratio {
-            builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
-        }
-    } else {
-        // Nothing would receive a recorded span: keep the ids (for log lines
-        // and the vendor) and the caller's sampled flag, record nothing new.
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+    let exporter = otlp_endpoint(opentelemetry_otlp::SpanExporter::builder().with_tonic(), settings)
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    builder = builder.with_batch_exporter(crate::export::Reported::new(exporter, "spans"));
+    if let Some(ratio) = settings.sampling_ratio {
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
     }
     Ok(builder.build())
 }

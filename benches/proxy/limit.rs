@@ -17,6 +17,40 @@ pub(crate) const ROLE: &str = "VALET_BENCH_LIMIT_PROXY";
 
 /// Serves forever on `port`, forwarding to `vendor` (`http://host:port`).
 pub(crate) fn run(port: u16, vendor: String) -> ! {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let bearer = HeaderValue::from_static("Bearer bench-secret-0123456789");
+    serve_forever(port, move |req: http::Request<Incoming>| {
+        let (client, vendor, bearer) = (client.clone(), vendor.clone(), bearer.clone());
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = format!("{vendor}{path}").parse().expect("uri");
+            parts.version = http::Version::HTTP_11;
+            parts.headers.insert(AUTHORIZATION, bearer);
+            let answer = match client.request(http::Request::from_parts(parts, body)).await {
+                Ok(resp) => resp.map(http_body_util::Either::Left),
+                Err(_) => http::Response::builder()
+                    .status(502)
+                    .body(http_body_util::Either::Right(http_body_util::Empty::new()))
+                    .expect("response"),
+            };
+            Ok::<_, Infallible>(answer)
+        }
+    })
+}
+
+/// Serves `handle` forever on `port` (HTTP/1.1 and h2c), on a runtime of
+/// its own: the body of both helper processes.
+fn serve_forever<F, Fut, B>(port: u16, handle: F) -> !
+where
+    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,36 +58,14 @@ pub(crate) fn run(port: u16, vendor: String) -> ! {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
-            .expect("limit proxy listens");
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
-        let bearer = HeaderValue::from_static("Bearer bench-secret-0123456789");
+            .expect("the bench helper listens");
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (client, vendor, bearer) = (client.clone(), vendor.clone(), bearer.clone());
+            let service = hyper::service::service_fn(handle.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let (client, vendor, bearer) = (client.clone(), vendor.clone(), bearer.clone());
-                    async move {
-                        let (mut parts, body) = req.into_parts();
-                        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                        parts.uri = format!("{vendor}{path}").parse().expect("uri");
-                        parts.version = http::Version::HTTP_11;
-                        parts.headers.insert(AUTHORIZATION, bearer);
-                        let answer = match client.request(http::Request::from_parts(parts, body)).await {
-                            Ok(resp) => resp.map(http_body_util::Either::Left),
-                            Err(_) => http::Response::builder()
-                                .status(502)
-                                .body(http_body_util::Either::Right(http_body_util::Empty::new()))
-                                .expect("response"),
-                        };
-                        Ok::<_, Infallible>(answer)
-                    }
-                });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -72,35 +84,14 @@ pub(crate) const SLOW: std::time::Duration = std::time::Duration::from_millis(20
 
 /// Serves the slow vendor forever on `port` (HTTP/1.1 and h2c).
 pub(crate) fn slow_vendor(port: u16) -> ! {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("slow vendor listens");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
-                    tokio::time::sleep(SLOW).await;
-                    let body =
-                        http_body_util::Full::new(bytes::Bytes::from_static(crate::peers::BODY.as_bytes()));
-                    Ok::<_, Infallible>(
-                        http::Response::builder()
-                            .status(200)
-                            .body(body)
-                            .expect("response"),
-                    )
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    serve_forever(port, |_req: http::Request<Incoming>| async {
+        tokio::time::sleep(SLOW).await;
+        let body = http_body_util::Full::new(bytes::Bytes::from_static(crate::peers::BODY.as_bytes()));
+        Ok::<_, Infallible>(
+            http::Response::builder()
+                .status(200)
+                .body(body)
+                .expect("response"),
+        )
     })
 }

@@ -98,27 +98,27 @@ pub(crate) fn nginx_proxy(dir: &Path, port: u16, vendor_http1: u16) -> Process {
 
 /// The hyper limit proxy ([`crate::limit`]), this binary run again.
 pub(crate) fn limit_proxy(port: u16, vendor_http1: u16) -> Process {
-    let child = Command::new(std::env::current_exe().expect("own path"))
-        .env(
-            crate::limit::ROLE,
-            format!("{port} http://127.0.0.1:{vendor_http1}"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("limit proxy runs");
-    crate::wait_for_port(port);
-    Process { child }
+    this_binary_as(
+        crate::limit::ROLE,
+        format!("{port} http://127.0.0.1:{vendor_http1}"),
+        port,
+    )
 }
 
 /// The slow vendor ([`crate::limit::slow_vendor`]), this binary run again.
 pub(crate) fn slow_vendor(port: u16) -> Process {
+    this_binary_as(crate::limit::SLOW_VENDOR, port.to_string(), port)
+}
+
+/// This benchmark binary run again as the helper `role` names, once it
+/// listens on `port`.
+fn this_binary_as(role: &str, value: String, port: u16) -> Process {
     let child = Command::new(std::env::current_exe().expect("own path"))
-        .env(crate::limit::SLOW_VENDOR, port.to_string())
+        .env(role, value)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("slow vendor runs");
+        .expect("the bench helper runs");
     crate::wait_for_port(port);
     Process { child }
 }

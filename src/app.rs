@@ -16,7 +16,7 @@ use valet_audit::{AuditError, AuditLog, Event};
 use valet_credentials::aws::SdkConfig;
 use valet_credentials::cache::CacheSettings;
 use valet_credentials::{LeaseAudit, LeaseEvent, LocalStore, MasterKey, SecretStore, Vault, aws};
-use valet_egress::{BreakerState, Limits, Registry};
+use valet_egress::{BreakerState, Limits, Vendors};
 use valet_quota::Quotas;
 use valet_telemetry::Metrics;
 
@@ -49,8 +49,8 @@ pub struct App {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Sealed credentials.
     pub vault: Vault,
-    /// Configured vendors.
-    pub registry: Registry,
+    /// Configured vendors (replaced by a config reload, [`crate::reload`]).
+    pub registry: Arc<Vendors>,
     /// The audit log.
     pub audit: AuditLog,
     /// When a call's lease entry must be durable (`[audit] durability`).
@@ -111,7 +111,7 @@ impl App {
     /// Opens everything a validated config names, using the registry and
     /// limits its validation built.
     pub async fn start(config: &Validated, options: &StartOptions) -> Result<Self, StartError> {
-        let registry = config.registry().clone();
+        let registry = Arc::new(Vendors::new(config.registry().clone()));
         let limits = *config.limits();
         let dir = &config.state.dir;
         valet_durable::create_private_dir(dir).map_err(|e| state_err(dir, e))?;
@@ -367,7 +367,8 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
 
 /// Gauges read at collection time: readiness, Secrets Manager degraded,
 /// and the quota fallback.
-fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readiness, registry: &Registry) {
+fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readiness, registry: &Arc<Vendors>) {
+    metrics.build_info(crate::VERSION, crate::REVISION);
     let ready = readiness.clone();
     metrics.gauge("valet.ready", "1 while this replica is SERVING", move || {
         i64::from(ready.is_ready())
@@ -395,13 +396,14 @@ fn register_gauges(metrics: &Metrics, quotas: &Arc<Quotas>, readiness: &Readines
         "Times this replica found the shared quota policy store had lost data and kept its last known policies",
         move || losses.policy_store_losses(),
     );
-    let vendors: Vec<_> = registry.vendors().cloned().collect();
+    let registry = Arc::clone(registry);
     metrics.vendor_gauge(
         "valet.vendor.circuit_state",
         "Each vendor's circuit breaker: 0 closed, 1 half-open, 2 open",
         move || {
-            vendors
-                .iter()
+            registry
+                .current()
+                .vendors()
                 .map(|v| {
                     let state = match v.breaker_state() {
                         BreakerState::Closed => 0,

@@ -9,13 +9,30 @@ pub mod duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// Writes `valet completion SHELL`'s script to `out`.
+pub fn completion(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "valet", out);
+}
+
+/// Writes the manual page, every subcommand included, to `out`.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(command.clone()).render(out)?;
+    // One page: each subcommand's section follows the top level's.
+    for sub in command.get_subcommands() {
+        let name = format!("valet-{}", sub.get_name());
+        clap_mangen::Man::new(sub.clone()).title(name).render(out)?;
+    }
+    Ok(())
+}
+
 /// Exit code for bad usage or configuration (sysexits EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
 
 /// Valet: a gRPC gateway that makes vendor calls with credentials callers
 /// never see.
 #[derive(Debug, Parser)]
-#[command(name = "valet", version, propagate_version = true)]
+#[command(name = "valet", version = crate::LONG_VERSION, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -31,6 +48,9 @@ pub enum Command {
         /// 127.0.0.1:50051 and :50052, state in ./.valet, no vendors).
         #[arg(long, short, env = "VALET_CONFIG")]
         config: Option<PathBuf>,
+        /// Listener addresses that override the file's.
+        #[command(flatten)]
+        listen: ListenArgs,
     },
     /// Configuration tools.
     #[command(subcommand)]
@@ -40,6 +60,45 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a shell completion script, e.g.
+    /// `valet completion bash > /etc/bash_completion.d/valet`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `valet man | man -l -`.
+    Man,
+}
+
+/// Listener addresses given on the command line or in the environment; each
+/// overrides its `[server]` key, so two instances (or a container) need no
+/// edited copy of the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListenArgs {
+    /// The Gateway listener (`server.listen`).
+    #[arg(long, env = "VALET_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The Admin listener (`server.admin_listen`).
+    #[arg(long, env = "VALET_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// The ops listener: /metrics, /healthz, /readyz (`server.ops_listen`).
+    #[arg(long, env = "VALET_OPS_LISTEN", value_name = "ADDR")]
+    pub ops_listen: Option<std::net::SocketAddr>,
+}
+
+impl ListenArgs {
+    /// Puts the given addresses into `server`.
+    pub fn apply(&self, server: &mut crate::config::ServerConfig) {
+        if let Some(addr) = self.listen {
+            server.listen = addr;
+        }
+        if let Some(addr) = self.admin_listen {
+            server.admin_listen = addr;
+        }
+        if let Some(addr) = self.ops_listen {
+            server.ops_listen = addr;
+        }
+    }
 }
 
 /// `valet config …`.
@@ -64,25 +123,45 @@ pub enum AuditCommand {
 }
 
 /// `valet admin …`: where the Admin service is and how to authenticate.
+///
+/// Each of `--endpoint` and `--api-key-file` is, in order: the flag (or its
+/// environment variable), else what `--config` implies, else the default.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The Admin service's address.
-    #[arg(long, env = "VALET_ADMIN_ENDPOINT", default_value = "http://127.0.0.1:50052")]
-    pub endpoint: String,
+    /// The server's own config file: the endpoint is its `server.admin_listen`
+    /// (https when `server.tls` is set) and the key file
+    /// `<state.dir>/admin.key` (a relative state dir is relative to the
+    /// current directory, as for the server started here).
+    #[arg(long, short, env = "VALET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The Admin service's address [default: http://127.0.0.1:50052].
+    #[arg(long, env = "VALET_ADMIN_ENDPOINT")]
+    pub endpoint: Option<String>,
     /// File holding an admin API key (the first start writes one to
-    /// `<state dir>/admin.key`).
-    #[arg(long, env = "VALET_ADMIN_KEY_FILE", default_value = ".valet/admin.key")]
-    pub api_key_file: PathBuf,
+    /// `<state dir>/admin.key`) [default: .valet/admin.key].
+    #[arg(long, env = "VALET_ADMIN_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// CA bundle (PEM) that signed the Admin listener's certificate, for an
     /// `https://` endpoint with a private CA.
     #[arg(long, env = "VALET_ADMIN_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM), when the listener requires mutual TLS.
-    #[arg(long, env = "VALET_ADMIN_CERT_FILE", requires = "key_file")]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, env = "VALET_ADMIN_KEY_FILE_TLS", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
+    #[arg(
+        long,
+        alias = "cert-file",
+        env = "VALET_ADMIN_CLIENT_CERT_FILE",
+        requires = "client_key_file"
+    )]
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM) — TLS only; the admin API
+    /// key is `--api-key-file`.
+    #[arg(
+        long,
+        alias = "key-file",
+        env = "VALET_ADMIN_CLIENT_KEY_FILE",
+        requires = "client_cert_file"
+    )]
+    pub client_key_file: Option<PathBuf>,
     /// What to manage.
     #[command(subcommand)]
     pub command: AdminCommand,

@@ -704,6 +704,16 @@ pub struct ConfigError {
     message: String,
 }
 
+impl ConfigError {
+    /// The same problem, named as `path`'s.
+    pub fn at(self, path: &Path) -> Self {
+        Self {
+            path: path.display().to_string(),
+            message: self.message,
+        }
+    }
+}
+
 /// A configuration that passed every check, with what checking it built:
 /// the vendor registry (each vendor's TLS client included) and the limits
 /// are built here once and handed to start-up, not rebuilt from the file.
@@ -737,13 +747,18 @@ impl std::ops::Deref for Validated {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+        Self::read(path)?.validate().map_err(|e| e.at(path))
+    }
+
+    /// Reads and parses `path` without the checks [`Config::validate`]
+    /// makes, so command-line overrides can be applied first.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let fail = |message: String| ConfigError {
             path: path.display().to_string(),
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let config: Config = toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_owned()))?;
-        config.validate().map_err(|e| fail(e.message))
+        toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_owned()))
     }
 
     /// Checks values that parse but are wrong, keeping what the checks built.

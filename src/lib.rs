@@ -25,6 +25,8 @@
 //!   keys, quota policies, tenants: the kill switch and offboarding).
 //! - [`sweeper`]: removes what an offboarding retained, after its date.
 //! - [`reminder`]: counts credentials due for rotation.
+//! - [`reload`]: SIGHUP — the config file read again; vendors and default
+//!   quota policies replaced while calls go on.
 //! - [`status`]: [`Reason`](status::Reason), every stable reason with its
 //!   gRPC code and wire string, and the one mapping from failures to gRPC
 //!   statuses.
@@ -50,6 +52,15 @@
 //! (logs, OTLP traces, metrics, trace context).
 #![forbid(unsafe_code)]
 
+/// This build's version (`Cargo.toml`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision this build was made from (build.rs), or "unknown".
+pub const REVISION: &str = env!("VALET_GIT_REVISION");
+
+/// `valet --version`'s text: the version and the revision.
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VALET_GIT_REVISION"), ")");
+
 pub mod admin;
 pub mod app;
 pub mod call;
@@ -61,6 +72,7 @@ pub mod gateway;
 pub mod ops;
 pub mod proto;
 pub mod readiness;
+pub mod reload;
 pub mod reminder;
 pub mod server;
 pub mod source;

@@ -3,11 +3,11 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use valet::app::{App, StartError, StartOptions};
-use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE};
+use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE, ListenArgs};
 use valet::config::{Config, Validated};
 use valet::server::{self, Listeners};
 use valet_telemetry::subscriber::CONSOLE;
@@ -16,7 +16,7 @@ use valet_telemetry::subscriber::CONSOLE;
 async fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config, listen } => serve(config, listen).await,
         Command::Config(ConfigCommand::Check { config }) => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -29,6 +29,17 @@ async fn main() {
         },
         Command::Admin(args) => valet::cli::admin::run(*args).await,
         Command::Audit(AuditCommand::Verify { file }) => valet::cli::audit::verify(&file),
+        Command::Completion { shell } => {
+            valet::cli::completion(shell, &mut std::io::stdout());
+            0
+        }
+        Command::Man => match valet::cli::man(&mut std::io::stdout()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("valet man: {e}");
+                1
+            }
+        },
     };
     // Only main picks the exit code, once every command has returned and
     // dropped (so wiped) what it held.
@@ -36,22 +47,13 @@ async fn main() {
     std::process::exit(code);
 }
 
-async fn serve(config_path: Option<PathBuf>) -> i32 {
-    let config = match config_path {
-        Some(path) => match Config::load(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                console_error(&e.to_string());
-                return EXIT_USAGE;
-            }
-        },
-        None => match Config::default().validate() {
-            Ok(c) => c,
-            Err(e) => {
-                console_error(&e.to_string());
-                return EXIT_USAGE;
-            }
-        },
+async fn serve(config_path: Option<PathBuf>, listen: ListenArgs) -> i32 {
+    let config = match load(config_path.as_deref(), &listen) {
+        Ok(c) => c,
+        Err(e) => {
+            console_error(&e.to_string());
+            return EXIT_USAGE;
+        }
     };
     let telemetry = match valet_telemetry::subscriber::init(&config.telemetry) {
         Ok(guard) => guard,
@@ -61,7 +63,8 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
         }
     };
     let mut exit = Exit::default();
-    let code = run(&config, &mut exit).await;
+    let reloader = valet::reload::Reloader::new(config_path, listen, (*config).clone());
+    let code = run(&config, reloader, &mut exit).await;
     // Flush queued spans and the last metrics push before `exit`, which runs
     // no destructors — within what is left of the drain and grace period.
     let within = exit.deadline.map_or(
@@ -73,6 +76,20 @@ async fn serve(config_path: Option<PathBuf>) -> i32 {
         tokio::task::spawn_blocking(move || valet_telemetry::subscriber::flush(telemetry, metrics, within))
             .await;
     code
+}
+
+/// The config file (or the embedded defaults) with the command line's
+/// listener addresses put in, checked.
+fn load(path: Option<&Path>, listen: &ListenArgs) -> Result<Validated, valet::config::ConfigError> {
+    let mut config = match path {
+        Some(path) => Config::read(path)?,
+        None => Config::default(),
+    };
+    listen.apply(&mut config.server);
+    match path {
+        Some(path) => config.validate().map_err(|e| e.at(path)),
+        None => config.validate(),
+    }
 }
 
 /// What the exit needs from a run: the metrics to push a last time, and
@@ -92,12 +109,19 @@ fn console_error(message: &str) {
     }
 }
 
-async fn run(config: &Validated, exit: &mut Exit) -> i32 {
+async fn run(config: &Validated, reloader: valet::reload::Reloader, exit: &mut Exit) -> i32 {
     let options = match server::ServeOptions::from_config(&config.server) {
         Ok(options) => options,
         Err(e) => {
             console_error(&format!("valet: {e}"));
             return EXIT_USAGE;
+        }
+    };
+    let hangups = match valet::reload::hangups() {
+        Ok(signal) => signal,
+        Err(e) => {
+            console_error(&format!("valet: cannot handle SIGHUP: {e}"));
+            return 1;
         }
     };
     let app = match App::start(config, &StartOptions::default()).await {
@@ -120,6 +144,7 @@ async fn run(config: &Validated, exit: &mut Exit) -> i32 {
             path.display()
         );
     }
+    let reloads = tokio::spawn(valet::reload::on_sighup(app.clone(), reloader, hangups));
     let listeners = match Listeners::bind(config).await {
         Ok(l) => l,
         Err(e) => {
@@ -132,12 +157,14 @@ async fn run(config: &Validated, exit: &mut Exit) -> i32 {
         admin = %config.server.admin_listen,
         ops = %config.server.ops_listen,
         vendors = config.vendors.len(),
+        version = valet::LONG_VERSION,
         traces_exported = config.telemetry.exports_traces(),
         "valet serving"
     );
 
     let signalled = Arc::new(std::sync::OnceLock::new());
     let served = server::serve(app, listeners, options, shutdown_signal(signalled.clone())).await;
+    reloads.abort();
     exit.deadline = signalled.get().map(|at: &Instant| {
         *at + Duration::from_millis(config.server.drain_delay_ms)
             + Duration::from_millis(config.server.shutdown_grace_ms)

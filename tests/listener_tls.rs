@@ -204,9 +204,9 @@ async fn mutual_tls_requires_a_client_certificate_and_names_the_caller() {
     let tls_flags = [
         "--ca-file",
         &ca_file,
-        "--cert-file",
+        "--client-cert-file",
         &cert_file,
-        "--key-file",
+        "--client-key-file",
         &key_file,
     ];
     let out = support::admin_cli(

@@ -38,7 +38,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// The step: checks the request, and notes its vendor and operation.
 pub fn run(app: &App, call: &mut Call, req: proto::CallRequest) -> Result<ValidCall, Failure> {
-    let valid = check(&app.registry, &app.limits, req)?;
+    let valid = check(&app.registry.current(), &app.limits, req)?;
     call.vendor = Some(valid.key.vendor.clone());
     call.operation = Some(valid.operation.as_str());
     Ok(valid)

@@ -5,6 +5,7 @@ use super::{
 };
 use crate::proto::{self, admin_client::AdminClient};
 use std::io::{IsTerminal as _, Read as _};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -38,8 +39,63 @@ impl Interceptor for BearerAuth {
 
 type Client = AdminClient<InterceptedService<tonic::transport::Channel, BearerAuth>>;
 
+/// Where the Admin service is and which key file to read, resolved from
+/// the flags, `--config` and the defaults.
+struct Target {
+    endpoint: String,
+    api_key_file: PathBuf,
+}
+
+impl Target {
+    fn resolve(args: &AdminArgs) -> Result<Self, String> {
+        let from_config = match &args.config {
+            Some(path) => Some(Self::from_config(path)?),
+            None => None,
+        };
+        let endpoint = args
+            .endpoint
+            .clone()
+            .or_else(|| from_config.as_ref().map(|t| t.endpoint.clone()))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        let api_key_file = args
+            .api_key_file
+            .clone()
+            .or_else(|| from_config.map(|t| t.api_key_file))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+        Ok(Self {
+            endpoint,
+            api_key_file,
+        })
+    }
+
+    /// What the server's own config says: its Admin listener (a wildcard
+    /// bind is reached on loopback) and its state dir's admin.key.
+    fn from_config(path: &Path) -> Result<Self, String> {
+        let config = crate::config::Config::load(path).map_err(|e| e.to_string())?;
+        let mut addr = config.server.admin_listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(Self {
+            endpoint: format!("{scheme}://{addr}"),
+            api_key_file: config.state.dir.join("admin.key"),
+        })
+    }
+}
+
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50052";
+const DEFAULT_KEY_FILE: &str = ".valet/admin.key";
+
 /// TLS for an `https://` endpoint: the public roots, or `--ca-file`; and a
-/// client certificate with `--cert-file`/`--key-file`.
+/// client certificate with `--client-cert-file`/`--client-key-file`.
 fn client_tls(args: &AdminArgs) -> Result<tonic::transport::ClientTlsConfig, String> {
     let read = |flag: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
@@ -50,42 +106,65 @@ fn client_tls(args: &AdminArgs) -> Result<tonic::transport::ClientTlsConfig, Str
         Some(path) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read("ca-file", path)?)),
         None => tls.with_webpki_roots(),
     };
-    if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+    if let (Some(cert), Some(key)) = (&args.client_cert_file, &args.client_key_file) {
         tls = tls.identity(tonic::transport::Identity::from_pem(
-            read("cert-file", cert)?,
-            read("key-file", key)?,
+            read("client-cert-file", cert)?,
+            read("client-key-file", key)?,
         ));
     }
     Ok(tls)
 }
 
+/// A connection failure as a sentence: the endpoint, the causes under
+/// tonic's bare "transport error", and what to check.
+fn unreachable(endpoint: &str, error: &tonic::transport::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        source = cause.source();
+    }
+    let why = match causes.is_empty() {
+        true => error.to_string(),
+        false => causes.join(": "),
+    };
+    format!(
+        "cannot reach the Admin service at {endpoint} ({why}). Check that `valet serve` is running \
+         and that this is its server.admin_listen (give --endpoint, VALET_ADMIN_ENDPOINT, or \
+         --config with the server's config file); an https:// endpoint with a private CA needs --ca-file"
+    )
+}
+
 async fn execute(args: AdminArgs) -> Result<(), String> {
+    let Target {
+        endpoint: url,
+        api_key_file,
+    } = Target::resolve(&args)?;
     let key = Zeroizing::new(
-        std::fs::read_to_string(&args.api_key_file)
-            .map_err(|e| format!("cannot read API key file {}: {e}", args.api_key_file.display()))?,
+        std::fs::read_to_string(&api_key_file)
+            .map_err(|e| format!("cannot read API key file {}: {e}", api_key_file.display()))?,
     );
     let mut auth: MetadataValue<Ascii> = format!("Bearer {}", key.trim())
         .parse()
-        .map_err(|_| format!("{} does not hold an API key", args.api_key_file.display()))?;
+        .map_err(|_| format!("{} does not hold an API key", api_key_file.display()))?;
     auth.set_sensitive(true);
-    let mut endpoint = tonic::transport::Endpoint::from_shared(args.endpoint.clone())
-        .map_err(|_| format!("'{}' is not a valid endpoint URL", args.endpoint))?;
-    let tls_flags = args.ca_file.is_some() || args.cert_file.is_some();
-    if tls_flags && !args.endpoint.starts_with("https://") {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|_| format!("'{url}' is not a valid endpoint URL"))?;
+    let tls_flags = args.ca_file.is_some() || args.client_cert_file.is_some();
+    if tls_flags && !url.starts_with("https://") {
         return Err(format!(
-            "--ca-file/--cert-file need an https:// endpoint, not {}",
-            args.endpoint
+            "--ca-file/--client-cert-file need an https:// endpoint, not {url}"
         ));
     }
-    if args.endpoint.starts_with("https://") {
+    if url.starts_with("https://") {
         endpoint = endpoint
             .tls_config(client_tls(&args)?)
             .map_err(|e| format!("TLS settings: {e}"))?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the Admin service at {}: {e}", args.endpoint))?;
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&url, &e))?;
     let mut client = AdminClient::with_interceptor(channel, BearerAuth(auth));
     match args.command {
         AdminCommand::Credential(cmd) => credential(&mut client, cmd).await,

@@ -46,6 +46,16 @@ pub fn collect(
     into: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     ready: Option<oneshot::Sender<()>>,
 ) -> tokio::task::JoinHandle<()> {
+    collect_counting(stream, into, ready, tokio::sync::watch::channel(0).0)
+}
+
+/// [`collect`], counting the lines in `lines` so a test can await one.
+fn collect_counting(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    ready: Option<oneshot::Sender<()>>,
+    lines_seen: tokio::sync::watch::Sender<u64>,
+) -> tokio::task::JoinHandle<()> {
     use tokio::io::AsyncBufReadExt as _;
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stream).lines();
@@ -56,9 +66,12 @@ pub fn collect(
             {
                 let _ = tx.send(());
             }
-            let mut buf = into.lock().expect("lock");
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
+            {
+                let mut buf = into.lock().expect("lock");
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+            }
+            lines_seen.send_modify(|n| *n += 1);
         }
     })
 }
@@ -77,7 +90,10 @@ pub struct ValetProcess {
     /// Its state dir.
     pub state: PathBuf,
     stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stdout_lines: tokio::sync::watch::Receiver<u64>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Its config file.
+    pub config: PathBuf,
     readers: Vec<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
 }
@@ -147,8 +163,14 @@ impl ValetProcess {
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = oneshot::channel();
+        let (lines_tx, stdout_lines) = tokio::sync::watch::channel(0);
         let readers = vec![
-            collect(child.stdout.take().expect("stdout"), stdout.clone(), Some(tx)),
+            collect_counting(
+                child.stdout.take().expect("stdout"),
+                stdout.clone(),
+                Some(tx),
+                lines_tx,
+            ),
             collect(child.stderr.take().expect("stderr"), stderr.clone(), None),
         ];
         if rx.await.is_err() {
@@ -165,7 +187,9 @@ impl ValetProcess {
             key_file: state.join("admin.key"),
             state,
             stdout,
+            stdout_lines,
             stderr,
+            config,
             readers,
             _dir: dir,
         }
@@ -215,6 +239,47 @@ impl ValetProcess {
     /// What it has written to stdout so far.
     pub fn stdout_so_far(&self) -> String {
         String::from_utf8_lossy(&self.stdout.lock().expect("lock")).into_owned()
+    }
+
+    /// Waits (up to 30 s) until stdout holds `needle` `times` times; returns
+    /// stdout so far.
+    pub async fn wait_for_stdout(&self, needle: &str, times: usize) -> String {
+        let mut lines = self.stdout_lines.clone();
+        let wait = async {
+            loop {
+                let so_far = self.stdout_so_far();
+                if so_far.matches(needle).count() >= times {
+                    return so_far;
+                }
+                if lines.changed().await.is_err() {
+                    return self.stdout_so_far(); // stdout closed: the process is gone
+                }
+            }
+        };
+        let so_far = tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} (x{times}) on stdout: {}", self.stdout_so_far()));
+        assert!(
+            so_far.matches(needle).count() >= times,
+            "stdout closed before {needle:?} (x{times}): {so_far}"
+        );
+        so_far
+    }
+
+    /// Sends `signal` (e.g. "HUP") without waiting for its effect.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends SIGTERM without waiting for the exit.

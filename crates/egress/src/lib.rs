@@ -82,6 +82,59 @@ impl Registry {
     pub fn vendors(&self) -> impl Iterator<Item = &Arc<Vendor>> {
         self.vendors.values()
     }
+
+    /// This registry, with each vendor whose entry is unchanged from
+    /// `before` taken from `before`: its connections, breaker, retry budget
+    /// and in-flight count carry over a config reload.
+    pub fn carry_over(mut self, before: &Registry) -> Self {
+        for (name, vendor) in &mut self.vendors {
+            if let Some(old) = before.vendors.get(name).filter(|old| old.spec == vendor.spec) {
+                *vendor = Arc::clone(old);
+            }
+        }
+        self
+    }
+
+    /// The vendors' names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.vendors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// The registry in force, replaced whole when the config is reloaded. A
+/// call keeps the `Arc<Vendor>` it looked up, so a reload never changes a
+/// call already under way.
+#[derive(Debug)]
+pub struct Vendors {
+    current: std::sync::RwLock<Arc<Registry>>,
+}
+
+impl Vendors {
+    /// Starts with `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            current: std::sync::RwLock::new(Arc::new(registry)),
+        }
+    }
+
+    /// The registry now.
+    pub fn current(&self) -> Arc<Registry> {
+        Arc::clone(&self.current.read().expect("lock"))
+    }
+
+    /// The vendor called `name` now.
+    pub fn get(&self, name: &str) -> Option<Arc<Vendor>> {
+        self.current.read().expect("lock").get(name).cloned()
+    }
+
+    /// Puts `next` in force (after [`Registry::carry_over`] from the one it
+    /// replaces).
+    pub fn replace(&self, next: Registry) {
+        let mut current = self.current.write().expect("lock");
+        *current = Arc::new(next.carry_over(&current));
+    }
 }
 
 /// A checked request, ready to be sent with a credential.

@@ -61,7 +61,7 @@ impl AuthScheme {
 }
 
 /// A vendor entry, as read from configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VendorSpec {
     /// Registry name.
     pub name: String,

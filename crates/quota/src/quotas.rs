@@ -142,7 +142,8 @@ enum Store {
 
 /// The engine.
 pub struct Quotas {
-    defaults: Vec<Policy>,
+    /// The config file's policies; replaced by [`Quotas::replace_defaults`].
+    defaults: RwLock<Vec<Policy>>,
     runtime: RwLock<Vec<Policy>>,
     effective: RwLock<Arc<Vec<Policy>>>,
     store: Store,
@@ -244,7 +245,7 @@ impl Quotas {
 
     fn new(defaults: Vec<Policy>, runtime: Vec<Policy>, store: Store, limiter: Arc<dyn Limiter>) -> Self {
         let quotas = Self {
-            defaults,
+            defaults: RwLock::new(defaults),
             runtime: RwLock::new(runtime),
             effective: RwLock::new(Arc::new(Vec::new())),
             store,
@@ -260,8 +261,8 @@ impl Quotas {
 
     fn rebuild(&self) {
         let runtime = self.runtime.read().expect("lock");
-        let mut effective: Vec<Policy> = self
-            .defaults
+        let defaults = self.defaults.read().expect("lock");
+        let mut effective: Vec<Policy> = defaults
             .iter()
             .filter(|d| !runtime.iter().any(|r| r.id() == d.id()))
             .cloned()
@@ -269,6 +270,14 @@ impl Quotas {
         effective.extend(runtime.iter().cloned());
         effective.sort_by_key(Policy::id);
         *self.effective.write().expect("lock") = Arc::new(effective);
+    }
+
+    /// Puts a reloaded config file's policies in place of the old ones;
+    /// run-time policies still override them by id. Buckets are kept, so a
+    /// tenant's spent budget is not refilled by a reload.
+    pub fn replace_defaults(&self, defaults: Vec<Policy>) {
+        *self.defaults.write().expect("lock") = defaults;
+        self.rebuild();
     }
 
     /// Every effective policy, by id.

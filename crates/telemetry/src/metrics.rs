@@ -375,6 +375,23 @@ impl Metrics {
             .build();
     }
 
+    /// `valet_build_info{version, revision} 1`: which build a replica runs,
+    /// for dashboards and for spotting a fleet mid-rollout.
+    pub fn build_info(&self, version: &'static str, revision: &'static str) {
+        let labels = [
+            KeyValue::new("version", version),
+            KeyValue::new("revision", revision),
+        ];
+        // The SDK keeps the callback for the provider's life.
+        let _gauge = self
+            .inner
+            .meter
+            .i64_observable_gauge("valet.build_info")
+            .with_description("1, labelled with the running build's version and git revision")
+            .with_callback(move |observer| observer.observe(1, &labels))
+            .build();
+    }
+
     /// A counter read when metrics are collected, from a total kept
     /// elsewhere (e.g. the quota engine's count of policy store losses).
     pub fn counter_fn(

@@ -553,6 +553,13 @@ impl Admin for AdminService {
         reply(self.restore_tenant(r).await)
     }
 
+    async fn get_server_status(
+        &self,
+        r: Request<proto::GetServerStatusRequest>,
+    ) -> Result<Response<proto::ServerStatus>, Status> {
+        reply(self.server_status(r).await)
+    }
+
     async fn list_api_keys(
         &self,
         r: Request<proto::ListApiKeysRequest>,
@@ -570,6 +577,7 @@ impl Admin for AdminService {
 
 mod offboard;
 mod quota;
+mod status;
 mod tenants;
 
 /// Runs a control-store change to its end even if the admin's request is

@@ -82,10 +82,44 @@ pub struct App {
     pub readiness: Readiness,
     /// Which backends readiness requires.
     pub required: Required,
+    /// Where each kind of state lives, for `valet status`.
+    pub topology: Topology,
+    /// When this process opened its state.
+    pub started: std::time::Instant,
     /// An exclusive lock on the state dir, held while this `App` lives: two
     /// processes on one state dir would interleave the audit chain and undo
     /// each other's revocations.
     _lock: std::fs::File,
+}
+
+/// Where each kind of state lives: "local" (the state dir), "redis" or
+/// "aws".
+#[derive(Debug, Clone, Copy)]
+pub struct Topology {
+    /// Sealed credentials.
+    pub secrets: &'static str,
+    /// API keys, client identities, tenant status.
+    pub control: &'static str,
+    /// Quota policies and buckets.
+    pub quota: &'static str,
+    /// Idempotency records.
+    pub idempotency: &'static str,
+}
+
+impl Topology {
+    /// What `config` chose.
+    pub fn from_config(config: &Config) -> Self {
+        let redis_or_local = |redis: bool| if redis { "redis" } else { "local" };
+        Self {
+            secrets: match config.secrets.backend {
+                SecretsBackend::Aws => "aws",
+                SecretsBackend::Local => "local",
+            },
+            control: redis_or_local(config.control.backend == QuotaBackend::Redis),
+            quota: redis_or_local(config.quota.backend == QuotaBackend::Redis),
+            idempotency: redis_or_local(config.idempotency.backend == QuotaBackend::Redis),
+        }
+    }
 }
 
 /// How to start beyond the config file: things only a test harness sets.
@@ -210,6 +244,8 @@ impl App {
             metrics,
             readiness,
             required: Required::from_config(config),
+            topology: Topology::from_config(config),
+            started: std::time::Instant::now(),
             _lock: lock,
         })
     }

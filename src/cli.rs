@@ -60,6 +60,11 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show this replica's state: readiness and each backend's, vendors'
+    /// breakers, the credential cache, key and credential counts, the
+    /// control state's age (through the Admin service). Exit 0 when ready,
+    /// 1 when not or unreachable.
+    Status(Connection),
     /// Print a shell completion script, e.g.
     /// `valet completion bash > /etc/bash_completion.d/valet`.
     Completion {
@@ -122,12 +127,24 @@ pub enum AuditCommand {
     },
 }
 
-/// `valet admin …`: where the Admin service is and how to authenticate.
+/// `valet admin …`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Where the Admin service is.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// What to manage.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Where the Admin service is and how to authenticate (`valet admin`,
+/// `valet status`).
 ///
 /// Each of `--endpoint` and `--api-key-file` is, in order: the flag (or its
 /// environment variable), else what `--config` implies, else the default.
 #[derive(Debug, Args)]
-pub struct AdminArgs {
+pub struct Connection {
     /// The server's own config file: the endpoint is its `server.admin_listen`
     /// (https when `server.tls` is set) and the key file
     /// `<state.dir>/admin.key` (a relative state dir is relative to the
@@ -162,9 +179,6 @@ pub struct AdminArgs {
         requires = "client_cert_file"
     )]
     pub client_key_file: Option<PathBuf>,
-    /// What to manage.
-    #[command(subcommand)]
-    pub command: AdminCommand,
 }
 
 /// Admin subjects.

@@ -28,6 +28,7 @@ async fn main() {
             }
         },
         Command::Admin(args) => valet::cli::admin::run(*args).await,
+        Command::Status(connection) => valet::cli::admin::status(connection).await,
         Command::Audit(AuditCommand::Verify { file }) => valet::cli::audit::verify(&file),
         Command::Completion { shell } => {
             valet::cli::completion(shell, &mut std::io::stdout());

@@ -197,6 +197,6 @@ pub async fn probe(readiness: &Readiness, required: Required, backends: Backends
     readiness.is_ready()
 }
 
-async fn answers<E>(probe: impl Future<Output = Result<(), E>>) -> bool {
+pub(crate) async fn answers<E>(probe: impl Future<Output = Result<(), E>>) -> bool {
     matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(())))
 }

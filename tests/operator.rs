@@ -159,3 +159,118 @@ async fn listeners_come_from_flags_and_env_and_the_admin_cli_from_the_config() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+async fn status(valet: &support::ValetProcess) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(valet_bin())
+        .args(["status", "--endpoint", &valet.admin_url, "--api-key-file"])
+        .arg(&valet.key_file)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_readiness_backends_breakers_cache_and_counts() {
+    let moto = valet_testkit::Moto::start().await;
+    let mut redis = valet_testkit::RedisServer::start().await;
+    let mock = valet_testkit::MockVendor::start().await;
+    let sm = valet_credentials::aws::sdk_config(&valet_credentials::aws::AwsConnection {
+        region: "us-east-1".into(),
+        endpoint_url: Some(moto.endpoint()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    })
+    .await;
+    let master = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    };
+    aws_sdk_secretsmanager::Client::new(&sm)
+        .create_secret()
+        .name("status-master")
+        .secret_string(master)
+        .send()
+        .await
+        .unwrap();
+    let body = format!(
+        r#"redis_url = "{redis}"
+[server]
+health_probe_interval_ms = 100
+[secrets]
+backend = "aws"
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+master_key = {{ aws_secret = "status-master" }}
+[control]
+backend = "redis"
+max_stale_ms = 1000
+[[vendors]]
+name = "mock"
+base_url = "{base}"
+allow_insecure_http = true
+auth = {{ scheme = "bearer" }}
+"#,
+        redis = redis.url(),
+        endpoint = moto.endpoint(),
+        base = mock.base_url()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let valet = support::ValetProcess::spawn_with(&body, &env).await;
+    let canary = valet_testkit::canary("status");
+    let key = valet.acme_mock_caller(&canary, "read").await;
+    for _ in 0..3 {
+        let resp = valet
+            .gateway()
+            .await
+            .call(support::authed(support::get("acme", "mock", "/v1/x"), &key))
+            .await
+            .unwrap();
+        assert_eq!(resp.into_inner().status, 200);
+    }
+
+    let (code, text) = status(&valet).await;
+    assert_eq!(code, Some(0), "{text}");
+    for expected in [
+        &format!("valet {}", valet::LONG_VERSION),
+        "ready: yes",
+        "secrets      aws    ok",
+        "control      redis  ok",
+        "quota        local  ok",
+        "audit        local  ok",
+        "mock                 breaker closed",
+        "api keys: 2 valid",
+        "credentials: 1",
+        "control state: confirmed by Redis",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    let cache = text.lines().find(|l| l.starts_with("credential cache:")).unwrap();
+    assert!(cache.starts_with("credential cache: 1 entries"), "{cache}");
+    assert!(
+        !cache.contains("hit ratio -"),
+        "three leases were counted: {cache}"
+    );
+    assert!(valet_testkit::leak::forms_found(text.as_bytes(), &canary).is_empty());
+
+    // Redis gone past control.max_stale_ms: not ready. The Admin service
+    // itself refuses keys it cannot confirm, so status exits 1 naming that.
+    redis.stop();
+    let started = std::time::Instant::now();
+    let text = loop {
+        let (code, text) = status(&valet).await;
+        if code == Some(1) {
+            break text;
+        }
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "still ready without Redis:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("[CONTROL_STATE_STALE]"), "{text}");
+}

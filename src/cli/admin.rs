@@ -1,7 +1,8 @@
 //! `valet admin …`: a client of the Admin service.
 
 use super::{
-    AdminArgs, AdminCommand, ApiKeyCommand, CredentialCommand, OperationArg, PermissionArg, QuotaCommand,
+    AdminArgs, AdminCommand, ApiKeyCommand, Connection, CredentialCommand, OperationArg, PermissionArg,
+    QuotaCommand,
 };
 use crate::proto::{self, admin_client::AdminClient};
 use std::io::{IsTerminal as _, Read as _};
@@ -13,6 +14,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_types::StatusExt as _;
 use zeroize::Zeroizing;
 
+mod status;
 mod tenant;
 
 /// Runs an admin command; returns the exit code.
@@ -47,7 +49,7 @@ struct Target {
 }
 
 impl Target {
-    fn resolve(args: &AdminArgs) -> Result<Self, String> {
+    fn resolve(args: &Connection) -> Result<Self, String> {
         let from_config = match &args.config {
             Some(path) => Some(Self::from_config(path)?),
             None => None,
@@ -96,7 +98,7 @@ const DEFAULT_KEY_FILE: &str = ".valet/admin.key";
 
 /// TLS for an `https://` endpoint: the public roots, or `--ca-file`; and a
 /// client certificate with `--client-cert-file`/`--client-key-file`.
-fn client_tls(args: &AdminArgs) -> Result<tonic::transport::ClientTlsConfig, String> {
+fn client_tls(args: &Connection) -> Result<tonic::transport::ClientTlsConfig, String> {
     let read = |flag: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
     };
@@ -139,10 +141,44 @@ fn unreachable(endpoint: &str, error: &tonic::transport::Error) -> String {
 }
 
 async fn execute(args: AdminArgs) -> Result<(), String> {
+    let mut client = connect(&args.connection).await?;
+    match args.command {
+        AdminCommand::Credential(cmd) => credential(&mut client, cmd).await,
+        AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
+        AdminCommand::Quota(cmd) => quota(&mut client, cmd).await,
+        AdminCommand::Tenant(cmd) => tenant::run(&mut client, cmd).await,
+    }
+}
+
+/// `valet status`: exit 0 when the replica is ready, 1 when it is not or
+/// cannot be reached.
+pub async fn status(connection: Connection) -> i32 {
+    let fetched = async {
+        let mut client = connect(&connection).await?;
+        client
+            .get_server_status(proto::GetServerStatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(describe)
+    };
+    match fetched.await {
+        Ok(status) => {
+            print!("{}", status::render(&status));
+            if status.ready { 0 } else { 1 }
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+/// A client of the Admin service `args` name, authenticated by its key.
+async fn connect(args: &Connection) -> Result<Client, String> {
     let Target {
         endpoint: url,
         api_key_file,
-    } = Target::resolve(&args)?;
+    } = Target::resolve(args)?;
     let key = Zeroizing::new(
         std::fs::read_to_string(&api_key_file)
             .map_err(|e| format!("cannot read API key file {}: {e}", api_key_file.display()))?,
@@ -161,17 +197,11 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
     }
     if url.starts_with("https://") {
         endpoint = endpoint
-            .tls_config(client_tls(&args)?)
+            .tls_config(client_tls(args)?)
             .map_err(|e| format!("TLS settings: {e}"))?;
     }
     let channel = endpoint.connect().await.map_err(|e| unreachable(&url, &e))?;
-    let mut client = AdminClient::with_interceptor(channel, BearerAuth(auth));
-    match args.command {
-        AdminCommand::Credential(cmd) => credential(&mut client, cmd).await,
-        AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
-        AdminCommand::Quota(cmd) => quota(&mut client, cmd).await,
-        AdminCommand::Tenant(cmd) => tenant::run(&mut client, cmd).await,
-    }
+    Ok(AdminClient::with_interceptor(channel, BearerAuth(auth)))
 }
 
 async fn credential(client: &mut Client, cmd: CredentialCommand) -> Result<(), String> {

@@ -332,6 +332,10 @@ impl SecretStore for AwsStore {
         *self.answered.0.lock().expect("lock")
     }
 
+    fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        Some(self.cache.stats())
+    }
+
     fn get<'a>(&'a self, key: &'a CredentialKey) -> StoreFuture<'a, Option<StoredCredential>> {
         Box::pin(async move { self.cache.get(key, &self.remote).await })
     }

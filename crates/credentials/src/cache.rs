@@ -144,6 +144,21 @@ pub struct Cache {
     epoch: Instant,
     entries: Mutex<HashMap<CredentialKey, Arc<Entry>>>,
     metrics: Metrics,
+    /// Lookups by how they were served, for [`Cache::stats`].
+    counts: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// What the cache holds and how it has served, for `valet status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Credentials cached now.
+    pub entries: u64,
+    /// Lookups answered from the cache (or by another lookup's refresh).
+    pub hits: u64,
+    /// Lookups that asked the store.
+    pub misses: u64,
+    /// Lookups served a stale record while the store did not answer.
+    pub stale: u64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -169,6 +184,7 @@ impl Cache {
             epoch,
             entries: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            counts: Default::default(),
         }
     }
 
@@ -196,8 +212,25 @@ impl Cache {
 
     /// Counts the lookup and names it on the current span (the lease's).
     fn served(&self, lookup: CacheLookup) {
+        let slot = match lookup {
+            CacheLookup::Hit => 0,
+            CacheLookup::Miss => 1,
+            CacheLookup::Stale => 2,
+        };
+        self.counts[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.cache_lookup(lookup);
         tracing::Span::current().record("valet.cache", lookup.as_str());
+    }
+
+    /// Entries now and lookups so far.
+    pub fn stats(&self) -> CacheStats {
+        let count = |i: usize| self.counts[i].load(std::sync::atomic::Ordering::Relaxed);
+        CacheStats {
+            entries: self.entries.lock().expect("lock").len() as u64,
+            hits: count(0),
+            misses: count(1),
+            stale: count(2),
+        }
     }
 
     /// Counts lookups in `metrics` from now on.

@@ -95,6 +95,11 @@ pub trait SecretStore: Send + Sync + 'static {
     fn last_answered(&self) -> Option<std::time::Instant> {
         None
     }
+    /// The cache in front of a remote backend; `None` for a local store,
+    /// which has none.
+    fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        None
+    }
     /// Stores or replaces the credential for `key`.
     fn put<'a>(&'a self, key: &'a CredentialKey, cred: StoredCredential) -> StoreFuture<'a, ()>;
     /// Removes the credential for `key`; false if there was none.

@@ -237,6 +237,11 @@ impl Vault {
         self.store.last_answered()
     }
 
+    /// The remote store's cache: entries and lookups (`None`: local store).
+    pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        self.store.cache_stats()
+    }
+
     /// Leases the credential for `key`: records the access with `audit`
     /// (refusing if that fails), then decrypts into a zeroizing [`Lease`].
     pub async fn lease(

@@ -48,9 +48,9 @@ pub enum Command {
         /// 127.0.0.1:50051 and :50052, state in ./.valet, no vendors).
         #[arg(long, short, env = "VALET_CONFIG")]
         config: Option<PathBuf>,
-        /// Listener addresses that override the file's.
+        /// Settings that override the file's.
         #[command(flatten)]
-        listen: ListenArgs,
+        listen: Overrides,
     },
     /// Configuration tools.
     #[command(subcommand)]
@@ -75,11 +75,11 @@ pub enum Command {
     Man,
 }
 
-/// Listener addresses given on the command line or in the environment; each
-/// overrides its `[server]` key, so two instances (or a container) need no
-/// edited copy of the file.
+/// Settings given on the command line or in the environment; each
+/// overrides its key in the file, so two instances (or a container) need no
+/// edited copy of it.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ListenArgs {
+pub struct Overrides {
     /// The Gateway listener (`server.listen`).
     #[arg(long, env = "VALET_LISTEN", value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
@@ -89,11 +89,19 @@ pub struct ListenArgs {
     /// The ops listener: /metrics, /healthz, /readyz (`server.ops_listen`).
     #[arg(long, env = "VALET_OPS_LISTEN", value_name = "ADDR")]
     pub ops_listen: Option<std::net::SocketAddr>,
+    /// Log lines as `json`, `text`, or `auto`: text on a terminal, else JSON
+    /// (`telemetry.log_format`).
+    #[arg(long, env = "VALET_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<valet_telemetry::LogFormat>,
 }
 
-impl ListenArgs {
-    /// Puts the given addresses into `server`.
-    pub fn apply(&self, server: &mut crate::config::ServerConfig) {
+impl Overrides {
+    /// Puts the given settings into `config`.
+    pub fn apply(&self, config: &mut crate::config::Config) {
+        if let Some(format) = self.log_format {
+            config.telemetry.log_format = format;
+        }
+        let server = &mut config.server;
         if let Some(addr) = self.listen {
             server.listen = addr;
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use valet::app::{App, StartError, StartOptions};
-use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE, ListenArgs};
+use valet::cli::{AuditCommand, Cli, Command, ConfigCommand, EXIT_USAGE, Overrides};
 use valet::config::{Config, Validated};
 use valet::server::{self, Listeners};
 use valet_telemetry::subscriber::CONSOLE;
@@ -48,7 +48,7 @@ async fn main() {
     std::process::exit(code);
 }
 
-async fn serve(config_path: Option<PathBuf>, listen: ListenArgs) -> i32 {
+async fn serve(config_path: Option<PathBuf>, listen: Overrides) -> i32 {
     let config = match load(config_path.as_deref(), &listen) {
         Ok(c) => c,
         Err(e) => {
@@ -81,12 +81,12 @@ async fn serve(config_path: Option<PathBuf>, listen: ListenArgs) -> i32 {
 
 /// The config file (or the embedded defaults) with the command line's
 /// listener addresses put in, checked.
-fn load(path: Option<&Path>, listen: &ListenArgs) -> Result<Validated, valet::config::ConfigError> {
+fn load(path: Option<&Path>, listen: &Overrides) -> Result<Validated, valet::config::ConfigError> {
     let mut config = match path {
         Some(path) => Config::read(path)?,
         None => Config::default(),
     };
-    listen.apply(&mut config.server);
+    listen.apply(&mut config);
     match path {
         Some(path) => config.validate().map_err(|e| e.at(path)),
         None => config.validate(),

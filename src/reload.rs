@@ -14,7 +14,7 @@
 //! under way keeps the vendor it looked up.
 
 use crate::app::App;
-use crate::cli::ListenArgs;
+use crate::cli::Overrides;
 use crate::config::{Config, ConfigError};
 use std::path::{Path, PathBuf};
 
@@ -38,14 +38,14 @@ pub struct Reloaded {
 #[derive(Debug)]
 pub struct Reloader {
     path: Option<PathBuf>,
-    listen: ListenArgs,
+    listen: Overrides,
     running: Config,
 }
 
 impl Reloader {
     /// For a server started from `path` (None: the embedded defaults) with
     /// `listen`'s overrides, running `running`.
-    pub fn new(path: Option<PathBuf>, listen: ListenArgs, running: Config) -> Self {
+    pub fn new(path: Option<PathBuf>, listen: Overrides, running: Config) -> Self {
         Self {
             path,
             listen,
@@ -81,9 +81,9 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
 }
 
-fn read(path: &Path, listen: &ListenArgs) -> Result<Config, ConfigError> {
+fn read(path: &Path, listen: &Overrides) -> Result<Config, ConfigError> {
     let mut config = Config::read(path)?;
-    listen.apply(&mut config.server);
+    listen.apply(&mut config);
     Ok(config)
 }
 

@@ -108,6 +108,11 @@ async fn listeners_come_from_flags_and_env_and_the_admin_cli_from_the_config() {
     );
     assert!(line.contains(&format!("\"ops\":\"127.0.0.1:{ops}\"")), "{line}");
     assert!(line.contains(&format!("\"admin\":\"0.0.0.0:{admin}\"")), "{line}");
+    // Not a terminal: JSON, every field at the top level.
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["message"], "valet serving", "{line}");
+    assert_eq!(json["level"], "INFO", "{line}");
+    assert!(json.get("fields").is_none(), "{line}");
 
     let (status, metrics) = http_get(&format!("http://127.0.0.1:{ops}/metrics")).await;
     assert_eq!(status, 200);
@@ -273,4 +278,29 @@ auth = {{ scheme = "bearer" }}
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert!(text.contains("[CONTROL_STATE_STALE]"), "{text}");
+}
+
+#[tokio::test]
+async fn log_lines_are_text_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(valet_bin())
+        .current_dir(dir.path())
+        .args(["serve", "--log-format", "text"])
+        .env("VALET_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("VALET_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("VALET_OPS_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let line = serving(child.stdout.take().unwrap()).await;
+    assert!(!line.starts_with('{'), "{line}");
+    assert!(line.contains(" INFO valet: valet serving gateway="), "{line}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (code, _, err) = run(&["serve", "--log-format", "yaml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a log format: auto, json or text"), "{err}");
 }

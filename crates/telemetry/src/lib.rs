@@ -38,7 +38,7 @@ pub mod settings;
 pub mod subscriber;
 
 pub use metrics::{CacheLookup, Metrics};
-pub use settings::{Settings, TenantLabels};
+pub use settings::{LogFormat, Settings, TenantLabels};
 pub use subscriber::Guard;
 
 /// Why telemetry could not start.

@@ -43,6 +43,37 @@ pub struct Settings {
     /// `_other`, so a large fleet of tenants cannot blow up the series count.
     #[serde(default = "default_max_tenant_labels")]
     pub max_tenant_labels: usize,
+    /// How log lines are written (`--log-format` overrides it).
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written on stdout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Text when stdout is a terminal, else JSON.
+    #[default]
+    Auto,
+    /// One JSON object a line, fields at the top level (`timestamp`,
+    /// `level`, `target`, `message`, `request_id`, …), as log shippers
+    /// expect.
+    Json,
+    /// One human-readable line per event.
+    Text,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "json" => Ok(Self::Json),
+            "text" => Ok(Self::Text),
+            other => Err(format!("'{other}' is not a log format: auto, json or text")),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -56,6 +87,7 @@ impl Default for Settings {
             metrics_export_interval_ms: None,
             tenant_label: true,
             max_tenant_labels: default_max_tenant_labels(),
+            log_format: LogFormat::default(),
         }
     }
 }

@@ -12,7 +12,7 @@
 //!   Library spans (hyper's, h2's, the AWS SDK's) are never exported, so their
 //!   fields never reach a collector.
 
-use crate::{Settings, TelemetryError};
+use crate::{LogFormat, Settings, TelemetryError};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -140,6 +140,7 @@ where
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .json()
+        .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_filter(filter_fn(|meta| meta.is_event() && meta.target() == CONSOLE))
@@ -149,29 +150,46 @@ where
 /// no spans are recorded; log lines and the vendor still get the call's
 /// trace id (see [`crate::propagation`]).
 pub fn init(settings: &Settings) -> Result<Guard, TelemetryError> {
+    use std::io::IsTerminal as _;
+    let text = match settings.log_format {
+        LogFormat::Auto => std::io::stdout().is_terminal(),
+        LogFormat::Json => false,
+        LogFormat::Text => true,
+    };
     let lines = crate::lines::Lines::start(std::io::stdout());
-    let mut guard = init_with(settings, lines.clone())?;
+    let format = if text { LogFormat::Text } else { LogFormat::Json };
+    let mut guard = init_with(settings, format, lines.clone())?;
     guard.lines = Some(lines);
     Ok(guard)
 }
 
-/// [`init`] with log lines written to `logs`.
-pub fn init_with<W>(settings: &Settings, logs: W) -> Result<Guard, TelemetryError>
+/// [`init`] with log lines written to `logs` as `format` (`Auto` is JSON:
+/// `logs` is no terminal).
+pub fn init_with<W>(settings: &Settings, format: LogFormat, logs: W) -> Result<Guard, TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(logs)
-        .json()
-        .with_current_span(false)
-        .with_span_list(false)
-        // Events only: the log lines print no span context, and a span the
-        // formatter sees is a span whose fields it formats on every record.
-        .with_filter(
-            env.and(capped())
-                .and(filter_fn(|meta| meta.is_event() && meta.target() != CONSOLE)),
-        );
+    // Events only: the log lines print no span context, and a span the
+    // formatter sees is a span whose fields it formats on every record.
+    let events = env
+        .and(capped())
+        .and(filter_fn(|meta| meta.is_event() && meta.target() != CONSOLE));
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(logs)
+            .with_ansi(false)
+            .with_filter(events)
+            .boxed(),
+        LogFormat::Json | LogFormat::Auto => tracing_subscriber::fmt::layer()
+            .with_writer(logs)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(events)
+            .boxed(),
+    };
 
     // No exporter, no span layer: nothing would read a recorded span, and
     // recording them (ids, fields, timings, the layer's lock) was a tenth of

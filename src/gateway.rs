@@ -128,7 +128,7 @@ pub fn new_request_id() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let prefix = PREFIX.get_or_init(|| {
         let mut bytes = [0u8; 8];
-        getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
         bytes
     });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);

@@ -55,7 +55,7 @@ impl Versioned {
     pub fn successor(&self, state: ControlState) -> Self {
         let version = self.version + 1;
         let mut nonce = [0u8; 8];
-        getrandom::getrandom(&mut nonce).expect("the OS random source is available");
+        getrandom::fill(&mut nonce).expect("the OS random source is available");
         Self {
             version,
             token: format!("{version}:{}", hex::encode(nonce)),

@@ -1038,7 +1038,7 @@ fn hash(key: &str) -> [u8; 32] {
 
 fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
     bytes
 }
 

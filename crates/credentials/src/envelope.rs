@@ -55,7 +55,7 @@ pub enum SealError {
 pub fn seal(master: &MasterKey, key: &CredentialKey, secret: &Secret) -> Envelope {
     let cipher = tenant_cipher(master, &key.tenant);
     let mut nonce = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce).expect("the OS random source is available");
+    getrandom::fill(&mut nonce).expect("the OS random source is available");
     let aad = aad(key, master.id());
     let ct = cipher
         .encrypt(
@@ -102,7 +102,7 @@ pub fn open(master: &MasterKey, key: &CredentialKey, env: &Envelope) -> Result<S
 pub fn seal_data(master: &MasterKey, tenant: &str, label: &str, data: &[u8]) -> Envelope {
     let cipher = tenant_cipher(master, tenant);
     let mut nonce = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce).expect("the OS random source is available");
+    getrandom::fill(&mut nonce).expect("the OS random source is available");
     let aad = data_aad(tenant, label, master.id());
     let ct = cipher
         .encrypt(Nonce::from_slice(&nonce), Payload { msg: data, aad: &aad })

@@ -67,7 +67,7 @@ impl MasterKey {
     /// A fresh random key.
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        getrandom::getrandom(&mut bytes[..]).expect("the OS random source is available");
+        getrandom::fill(&mut bytes[..]).expect("the OS random source is available");
         Self::from_bytes(*bytes)
     }
 

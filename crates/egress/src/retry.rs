@@ -205,7 +205,7 @@ fn random_below(n: u64) -> u64 {
         return 0;
     }
     let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).expect("the OS random source is available");
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
     u64::from_le_bytes(bytes) % n
 }
 

@@ -177,6 +177,6 @@ fn respond(call: &mut Call, sent: Sent<Failure>) -> Result<proto::CallResponse, 
     Ok(proto::CallResponse {
         attempts: call.attempts,
         request_id: call.request_id.clone(),
-        ..answer.into()
+        ..crate::proto::call_response(answer)
     })
 }

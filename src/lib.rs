@@ -36,12 +36,13 @@
 //! - [`transport`]: before a service runs — each listener's accept loop
 //!   (connection cap, handshake timeout) and the rescue layer that answers
 //!   tonic's own refusals (oversized or malformed messages) like any other.
-//! - [`codec`]: the protobuf codec of the generated services (a message
-//!   that does not decode is INVALID_ARGUMENT).
-//! - [`proto`]: generated `valet.v1` types.
+//! - [`proto`]: the `valet.v1` types and services, generated in the
+//!   `valet-proto` crate (with its codec: a message that does not decode
+//!   is INVALID_ARGUMENT), so a Rust caller can depend on that alone.
 //! - [`cli`]: the `valet admin` and `valet audit` commands.
 //!
-//! Domain logic lives in `crates/`: `valet-credentials` (sealing, leases,
+//! Domain logic lives in `crates/`: `valet-proto` (the contract),
+//! `valet-credentials` (sealing, leases,
 //! the rotation workflow), `valet-access` (API keys, grants and their
 //! rules), `valet-egress` (vendors, request
 //! rules, outbound client, scrubbing), `valet-audit` (hash-chained log),
@@ -65,7 +66,6 @@ pub mod admin;
 pub mod app;
 pub mod call;
 pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod deadline;
 pub mod gateway;

@@ -474,6 +474,19 @@ impl From<valet_credentials::RotationError<valet_audit::AuditError>> for Failure
 mod tests {
     use super::*;
 
+    /// The codec in `valet-proto` builds its own status (it cannot depend
+    /// on the gateway): with this reason and domain.
+    #[test]
+    fn the_codecs_malformed_status_is_this_reason() {
+        assert_eq!(
+            valet_proto::codec::MALFORMED_REASON,
+            Reason::MessageMalformed.as_str()
+        );
+        assert_eq!(valet_proto::codec::DOMAIN, DOMAIN);
+        let status = valet_proto::codec::malformed("x".into());
+        assert_eq!(status.code(), Reason::MessageMalformed.code());
+    }
+
     /// Every wire string, pinned: renaming a reason must change this list.
     #[test]
     fn wire_strings_are_stable() {

@@ -6,7 +6,6 @@
 //! `x-request-id`, one log line.
 
 use crate::app::App;
-use crate::codec::Malformed;
 use crate::status::{Failure, Reason};
 use std::future::Future;
 use std::io;
@@ -20,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Code, Status};
+use valet_proto::codec::Malformed;
 use valet_telemetry::metrics::CallLabels;
 
 /// The HTTP/2 client preface: `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
@@ -247,7 +247,7 @@ impl Rescue {
         }
     }
 
-    /// The refusal `status` stands for, when tonic (or [`crate::codec`])
+    /// The refusal `status` stands for, when tonic (or `valet_proto::codec`)
     /// made it before any service ran; `None` for a service's own answer.
     fn refusal(&self, status: &Status) -> Option<Failure> {
         let too_large = || match self.body_limit {

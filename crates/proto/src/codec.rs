@@ -4,10 +4,11 @@
 //! tonic-prost answers a prost `DecodeError` (a truncated message, a wrong
 //! wire type, invalid UTF-8 in a string field) with INTERNAL. Here it is
 //! INVALID_ARGUMENT `MESSAGE_MALFORMED` with an `ErrorInfo`, and the status
-//! carries a [`Malformed`] source so that [`crate::transport`]'s rescue layer
-//! can tag it with a request id and log it like any other refusal.
+//! carries a [`Malformed`] source so that the gateway's rescue layer
+//! (`valet::transport`) can tag it with a request id and log it like any
+//! other refusal. The reason and domain are the gateway's (`valet::status`
+//! tests that they match).
 
-use crate::status::{Failure, Reason};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use tonic::Status;
@@ -72,14 +73,22 @@ impl<U: prost::Message + Default> Decoder for ValetDecoder<U> {
 #[error("malformed message: {0}")]
 pub struct Malformed(pub String);
 
+/// The stable reason of a message that does not decode.
+pub const MALFORMED_REASON: &str = "MESSAGE_MALFORMED";
+
+/// The `ErrorInfo` domain of Valet's reasons.
+pub const DOMAIN: &str = "valet";
+
 /// INVALID_ARGUMENT `MESSAGE_MALFORMED`; `why` is prost's or tonic's
 /// description, which names a field or the framing, never a value.
 pub fn malformed(why: String) -> Status {
-    let mut status = Failure::new(
-        Reason::MessageMalformed,
+    use tonic_types::{ErrorDetails, StatusExt as _};
+    let details = ErrorDetails::with_error_info(MALFORMED_REASON, DOMAIN, std::collections::HashMap::new());
+    let mut status = Status::with_error_details(
+        tonic::Code::InvalidArgument,
         format!("the request message is not valid: {why}"),
-    )
-    .into_status(None);
+        details,
+    );
     status.set_source(Arc::new(Malformed(why)));
     status
 }

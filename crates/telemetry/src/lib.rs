@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod exposition;
 pub mod lines;
 pub mod metrics;
 pub mod propagation;
@@ -47,7 +48,4 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built (a bad endpoint, usually).
     #[error("OTLP exporter: {0}")]
     Exporter(String),
-    /// The Prometheus registry refused an instrument.
-    #[error("metrics registry: {0}")]
-    Registry(String),
 }

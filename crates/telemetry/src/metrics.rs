@@ -94,7 +94,8 @@ pub struct Metrics {
 struct Inner {
     provider: SdkMeterProvider,
     meter: Meter,
-    registry: Option<prometheus::Registry>,
+    /// What `/metrics` reads (none for [`Metrics::default`]).
+    pull: Option<crate::exposition::PullReader>,
     tenants: Tenants,
     calls: Counter<u64>,
     call_duration: Histogram<f64>,
@@ -114,7 +115,7 @@ struct Inner {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
-            .field("prometheus", &self.inner.registry.is_some())
+            .field("prometheus", &self.inner.pull.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -129,16 +130,10 @@ impl Metrics {
     /// Metrics rendered for `/metrics`, and pushed over OTLP when
     /// `settings` (or the environment) names an endpoint.
     pub fn new(settings: &Settings) -> Result<Self, TelemetryError> {
-        let registry = prometheus::Registry::new();
-        let prometheus = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .scope_info_enabled(false)
-            .build()
-            .map_err(|e| TelemetryError::Registry(e.to_string()))?;
+        let pull = crate::exposition::PullReader::default();
         let mut builder = SdkMeterProvider::builder()
             .with_resource(crate::subscriber::resource(settings))
-            .with_reader(prometheus);
+            .with_reader(pull.clone());
         if settings.exports_metrics() {
             let exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
             let exporter = crate::subscriber::otlp_endpoint(exporter, settings)
@@ -151,16 +146,12 @@ impl Metrics {
             };
             builder = builder.with_reader(reader.build());
         }
-        Ok(Self::build(
-            builder.build(),
-            Some(registry),
-            settings.tenant_labels(),
-        ))
+        Ok(Self::build(builder.build(), Some(pull), settings.tenant_labels()))
     }
 
     fn build(
         provider: SdkMeterProvider,
-        registry: Option<prometheus::Registry>,
+        pull: Option<crate::exposition::PullReader>,
         tenants: TenantLabels,
     ) -> Self {
         let meter = provider.meter("valet");
@@ -220,7 +211,7 @@ impl Metrics {
                 "Audit entries that could not be made durable",
             ),
             tenants: Tenants::new(tenants),
-            registry,
+            pull,
             meter,
             provider,
         };
@@ -412,11 +403,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let Some(registry) = &self.inner.registry else {
-            return String::new();
-        };
-        prometheus::TextEncoder::new()
-            .encode_to_string(&registry.gather())
+        self.inner
+            .pull
+            .as_ref()
+            .map(crate::exposition::render)
             .unwrap_or_default()
     }
 

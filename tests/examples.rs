@@ -35,8 +35,14 @@ impl Run {
     /// The last attempt of call `name`, which must have succeeded.
     fn answered(&self, name: &str) -> &Value {
         let attempts = self.attempts(name);
-        let last = attempts.last().unwrap_or_else(|| panic!("no {name} in:\n{}", self.stdout));
-        assert_eq!(last["ok"], true, "{name} failed:\n{}\n{}", self.stdout, self.stderr);
+        let last = attempts
+            .last()
+            .unwrap_or_else(|| panic!("no {name} in:\n{}", self.stdout));
+        assert_eq!(
+            last["ok"], true,
+            "{name} failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
         last
     }
 
@@ -62,7 +68,10 @@ async fn python_ready() -> Result<(), String> {
     } else {
         Err(format!(
             "python3 cannot import the gRPC packages (pip install grpcio grpcio-tools grpcio-status googleapis-common-protos): {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
         ))
     }
 }
@@ -127,7 +136,10 @@ fn same_write(key: &str) -> CallRequest {
 }
 
 fn posts(mock: &MockVendor) -> Vec<valet_testkit::Recorded> {
-    mock.requests().into_iter().filter(|r| r.method == "POST").collect()
+    mock.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect()
 }
 
 fn ms(v: &Value) -> u64 {
@@ -183,8 +195,18 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
     valet
         .admin(
             &[
-                "quota", "set", "--tenant", "acme", "--vendor", "mock", "--operation", "read", "--rate",
-                "30/m", "--burst", "1",
+                "quota",
+                "set",
+                "--tenant",
+                "acme",
+                "--vendor",
+                "mock",
+                "--operation",
+                "read",
+                "--rate",
+                "30/m",
+                "--burst",
+                "1",
             ],
             "",
         )
@@ -195,14 +217,22 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     let page1 = run.attempts("read-page-1");
     assert_eq!(page1.len(), 1, "{}", run.stdout);
-    assert_eq!((&page1[0]["ok"], &page1[0]["status"]), (&Value::from(true), &Value::from(200)));
+    assert_eq!(
+        (&page1[0]["ok"], &page1[0]["status"]),
+        (&Value::from(true), &Value::from(200))
+    );
     assert!(ms(&page1[0]["body_bytes"]) > 0, "the echo came back");
 
     let page2 = run.attempts("read-page-2");
     assert_eq!(page2.len(), 2, "refused once, then admitted:\n{}", run.stdout);
     let refused = page2[0];
     assert_eq!(
-        (&refused["ok"], &refused["code"], &refused["reason"], &refused["policy"]),
+        (
+            &refused["ok"],
+            &refused["code"],
+            &refused["reason"],
+            &refused["policy"]
+        ),
         (
             &Value::from(false),
             &Value::from("RESOURCE_EXHAUSTED"),
@@ -213,7 +243,10 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
         run.stdout
     );
     let retry_after = ms(&refused["retry_after_ms"]);
-    assert!((1..=2000).contains(&retry_after), "RetryInfo within the 2 s interval: {retry_after}");
+    assert!(
+        (1..=2000).contains(&retry_after),
+        "RetryInfo within the 2 s interval: {retry_after}"
+    );
     let admitted = run.answered("read-page-2");
     assert_eq!(admitted["status"], 200);
     assert!(
@@ -230,7 +263,10 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
         run.stdout
     );
     let again = run.answered("write-again");
-    assert_eq!((&again["status"], &again["replayed"]), (&Value::from(200), &Value::from(true)));
+    assert_eq!(
+        (&again["status"], &again["replayed"]),
+        (&Value::from(200), &Value::from(true))
+    );
     assert_ne!(again["request_id"], write[0]["request_id"]);
 
     // The vendor saw both pages (not the refused attempt) and one POST, with
@@ -244,7 +280,10 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
     assert_eq!(gets, ["/v1/users?page=1", "/v1/users?page=2"]);
     let sent = posts(&mock);
     assert_eq!(sent.len(), 1, "the replay never reached the vendor");
-    assert_eq!(sent[0].header("authorization"), Some(format!("Bearer {secret}").as_str()));
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {secret}").as_str())
+    );
     assert_eq!(sent[0].body, WRITE_BODY.as_bytes());
 
     // IDEMPOTENCY_IN_FLIGHT for real: another caller's WRITE with the key is
@@ -259,16 +298,25 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
     );
     let mut gateway = valet.gateway().await;
     let other_key = api_key.clone();
-    let other = tokio::spawn(async move { gateway.call(authed(same_write("py-inflight"), &other_key)).await });
+    let other =
+        tokio::spawn(async move { gateway.call(authed(same_write("py-inflight"), &other_key)).await });
     mock.wait_until(|reqs, _| reqs.iter().filter(|r| r.method == "POST").count() == 2)
         .await;
     let inflight = run_python(&valet, &key_file, &["--idempotency-key", "py-inflight"]).await;
-    let other = other.await.expect("task").expect("the other caller's write").into_inner();
+    let other = other
+        .await
+        .expect("task")
+        .expect("the other caller's write")
+        .into_inner();
     assert_eq!((other.status, other.replayed), (201, false));
 
     assert_eq!(inflight.code, Some(0), "{}\n{}", inflight.stdout, inflight.stderr);
     let write = inflight.attempts("write");
-    assert!(write.len() >= 2, "refused while in flight, then replayed:\n{}", inflight.stdout);
+    assert!(
+        write.len() >= 2,
+        "refused while in flight, then replayed:\n{}",
+        inflight.stdout
+    );
     for refused in &write[..write.len() - 1] {
         assert_eq!(
             (&refused["code"], &refused["reason"]),
@@ -287,7 +335,10 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
     );
     assert!(ms(&replayed["waited_ms"]) >= ms(&write[write.len() - 2]["retry_after_ms"]));
     let again = inflight.answered("write-again");
-    assert_eq!((&again["status"], &again["replayed"]), (&Value::from(201), &Value::from(true)));
+    assert_eq!(
+        (&again["status"], &again["replayed"]),
+        (&Value::from(201), &Value::from(true))
+    );
     assert_eq!(posts(&mock).len(), 2, "one POST per key, however many retries");
 
     // Neither the credential (in any form the scrubber knows) nor the API

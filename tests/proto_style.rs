@@ -294,7 +294,7 @@ fn parse(text: &str) -> Result<ProtoFile, String> {
         }
     }
     if !scopes.is_empty() {
-        return Err(format!("unclosed {:?}", scopes));
+        return Err(format!("unclosed {scopes:?}"));
     }
     Ok(file)
 }

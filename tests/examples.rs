@@ -1,9 +1,10 @@
 //! The clients in `examples/`, run against a real Valet (the built binary)
-//! and a real mock vendor: the Python one (grpcio) reads, writes with a key,
-//! gets its write replayed, waits out QUOTA_EXCEEDED as the RetryInfo says,
-//! and waits out IDEMPOTENCY_IN_FLIGHT while another caller holds its key.
-//! Skipped, with a message, where python3 or its gRPC packages are missing
-//! (`scripts/test` installs them).
+//! and a real mock vendor: the Python one (grpcio) and the Node one
+//! (@grpc/grpc-js) each read, write with a key, get the write replayed, wait
+//! out QUOTA_EXCEEDED as the RetryInfo says, and wait out
+//! IDEMPOTENCY_IN_FLIGHT while another caller holds their key. Each is
+//! skipped, with a message, where its runtime or packages are missing
+//! (`scripts/test` installs them: pip for Python, `npm ci` for Node).
 
 mod support;
 
@@ -15,7 +16,7 @@ use valet::proto::{CallRequest, Header, Operation};
 use valet_testkit::{MockVendor, Scripted, canary, leak};
 
 const WRITE_BODY: &str = r#"{"amount":100,"currency":"eur"}"#;
-const REASON: &str = "python_example";
+const REASON: &str = "example_client";
 
 /// How one run of an example ended.
 struct Run {
@@ -52,68 +53,108 @@ impl Run {
     }
 }
 
-/// Whether `python3` can import what the Python example needs; a message
-/// saying what is missing otherwise.
-async fn python_ready() -> Result<(), String> {
-    let out = tokio::process::Command::new("python3")
-        .args([
-            "-c",
-            "import grpc, grpc_tools.protoc, grpc_status.rpc_status, google.rpc.error_details_pb2",
-        ])
-        .output()
-        .await
-        .map_err(|e| format!("python3 not found ({e})"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "python3 cannot import the gRPC packages (pip install grpcio grpcio-tools grpcio-status googleapis-common-protos): {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        ))
+/// A client in `examples/`.
+#[derive(Debug, Clone, Copy)]
+enum Example {
+    Python,
+    Node,
+}
+
+impl Example {
+    fn dir(self) -> PathBuf {
+        let name = match self {
+            Example::Python => "python",
+            Example::Node => "node",
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
     }
-}
 
-fn python_example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/valet_client.py")
-}
+    /// The command that runs it, without its flags.
+    fn command(self) -> tokio::process::Command {
+        let (program, script) = match self {
+            Example::Python => ("python3", "valet_client.py"),
+            Example::Node => ("node", "valet_client.js"),
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg(self.dir().join(script)).current_dir(self.dir());
+        cmd
+    }
 
-/// Runs the Python example against `valet` with `args`, its API key in
-/// `key_file`; at most a minute.
-async fn run_python(valet: &ValetProcess, key_file: &Path, args: &[&str]) -> Run {
-    let endpoint = valet.gateway_url.trim_start_matches("http://");
-    let child = tokio::process::Command::new("python3")
-        .arg(python_example())
-        .args(["--endpoint", endpoint, "--tenant", "acme", "--vendor", "mock"])
-        .args(["--write-body", WRITE_BODY, "--reason", REASON])
-        .args(args)
-        .env("VALET_API_KEY_FILE", key_file)
-        .env_remove("VALET_API_KEY")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs");
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the example ends within a minute")
-        .expect("python3 exits");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    println!("python example {args:?}:\n{stdout}{stderr}");
-    let lines = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{stderr}")))
-        .collect();
-    Run {
-        code: out.status.code(),
-        lines,
-        stdout,
-        stderr,
+    /// Whether its runtime can load what it needs; a message saying what is
+    /// missing otherwise.
+    async fn ready(self) -> Result<(), String> {
+        let (program, check, install) = match self {
+            Example::Python => (
+                "python3",
+                [
+                    "-c",
+                    "import grpc, grpc_tools.protoc, grpc_status.rpc_status, google.rpc.error_details_pb2",
+                ],
+                "pip install -r examples/python/requirements.txt",
+            ),
+            Example::Node => (
+                "node",
+                [
+                    "-e",
+                    "require('@grpc/grpc-js'); require('@grpc/proto-loader'); require('protobufjs')",
+                ],
+                "npm ci in examples/node",
+            ),
+        };
+        let out = tokio::process::Command::new(program)
+            .args(check)
+            .current_dir(self.dir())
+            .output()
+            .await
+            .map_err(|e| format!("{program} ({e})"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "its packages ({install}): {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .find(|l| l.contains("Error"))
+                    .unwrap_or_default()
+            ))
+        }
+    }
+
+    /// Runs it against `valet` with `args`, its API key in `key_file`; at
+    /// most a minute.
+    async fn run(self, valet: &ValetProcess, key_file: &Path, args: &[&str]) -> Run {
+        let endpoint = valet.gateway_url.trim_start_matches("http://");
+        let child = self
+            .command()
+            .args(["--endpoint", endpoint, "--tenant", "acme", "--vendor", "mock"])
+            .args(["--write-body", WRITE_BODY, "--reason", REASON])
+            .args(args)
+            .env("VALET_API_KEY_FILE", key_file)
+            .env_remove("VALET_API_KEY")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the example runs");
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the example ends within a minute")
+            .expect("the example exits");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        println!("{self:?} example {args:?}:\n{stdout}{stderr}");
+        let lines = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{stderr}")))
+            .collect();
+        Run {
+            code: out.status.code(),
+            lines,
+            stdout,
+            stderr,
+        }
     }
 }
 
@@ -148,8 +189,21 @@ fn ms(v: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_reads_writes_and_retries_as_valet_says() {
-    if let Err(why) = python_ready().await {
-        println!("skipped: the Python example needs {why}");
+    reads_writes_and_retries_as_valet_says(Example::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_reads_writes_and_retries_as_valet_says() {
+    reads_writes_and_retries_as_valet_says(Example::Node).await;
+}
+
+/// Runs `example` twice: a READ of two pages (the second refused by a quota
+/// of one call at once, then admitted after the RetryInfo delay), a keyed
+/// WRITE and its replay; then with a key another caller's WRITE still holds
+/// at a slow vendor (IDEMPOTENCY_IN_FLIGHT, then the replay).
+async fn reads_writes_and_retries_as_valet_says(example: Example) {
+    if let Err(why) = example.ready().await {
+        println!("skipped: the {example:?} example needs {why}");
         return;
     }
     let started = std::time::Instant::now();
@@ -159,7 +213,7 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
         mock.base_url()
     ))
     .await;
-    let secret = canary("python-example");
+    let secret = canary(&format!("{example:?}-example"));
     valet
         .admin(
             &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
@@ -213,7 +267,10 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
         .await;
 
     // A READ, a keyed WRITE, and the same WRITE again.
-    let run = run_python(&valet, &key_file, &["--idempotency-key", "py-example-1"]).await;
+    let first_key = format!("{example:?}-example-1");
+    let run = example
+        .run(&valet, &key_file, &["--idempotency-key", &first_key])
+        .await;
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     let page1 = run.attempts("read-page-1");
     assert_eq!(page1.len(), 1, "{}", run.stdout);
@@ -298,11 +355,14 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
     );
     let mut gateway = valet.gateway().await;
     let other_key = api_key.clone();
-    let other =
-        tokio::spawn(async move { gateway.call(authed(same_write("py-inflight"), &other_key)).await });
+    let inflight_key = format!("{example:?}-inflight");
+    let other_write = same_write(&inflight_key);
+    let other = tokio::spawn(async move { gateway.call(authed(other_write, &other_key)).await });
     mock.wait_until(|reqs, _| reqs.iter().filter(|r| r.method == "POST").count() == 2)
         .await;
-    let inflight = run_python(&valet, &key_file, &["--idempotency-key", "py-inflight"]).await;
+    let inflight = example
+        .run(&valet, &key_file, &["--idempotency-key", &inflight_key])
+        .await;
     let other = other
         .await
         .expect("task")
@@ -348,5 +408,5 @@ async fn python_client_reads_writes_and_retries_as_valet_says() {
         assert!(!run.stdout.contains(&api_key) && !run.stderr.contains(&api_key));
     }
     assert_eq!(valet.terminate().await.code, Some(0));
-    println!("python example test took {:?}", started.elapsed());
+    println!("the {example:?} example's test took {:?}", started.elapsed());
 }

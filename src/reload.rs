@@ -166,15 +166,15 @@ pub async fn on_sighup(
         match reloader.reload(&app) {
             Ok(r) => {
                 tracing::info!(
-                    vendors_added = ?r.added,
-                    vendors_changed = ?r.changed,
-                    vendors_removed = ?r.removed,
+                    vendors_added = %r.added.join(","),
+                    vendors_changed = %r.changed.join(","),
+                    vendors_removed = %r.removed.join(","),
                     quota_policies = r.quota_policies,
                     "config reloaded"
                 );
                 if !r.needs_restart.is_empty() {
                     tracing::warn!(
-                        sections = ?r.needs_restart,
+                        sections = %r.needs_restart.join(","),
                         "config reloaded, but these sections changed and take effect only after a restart: {}",
                         r.needs_restart.join(", ")
                     );

@@ -54,6 +54,21 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
     );
     let original = std::fs::read_to_string(&valet.config).unwrap();
 
+    // A call at the vendor while the file is reloaded finishes as it began.
+    mock.script(
+        "/slow",
+        valet_testkit::Scripted::status(200).delay(std::time::Duration::from_secs(2)),
+    );
+    let mut gateway = valet.gateway().await;
+    let slow_key = key.clone();
+    let in_flight = tokio::spawn(async move {
+        gateway
+            .call(authed(get("acme", "mock", "/slow"), &slow_key))
+            .await
+    });
+    mock.wait_until(|reqs, _| reqs.iter().any(|r| r.path_and_query == "/slow"))
+        .await;
+
     // A new vendor and a policy allowing one read per hour.
     let policy = "[[quota.policies]]\ntenant = \"*\"\nvendor = \"mock\"\noperation = \"read\"\nrate = 1\nperiod = \"hour\"\nburst = 1\n";
     std::fs::write(
@@ -64,6 +79,11 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
     valet.signal("HUP").await;
     let log = valet.wait_for_stdout("config reloaded", 1).await;
     assert!(log.contains("second"), "the reload names the new vendor: {log}");
+    let slow = in_flight
+        .await
+        .unwrap()
+        .expect("the call under way during the reload");
+    assert_eq!(slow.into_inner().status, 200);
     let put = ["credential", "put", "--tenant", "acme", "--vendor", "second"];
     valet
         .admin(&put, &format!("{}\n", valet_testkit::canary("second")))

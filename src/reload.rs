@@ -1,12 +1,14 @@
 //! SIGHUP: read the config file again and put in force what can change
-//! without a restart — the vendor registry and the default quota policies —
-//! while calls go on.
+//! without a restart — the vendor registry, the default quota policies,
+//! the trace sampling ratio and the tenant labels of metrics — while calls
+//! go on.
 //!
 //! The new file is checked exactly as at start-up (the command line's
 //! listener addresses applied again); an invalid one is refused with the
 //! same message `valet config check` prints, and the running config stays.
 //! Any other section that changed is named in a warning and waits for a
-//! restart: listeners, state, backends and telemetry are wired into
+//! restart: listeners, state, backends and the rest of telemetry (the
+//! exporters, their endpoint and resource, the log format) are wired into
 //! connections, files and exporters opened once.
 //!
 //! A vendor whose entry is unchanged keeps its connections, breaker and
@@ -40,6 +42,8 @@ pub struct Reloader {
     path: Option<PathBuf>,
     listen: Overrides,
     running: Config,
+    /// The trace sampler, when traces are exported.
+    sampling: Option<valet_telemetry::sampling::Sampling>,
 }
 
 impl Reloader {
@@ -50,7 +54,14 @@ impl Reloader {
             path,
             listen,
             running,
+            sampling: None,
         }
+    }
+
+    /// Also changes the sampling ratio of `sampling` (the running tracer's).
+    pub fn with_sampling(mut self, sampling: Option<valet_telemetry::sampling::Sampling>) -> Self {
+        self.sampling = sampling;
+        self
     }
 
     /// Reads, checks and applies the file; on error nothing changed.
@@ -63,7 +74,15 @@ impl Reloader {
         let reloaded = diff(&self.running, &next);
         app.registry.replace(validated.registry().clone());
         app.quotas.replace_defaults(next.quota.policies.clone());
+        app.metrics.set_tenant_labels(next.telemetry.tenant_labels());
+        if let Some(sampling) = &self.sampling {
+            sampling.set(next.telemetry.sampling_ratio);
+        }
         // What needs a restart stays as it runs: keep comparing against it.
+        let telemetry = &mut self.running.telemetry;
+        telemetry.sampling_ratio = next.telemetry.sampling_ratio;
+        telemetry.tenant_label = next.telemetry.tenant_label;
+        telemetry.max_tenant_labels = next.telemetry.max_tenant_labels;
         self.running.vendors = next.vendors;
         self.running.quota = next.quota;
         Ok(reloaded)
@@ -137,7 +156,13 @@ fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
         ("control", |c| format!("{:?}", c.control)),
         ("redis_url", |c| format!("{:?}", c.redis_url)),
         ("api_keys", |c| format!("{:?}", c.api_keys)),
-        ("telemetry", |c| format!("{:?}", c.telemetry)),
+        ("telemetry (other than sampling_ratio and tenant labels)", |c| {
+            let mut telemetry = c.telemetry.clone();
+            telemetry.sampling_ratio = None;
+            telemetry.tenant_label = true;
+            telemetry.max_tenant_labels = 0;
+            format!("{telemetry:?}")
+        }),
     ];
     let mut changed: Vec<&'static str> = sections
         .iter()

@@ -71,9 +71,10 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
 
     // A new vendor and a policy allowing one read per hour.
     let policy = "[[quota.policies]]\ntenant = \"*\"\nvendor = \"mock\"\noperation = \"read\"\nrate = 1\nperiod = \"hour\"\nburst = 1\n";
+    let telemetry = "[telemetry]\ntenant_label = false\n";
     std::fs::write(
         &valet.config,
-        format!("{original}\n{}\n{policy}", vendor("second", &mock)),
+        format!("{original}\n{telemetry}\n{}\n{policy}", vendor("second", &mock)),
     )
     .unwrap();
     valet.signal("HUP").await;
@@ -103,6 +104,20 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
     );
     let refused = call(&valet, &key, "mock").await.unwrap_err();
     assert_eq!(reason(&refused), "QUOTA_EXCEEDED", "{refused:?}");
+    assert!(
+        !log.contains("only after a restart"),
+        "all of it was reloadable: {log}"
+    );
+    // Metrics since the reload carry no tenant label.
+    let (_, metrics) = support::http_get(&format!("{}/metrics", valet.ops_url)).await;
+    let untenanted = metrics
+        .lines()
+        .filter(|l| l.starts_with("valet_calls_total{") && l.contains("vendor=\"second\""))
+        .collect::<Vec<_>>();
+    assert!(
+        !untenanted.is_empty() && untenanted.iter().all(|l| !l.contains("tenant=")),
+        "{metrics}"
+    );
 
     // An invalid file changes nothing.
     std::fs::write(&valet.config, format!("{original}\nno_such_key = 1\n")).unwrap();

@@ -35,6 +35,7 @@ pub mod exposition;
 pub mod lines;
 pub mod metrics;
 pub mod propagation;
+pub mod sampling;
 pub mod settings;
 pub mod subscriber;
 

@@ -220,6 +220,12 @@ impl Metrics {
         }
     }
 
+    /// Labels by tenant from now on as `bound` says (a config reload); the
+    /// tenants already labelled keep their place under a cap.
+    pub fn set_tenant_labels(&self, bound: TenantLabels) {
+        self.inner.tenants.set(bound);
+    }
+
     /// Counts a call as in flight until the returned guard drops.
     pub fn call_started(&self) -> InFlight {
         self.inner.in_flight.add(1, &[]);
@@ -458,21 +464,33 @@ fn status_class(status: Option<u16>) -> &'static str {
 
 /// The set of tenant label values handed out so far.
 struct Tenants {
-    bound: TenantLabels,
+    /// The bound: 0 no label, n + 1 at most n values (replaced on reload).
+    bound: std::sync::atomic::AtomicU64,
     seen: RwLock<HashSet<String>>,
 }
 
 impl Tenants {
     fn new(bound: TenantLabels) -> Self {
-        Self {
-            bound,
+        let tenants = Self {
+            bound: Default::default(),
             seen: RwLock::new(HashSet::new()),
-        }
+        };
+        tenants.set(bound);
+        tenants
+    }
+
+    fn set(&self, bound: TenantLabels) {
+        let encoded = match bound {
+            TenantLabels::Off => 0,
+            TenantLabels::Capped(max) => max as u64 + 1,
+        };
+        self.bound.store(encoded, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn label(&self, tenant: &str) -> Option<String> {
-        let TenantLabels::Capped(max) = self.bound else {
-            return None;
+        let max = match self.bound.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => return None,
+            n => (n - 1) as usize,
         };
         // "No tenant yet" is not a tenant: it never takes a place under the cap.
         if tenant == UNKNOWN {

@@ -16,7 +16,7 @@ use crate::{LogFormat, Settings, TelemetryError};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
@@ -34,6 +34,8 @@ pub const CONSOLE: &str = "valet::console";
 #[derive(Debug)]
 pub struct Guard {
     tracer: Option<SdkTracerProvider>,
+    /// The sampler, when traces are exported.
+    sampling: Option<crate::sampling::Sampling>,
     /// The buffered stdout writer, written out at exit.
     lines: Option<crate::lines::Lines>,
     /// Whether anything is exported, so a flush may have to wait.
@@ -41,6 +43,12 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The sampler in force, to change on a config reload; None when no
+    /// traces are exported.
+    pub fn sampling(&self) -> Option<crate::sampling::Sampling> {
+        self.sampling.clone()
+    }
+
     /// Flushes and stops the exporter (also done on drop), however long the
     /// collector takes; [`flush`] bounds it.
     pub fn shutdown(self) {}
@@ -195,10 +203,13 @@ where
     // recording them (ids, fields, timings, the layer's lock) was a tenth of
     // a call's CPU. Trace ids still flow, from the call's own
     // `propagation::TraceContext`.
-    let tracer = settings
-        .exports_traces()
-        .then(|| tracer_provider(settings))
-        .transpose()?;
+    let (tracer, sampling) = match settings.exports_traces() {
+        true => {
+            let (tracer, sampling) = tracer_provider(settings)?;
+            (Some(tracer), Some(sampling))
+        }
+        false => (None, None),
+    };
     let spans = tracer.as_ref().map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer.tracer("valet"))
@@ -217,6 +228,7 @@ where
     }
     Ok(Guard {
         tracer,
+        sampling,
         lines: None,
         exports: settings.exports_traces() || settings.exports_metrics(),
     })
@@ -246,16 +258,17 @@ pub(crate) fn otlp_endpoint<B: opentelemetry_otlp::WithExportConfig>(builder: B,
 }
 
 /// The tracer exporting to the configured OTLP endpoint.
-fn tracer_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(
+    settings: &Settings,
+) -> Result<(SdkTracerProvider, crate::sampling::Sampling), TelemetryError> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource(settings));
     let exporter = otlp_endpoint(opentelemetry_otlp::SpanExporter::builder().with_tonic(), settings)
         .build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     builder = builder.with_batch_exporter(crate::export::Reported::new(exporter, "spans"));
-    if let Some(ratio) = settings.sampling_ratio {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
-    }
-    Ok(builder.build())
+    let sampling = crate::sampling::Sampling::new(settings.sampling_ratio);
+    builder = builder.with_sampler(sampling.clone());
+    Ok((builder.build(), sampling))
 }
 
 /// `service.name`, the file's resource attributes, and whatever

@@ -515,7 +515,10 @@ async fn the_cli_binds_expires_lists_rotates_and_revokes() {
         .insert("x-forwarded-for", "10.1.1.1".parse().unwrap());
     let err = valet.gateway().await.call(req).await.unwrap_err();
     assert_eq!(reason(&err), "SOURCE_NOT_ALLOWED");
-    let log = valet.stdout_so_far();
+    // Log lines are written in batches: await this one.
+    let log = valet
+        .wait_for_stdout("\"outcome\":\"SOURCE_NOT_ALLOWED\"", 1)
+        .await;
     let line = log
         .lines()
         .find(|l| l.contains("\"outcome\":\"SOURCE_NOT_ALLOWED\""))

@@ -171,10 +171,10 @@ pub async fn probe(readiness: &Readiness, required: Required, backends: Backends
             _ => down.push(SECRETS_MANAGER_DOWN),
         }
     }
-    match (backends.keys.staleness_ms(), backends.keys.unconfirmed_ms()) {
-        (Some(_), _) => down.push(CONTROL_STALE),
-        (None, Some(age)) if age > 2_000 => degraded.push(CONTROL_DEGRADED),
-        _ => {}
+    match control_state(backends.keys) {
+        ControlState::Stale(_) => down.push(CONTROL_STALE),
+        ControlState::Unconfirmed(_) => degraded.push(CONTROL_DEGRADED),
+        ControlState::Confirmed => {}
     }
     if required.idempotency_redis && !answers(backends.idempotency.probe()).await {
         down.push("redis (idempotency) unavailable");
@@ -195,6 +195,28 @@ pub async fn probe(readiness: &Readiness, required: Required, backends: Backends
         false => {}
     }
     readiness.is_ready()
+}
+
+/// How current the control state is, as readiness judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlState {
+    /// Confirmed recently (or local: always).
+    Confirmed,
+    /// Not confirmed for this many ms, but within `control.max_stale_ms`:
+    /// served from the last confirmed state (degraded).
+    Unconfirmed(u64),
+    /// Not confirmed for this many ms, past the bound: calls are refused.
+    Stale(u64),
+}
+
+/// The control state's [`ControlState`]: unconfirmed once Redis has not
+/// confirmed it for over 2 s.
+pub fn control_state(keys: &valet_access::KeyStore) -> ControlState {
+    match (keys.staleness_ms(), keys.unconfirmed_ms()) {
+        (Some(stale), _) => ControlState::Stale(stale),
+        (None, Some(age)) if age > 2_000 => ControlState::Unconfirmed(age),
+        _ => ControlState::Confirmed,
+    }
 }
 
 pub(crate) async fn answers<E>(probe: impl Future<Output = Result<(), E>>) -> bool {

@@ -5,7 +5,7 @@
 use super::AdminService;
 use crate::app::now_ms;
 use crate::proto;
-use crate::readiness::answers;
+use crate::readiness::{ControlState, answers, control_state};
 use crate::status::Failure;
 use tonic::Request;
 use valet_egress::BreakerState;
@@ -60,18 +60,17 @@ impl AdminService {
             }
         };
         let audit = app.audit.writable();
-        let secrets = answers(app.vault.probe()).await;
-        let quota = answers(app.quotas.probe()).await;
-        let idempotency = answers(app.idempotency.probe()).await;
-        let control = match (app.keys.staleness_ms(), app.keys.unconfirmed_ms()) {
-            (Some(stale), _) => (
-                false,
-                format!("stale: not confirmed for {stale} ms; calls refused"),
-            ),
-            (None, Some(age)) if age > 2_000 => {
-                (true, format!("unconfirmed for {age} ms; serving the last state"))
+        let (secrets, quota, idempotency) = tokio::join!(
+            answers(app.vault.probe()),
+            answers(app.quotas.probe()),
+            answers(app.idempotency.probe()),
+        );
+        let control = match control_state(&app.keys) {
+            ControlState::Stale(ms) => (false, format!("stale: not confirmed for {ms} ms; calls refused")),
+            ControlState::Unconfirmed(ms) => {
+                (true, format!("unconfirmed for {ms} ms; serving the last state"))
             }
-            _ => (true, String::new()),
+            ControlState::Confirmed => (true, String::new()),
         };
         let quota_detail = match (quota, app.quotas.fallback_active()) {
             (_, true) => "Redis unreachable: the local fallback enforces the limits".to_owned(),

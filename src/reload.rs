@@ -23,13 +23,9 @@ use std::path::{Path, PathBuf};
 /// What a reload changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
-    /// Vendors new in the file.
-    pub added: Vec<String>,
-    /// Vendors whose entry changed (rebuilt: new connections, a closed
-    /// breaker).
-    pub changed: Vec<String>,
-    /// Vendors gone from the file: calls to them now fail `VENDOR_UNKNOWN`.
-    pub removed: Vec<String>,
+    /// Vendors added, changed (rebuilt: new connections, a closed breaker)
+    /// and removed (calls to them now fail `VENDOR_UNKNOWN`).
+    pub vendors: valet_egress::Replaced,
     /// The default quota policies in force now.
     pub quota_policies: usize,
     /// Sections that changed but need a restart to take effect.
@@ -71,8 +67,11 @@ impl Reloader {
         };
         let next = read(&path, &self.listen)?;
         let validated = next.clone().validate().map_err(|e| e.at(&path))?;
-        let reloaded = diff(&self.running, &next);
-        app.registry.replace(validated.registry().clone());
+        let reloaded = Reloaded {
+            vendors: app.registry.replace(validated.registry().clone()),
+            quota_policies: next.quota.policies.len(),
+            needs_restart: needs_restart(&self.running, &next),
+        };
         app.quotas.replace_defaults(next.quota.policies.clone());
         app.metrics.set_tenant_labels(next.telemetry.tenant_labels());
         if let Some(sampling) = &self.sampling {
@@ -104,34 +103,6 @@ fn read(path: &Path, listen: &Overrides) -> Result<Config, ConfigError> {
     let mut config = Config::read(path)?;
     listen.apply(&mut config);
     Ok(config)
-}
-
-/// What differs between the running config and the next one.
-fn diff(running: &Config, next: &Config) -> Reloaded {
-    let before: std::collections::HashMap<&str, String> = running
-        .vendors
-        .iter()
-        .map(|v| (v.name.as_str(), format!("{v:?}")))
-        .collect();
-    let mut reloaded = Reloaded {
-        quota_policies: next.quota.policies.len(),
-        needs_restart: needs_restart(running, next),
-        ..Reloaded::default()
-    };
-    for vendor in &next.vendors {
-        match before.get(vendor.name.as_str()) {
-            None => reloaded.added.push(vendor.name.clone()),
-            Some(entry) if *entry != format!("{vendor:?}") => reloaded.changed.push(vendor.name.clone()),
-            Some(_) => {}
-        }
-    }
-    reloaded.removed = running
-        .vendors
-        .iter()
-        .filter(|v| !next.vendors.iter().any(|n| n.name == v.name))
-        .map(|v| v.name.clone())
-        .collect();
-    reloaded
 }
 
 /// A section's name and how to read it from a config.
@@ -191,9 +162,9 @@ pub async fn on_sighup(
         match reloader.reload(&app) {
             Ok(r) => {
                 tracing::info!(
-                    vendors_added = %r.added.join(","),
-                    vendors_changed = %r.changed.join(","),
-                    vendors_removed = %r.removed.join(","),
+                    vendors_added = %r.vendors.added.join(","),
+                    vendors_changed = %r.vendors.changed.join(","),
+                    vendors_removed = %r.vendors.removed.join(","),
                     quota_policies = r.quota_policies,
                     "config reloaded"
                 );

@@ -85,21 +85,27 @@ impl Registry {
 
     /// This registry, with each vendor whose entry is unchanged from
     /// `before` taken from `before`: its connections, breaker, retry budget
-    /// and in-flight count carry over a config reload.
-    pub fn carry_over(mut self, before: &Registry) -> Self {
+    /// and in-flight count carry over a config reload. Also says, by name,
+    /// what differs from `before`.
+    pub fn carry_over(mut self, before: &Registry) -> (Self, Replaced) {
+        let mut replaced = Replaced::default();
         for (name, vendor) in &mut self.vendors {
-            if let Some(old) = before.vendors.get(name).filter(|old| old.spec == vendor.spec) {
-                *vendor = Arc::clone(old);
+            match before.vendors.get(name) {
+                Some(old) if old.spec == vendor.spec => *vendor = Arc::clone(old),
+                Some(_) => replaced.changed.push(name.clone()),
+                None => replaced.added.push(name.clone()),
             }
         }
-        self
-    }
-
-    /// The vendors' names, sorted.
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.vendors.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
+        replaced.removed = before
+            .vendors
+            .keys()
+            .filter(|name| !self.vendors.contains_key(*name))
+            .cloned()
+            .collect();
+        for names in [&mut replaced.added, &mut replaced.changed, &mut replaced.removed] {
+            names.sort_unstable();
+        }
+        (self, replaced)
     }
 }
 
@@ -130,11 +136,25 @@ impl Vendors {
     }
 
     /// Puts `next` in force (after [`Registry::carry_over`] from the one it
-    /// replaces).
-    pub fn replace(&self, next: Registry) {
+    /// replaces); returns what changed.
+    pub fn replace(&self, next: Registry) -> Replaced {
         let mut current = self.current.write().expect("lock");
-        *current = Arc::new(next.carry_over(&current));
+        let (next, replaced) = next.carry_over(&current);
+        *current = Arc::new(next);
+        replaced
     }
+}
+
+/// What replacing a registry changed, by vendor name (each list sorted).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    /// Vendors new in the registry.
+    pub added: Vec<String>,
+    /// Vendors whose entry changed: rebuilt, with new connections and a
+    /// closed breaker.
+    pub changed: Vec<String>,
+    /// Vendors no longer in the registry.
+    pub removed: Vec<String>,
 }
 
 /// A checked request, ready to be sent with a credential.

@@ -208,39 +208,9 @@ async fn reads_writes_and_retries_as_valet_says(example: Example) {
     }
     let started = std::time::Instant::now();
     let mock = MockVendor::start().await;
-    let valet = ValetProcess::spawn(&format!(
-        "[[vendors]]\nname = \"mock\"\nbase_url = \"{}\"\nallow_insecure_http = true\nauth = {{ scheme = \"bearer\" }}\n",
-        mock.base_url()
-    ))
-    .await;
+    let valet = ValetProcess::spawn(&support::vendor_toml("mock", &mock.base_url())).await;
     let secret = canary(&format!("{example:?}-example"));
-    valet
-        .admin(
-            &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
-            &format!("{secret}\n"),
-        )
-        .await;
-    let api_key = valet
-        .admin(
-            &[
-                "apikey",
-                "create",
-                "--name",
-                "python-example",
-                "--tenant",
-                "acme",
-                "--vendor",
-                "mock",
-                "--operation",
-                "read",
-                "--operation",
-                "write",
-            ],
-            "",
-        )
-        .await
-        .trim()
-        .to_owned();
+    let api_key = valet.acme_mock_caller_for(&secret, &["read", "write"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = dir.path().join("api.key");
     std::fs::write(&key_file, format!("{api_key}\n")).expect("key file");

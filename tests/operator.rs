@@ -61,6 +61,27 @@ fn completions_and_the_man_page_cover_the_commands() {
     }
 }
 
+/// `valet serve ARGS` in `dir` with `env`; returns it and its "valet
+/// serving" line.
+async fn serve(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(valet_bin())
+        .current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let line = serving(child.stdout.take().unwrap()).await;
+    (child, line)
+}
+
 /// Waits for the "valet serving" line; returns it.
 async fn serving(stdout: tokio::process::ChildStdout) -> String {
     use tokio::io::AsyncBufReadExt as _;
@@ -91,17 +112,14 @@ async fn listeners_come_from_flags_and_env_and_the_admin_cli_from_the_config() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(valet_bin())
-        .current_dir(dir.path())
-        .args(["serve", "--config", "valet.toml", "--listen"])
-        .arg(format!("127.0.0.1:{gateway}"))
-        .env("VALET_OPS_LISTEN", format!("127.0.0.1:{ops}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = serving(child.stdout.take().unwrap()).await;
+    let listen = format!("127.0.0.1:{gateway}");
+    let ops_listen = format!("127.0.0.1:{ops}");
+    let (mut child, line) = serve(
+        dir.path(),
+        &["--config", "valet.toml", "--listen", &listen],
+        &[("VALET_OPS_LISTEN", &ops_listen)],
+    )
+    .await;
     assert!(
         line.contains(&format!("\"gateway\":\"127.0.0.1:{gateway}\"")),
         "{line}"
@@ -210,15 +228,10 @@ master_key = {{ aws_secret = "status-master" }}
 [control]
 backend = "redis"
 max_stale_ms = 1000
-[[vendors]]
-name = "mock"
-base_url = "{base}"
-allow_insecure_http = true
-auth = {{ scheme = "bearer" }}
-"#,
+{vendor}"#,
         redis = redis.url(),
         endpoint = moto.endpoint(),
-        base = mock.base_url()
+        vendor = support::vendor_toml("mock", &mock.base_url())
     );
     let env = [
         ("AWS_ACCESS_KEY_ID", "testing"),
@@ -283,18 +296,19 @@ auth = {{ scheme = "bearer" }}
 #[tokio::test]
 async fn log_lines_are_text_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(valet_bin())
-        .current_dir(dir.path())
-        .args(["serve", "--log-format", "text"])
-        .env("VALET_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("VALET_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("VALET_OPS_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = serving(child.stdout.take().unwrap()).await;
+    let addr = || format!("127.0.0.1:{}", free_port());
+    let (gateway, admin, ops) = (addr(), addr(), addr());
+    let env = [
+        ("VALET_LISTEN", &gateway),
+        ("VALET_ADMIN_LISTEN", &admin),
+        ("VALET_OPS_LISTEN", &ops),
+    ];
+    let (mut child, line) = serve(
+        dir.path(),
+        &["--log-format", "text"],
+        &env.map(|(k, v)| (k, v.as_str())),
+    )
+    .await;
     assert!(!line.starts_with('{'), "{line}");
     assert!(line.contains(" INFO valet: valet serving gateway="), "{line}");
     child.start_kill().unwrap();

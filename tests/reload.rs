@@ -5,15 +5,8 @@
 
 mod support;
 
-use support::{ValetProcess, admin_cli, authed, get, reason};
+use support::{ValetProcess, admin_cli, authed, get, reason, vendor_toml};
 use valet_testkit::MockVendor;
-
-fn vendor(name: &str, mock: &MockVendor) -> String {
-    format!(
-        "[[vendors]]\nname = \"{name}\"\nbase_url = \"{}\"\nallow_insecure_http = true\nallow_private_addresses = true\nauth = {{ scheme = \"bearer\" }}\n",
-        mock.base_url()
-    )
-}
 
 async fn call(valet: &ValetProcess, key: &str, vendor: &str) -> Result<u32, tonic::Status> {
     let resp = valet
@@ -43,7 +36,7 @@ async fn key_for(valet: &ValetProcess, vendor: &str) -> std::process::Output {
 #[tokio::test]
 async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file() {
     let mock = MockVendor::start().await;
-    let mut valet = ValetProcess::spawn(&vendor("mock", &mock)).await;
+    let mut valet = ValetProcess::spawn(&vendor_toml("mock", &mock.base_url())).await;
     let key = valet
         .acme_mock_caller(&valet_testkit::canary("reload"), "read")
         .await;
@@ -74,7 +67,10 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
     let telemetry = "[telemetry]\ntenant_label = false\n";
     std::fs::write(
         &valet.config,
-        format!("{original}\n{telemetry}\n{}\n{policy}", vendor("second", &mock)),
+        format!(
+            "{original}\n{telemetry}\n{}\n{policy}",
+            vendor_toml("second", &mock.base_url())
+        ),
     )
     .unwrap();
     valet.signal("HUP").await;

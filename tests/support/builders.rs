@@ -13,6 +13,14 @@ pub fn vendor(name: &str, base_url: &str, auth: AuthConfig) -> VendorConfig {
     }
 }
 
+/// The `[[vendors]]` entry (TOML) of a bearer-token vendor at a loopback
+/// `http://` base URL (a mock vendor), for a config file.
+pub fn vendor_toml(name: &str, base_url: &str) -> String {
+    format!(
+        "[[vendors]]\nname = \"{name}\"\nbase_url = \"{base_url}\"\nallow_insecure_http = true\nauth = {{ scheme = \"bearer\" }}\n"
+    )
+}
+
 pub fn bearer() -> AuthConfig {
     AuthConfig::Bearer {}
 }

@@ -209,23 +209,23 @@ impl ValetProcess {
     /// Through the CLI: stores `secret` for tenant `acme` × vendor `mock` and
     /// creates a key for them allowed `operation`; returns the key.
     pub async fn acme_mock_caller(&self, secret: &str, operation: &str) -> String {
+        self.acme_mock_caller_for(secret, &[operation]).await
+    }
+
+    /// [`ValetProcess::acme_mock_caller`] with a key allowed each of
+    /// `operations`.
+    pub async fn acme_mock_caller_for(&self, secret: &str, operations: &[&str]) -> String {
         self.admin(
             &["credential", "put", "--tenant", "acme", "--vendor", "mock"],
             &format!("{secret}\n"),
         )
         .await;
-        let create = [
-            "apikey",
-            "create",
-            "--name",
-            "caller",
-            "--tenant",
-            "acme",
-            "--vendor",
-            "mock",
-            "--operation",
-            operation,
+        let mut create = vec![
+            "apikey", "create", "--name", "caller", "--tenant", "acme", "--vendor", "mock",
         ];
+        for operation in operations {
+            create.extend(["--operation", operation]);
+        }
         self.admin(&create, "").await.trim().to_owned()
     }
 
@@ -268,13 +268,17 @@ impl ValetProcess {
 
     /// Sends `signal` (e.g. "HUP") without waiting for its effect.
     pub async fn signal(&self, signal: &str) {
+        assert!(self.kill(signal).await, "kill -{signal}");
+    }
+
+    /// `kill -SIGNAL` of the process; whether it was delivered.
+    async fn kill(&self, signal: &str) -> bool {
         let pid = self.child.id().expect("running").to_string();
-        let sent = tokio::process::Command::new("kill")
+        tokio::process::Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()
             .await
-            .expect("kill runs");
-        assert!(sent.success(), "kill -{signal} {pid}");
+            .is_ok_and(|s| s.success())
     }
 
     /// Whether the process is still running.
@@ -284,11 +288,7 @@ impl ValetProcess {
 
     /// Sends SIGTERM without waiting for the exit.
     pub async fn sigterm(&self) {
-        let pid = self.child.id().expect("running").to_string();
-        let _ = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await;
+        self.kill("TERM").await;
     }
 
     /// SIGTERM; waits for the exit and for all its output.

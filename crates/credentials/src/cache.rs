@@ -18,14 +18,19 @@
 //! asking again, so an outage costs one request per key per backoff.
 //!
 //! Missing credentials are cached too, so a caller retrying a tenant without
-//! one does not hammer the source. At most `capacity` keys are kept; the
-//! least recently used is evicted.
+//! one does not hammer the source. At most `capacity` keys are kept, in a
+//! `moka` map: the least recently used is evicted, in constant time (moka's
+//! LRU policy, not its default TinyLFU admission, which could turn away a
+//! new tenant's first entry and so cost its next call another fetch). The
+//! map holds only the entries; the refresh state machine above — version
+//! checks, stale-if-error, the budget — is this module's, as moka's own
+//! `try_get_with` single-flight knows nothing of serving a stale entry while
+//! it refreshes.
 
 use crate::key::CredentialKey;
 use crate::store::{StoreError, StoredCredential};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -112,16 +117,13 @@ struct Entry {
     state: RwLock<Option<Cached>>,
     /// The one refresh in flight for this key, if any.
     refreshing: Mutex<Option<Refresh>>,
-    /// Nanoseconds since the cache's epoch, for LRU eviction.
-    last_used: AtomicU64,
 }
 
 impl Entry {
-    fn new(state: Option<Cached>, last_used: u64) -> Self {
+    fn new(state: Option<Cached>) -> Self {
         Self {
             state: RwLock::new(state),
             refreshing: Mutex::new(None),
-            last_used: AtomicU64::new(last_used),
         }
     }
 }
@@ -141,8 +143,7 @@ struct Refresh {
 pub struct Cache {
     settings: CacheSettings,
     clock: Clock,
-    epoch: Instant,
-    entries: Mutex<HashMap<CredentialKey, Arc<Entry>>>,
+    entries: moka::sync::Cache<CredentialKey, Arc<Entry>>,
     metrics: Metrics,
     /// Lookups by how they were served, for [`Cache::stats`].
     counts: [std::sync::atomic::AtomicU64; 3],
@@ -177,12 +178,14 @@ impl Cache {
 
     /// An empty cache on `clock`.
     pub fn with_clock(settings: CacheSettings, clock: Clock) -> Self {
-        let epoch = clock();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(settings.capacity as u64)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .build();
         Self {
             settings,
             clock,
-            epoch,
-            entries: Mutex::new(HashMap::new()),
+            entries,
             metrics: Metrics::default(),
             counts: Default::default(),
         }
@@ -226,7 +229,11 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let count = |i: usize| self.counts[i].load(std::sync::atomic::Ordering::Relaxed);
         CacheStats {
-            entries: self.entries.lock().expect("lock").len() as u64,
+            entries: {
+                // Evictions are applied in batches; count after them.
+                self.entries.run_pending_tasks();
+                self.entries.entry_count()
+            },
             hits: count(0),
             misses: count(1),
             stale: count(2),
@@ -271,13 +278,13 @@ impl Cache {
             confirmed: (self.clock)(),
             retry_at: None,
         };
-        let entry = Arc::new(Entry::new(Some(cached), self.nanos()));
-        self.entries.lock().expect("lock").insert(key.clone(), entry);
+        self.entries
+            .insert(key.clone(), Arc::new(Entry::new(Some(cached))));
     }
 
     /// Forgets `key`, so the next `get` asks the source.
     pub fn invalidate(&self, key: &CredentialKey) {
-        self.entries.lock().expect("lock").remove(key);
+        self.entries.invalidate(key);
     }
 
     fn fresh(&self, entry: &Entry, now: Instant) -> Option<Option<StoredCredential>> {
@@ -392,29 +399,13 @@ impl Cache {
         Ok((old.cred, true))
     }
 
-    fn nanos(&self) -> u64 {
-        (self.clock)().saturating_duration_since(self.epoch).as_nanos() as u64
-    }
-
+    /// `key`'s entry, made empty if it has none; concurrent first lookups
+    /// get the same one (`get_with` runs one initialiser), so they share one
+    /// refresh.
     fn entry(&self, key: &CredentialKey) -> Arc<Entry> {
-        let now = self.nanos();
-        let mut entries = self.entries.lock().expect("lock");
-        if let Some(e) = entries.get(key) {
-            e.last_used.store(now, Ordering::Relaxed);
-            return e.clone();
-        }
-        if entries.len() >= self.settings.capacity {
-            let oldest = entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                entries.remove(&k);
-            }
-        }
-        let entry = Arc::new(Entry::new(None, now));
-        entries.insert(key.clone(), entry.clone());
-        entry
+        self.entries
+            .get(key)
+            .unwrap_or_else(|| self.entries.get_with(key.clone(), || Arc::new(Entry::new(None))))
     }
 }
 
@@ -671,7 +662,7 @@ mod tests {
         for t in ["a", "b", "c"] {
             cache.get(&CredentialKey::new(t, "v"), &fake).await.unwrap();
         }
-        assert_eq!(cache.entries.lock().unwrap().len(), 2);
+        assert_eq!(cache.stats().entries, 2);
     }
 
     /// The refresh in flight for `key`, to await its end.

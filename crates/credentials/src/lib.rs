@@ -18,7 +18,8 @@
 //! - [`aws`]: [`aws::AwsStore`], AWS Secrets Manager for fleets: one secret
 //!   per tenant × vendor holding the sealed record, read through [`cache`].
 //! - [`cache`]: the ciphertext cache — TTL, version check, single-flight
-//!   background refresh, stale-if-error within a refresh budget, LRU.
+//!   background refresh, stale-if-error within a refresh budget, a bounded
+//!   LRU map (moka).
 //! - [`vault`]: [`Vault`], put / delete / list, and [`Vault::lease`] — the one
 //!   function that decrypts, and only after the access was audited.
 //! - [`rotation`]: [`Rotations`] — stage, verify (a [`rotation::Verifier`]

@@ -20,15 +20,41 @@ pub struct AdminService {
     rotations: Rotations,
 }
 
-/// A rotation's check: the vendor's verify request, one attempt.
+/// A rotation's check: the vendor's verify request, one attempt. For an
+/// OAuth vendor, an access token is fetched with the new client
+/// credentials first and the verify request carries it.
 struct VerifyWith<'a> {
     app: &'a App,
-    vendor: &'a valet_egress::Vendor,
+    vendor: &'a Arc<valet_egress::Vendor>,
     request: valet_egress::ProxyRequest,
 }
 
 impl Verifier for VerifyWith<'_> {
     async fn verify(&self, secret: &Secret) -> Verdict {
+        let token;
+        let secret = match self.vendor.oauth() {
+            None => secret,
+            Some(spec) => {
+                let Ok(material) = valet_egress::GrantMaterial::parse(secret, spec.grant) else {
+                    return Verdict::Failed {
+                        reason: "SECRET_INVALID",
+                        detail: "not OAuth grant material".into(),
+                    };
+                };
+                match valet_oauth::request::token(self.vendor, &material, spec.scopes_for(false)).await {
+                    Ok(issued) => {
+                        token = issued.access;
+                        &token
+                    }
+                    Err(e) => {
+                        return Verdict::Failed {
+                            reason: "TOKEN_REQUEST_FAILED",
+                            detail: e.to_string(),
+                        };
+                    }
+                }
+            }
+        };
         // One attempt: a verify answer must come from this credential now.
         let exchange = valet_egress::Exchange {
             limits: &self.app.limits,
@@ -37,6 +63,7 @@ impl Verifier for VerifyWith<'_> {
             repeatable: false,
             metrics: &self.app.metrics,
             trace: &valet_telemetry::propagation::TraceContext::new_trace(),
+            scrub_also: &[],
         };
         match self
             .vendor
@@ -118,6 +145,7 @@ impl AdminService {
             .map_err(|why| Failure::invalid("secret", Reason::SecretInvalid, why))?;
         let (stored, replaced) = self.app.vault.put(&key, &secret).await?;
         drop(secret);
+        self.app.tokens.forget(&key);
         let event = Event::CredentialPut {
             tenant: key.tenant.clone(),
             vendor: key.vendor.clone(),
@@ -151,6 +179,18 @@ impl AdminService {
                 ),
             ));
         };
+        if vendor
+            .oauth()
+            .is_some_and(|o| o.grant == valet_egress::Grant::RefreshToken)
+        {
+            return Err(Failure::new(
+                Reason::VerifyNotConfigured,
+                format!(
+                    "vendor '{}' uses the refresh_token grant: checking new material would spend its refresh token; use PutCredential",
+                    key.vendor
+                ),
+            ));
+        }
         let secret = Secret::from(req.secret);
         vendor
             .auth()
@@ -169,6 +209,7 @@ impl AdminService {
             .rotations
             .rotate(&self.app.vault, &key, secret, &verifier, &journal)
             .await?;
+        self.app.tokens.forget(&key);
         Ok(proto::RotateCredentialResponse {
             credential: Some(credential_info(
                 &key,
@@ -219,6 +260,7 @@ impl AdminService {
         valid_name(&req.vendor).map_err(|e| Failure::invalid("vendor", Reason::VendorInvalid, e))?;
         let key = CredentialKey::new(req.tenant, req.vendor);
         let old = self.app.vault.delete(&key).await?;
+        self.app.tokens.forget(&key);
         let event = Event::CredentialDelete {
             tenant: key.tenant,
             vendor: key.vendor,

@@ -49,6 +49,8 @@ pub struct App {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Sealed credentials.
     pub vault: Vault,
+    /// OAuth vendors' access tokens, sealed ([`crate::oauth`]).
+    pub tokens: crate::oauth::AppTokens,
     /// Configured vendors (replaced by a config reload, [`crate::reload`]).
     pub registry: Arc<Vendors>,
     /// The audit log.
@@ -221,7 +223,13 @@ impl App {
         } else {
             None
         };
+        let tokens = Arc::new(valet_oauth::Tokens::new(
+            vault.clone(),
+            crate::oauth::AppGrants::new(vault.clone(), audit.clone()),
+            metrics.clone(),
+        ));
         Ok(Self {
+            tokens,
             keys,
             last_use,
             last_use_path,

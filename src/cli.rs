@@ -346,12 +346,28 @@ pub enum QuotaCommand {
     },
 }
 
+/// The grant material of an OAuth vendor, for `credential put` / `rotate`.
+#[derive(Debug, clap::Args)]
+pub struct OAuthArgs {
+    /// The tenant's OAuth client id; standard input holds its client secret.
+    #[arg(long, value_name = "ID")]
+    pub oauth_client_id: Option<String>,
+    /// Standard input also holds, on its second line, the refresh token
+    /// (for a vendor with `grant = "refresh_token"`).
+    #[arg(long, requires = "oauth_client_id")]
+    pub oauth_refresh_token: bool,
+}
+
 /// `valet admin credential …`.
 #[derive(Debug, Subcommand)]
 pub enum CredentialCommand {
     /// Store or replace a credential. The secret is read from standard input
     /// (never from arguments, which leak into shell history and `ps`); on a
     /// terminal it is prompted for without echo.
+    ///
+    /// For an OAuth vendor, give --oauth-client-id: standard input then
+    /// holds the client secret, and with --oauth-refresh-token a second
+    /// line, the refresh token the tenant's consent produced.
     Put {
         /// Owning tenant.
         #[arg(long)]
@@ -359,10 +375,17 @@ pub enum CredentialCommand {
         /// Vendor from the registry.
         #[arg(long)]
         vendor: String,
+        /// For an OAuth vendor.
+        #[command(flatten)]
+        oauth: OAuthArgs,
     },
     /// Replace a credential only after the vendor accepts it: the new secret
     /// (read like `put`) is staged, the vendor's `verify` request is made
     /// with it, and only a 2xx commits it; otherwise the current one stays.
+    ///
+    /// For an OAuth vendor (client_credentials grant), give
+    /// --oauth-client-id: standard input holds the new client secret, an
+    /// access token is fetched with it, and the verify request carries it.
     Rotate {
         /// Owning tenant.
         #[arg(long)]
@@ -370,6 +393,9 @@ pub enum CredentialCommand {
         /// Vendor from the registry (needs a `verify` request).
         #[arg(long)]
         vendor: String,
+        /// For an OAuth vendor.
+        #[command(flatten)]
+        oauth: OAuthArgs,
     },
     /// List credential metadata (never secrets).
     List {

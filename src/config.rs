@@ -694,6 +694,59 @@ pub enum AuthConfig {
         /// The query parameter, e.g. `api_key`.
         name: String,
     },
+    /// OAuth 2.0: the stored secret is the tenant's grant material, and
+    /// calls carry `Authorization: Bearer <access token>` fetched with it.
+    #[serde(rename = "oauth2")]
+    OAuth2 {
+        /// The provider's token endpoint; checked like `base_url` (https,
+        /// no private addresses unless `allow_private_addresses`).
+        token_url: String,
+        /// `client_credentials` or `refresh_token`.
+        grant: GrantConfig,
+        /// `client_secret_basic` (default) or `client_secret_post`.
+        #[serde(default)]
+        client_auth: ClientAuthConfig,
+        /// Scopes asked for by calls whose operation has none of its own.
+        #[serde(default)]
+        scopes: Vec<String>,
+        /// Scopes for READ calls (default: `scopes`).
+        #[serde(default)]
+        read_scopes: Vec<String>,
+        /// Scopes for WRITE calls (default: `scopes`).
+        #[serde(default)]
+        write_scopes: Vec<String>,
+        /// The `audience` parameter some providers want.
+        #[serde(default)]
+        audience: Option<String>,
+        /// A token is replaced this long before it expires, milliseconds.
+        #[serde(default = "default_refresh_before_ms")]
+        refresh_before_ms: u64,
+    },
+}
+
+/// How an OAuth vendor's access tokens are obtained.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantConfig {
+    /// The tenant's client id and secret.
+    ClientCredentials,
+    /// A refresh token from the tenant's consent flow.
+    RefreshToken,
+}
+
+/// How Valet authenticates to an OAuth vendor's token endpoint.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthConfig {
+    /// HTTP Basic.
+    #[default]
+    ClientSecretBasic,
+    /// In the form body.
+    ClientSecretPost,
+}
+
+fn default_refresh_before_ms() -> u64 {
+    60_000
 }
 
 /// A configuration problem; the message names the file and the key.
@@ -996,7 +1049,7 @@ impl Config {
             if v.timeout_ms == 0 {
                 return Err(invalid(format!("{}: must be greater than 0", key("timeout_ms"))));
             }
-            let auth = auth_scheme(&v.auth).map_err(|e| invalid(format!("{}: {e}", key("auth.name"))))?;
+            let auth = auth_scheme(&v.auth).map_err(|(field, e)| invalid(format!("{}: {e}", key(field))))?;
             let verify = match &v.verify {
                 None => None,
                 Some(verify) => {
@@ -1044,13 +1097,14 @@ fn verify_request(verify: &VerifyConfig) -> Result<valet_egress::VerifyRequest, 
     })
 }
 
-fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, String> {
+/// The scheme, or the field at fault (under `auth.`) and why.
+fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, (&'static str, String)> {
     Ok(match auth {
         AuthConfig::Bearer {} => AuthScheme::Bearer,
         AuthConfig::Basic {} => AuthScheme::Basic,
         AuthConfig::Header { name } => {
             let header = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("'{name}' is not a valid header name"))?;
+                .map_err(|_| ("auth.name", format!("'{name}' is not a valid header name")))?;
             let reserved = [
                 "host",
                 "content-length",
@@ -1059,7 +1113,7 @@ fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, String> {
                 "cookie",
             ];
             if reserved.contains(&header.as_str()) {
-                return Err(format!("'{name}' cannot carry a credential"));
+                return Err(("auth.name", format!("'{name}' cannot carry a credential")));
             }
             AuthScheme::Header(header)
         }
@@ -1069,11 +1123,63 @@ fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, String> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
             if !ok {
-                return Err(format!("'{name}' must be letters, digits, '_', '-' or '.'"));
+                return Err((
+                    "auth.name",
+                    format!("'{name}' must be letters, digits, '_', '-' or '.'"),
+                ));
             }
             AuthScheme::Query(name.clone())
         }
+        AuthConfig::OAuth2 {
+            token_url,
+            grant,
+            client_auth,
+            scopes,
+            read_scopes,
+            write_scopes,
+            audience,
+            refresh_before_ms,
+        } => {
+            for (field, list) in [
+                ("auth.scopes", scopes),
+                ("auth.read_scopes", read_scopes),
+                ("auth.write_scopes", write_scopes),
+            ] {
+                if let Some(bad) = list.iter().find(|s| !valid_scope(s)) {
+                    return Err((
+                        field,
+                        format!(
+                            "'{bad}' is not a scope token (printable ASCII, no spaces, quotes or backslashes)"
+                        ),
+                    ));
+                }
+            }
+            AuthScheme::OAuth2(std::sync::Arc::new(valet_egress::OAuthSpec {
+                token_url: token_url.clone(),
+                grant: match grant {
+                    GrantConfig::ClientCredentials => valet_egress::Grant::ClientCredentials,
+                    GrantConfig::RefreshToken => valet_egress::Grant::RefreshToken,
+                },
+                client_auth: match client_auth {
+                    ClientAuthConfig::ClientSecretBasic => valet_egress::ClientAuth::ClientSecretBasic,
+                    ClientAuthConfig::ClientSecretPost => valet_egress::ClientAuth::ClientSecretPost,
+                },
+                scopes: scopes.clone(),
+                read_scopes: read_scopes.clone(),
+                write_scopes: write_scopes.clone(),
+                audience: audience.clone(),
+                refresh_before: Duration::from_millis(*refresh_before_ms),
+            }))
+        }
     })
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+fn valid_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 fn invalid(message: String) -> ConfigError {
@@ -1148,6 +1254,26 @@ mod tests {
             (
                 "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"bearer\", extra = 1 }\n",
                 "extra",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"oauth2\", token_url = \"https://169.254.169.254/token\", grant = \"client_credentials\" }\n",
+                "vendors[0].auth.token_url: is a link-local address",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"oauth2\", token_url = \"http://login.example/token\", grant = \"client_credentials\" }\n",
+                "vendors[0].auth.token_url: must use https",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"oauth2\", token_url = \"https://login.example/token\", grant = \"client_credentials\", read_scopes = [\"a b\"] }\n",
+                "vendors[0].auth.read_scopes: 'a b' is not a scope token",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"oauth2\", token_url = \"https://login.example/token\", grant = \"password\" }\n",
+                "unknown variant `password`",
+            ),
+            (
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"oauth2\", token_url = \"https://login.example/token\", grant = \"client_credentials\", client_auth = \"private_key_jwt\" }\n",
+                "unknown variant `private_key_jwt`",
             ),
             ("[limits]\nmax_header_count = 0\n", "limits.max_header_count"),
             ("[secrets]\nbackend = \"aws\"\n", "secrets.region"),

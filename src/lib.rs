@@ -12,8 +12,9 @@
 //!   [`validate`](call::validate), [`authorize`](call::authorize),
 //!   [`idempotency`](call::idempotency) (claim the key or replay the stored
 //!   answer), [`quota`](call::quota), [`forward`](call::forward) (the
-//!   exchange: [`lease`](call::lease), send through egress, push-back, and
-//!   after a vendor 401 [`refresh`](call::refresh) and retry once), and
+//!   exchange: [`lease`](call::lease), for an OAuth vendor the access token
+//!   ([`oauth`]), send through egress, push-back, and after a vendor 401
+//!   [`refresh`](call::refresh) and retry once), and
 //!   [`record`](call::record) (span attributes, metrics, the log line of the
 //!   finished call).
 //! - [`source`]: the caller's source address — the TCP peer, or behind
@@ -25,6 +26,9 @@
 //!   keys, quota policies, tenants: the kill switch and offboarding).
 //! - [`sweeper`]: removes what an offboarding retained, after its date.
 //! - [`reminder`]: counts credentials due for rotation.
+//! - [`oauth`]: OAuth 2.0 vendors — the vault and audit log behind
+//!   [`valet_oauth::Tokens`], and the access token a call sends in place of
+//!   the grant material it leased.
 //! - [`reload`]: SIGHUP — the config file read again; vendors and default
 //!   quota policies replaced while calls go on.
 //! - [`status`]: [`Reason`](status::Reason), every stable reason with its
@@ -69,6 +73,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod gateway;
+pub mod oauth;
 pub mod ops;
 pub mod proto;
 pub mod readiness;

@@ -1,4 +1,5 @@
-//! Step 6: the exchange with the vendor — lease the credential, send,
+//! Step 6: the exchange with the vendor — lease the credential (for an
+//! OAuth vendor, the grant material, swapped for an access token), send,
 //! note the vendor's push-back, and on a 401 refresh and retry once — and
 //! the scrubbed answer. Every part runs under the caller's deadline, and
 //! ends the moment the tenant (or this integration) is disabled: the vendor
@@ -7,6 +8,7 @@
 use super::validate::ValidCall;
 use super::{Call, lease, quota, refresh};
 use crate::app::App;
+use crate::oauth::Bearer;
 use crate::status::Failure;
 use valet_access::{Caller, Operation};
 use valet_audit::Written;
@@ -67,21 +69,18 @@ async fn exchange(
         attempts,
         reached,
     };
-    let leased = lease::credential(app, caller, req, &call.request_id);
-    let lease = match call.within("fetching the credential", leased).await {
-        Ok(leased) => {
-            *unsynced = leased.unsynced;
-            leased.lease
-        }
+    let (lease, bearer) = match credential(app, call, caller, req, unsynced).await {
+        Ok(both) => both,
         Err(f) => return failed(f, 0, Reached::No),
     };
-    let first = send(app, call, req, &lease).await;
+    let first = send(app, call, req, &lease, bearer.as_ref()).await;
     let (attempts, reached) = (first.attempts, first.reached);
     let answer = match first.result {
         Ok(answer) => answer,
         Err(f) => return failed(f, attempts, reached),
     };
     let used = lease.fingerprint().clone();
+    let used_token = bearer.map(|b| (b.token.fingerprint, b.token.scopes));
     drop(lease);
     // The answer is in hand: past the deadline these stop waiting, and the
     // answer stands.
@@ -90,29 +89,37 @@ async fn exchange(
         Ok(())
     };
     let _ = call.within("noting the vendor's push-back", pushback).await;
-    let rotated = async { Ok(refresh::changed(app, caller, req, &used, &call.request_id).await) };
-    if answer.status != 401
-        || !call
-            .within("checking for a rotated credential", rotated)
-            .await
-            .unwrap_or(false)
-    {
-        return Sent {
-            result: Ok(answer),
-            attempts,
-            reached,
-        };
+    let answered = |answer| Sent {
+        result: Ok(answer),
+        attempts,
+        reached,
+    };
+    if answer.status != 401 {
+        return answered(answer);
     }
-    let leased = lease::credential(app, caller, req, &call.request_id);
-    let lease = match call.within("fetching the credential", leased).await {
-        Ok(leased) => {
-            // A later entry is durable only after every earlier one.
-            *unsynced = leased.unsynced;
-            leased.lease
+    match &used_token {
+        // An OAuth vendor refused the access token: it is dropped (if no
+        // other call has replaced it already) and a new one fetched below.
+        Some((token, scopes)) => app.tokens.reject(&req.key, scopes, token),
+        None => {
+            let rotated = async { Ok(refresh::changed(app, caller, req, &used, &call.request_id).await) };
+            let rotated = call.within("checking for a rotated credential", rotated).await;
+            if !rotated.unwrap_or(false) {
+                return answered(answer);
+            }
         }
+    }
+    // A later entry is durable only after every earlier one.
+    let (lease, bearer) = match credential(app, call, caller, req, unsynced).await {
+        Ok(both) => both,
         Err(f) => return failed(f, attempts, reached),
     };
-    let retry = send(app, call, req, &lease).await;
+    let same_token =
+        matches!((&used_token, &bearer), (Some((old, _)), Some(new)) if *old == new.token.fingerprint);
+    if same_token {
+        return answered(answer);
+    }
+    let retry = send(app, call, req, &lease, bearer.as_ref()).await;
     // The vendor refused the first request (401): only the retry may have
     // been acted on.
     Sent {
@@ -121,11 +128,38 @@ async fn exchange(
     }
 }
 
+/// The call's credential, leased (audited first), and for an OAuth vendor
+/// the access token it stands for; `unsynced` receives the lease's audit
+/// entry if the answer must wait for it.
+async fn credential(
+    app: &App,
+    call: &Call,
+    caller: &Caller,
+    req: &ValidCall,
+    unsynced: &mut Option<Written>,
+) -> Result<(Lease, Option<Bearer>), Failure> {
+    let leased = lease::credential(app, caller, req, &call.request_id);
+    let leased = call.within("fetching the credential", leased).await?;
+    *unsynced = leased.unsynced;
+    let bearer = crate::oauth::bearer(app, req, &leased.lease);
+    let bearer = call.within("fetching the OAuth access token", bearer).await?;
+    Ok((leased.lease, bearer))
+}
+
 /// Sends the call with the leased credential. It may be retried only when
 /// repeating it is harmless: a READ, or a WRITE carrying our idempotency
 /// key in the header the vendor dedupes by. Egress says how many attempts
 /// were made and whether any may have reached the vendor.
-pub async fn send(app: &App, this: &Call, call: &ValidCall, lease: &Lease) -> Sent<Failure> {
+///
+/// For an OAuth vendor the access token in `bearer` is sent instead of the
+/// leased grant material, and the answer is scrubbed of both.
+pub async fn send(
+    app: &App,
+    this: &Call,
+    call: &ValidCall,
+    lease: &Lease,
+    bearer: Option<&Bearer>,
+) -> Sent<Failure> {
     let exchange = Exchange {
         limits: &app.limits,
         answers: &app.answers,
@@ -133,11 +167,10 @@ pub async fn send(app: &App, this: &Call, call: &ValidCall, lease: &Lease) -> Se
         repeatable: repeatable(call),
         metrics: &app.metrics,
         trace: &this.trace,
+        scrub_also: bearer.map_or(&[][..], |b| &b.scrub_also[..]),
     };
-    let sent = call
-        .vendor
-        .send(call.request.clone(), lease.secret(), &exchange)
-        .await;
+    let secret = bearer.map_or(lease.secret(), |b| &b.token.secret);
+    let sent = call.vendor.send(call.request.clone(), secret, &exchange).await;
     sent.map_err(|e| {
         tracing::warn!(
             vendor = call.key.vendor,

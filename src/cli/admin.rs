@@ -206,8 +206,12 @@ async fn connect(args: &Connection) -> Result<Client, String> {
 
 async fn credential(client: &mut Client, cmd: CredentialCommand) -> Result<(), String> {
     match cmd {
-        CredentialCommand::Put { tenant, vendor } => {
-            let secret = read_secret()?;
+        CredentialCommand::Put {
+            tenant,
+            vendor,
+            oauth,
+        } => {
+            let secret = read_credential(&oauth)?;
             let info = client
                 .put_credential(proto::PutCredentialRequest {
                     tenant,
@@ -225,8 +229,12 @@ async fn credential(client: &mut Client, cmd: CredentialCommand) -> Result<(), S
                 last4_note(&info.last4)
             );
         }
-        CredentialCommand::Rotate { tenant, vendor } => {
-            let secret = read_secret()?;
+        CredentialCommand::Rotate {
+            tenant,
+            vendor,
+            oauth,
+        } => {
+            let secret = read_credential(&oauth)?;
             let rotated = client
                 .rotate_credential(proto::RotateCredentialRequest {
                     tenant,
@@ -504,6 +512,55 @@ fn parse_rate(text: &str) -> Result<(u32, proto::RatePeriod), String> {
         _ => return Err(bad()),
     };
     Ok((count, period))
+}
+
+/// The credential to store: the secret as read, or for an OAuth vendor the
+/// grant material built from the client id and the secrets read.
+fn read_credential(oauth: &crate::cli::OAuthArgs) -> Result<Zeroizing<String>, String> {
+    let Some(client_id) = &oauth.oauth_client_id else {
+        return read_secret();
+    };
+    let (client_secret, refresh_token) = if std::io::stdin().is_terminal() {
+        let prompt = |what: &str| {
+            rpassword::prompt_password(format!("{what} (not echoed): "))
+                .map(Zeroizing::new)
+                .map_err(|e| format!("cannot read the {what}: {e}"))
+        };
+        let secret = prompt("client secret")?;
+        let refresh = oauth
+            .oauth_refresh_token
+            .then(|| prompt("refresh token"))
+            .transpose()?;
+        (secret, refresh)
+    } else {
+        let all = read_secret()?;
+        let mut lines = all.lines();
+        let secret = Zeroizing::new(lines.next().unwrap_or_default().to_owned());
+        let refresh = match (oauth.oauth_refresh_token, lines.next()) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err("standard input holds more than the client secret; give --oauth-refresh-token if the second line is a refresh token".into());
+            }
+            (true, Some(token)) if !token.is_empty() => Some(Zeroizing::new(token.to_owned())),
+            (true, _) => return Err(
+                "--oauth-refresh-token: the refresh token is missing from the second line of standard input"
+                    .into(),
+            ),
+        };
+        (secret, refresh)
+    };
+    if client_secret.is_empty() {
+        return Err("the client secret is empty".into());
+    }
+    let material = valet_egress::GrantMaterial {
+        client_id: client_id.clone(),
+        client_secret: client_secret.to_string(),
+        refresh_token: refresh_token.map(|t| t.to_string()),
+    };
+    let secret = material.to_secret();
+    Ok(Zeroizing::new(
+        String::from_utf8_lossy(secret.expose()).into_owned(),
+    ))
 }
 
 /// Reads the secret: prompted without echo on a terminal, else all of stdin

@@ -110,6 +110,13 @@ pub struct Exited {
     _dir: TempDir,
 }
 
+impl Exited {
+    /// Its state dir, as it left it.
+    pub fn state_dir(&self) -> PathBuf {
+        self._dir.path().join("state")
+    }
+}
+
 impl ValetProcess {
     /// Starts `valet serve` with `[server]`, `[state]` and then `body` as its
     /// config, and waits for it to serve. A `body` that begins with

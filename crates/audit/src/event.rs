@@ -61,6 +61,31 @@ pub enum Event {
         /// The call's request id.
         request_id: String,
     },
+    /// An OAuth vendor's token endpoint was asked for an access token with
+    /// the tenant's grant material (seed 002: provider, old token expiry,
+    /// new token issued). Tokens by fingerprint only.
+    OauthToken {
+        /// Owning tenant.
+        tenant: String,
+        /// The OAuth vendor.
+        vendor: String,
+        /// `client_credentials` or `refresh_token`.
+        grant: String,
+        /// The scope set asked for, space-separated.
+        scopes: String,
+        /// The token replaced, if one was held.
+        old_fingerprint: Option<String>,
+        /// Its lifetime, seconds.
+        old_lifetime_s: Option<u64>,
+        /// The token issued, on success.
+        new_fingerprint: Option<String>,
+        /// Its lifetime, seconds.
+        new_lifetime_s: Option<u64>,
+        /// Whether the provider rotated the refresh token.
+        rotated: bool,
+        /// `issued`, `reauth_required`, `refused`, `busy` or `unavailable`.
+        outcome: String,
+    },
     /// A quota policy was set or replaced.
     QuotaPolicyPut {
         /// The policy's id.
@@ -197,6 +222,7 @@ impl Event {
             Event::CredentialPut { .. } => "credential_put",
             Event::CredentialRotate { .. } => "credential_rotate",
             Event::CredentialRefresh { .. } => "credential_refresh",
+            Event::OauthToken { .. } => "oauth_token",
             Event::QuotaPolicyPut { .. } => "quota_policy_put",
             Event::QuotaPolicyDelete { .. } => "quota_policy_delete",
             Event::IdempotencyPurge { .. } => "idempotency_purge",

@@ -14,6 +14,9 @@
 //! - [`attempt`]: one outbound request — join and re-check the URL, inject
 //!   the credential and the trace context, send without following redirects
 //!   under a client span, bound time and size.
+//! - [`token`]: an OAuth vendor's [`OAuthSpec`], the [`GrantMaterial`]
+//!   stored for a tenant, and its [`TokenEndpoint`], reached through the
+//!   same guarded client as the vendor.
 //! - [`scrub`]: [`Scrubber`] — removes the credential in every documented
 //!   form (raw, Base64 at any alignment, hex, percent and JSON escapes), one
 //!   automaton built per call, and applies it to an answer's headers and
@@ -38,6 +41,7 @@ pub mod resolve;
 pub mod retry;
 pub mod scrub;
 pub mod send;
+pub mod token;
 pub mod vendor;
 
 pub use answers::{AnswerBudget, Reservation};
@@ -46,6 +50,7 @@ pub use path::{PathError, RelativePath};
 pub use request::{Limits, RequestError};
 pub use retry::RetryPolicy;
 pub use scrub::Scrubber;
+pub use token::{ClientAuth, Grant, GrantMaterial, OAuthSpec, TokenEndpoint, TokenEndpointError};
 pub use vendor::{AuthScheme, Vendor, VendorError, VendorSpec, VerifyRequest};
 
 use bytes::Bytes;
@@ -54,6 +59,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use valet_credentials::Secret;
 use valet_telemetry::Metrics;
 
 /// The configured vendors, by name.
@@ -313,6 +319,9 @@ pub struct Exchange<'a> {
     /// The call's trace context, for `traceparent` when no tracer records
     /// the attempt's span.
     pub trace: &'a valet_telemetry::propagation::TraceContext,
+    /// Secrets the answer is scrubbed of besides the one injected: an OAuth
+    /// vendor's client secret and refresh token.
+    pub scrub_also: &'a [Secret],
 }
 
 /// Whether anything left Valet for the vendor — what an idempotency key's

@@ -95,11 +95,19 @@ struct Needle {
 impl Scrubber {
     /// The forms of `secret`; `basic` adds the password of `user:password`.
     pub fn new(secret: &Secret, basic: bool) -> Self {
+        Self::with_others(secret, basic, &[])
+    }
+
+    /// A scrubber for `secret` and for each of `others` (secrets the
+    /// answer must not echo though they were not injected, such as an OAuth
+    /// client secret), in every form.
+    pub fn with_others(secret: &Secret, basic: bool, others: &[Secret]) -> Self {
         let raw = secret.expose();
         let mut bases: Vec<&[u8]> = vec![raw];
         if basic && let Some(i) = raw.iter().position(|b| *b == b':') {
             bases.push(&raw[i + 1..]);
         }
+        bases.extend(others.iter().map(Secret::expose));
         let mut exact: Vec<(Zeroizing<Vec<u8>>, Needle)> = Vec::new();
         let mut hex: Vec<(Zeroizing<Vec<u8>>, Needle)> = Vec::new();
         let add = |list: &mut Vec<(Zeroizing<Vec<u8>>, Needle)>, form: Zeroizing<Vec<u8>>, before, after| {

@@ -58,7 +58,7 @@ impl Tally {
 pub(crate) async fn send(vendor: &Vendor, req: ProxyRequest, secret: &Secret, x: &Exchange<'_>) -> Sent {
     vendor.budget.deposit();
     // Built once for the call: every attempt's answer is scrubbed with it.
-    let scrubber = Scrubber::new(secret, matches!(vendor.auth(), AuthScheme::Basic));
+    let scrubber = Scrubber::with_others(secret, matches!(vendor.auth(), AuthScheme::Basic), x.scrub_also);
     let mut tally = Tally {
         attempts: 0,
         reached: Reached::No,
@@ -215,6 +215,7 @@ mod tests {
             repeatable: true,
             metrics: &metrics,
             trace: &valet_telemetry::propagation::TraceContext::new_trace(),
+            scrub_also: &[],
         };
         vendor.send(req, &Secret::from("s3cret".to_owned()), &x).await
     }

@@ -37,6 +37,11 @@ pub enum AuthScheme {
     Basic,
     /// `?<name>=<secret>` appended to the query.
     Query(String),
+    /// OAuth 2.0: the stored secret is the grant material (client id and
+    /// secret, and a refresh token), exchanged at the vendor's token
+    /// endpoint for short-lived access tokens (see `valet-oauth`); the
+    /// access token is sent as `Authorization: Bearer <token>`.
+    OAuth2(Arc<crate::token::OAuthSpec>),
 }
 
 impl AuthScheme {
@@ -46,6 +51,7 @@ impl AuthScheme {
             AuthScheme::Basic if !secret.expose().contains(&b':') => {
                 Err("for basic auth must be 'user:password'")
             }
+            AuthScheme::OAuth2(oauth) => crate::token::GrantMaterial::parse(secret, oauth.grant).map(drop),
             _ => Ok(()),
         }
     }
@@ -113,6 +119,9 @@ pub enum VendorError {
     /// The base URL is malformed or not allowed.
     #[error("base_url: {0}")]
     BaseUrl(String),
+    /// An OAuth vendor's token URL is malformed or not allowed.
+    #[error("auth.token_url: {0}")]
+    TokenUrl(String),
     /// A `resolve_to` address is one the vendor may not be reached at.
     #[error(
         "resolve_to: {addr} is {} address; set allow_private_addresses = true if this vendor really lives there",
@@ -155,6 +164,8 @@ pub struct Vendor {
     pub(crate) breaker: Breaker,
     pub(crate) budget: RetryBudget,
     pub(crate) slots: Arc<Semaphore>,
+    /// The token endpoint, for an OAuth 2.0 vendor.
+    pub(crate) token: Option<crate::token::TokenEndpoint>,
 }
 
 impl std::fmt::Debug for Vendor {
@@ -207,23 +218,11 @@ impl Vendor {
             ));
         }
         let tls = tls_config(spec.ca_file.as_ref())?;
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
-            policy,
-            pinned: spec.resolve_to.clone().into(),
-        });
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(spec.timeout));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let connector = if spec.allow_insecure_http {
-            builder.https_or_http().enable_all_versions().wrap_connector(http)
-        } else {
-            builder.https_only().enable_all_versions().wrap_connector(http)
+        let client = guarded_client(&spec, policy, tls.clone(), spec.max_concurrent_requests);
+        let token = match &spec.auth {
+            AuthScheme::OAuth2(oauth) => Some(token_endpoint(&spec, oauth, policy, tls)?),
+            _ => None,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(spec.max_concurrent_requests)
-            .build(connector);
         Ok(Self {
             breaker: Breaker::new(spec.breaker.clone()),
             budget: RetryBudget::new(&spec.retry),
@@ -231,7 +230,21 @@ impl Vendor {
             spec,
             origin,
             client,
+            token,
         })
+    }
+
+    /// The vendor's OAuth 2.0 settings, if it uses OAuth.
+    pub fn oauth(&self) -> Option<&crate::token::OAuthSpec> {
+        match &self.spec.auth {
+            AuthScheme::OAuth2(oauth) => Some(oauth),
+            _ => None,
+        }
+    }
+
+    /// The vendor's token endpoint, if it uses OAuth.
+    pub fn token_endpoint(&self) -> Option<&crate::token::TokenEndpoint> {
+        self.token.as_ref()
     }
 
     /// Sends `req` with `secret` injected, retrying when it is safe and
@@ -335,7 +348,7 @@ impl Vendor {
     pub(crate) fn inject_header(&self, headers: &mut HeaderMap, secret: &Secret) {
         let value = match &self.spec.auth {
             AuthScheme::Query(_) => return,
-            AuthScheme::Bearer => {
+            AuthScheme::Bearer | AuthScheme::OAuth2(_) => {
                 let mut v = Zeroizing::new(b"Bearer ".to_vec());
                 v.extend_from_slice(secret.expose());
                 (AUTHORIZATION, v)
@@ -393,6 +406,70 @@ fn param_key(name: &str) -> Vec<u8> {
     } else {
         key
     }
+}
+
+/// A pooled client that reaches only addresses `policy` allows, over
+/// `tls` (or plain HTTP to loopback when the vendor allows it).
+fn guarded_client(
+    spec: &VendorSpec,
+    policy: AddressPolicy,
+    tls: rustls::ClientConfig,
+    idle_per_host: usize,
+) -> Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>> {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        policy,
+        pinned: spec.resolve_to.clone().into(),
+    });
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(spec.timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let connector = if spec.allow_insecure_http {
+        builder.https_or_http().enable_all_versions().wrap_connector(http)
+    } else {
+        builder.https_only().enable_all_versions().wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(idle_per_host)
+        .build(connector)
+}
+
+/// The token endpoint of an OAuth vendor: `token_url` passes the checks a
+/// base URL does, and is reached through the same guarded client.
+fn token_endpoint(
+    spec: &VendorSpec,
+    oauth: &crate::token::OAuthSpec,
+    policy: AddressPolicy,
+    tls: rustls::ClientConfig,
+) -> Result<crate::token::TokenEndpoint, VendorError> {
+    let token_url = |e: VendorError| match e {
+        VendorError::BaseUrl(why) => VendorError::TokenUrl(why),
+        other => other,
+    };
+    let origin = parse_base_url(&oauth.token_url, spec.allow_insecure_http).map_err(token_url)?;
+    let host = origin
+        .authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if let Some(class) = host.parse().ok().and_then(|ip| policy.refuses(ip)) {
+        return Err(VendorError::TokenUrl(format!(
+            "is {} address; set allow_private_addresses = true if the provider really lives there",
+            crate::resolve::with_article(class)
+        )));
+    }
+    let url: Uri = oauth
+        .token_url
+        .parse()
+        .map_err(|_| VendorError::TokenUrl("is not a valid URL".into()))?;
+    let client = guarded_client(spec, policy, tls, 4);
+    Ok(crate::token::TokenEndpoint::new(
+        &spec.name,
+        url,
+        spec.timeout,
+        client,
+    ))
 }
 
 fn parse_base_url(raw: &str, allow_http: bool) -> Result<Origin, VendorError> {

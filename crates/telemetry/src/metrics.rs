@@ -25,6 +25,8 @@
 //! | `valet_credential_cache_lookups_total` | result (`hit`, `miss`, `stale`) |
 //! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |
 //! | `valet_audit_write_failures_total` | |
+//! | `valet_oauth_token_requests_total` | vendor, outcome (`issued`, `reauth_required`, `refused`, `busy`, `unavailable`) |
+//! | `valet_oauth_refresh_tokens_unstored` | |
 //! | `valet_ready` | |
 //! | `valet_secrets_manager_degraded` | |
 //!
@@ -110,6 +112,8 @@ struct Inner {
     cache: Counter<u64>,
     secrets_manager: Histogram<f64>,
     audit_failures: Counter<u64>,
+    oauth_token_requests: Counter<u64>,
+    oauth_unstored: UpDownCounter<i64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,6 +214,14 @@ impl Metrics {
                 "valet.audit.write_failures",
                 "Audit entries that could not be made durable",
             ),
+            oauth_token_requests: counter(
+                "valet.oauth.token_requests",
+                "Requests to OAuth vendors' token endpoints, by outcome",
+            ),
+            oauth_unstored: meter
+                .i64_up_down_counter("valet.oauth.refresh_tokens_unstored")
+                .with_description("Rotated OAuth refresh tokens held in memory because the credential store could not take them")
+                .build(),
             tenants: Tenants::new(tenants),
             pull,
             meter,
@@ -348,6 +360,24 @@ impl Metrics {
                 KeyValue::new("outcome", if ok { "ok" } else { "error" }),
             ],
         );
+    }
+
+    /// Counts one token endpoint request: `issued`, `reauth_required`,
+    /// `refused`, `busy` or `unavailable`.
+    pub fn oauth_token_request(&self, vendor: &str, outcome: &'static str) {
+        self.inner.oauth_token_requests.add(
+            1,
+            &[
+                KeyValue::new("vendor", vendor.to_owned()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+
+    /// A rotated refresh token is now held unstored (`1`) or was stored
+    /// after all (`-1`).
+    pub fn oauth_refresh_token_unstored(&self, delta: i64) {
+        self.inner.oauth_unstored.add(delta, &[]);
     }
 
     /// Counts an audit entry that could not be written.

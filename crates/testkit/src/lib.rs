@@ -14,6 +14,10 @@
 //!   alignment, hex, and each through percent and JSON-escape decoding).
 //! - [`moto`]: [`Moto`], the Secrets Manager emulator (moto's server mode)
 //!   on a free port.
+//! - [`oauth_provider`]: [`MockOAuth`], an OAuth 2.0 token endpoint
+//!   (client credentials, rotating refresh tokens whose reuse revokes the
+//!   family, Basic or form client auth, faults) and the API its tokens
+//!   open, counting every request.
 //! - [`redis_server`]: [`RedisServer`], a private `redis-server` on a free
 //!   port that a test can kill and restart.
 //! - [`counting_proxy`]: [`CountingProxy`], counts Secrets Manager requests
@@ -27,6 +31,7 @@ pub mod counting_proxy;
 pub mod leak;
 pub mod mock_vendor;
 pub mod moto;
+pub mod oauth_provider;
 pub mod otlp;
 pub mod redis_server;
 pub mod tls;
@@ -34,6 +39,7 @@ pub mod tls;
 pub use counting_proxy::CountingProxy;
 pub use mock_vendor::{MockVendor, Recorded, Scripted};
 pub use moto::Moto;
+pub use oauth_provider::MockOAuth;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use redis_server::RedisServer;
 pub use tls::TestCa;

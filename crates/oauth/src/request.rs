@@ -1,0 +1,221 @@
+//! One token request: the grant material in, an access token (and perhaps a
+//! rotated refresh token) out, or why not.
+//!
+//! The `oauth2` crate builds the request (form encoding, client
+//! authentication as `client_secret_basic` or `client_secret_post`) and
+//! reads the answer (RFC 6749 §5.1 and §5.2); it has no HTTP client of its
+//! own here: the request leaves through the vendor's
+//! [`TokenEndpoint`](valet_egress::TokenEndpoint), so the token URL is held
+//! to the same address, TLS and timeout rules as the vendor. `oauth2` keeps
+//! the client secret in a plain `String` while it builds the request; that
+//! copy lives only for the request's duration.
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, Scope, TokenResponse as _, TokenUrl,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use valet_credentials::Secret;
+use valet_egress::{ClientAuth, Grant, GrantMaterial, TokenEndpointError, Vendor};
+
+/// A token endpoint's answer when it gives no `expires_in`: the token is
+/// treated as good for this long.
+const UNSTATED_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Longest `Retry-After` honoured from a token endpoint.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// What the token endpoint issued.
+pub struct Issued {
+    /// The access token.
+    pub access: Secret,
+    /// How long it is good for.
+    pub lifetime: Duration,
+    /// A new refresh token, when the provider rotated it.
+    pub refresh: Option<Secret>,
+}
+
+/// Why no token was issued.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    /// The provider refused the grant: `invalid_grant` (the refresh token
+    /// is revoked, expired or was already used) or `invalid_client` /
+    /// `unauthorized_client` (the client secret changed or was revoked).
+    /// Asking again with the same material cannot succeed.
+    #[error("the token endpoint refused the grant ({0}); the tenant must authorize again")]
+    Reauth(String),
+    /// The provider refused the request for another stated reason (an
+    /// `invalid_scope`, an unsupported grant type): a configuration problem.
+    #[error("the token endpoint refused the request ({0})")]
+    Refused(String),
+    /// Throttled or failing (429, 5xx), with how long it asked us to wait.
+    #[error("the token endpoint answered {status}")]
+    Busy {
+        /// The HTTP status.
+        status: u16,
+        /// Its `Retry-After`, capped at [`MAX_RETRY_AFTER`].
+        retry_after: Option<Duration>,
+    },
+    /// Unreachable, timed out, or an answer that is not a token response.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl RequestError {
+    /// A stable name for metrics and the audit log.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            RequestError::Reauth(_) => "reauth_required",
+            RequestError::Refused(_) => "refused",
+            RequestError::Busy { .. } => "busy",
+            RequestError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// The HTTP client `oauth2` is given: the vendor's token endpoint, with
+/// 429 and 5xx turned into errors that keep their status and
+/// `Retry-After` (oauth2 would only see an unparseable body).
+#[derive(Debug, thiserror::Error)]
+enum Transport {
+    #[error(transparent)]
+    Endpoint(#[from] TokenEndpointError),
+    #[error("answered {status}")]
+    Busy {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// `oauth2`'s HTTP client: the vendor's token endpoint. A type with a
+/// named, `Send` future rather than a closure, whose future the compiler
+/// cannot prove `Send` for every lifetime when the fetch is spawned.
+struct Http {
+    vendor: Arc<Vendor>,
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Http {
+    type Error = Transport;
+    type Future = Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, Transport>> + Send + 'c>>;
+
+    fn call(&'c self, req: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let endpoint = self.vendor.token_endpoint().expect("an OAuth vendor");
+            let resp = endpoint.post(req).await?;
+            let status = resp.status().as_u16();
+            if status == 429 || status >= 500 {
+                return Err(Transport::Busy {
+                    status,
+                    retry_after: retry_after(resp.headers()),
+                });
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// Asks `vendor`'s token endpoint for an access token with `scopes`, by its
+/// grant, authenticated with `material`.
+///
+/// Boxed, so that the future is known to be `Send` where it is made (the
+/// closure `oauth2` is given would otherwise defeat the compiler's proof
+/// when the fetch is spawned).
+pub fn token<'a>(
+    vendor: &'a Arc<Vendor>,
+    material: &'a GrantMaterial,
+    scopes: &'a [String],
+) -> Pin<Box<dyn Future<Output = Result<Issued, RequestError>> + Send + 'a>> {
+    Box::pin(exchange(vendor, material, scopes))
+}
+
+async fn exchange(
+    vendor: &Arc<Vendor>,
+    material: &GrantMaterial,
+    scopes: &[String],
+) -> Result<Issued, RequestError> {
+    let (Some(spec), Some(endpoint)) = (vendor.oauth(), vendor.token_endpoint()) else {
+        return Err(RequestError::Unavailable("not an OAuth vendor".into()));
+    };
+    let url = TokenUrl::new(endpoint.url().to_string())
+        .map_err(|_| RequestError::Unavailable("the token URL does not parse".into()))?;
+    let client = BasicClient::new(ClientId::new(material.client_id.clone()))
+        .set_client_secret(ClientSecret::new(material.client_secret.clone()))
+        .set_auth_type(match spec.client_auth {
+            ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
+            ClientAuth::ClientSecretPost => AuthType::RequestBody,
+        })
+        .set_token_uri(url);
+    let http = Http {
+        vendor: vendor.clone(),
+    };
+    let scopes = scopes.iter().map(|s| Scope::new(s.clone()));
+    let answer = match spec.grant {
+        Grant::ClientCredentials => {
+            let mut req = client.exchange_client_credentials().add_scopes(scopes);
+            if let Some(audience) = &spec.audience {
+                req = req.add_extra_param("audience", audience.clone());
+            }
+            req.request_async(&http).await
+        }
+        Grant::RefreshToken => {
+            let Some(refresh) = material.refresh_token.clone() else {
+                return Err(RequestError::Reauth("no refresh token is stored".into()));
+            };
+            let refresh = RefreshToken::new(refresh);
+            let mut req = client.exchange_refresh_token(&refresh).add_scopes(scopes);
+            if let Some(audience) = &spec.audience {
+                req = req.add_extra_param("audience", audience.clone());
+            }
+            req.request_async(&http).await
+        }
+    };
+    match answer {
+        Ok(answer) => Ok(Issued {
+            access: Secret::new(answer.access_token().secret().as_bytes().to_vec()),
+            lifetime: answer.expires_in().unwrap_or(UNSTATED_LIFETIME),
+            refresh: answer
+                .refresh_token()
+                .map(|r| Secret::new(r.secret().as_bytes().to_vec())),
+        }),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+fn classify(e: RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>) -> RequestError {
+    match e {
+        RequestTokenError::ServerResponse(answer) => {
+            let code = answer.error().as_ref().to_owned();
+            match answer.error() {
+                BasicErrorResponseType::InvalidGrant
+                | BasicErrorResponseType::InvalidClient
+                | BasicErrorResponseType::UnauthorizedClient => RequestError::Reauth(code),
+                _ => RequestError::Refused(code),
+            }
+        }
+        RequestTokenError::Request(Transport::Busy { status, retry_after }) => {
+            RequestError::Busy { status, retry_after }
+        }
+        RequestTokenError::Request(Transport::Endpoint(e)) => RequestError::Unavailable(e.to_string()),
+        // Never the body: a malformed answer might still hold a token.
+        RequestTokenError::Parse(..) => {
+            RequestError::Unavailable("the token endpoint's answer is not a token response".into())
+        }
+        RequestTokenError::Other(what) => RequestError::Unavailable(format!("token endpoint: {what}")),
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from token
+/// endpoints and treated as absent), capped.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}

@@ -1,0 +1,134 @@
+//! OAuth 2.0 vendors in Valet: where [`valet_oauth::Tokens`] finds the
+//! grant material (the vault) and records its fetches (the audit log), and
+//! the call's step that swaps the leased grant material for an access token.
+
+use crate::app::App;
+use crate::call::validate::ValidCall;
+use crate::status::Failure;
+use std::sync::Arc;
+use valet_access::Operation;
+use valet_audit::{AuditLog, Event};
+use valet_credentials::{
+    CredentialKey, Fingerprint, Lease, LeaseAudit, LeaseEvent, Secret, Vault, VaultError,
+};
+use valet_egress::GrantMaterial;
+use valet_oauth::{AccessToken, Fetch, Grants, TokenError, Tokens};
+
+/// The audit actor for what Valet does on its own (token fetches, the
+/// rotated refresh tokens it stores).
+const ACTOR: &str = "valet:oauth";
+
+/// The vault and audit log, as the tokens see them.
+pub struct AppGrants {
+    vault: Vault,
+    audit: AuditLog,
+}
+
+impl AppGrants {
+    /// Grants from `vault`, recorded in `audit`.
+    pub fn new(vault: Vault, audit: AuditLog) -> Self {
+        Self { vault, audit }
+    }
+}
+
+/// The application's tokens.
+pub type AppTokens = Arc<Tokens<AppGrants>>;
+
+impl LeaseAudit for AppGrants {
+    async fn record_lease(&self, e: &LeaseEvent<'_>) -> Result<(), String> {
+        let event = Event::CredentialLease {
+            tenant: e.key.tenant.clone(),
+            vendor: e.key.vendor.clone(),
+            fingerprint: e.fingerprint.to_string(),
+            reason: e.reason.to_owned(),
+            request_id: e.request_id.to_owned(),
+        };
+        self.audit
+            .append(e.caller, event)
+            .await
+            .map_err(|err| err.to_string())
+    }
+}
+
+fn store_error(e: VaultError) -> TokenError {
+    match e {
+        VaultError::AuditUnavailable(cause) => TokenError::Audit(cause),
+        other => TokenError::Store(other.to_string()),
+    }
+}
+
+impl Grants for AppGrants {
+    async fn current(&self, key: &CredentialKey) -> Result<(Secret, Fingerprint), TokenError> {
+        let lease = self
+            .vault
+            .lease(key, ACTOR, "OAuth token fetch", "", self)
+            .await
+            .map_err(store_error)?;
+        Ok((lease.secret().clone(), lease.fingerprint().clone()))
+    }
+
+    async fn replace(&self, key: &CredentialKey, material: &Secret) -> Result<Fingerprint, TokenError> {
+        let (stored, replaced) = self.vault.put(key, material).await.map_err(store_error)?;
+        let event = Event::CredentialPut {
+            tenant: key.tenant.clone(),
+            vendor: key.vendor.clone(),
+            fingerprint: stored.fingerprint.to_string(),
+            replaced: replaced.map(|f| f.to_string()),
+        };
+        // Stored: the audit entry follows; failing it does not undo the put
+        // (the old refresh token is spent either way).
+        if let Err(e) = self.audit.append(ACTOR, event).await {
+            tracing::error!(credential = %key, error = %e, "cannot audit the stored rotated refresh token");
+        }
+        Ok(stored.fingerprint)
+    }
+
+    async fn record(&self, fetch: &Fetch<'_>) -> Result<(), TokenError> {
+        let event = Event::OauthToken {
+            tenant: fetch.key.tenant.clone(),
+            vendor: fetch.key.vendor.clone(),
+            grant: fetch.grant.to_owned(),
+            scopes: fetch.scopes.to_owned(),
+            old_fingerprint: fetch.old.map(|(f, _)| f.to_string()),
+            old_lifetime_s: fetch.old.map(|(_, l)| l.as_secs()),
+            new_fingerprint: fetch.new.map(|(f, _)| f.to_string()),
+            new_lifetime_s: fetch.new.map(|(_, l)| l.as_secs()),
+            rotated: fetch.rotated,
+            outcome: fetch.outcome.to_owned(),
+        };
+        self.audit
+            .append(ACTOR, event)
+            .await
+            .map_err(|e| TokenError::Audit(e.to_string()))
+    }
+}
+
+/// What a call to an OAuth vendor sends: the access token, and the grant
+/// material's secrets, which the answer is scrubbed of too.
+pub struct Bearer {
+    /// The access token.
+    pub token: AccessToken,
+    /// The client secret and refresh token.
+    pub scrub_also: Vec<Secret>,
+}
+
+/// For an OAuth vendor, the access token the call sends instead of the
+/// grant material it leased; `None` for a static scheme.
+pub async fn bearer(app: &App, call: &ValidCall, lease: &Lease) -> Result<Option<Bearer>, Failure> {
+    let Some(spec) = call.vendor.oauth() else {
+        return Ok(None);
+    };
+    let material = GrantMaterial::parse(lease.secret(), spec.grant)
+        .map_err(|why| Failure::from(TokenError::Material(why)))?;
+    let mut scrub_also = vec![Secret::new(material.client_secret.as_bytes().to_vec())];
+    if let Some(refresh) = &material.refresh_token {
+        scrub_also.push(Secret::new(refresh.as_bytes().to_vec()));
+    }
+    drop(material);
+    let write = call.operation == Operation::Write;
+    let token = app
+        .tokens
+        .access_token(&call.vendor, &call.key, write, lease.fingerprint())
+        .await?;
+    Ok(Some(Bearer { token, scrub_also }))
+}

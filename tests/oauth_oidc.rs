@@ -1,0 +1,245 @@
+//! OAuth 2.0 against a real, strict third-party authorization server:
+//! `oidc-provider` (OpenID certified) from the npm registry, run by
+//! `tests/oidc/provider.mjs` on a free loopback port, with an API beside it
+//! that accepts only the access tokens it issued. Skipped, with a message,
+//! where Node.js or the package is missing (`npm ci` in `tests/oidc`; the
+//! README's test command installs it).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use support::{Valet, get, reason, vendor};
+use tokio::io::AsyncBufReadExt as _;
+use valet::config::{AuthConfig, ClientAuthConfig, GrantConfig};
+use valet::proto::{CallRequest, Operation};
+use valet_testkit::leak;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("oidc")
+}
+
+/// The provider's process and every line it printed.
+struct Provider {
+    port: u16,
+    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+    _child: tokio::process::Child,
+}
+
+impl Provider {
+    /// Starts it with `clients`; `None` (after saying why) where it cannot run.
+    async fn start(clients: serde_json::Value) -> Option<Self> {
+        let ready = tokio::process::Command::new("node")
+            .args([
+                "-e",
+                "import('oidc-provider').then(() => process.exit(0), () => process.exit(1))",
+            ])
+            .current_dir(dir())
+            .output()
+            .await;
+        if !ready.is_ok_and(|o| o.status.success()) {
+            println!("skipped: needs node and oidc-provider (npm ci in tests/oidc)");
+            return None;
+        }
+        let port = support::free_port();
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir().join("provider.mjs"))
+            .arg(port.to_string())
+            .env("OIDC_CLIENTS", clients.to_string())
+            .current_dir(dir())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let into = lines.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut out = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = out.next_line().await {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if value["kind"] == "ready"
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
+                }
+                into.lock().unwrap().push(value);
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
+            .await
+            .expect("oidc-provider started")
+            .expect("oidc-provider printed ready");
+        Some(Self {
+            port,
+            lines,
+            _child: child,
+        })
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn logged(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+}
+
+fn oauth(provider: &Provider, name: &str, client_auth: ClientAuthConfig) -> valet::config::VendorConfig {
+    let mut v = vendor(
+        name,
+        &format!("{}/api", provider.base()),
+        AuthConfig::OAuth2 {
+            token_url: format!("{}/token", provider.base()),
+            grant: GrantConfig::ClientCredentials,
+            client_auth,
+            scopes: Vec::new(),
+            read_scopes: vec!["things.read".into()],
+            write_scopes: vec!["things.write".into()],
+            audience: None,
+            refresh_before_ms: 60_000,
+        },
+    );
+    v.require_idempotency_key = false;
+    v
+}
+
+const BASIC_SECRET: &str = "oauth-canary-oidc-basic-0123456789abcdefghijklmnopqrstuvwxyz";
+const POST_SECRET: &str = "oauth-canary-oidc-post-0123456789abcdefghijklmnopqrstuvwxyz";
+
+fn material(id: &str, secret: &str) -> String {
+    serde_json::json!({"client_id": id, "client_secret": secret}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_against_oidc_provider() {
+    let clients = serde_json::json!([
+        {"client_id": "valet-basic", "client_secret": BASIC_SECRET, "token_endpoint_auth_method": "client_secret_basic"},
+        {"client_id": "valet-post", "client_secret": POST_SECRET, "token_endpoint_auth_method": "client_secret_post"},
+        {"client_id": "valet-rejected", "client_secret": BASIC_SECRET, "token_endpoint_auth_method": "client_secret_basic"},
+    ]);
+    let Some(provider) = Provider::start(clients).await else {
+        return;
+    };
+    let valet = Valet::start(vec![
+        oauth(&provider, "basic", ClientAuthConfig::ClientSecretBasic),
+        oauth(&provider, "post", ClientAuthConfig::ClientSecretPost),
+        oauth(&provider, "wrong", ClientAuthConfig::ClientSecretBasic),
+    ])
+    .await;
+    valet
+        .put_credential("acme", "basic", &material("valet-basic", BASIC_SECRET))
+        .await;
+    valet
+        .put_credential("acme", "post", &material("valet-post", POST_SECRET))
+        .await;
+    // A client secret the provider does not know.
+    valet
+        .put_credential(
+            "acme",
+            "wrong",
+            &material("valet-rejected", "oauth-canary-not-the-secret"),
+        )
+        .await;
+    let key = valet
+        .api_key(
+            &["acme"],
+            &["basic", "post", "wrong"],
+            &[Operation::Read, Operation::Write],
+        )
+        .await;
+    let mut bodies = Vec::new();
+    for v in ["basic", "post"] {
+        for i in 0..3 {
+            let read = valet.call(&key, get("acme", v, "/things")).await.expect("read");
+            assert_eq!(read.status, 200, "{}", String::from_utf8_lossy(&read.body));
+            let write = CallRequest {
+                operation: Operation::Write as i32,
+                method: "POST".into(),
+                idempotency_key: format!("{v}-{i}"),
+                ..get("acme", v, "/things")
+            };
+            let wrote = valet.call(&key, write).await.expect("write");
+            assert_eq!(wrote.status, 200);
+            bodies.push(read.body);
+            bodies.push(wrote.body);
+        }
+    }
+    // One token per vendor and scope set, each client authenticated its way.
+    let tokens = provider.logged("token");
+    let ok: Vec<_> = tokens.iter().filter(|t| t["status"] == 200).collect();
+    assert_eq!(ok.len(), 4, "{tokens:?}");
+    for t in &ok {
+        let want = if t["client_id"] == "valet-basic" {
+            "basic"
+        } else {
+            "post"
+        };
+        assert_eq!(t["auth"], want, "{t}");
+        assert_eq!(t["grant_type"], "client_credentials");
+    }
+    // The API saw each operation's scopes.
+    let api = provider.logged("api");
+    assert_eq!(api.len(), 12);
+    for a in &api {
+        let want = if a["method"] == "GET" {
+            "things.read"
+        } else {
+            "things.write"
+        };
+        assert_eq!(
+            (a["status"].as_u64(), a["scope"].as_str()),
+            (Some(200), Some(want)),
+            "{a}"
+        );
+    }
+
+    // A refused client: REAUTH_REQUIRED, and the provider is asked once.
+    for _ in 0..5 {
+        let refused = valet
+            .call(&key, get("acme", "wrong", "/things"))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&refused), "CREDENTIAL_REAUTH_REQUIRED", "{refused:?}");
+    }
+    let asked = provider
+        .logged("token")
+        .iter()
+        .filter(|t| t["status"] != 200)
+        .count();
+    assert_eq!(asked, 1);
+
+    // Neither a client secret nor an access token the provider issued is in
+    // anything Valet produced.
+    let mut secrets: Vec<String> = api
+        .iter()
+        .filter_map(|a| a["token"].as_str().map(str::to_owned))
+        .collect();
+    secrets.sort();
+    secrets.dedup();
+    assert_eq!(secrets.len(), 4);
+    secrets.extend([BASIC_SECRET.to_owned(), POST_SECRET.to_owned()]);
+    let mut outputs = bodies;
+    outputs.push(std::fs::read(valet.audit_log()).unwrap());
+    for secret in &secrets {
+        for out in &outputs {
+            assert_eq!(
+                leak::forms_found(out, secret),
+                Vec::<&str>::new(),
+                "a secret leaked"
+            );
+        }
+    }
+}

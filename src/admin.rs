@@ -145,7 +145,7 @@ impl AdminService {
             .map_err(|why| Failure::invalid("secret", Reason::SecretInvalid, why))?;
         let (stored, replaced) = self.app.vault.put(&key, &secret).await?;
         drop(secret);
-        self.app.tokens.forget(&key);
+        self.app.tokens.forget(&key).await;
         let event = Event::CredentialPut {
             tenant: key.tenant.clone(),
             vendor: key.vendor.clone(),
@@ -209,7 +209,7 @@ impl AdminService {
             .rotations
             .rotate(&self.app.vault, &key, secret, &verifier, &journal)
             .await?;
-        self.app.tokens.forget(&key);
+        self.app.tokens.forget(&key).await;
         Ok(proto::RotateCredentialResponse {
             credential: Some(credential_info(
                 &key,
@@ -260,7 +260,7 @@ impl AdminService {
         valid_name(&req.vendor).map_err(|e| Failure::invalid("vendor", Reason::VendorInvalid, e))?;
         let key = CredentialKey::new(req.tenant, req.vendor);
         let old = self.app.vault.delete(&key).await?;
-        self.app.tokens.forget(&key);
+        self.app.tokens.forget(&key).await;
         let event = Event::CredentialDelete {
             tenant: key.tenant,
             vendor: key.vendor,

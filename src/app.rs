@@ -223,11 +223,18 @@ impl App {
         } else {
             None
         };
-        let tokens = Arc::new(valet_oauth::Tokens::new(
+        let mut tokens = valet_oauth::Tokens::new(
             vault.clone(),
             crate::oauth::AppGrants::new(vault.clone(), audit.clone()),
             metrics.clone(),
-        ));
+        );
+        // A fleet shares its OAuth access tokens, and fetches them under one
+        // lock, through the Redis of its shared state.
+        if let Some(url) = config.redis_url.as_deref().filter(|u| !u.is_empty()) {
+            let shared = valet_oauth::shared::Shared::connect(url).map_err(StartError::State)?;
+            tokens = tokens.with_shared(shared);
+        }
+        let tokens = Arc::new(tokens);
         Ok(Self {
             tokens,
             keys,

@@ -59,6 +59,12 @@ fn store_error(e: VaultError) -> TokenError {
 
 impl Grants for AppGrants {
     async fn current(&self, key: &CredentialKey) -> Result<(Secret, Fingerprint), TokenError> {
+        // Past the Secrets Manager cache: another replica may have stored a
+        // rotated refresh token a moment ago.
+        self.vault
+            .refresh(key, &Fingerprint::from_hex(""))
+            .await
+            .map_err(store_error)?;
         let lease = self
             .vault
             .lease(key, ACTOR, "OAuth token fetch", "", self)

@@ -79,7 +79,7 @@ impl AdminService {
         // 2. Credentials: overwritten, then deleted.
         for (key, meta) in self.app.vault.list(Some(&tenant)).await? {
             self.app.vault.delete(&key).await?;
-            self.app.tokens.forget(&key);
+            self.app.tokens.forget(&key).await;
             deleted.push(format!(
                 "credential {} (fingerprint {}) overwritten and deleted",
                 key.vendor, meta.fingerprint

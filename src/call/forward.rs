@@ -100,7 +100,7 @@ async fn exchange(
     match &used_token {
         // An OAuth vendor refused the access token: it is dropped (if no
         // other call has replaced it already) and a new one fetched below.
-        Some((token, scopes)) => app.tokens.reject(&req.key, scopes, token),
+        Some((token, scopes)) => app.tokens.reject(&req.key, scopes, token).await,
         None => {
             let rotated = async { Ok(refresh::changed(app, caller, req, &used, &call.request_id).await) };
             let rotated = call.within("checking for a rotated credential", rotated).await;

@@ -138,6 +138,11 @@ impl TokenEndpoint {
         }
     }
 
+    /// How long a token request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The token URL.
     pub fn url(&self) -> &Uri {
         &self.url

@@ -12,14 +12,15 @@
 //!   token is used, refused grants remembered (`REAUTH_REQUIRED`), a busy
 //!   endpoint given its pause.
 //!
-//! Not here yet: the fleet-wide single flight (a Redis lock with a fencing
-//! token and tokens shared through Redis), `private_key_jwt`, mutual TLS
-//! and DPoP, and revocation at offboarding. Each replica fetches its own
-//! tokens; with the `refresh_token` grant, run one replica per vendor whose
-//! provider rotates refresh tokens (see the README).
+//! - [`shared`]: for a fleet, the tokens published in Redis and the lock
+//!   (with a fencing token) under which one replica fetches for all.
+//!
+//! Not here yet: `private_key_jwt`, mutual TLS and DPoP, and revocation at
+//! offboarding.
 #![forbid(unsafe_code)]
 
 pub mod request;
+pub mod shared;
 pub mod tokens;
 
 pub use tokens::{AccessToken, Fetch, Grants, TokenError, Tokens};

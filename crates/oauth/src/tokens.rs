@@ -30,6 +30,7 @@
 //! used; the record names fingerprints, never a token.
 
 use crate::request::{self, Issued, RequestError};
+use crate::shared::{self, Published, Shared};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -148,8 +149,10 @@ struct TokenKey {
 struct Held {
     sealed: Vec<u8>,
     fingerprint: Fingerprint,
-    /// The grant material it was fetched with (after any rotation).
-    grant: Fingerprint,
+    /// The grant material it was fetched with, and after a rotation of its
+    /// refresh token the material stored then: a call that leased either
+    /// may use it.
+    grants: Vec<Fingerprint>,
     issued: Instant,
     lifetime: Duration,
     refresh_at: Instant,
@@ -182,6 +185,23 @@ struct Unstored {
 /// again after this.
 const BUSY_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The fleet's lock outlives the token request's timeout by this much
+/// (storing a rotated refresh token, publishing the token).
+const LOCK_MARGIN: Duration = Duration::from_secs(5);
+
+/// How often a replica waiting on another's fetch looks for its token.
+const FLEET_POLL: Duration = Duration::from_millis(25);
+
+/// What the fleet says about a fetch.
+enum Turn {
+    /// Another replica's token, now held here.
+    Adopted(Held),
+    /// This replica holds the fleet's lock (its fencing token).
+    Ours(u64),
+    /// Redis does not answer: this replica fetches on its own.
+    Alone,
+}
+
 /// The tokens. Shared behind an `Arc`.
 pub struct Tokens<G> {
     vault: Vault,
@@ -193,6 +213,11 @@ pub struct Tokens<G> {
     locks: Mutex<HashMap<CredentialKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Background refreshes started and not finished.
     refreshing: Mutex<HashSet<TokenKey>>,
+    /// The last token a vendor refused (401), per scope set: not adopted
+    /// from the fleet again.
+    rejected: Mutex<HashMap<TokenKey, Fingerprint>>,
+    /// The fleet's tokens, when Valet runs as one.
+    shared: Option<Shared>,
     metrics: valet_telemetry::Metrics,
 }
 
@@ -213,8 +238,16 @@ impl<G: Grants> Tokens<G> {
             unstored: Mutex::default(),
             locks: Mutex::default(),
             refreshing: Mutex::default(),
+            rejected: Mutex::default(),
+            shared: None,
             metrics,
         }
+    }
+
+    /// Shares tokens with the fleet through `shared` (see [`crate::shared`]).
+    pub fn with_shared(mut self, shared: Shared) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// An access token for a call to `vendor` (an OAuth vendor) as `key`,
@@ -234,7 +267,7 @@ impl<G: Grants> Tokens<G> {
         let now = Instant::now();
         if let Some(held) = self
             .held(&token)
-            .filter(|h| &h.grant == grant && now < h.expires())
+            .filter(|h| h.grants.contains(grant) && now < h.expires())
         {
             if now >= held.refresh_at {
                 self.refresh_in_background(vendor, &token);
@@ -255,26 +288,45 @@ impl<G: Grants> Tokens<G> {
     }
 
     /// The vendor refused `used` (a 401): forget it if it is still the token
-    /// held, so the next [`Tokens::access_token`] fetches a new one.
-    pub fn reject(&self, key: &CredentialKey, scopes: &str, used: &Fingerprint) {
+    /// held (here and in the fleet), so the next [`Tokens::access_token`]
+    /// fetches a new one.
+    pub async fn reject(&self, key: &CredentialKey, scopes: &str, used: &Fingerprint) {
         let token = TokenKey {
             credential: key.clone(),
             scopes: scopes.to_owned(),
         };
-        let mut held = self.held.lock().expect("lock");
-        if held.get(&token).is_some_and(|h| &h.fingerprint == used) {
-            held.remove(&token);
+        {
+            let mut held = self.held.lock().expect("lock");
+            if held.get(&token).is_some_and(|h| &h.fingerprint == used) {
+                held.remove(&token);
+            }
+        }
+        self.rejected.lock().expect("lock").insert(token, used.clone());
+        if let Some(shared) = &self.shared {
+            let at = shared::token_key(&key.tenant, &key.vendor, scopes);
+            if let Err(e) = shared.drop_if(&at, used.as_str()).await {
+                tracing::warn!(credential = %key, error = %e, "cannot drop a refused OAuth token from the fleet");
+            }
         }
     }
 
     /// Forgets everything about `key` (its grant material was replaced or
-    /// deleted by an administrator).
-    pub fn forget(&self, key: &CredentialKey) {
+    /// deleted by an administrator), in the fleet too.
+    pub async fn forget(&self, key: &CredentialKey) {
         self.held
             .lock()
             .expect("lock")
             .retain(|t, _| &t.credential != key);
         self.blocked.lock().expect("lock").remove(key);
+        if let Some(shared) = &self.shared
+            && let Err(e) = shared.forget(&key.tenant, &key.vendor).await
+        {
+            tracing::warn!(credential = %key, error = %e, "cannot drop the fleet's OAuth tokens of a replaced credential");
+        }
+    }
+
+    fn rejected(&self, token: &TokenKey) -> Option<Fingerprint> {
+        self.rejected.lock().expect("lock").get(token).cloned()
     }
 
     /// Whether `key` is waiting for new grant material.
@@ -352,8 +404,9 @@ impl<G: Grants> Tokens<G> {
     /// The fetch, under the tenant × vendor's lock. `leased`: the grant
     /// material the waiting call leased (a token another fetch got with it
     /// while this one waited for the lock is used at once). `replacing`:
-    /// the held token a background refresh set out to replace (if another
-    /// fetch has replaced it meanwhile, there is nothing to do).
+    /// the held token a background refresh (or a vendor's 401) set out to
+    /// replace (if another fetch has replaced it meanwhile, there is nothing
+    /// to do).
     async fn fetch(
         self: Arc<Self>,
         vendor: Arc<Vendor>,
@@ -364,10 +417,11 @@ impl<G: Grants> Tokens<G> {
         let lock = self.lock_for(&token.credential);
         let _one_at_a_time = lock.lock().await;
         let key = &token.credential;
+        let replacing = replacing.or_else(|| self.rejected(&token));
         let fresh = |h: &Held| Instant::now() < h.expires() && replacing.as_ref() != Some(&h.fingerprint);
         if let Some(h) = self
             .held(&token)
-            .filter(|h| leased.as_ref() == Some(&h.grant) && fresh(h))
+            .filter(|h| leased.as_ref().is_some_and(|l| h.grants.contains(l)) && fresh(h))
         {
             return self.open(&token, &h);
         }
@@ -376,19 +430,152 @@ impl<G: Grants> Tokens<G> {
         {
             return self.open(&token, &held);
         }
-        let (material, grant) = self.grants.current(key).await?;
-        let now = Instant::now();
+        let (_, grant) = self.grants.current(key).await?;
         let held = self.held(&token);
-        if let Some(h) = held.as_ref().filter(|h| h.grant == grant && fresh(h)) {
+        if let Some(h) = held.as_ref().filter(|h| h.grants.contains(&grant) && fresh(h)) {
             return self.open(&token, h);
         }
-        self.check_blocked(&vendor, key, Some(&grant), now)?;
+        self.check_blocked(&vendor, key, Some(&grant), Instant::now())?;
+        let Some(shared) = self.shared.clone() else {
+            return self.exchange(&vendor, &token, held, None).await;
+        };
+        match self
+            .fleet_turn(&shared, &vendor, &token, replacing.as_ref())
+            .await?
+        {
+            Turn::Adopted(held) => self.open(&token, &held),
+            Turn::Alone => self.exchange(&vendor, &token, held, None).await,
+            Turn::Ours(fence) => {
+                let result = self.exchange(&vendor, &token, held, Some(fence)).await;
+                if let Err(e) = shared.unlock(&key.tenant, &key.vendor, fence).await {
+                    tracing::warn!(credential = %key, error = %e, "cannot release the fleet's OAuth lock; it expires by itself");
+                }
+                result
+            }
+        }
+    }
+
+    /// With a fleet: a token another replica published (fetched while this
+    /// one waited), or the fleet's lock for this replica to fetch, or —
+    /// Redis not answering — this replica on its own.
+    async fn fleet_turn(
+        &self,
+        shared: &Shared,
+        vendor: &Vendor,
+        token: &TokenKey,
+        replacing: Option<&Fingerprint>,
+    ) -> Result<Turn, TokenError> {
+        let key = &token.credential;
+        let published = shared::token_key(&key.tenant, &key.vendor, &token.scopes);
+        let ttl = vendor
+            .token_endpoint()
+            .map_or(Duration::from_secs(30), |e| e.timeout())
+            + LOCK_MARGIN;
+        let alone = |e: String| {
+            tracing::warn!(credential = %key, error = %e, "the fleet's OAuth tokens in Redis are unavailable; this replica fetches its own (a rotating refresh token could be presented twice)");
+            Ok(Turn::Alone)
+        };
+        let give_up = tokio::time::Instant::now() + ttl + LOCK_MARGIN;
+        loop {
+            match shared.get(&published).await {
+                Ok(Some(p)) => {
+                    if let Some(held) = self.adopt(vendor, token, &p, replacing) {
+                        return Ok(Turn::Adopted(held));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return alone(e),
+            }
+            match shared.lock(&key.tenant, &key.vendor, ttl).await {
+                Ok(Some(fence)) => {
+                    // The holder before may have published as it let go.
+                    if let Ok(Some(p)) = shared.get(&published).await
+                        && let Some(held) = self.adopt(vendor, token, &p, replacing)
+                    {
+                        let _ = shared.unlock(&key.tenant, &key.vendor, fence).await;
+                        return Ok(Turn::Adopted(held));
+                    }
+                    return Ok(Turn::Ours(fence));
+                }
+                Ok(None) => {}
+                Err(e) => return alone(e),
+            }
+            // Another replica is fetching: wait for its token or its lock's end.
+            loop {
+                if tokio::time::Instant::now() > give_up {
+                    return Err(TokenError::EndpointUnavailable {
+                        vendor: vendor.name().to_owned(),
+                        cause: "another replica's token fetch did not finish".into(),
+                    });
+                }
+                tokio::time::sleep(FLEET_POLL).await;
+                let published_now = matches!(shared.get(&published).await, Ok(Some(p)) if self.adopt(vendor, token, &p, replacing).is_some());
+                if published_now || !shared.locked(&key.tenant, &key.vendor).await.unwrap_or(false) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A published token, held here if it is current and not `replacing`.
+    fn adopt(
+        &self,
+        vendor: &Vendor,
+        token: &TokenKey,
+        p: &Published,
+        replacing: Option<&Fingerprint>,
+    ) -> Option<Held> {
+        let now_ms = shared::now_ms();
+        if p.expires_ms <= now_ms || replacing.is_some_and(|r| r.as_str() == p.fingerprint) {
+            return None;
+        }
+        let sealed = p.sealed_bytes()?;
+        // It must open here (same master key) before it is used.
+        self.vault
+            .open_data(&token.credential.tenant, &label(token), &sealed)
+            .ok()?;
+        let age = Duration::from_millis(now_ms.saturating_sub(p.issued_ms));
+        let issued = Instant::now().checked_sub(age)?;
+        let lifetime = Duration::from_millis(p.expires_ms.saturating_sub(p.issued_ms));
+        let refresh_before = vendor.oauth().map_or(Duration::ZERO, |o| o.refresh_before);
+        let held = Held {
+            sealed,
+            fingerprint: Fingerprint::from_hex(&p.fingerprint),
+            grants: vec![
+                Fingerprint::from_hex(&p.grant_before),
+                Fingerprint::from_hex(&p.grant_after),
+            ],
+            issued,
+            lifetime,
+            refresh_at: refresh_at(issued, lifetime, refresh_before),
+        };
+        self.held
+            .lock()
+            .expect("lock")
+            .insert(token.clone(), held.clone());
+        Some(held)
+    }
+
+    /// Asks the token endpoint, with the grant material stored now, and
+    /// puts the new token in force: audited, a rotated refresh token stored
+    /// first, published to the fleet when `fence` (the fleet's lock) is held.
+    async fn exchange(
+        &self,
+        vendor: &Arc<Vendor>,
+        token: &TokenKey,
+        held: Option<Held>,
+        fence: Option<u64>,
+    ) -> Result<AccessToken, TokenError> {
+        let key = &token.credential;
+        // Read again under the fleet's lock: another replica may have
+        // rotated the refresh token while this one waited.
+        let (material, grant) = self.grants.current(key).await?;
         let spec = vendor.oauth().expect("an OAuth vendor");
         let parsed = GrantMaterial::parse(&material, spec.grant).map_err(TokenError::Material)?;
         drop(material);
         let scopes: Vec<String> = token.scopes.split_whitespace().map(str::to_owned).collect();
         let old = held.as_ref().map(|h| (h.fingerprint.clone(), h.lifetime));
-        let answer = request::token(&vendor, &parsed, &scopes).await;
+        let answer = request::token(vendor, &parsed, &scopes).await;
         let outcome = match &answer {
             Ok(_) => "issued",
             Err(e) => e.outcome(),
@@ -398,7 +585,7 @@ impl<G: Grants> Tokens<G> {
             Ok(issued) => issued,
             Err(e) => {
                 return Err(self
-                    .failed(&vendor, &token, &grant, spec.grant.as_str(), old, e)
+                    .failed(vendor, token, &grant, spec.grant.as_str(), old, e)
                     .await);
             }
         };
@@ -416,12 +603,13 @@ impl<G: Grants> Tokens<G> {
         };
         let audited = self.grants.record(&record).await;
         let now = Instant::now();
+        let issued_ms = shared::now_ms();
         let mut new = Held {
             sealed: self
                 .vault
-                .seal_data(&key.tenant, &label(&token), issued.access.expose()),
+                .seal_data(&key.tenant, &label(token), issued.access.expose()),
             fingerprint,
-            grant: grant.clone(),
+            grants: vec![grant.clone()],
             issued: now,
             lifetime: issued.lifetime,
             refresh_at: refresh_at(now, issued.lifetime, spec.refresh_before),
@@ -430,16 +618,32 @@ impl<G: Grants> Tokens<G> {
             // Stored before the new access token is used, even if the
             // record above failed: the old refresh token is spent.
             match self.grants.replace(key, &material).await {
-                Ok(stored) => new.grant = stored,
+                Ok(stored) => new.grants.push(stored),
                 Err(e) => {
-                    self.keep_unstored(key, &material, &token, new);
+                    self.keep_unstored(key, &material, token, new);
                     return Err(e);
                 }
             }
         }
         audited?;
         self.held.lock().expect("lock").insert(token.clone(), new.clone());
-        self.open(&token, &new)
+        self.rejected.lock().expect("lock").remove(token);
+        if let (Some(shared), Some(fence)) = (&self.shared, fence) {
+            let published = Published {
+                sealed: Published::encode(&new.sealed),
+                fingerprint: new.fingerprint.to_string(),
+                grant_before: grant.to_string(),
+                grant_after: new.grants.last().expect("one").to_string(),
+                issued_ms,
+                expires_ms: issued_ms + new.lifetime.as_millis() as u64,
+                fence,
+            };
+            let at = shared::token_key(&key.tenant, &key.vendor, &token.scopes);
+            if let Err(e) = shared.publish(&key.tenant, &key.vendor, &at, &published).await {
+                tracing::warn!(credential = %key, error = %e, "cannot publish the OAuth token to the fleet; other replicas fetch their own");
+            }
+        }
+        self.open(token, &new)
     }
 
     /// A failed fetch: blocked if the provider refused the grant or asked
@@ -559,10 +763,8 @@ impl<G: Grants> Tokens<G> {
         self.unstored.lock().expect("lock").remove(key);
         self.metrics.oauth_refresh_token_unstored(-1);
         tracing::info!(credential = %key, "the kept OAuth refresh token is stored");
-        let held = Held {
-            grant: stored,
-            ..held
-        };
+        let mut held = held;
+        held.grants.push(stored);
         self.held
             .lock()
             .expect("lock")

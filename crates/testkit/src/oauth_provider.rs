@@ -109,6 +109,8 @@ struct State {
     received: Vec<String>,
     /// Every access and refresh token ever issued.
     issued: Vec<String>,
+    /// Token requests received, answered or not (counted before any delay).
+    started: usize,
     reuse_detected: u32,
 }
 
@@ -248,6 +250,18 @@ impl MockOAuth {
             .collect()
     }
 
+    /// Waits until `n` token requests have arrived (before any delay: a
+    /// request may still be waiting to be answered).
+    pub async fn wait_for_started(&self, n: usize) {
+        loop {
+            let notified = self.shared.changed.notified();
+            if self.state().started >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until `check` holds for the token requests so far.
     pub async fn wait_for_token_requests(&self, check: impl Fn(&[TokenRequest]) -> bool) {
         loop {
@@ -303,7 +317,12 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     text.push_str(&String::from_utf8_lossy(&body));
     shared.state.lock().expect("lock").received.push(text);
     let answer = if parts.uri.path() == "/token" && parts.method == http::Method::POST {
-        let delay = shared.state.lock().expect("lock").delay;
+        let delay = {
+            let mut s = shared.state.lock().expect("lock");
+            s.started += 1;
+            s.delay
+        };
+        shared.changed.notify_waiters();
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }

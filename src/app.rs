@@ -598,6 +598,8 @@ pub struct LeaseRecorder<'a> {
     /// With `before_answer`: the entry, written but not yet durable; the
     /// caller's answer waits for it ([`crate::call::audited`]).
     pub unsynced: std::sync::Mutex<Option<valet_audit::Written>>,
+    /// For an OAuth vendor, the scope set the call's token is for.
+    pub scopes: Option<String>,
 }
 
 impl<'a> LeaseRecorder<'a> {
@@ -606,7 +608,14 @@ impl<'a> LeaseRecorder<'a> {
         Self {
             app,
             unsynced: std::sync::Mutex::new(None),
+            scopes: None,
         }
+    }
+
+    /// Records, too, the OAuth scope set the call's token is for.
+    pub fn with_scopes(mut self, scopes: Option<String>) -> Self {
+        self.scopes = scopes;
+        self
     }
 
     /// The entry the answer must wait for, if any.
@@ -625,6 +634,7 @@ impl LeaseAudit for LeaseRecorder<'_> {
             fingerprint: e.fingerprint.to_string(),
             reason: e.reason.to_owned(),
             request_id: e.request_id.to_owned(),
+            scopes: self.scopes.clone(),
         };
         let app = self.app;
         let durability = app.audit_durability;

@@ -22,12 +22,23 @@ const ACTOR: &str = "valet:oauth";
 pub struct AppGrants {
     vault: Vault,
     audit: AuditLog,
+    /// This replica, as its fetches are audited: host name and process id.
+    replica: String,
 }
 
 impl AppGrants {
     /// Grants from `vault`, recorded in `audit`.
     pub fn new(vault: Vault, audit: AuditLog) -> Self {
-        Self { vault, audit }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        Self {
+            vault,
+            audit,
+            replica: format!("{host}:{}", std::process::id()),
+        }
     }
 }
 
@@ -42,6 +53,7 @@ impl LeaseAudit for AppGrants {
             fingerprint: e.fingerprint.to_string(),
             reason: e.reason.to_owned(),
             request_id: e.request_id.to_owned(),
+            scopes: None,
         };
         self.audit
             .append(e.caller, event)
@@ -101,6 +113,7 @@ impl Grants for AppGrants {
             new_lifetime_s: fetch.new.map(|(_, l)| l.as_secs()),
             rotated: fetch.rotated,
             outcome: fetch.outcome.to_owned(),
+            replica: self.replica.clone(),
         };
         self.audit
             .append(ACTOR, event)

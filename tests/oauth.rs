@@ -167,6 +167,18 @@ async fn client_credentials_with_each_client_auth_and_scopes_per_operation() {
             .iter()
             .any(|l| l.contains("\"scopes\":\"things.write things.read\""))
     );
+    assert!(fetches.iter().all(|l| l.contains("\"replica\":")), "{audit}");
+    // Each call's lease names the scope set its token is for.
+    let leases: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\"credential_lease\"") && l.contains("e2e-test"))
+        .collect();
+    assert_eq!(leases.len(), 4, "{audit}");
+    let reads = leases
+        .iter()
+        .filter(|l| l.contains("\"scopes\":\"things.read\""))
+        .count();
+    assert_eq!(reads, 2);
     for t in idp.live_access_tokens() {
         assert!(!audit.contains(&t), "an access token in the audit log");
     }
@@ -592,4 +604,78 @@ async fn the_cli_stores_grant_material_and_no_output_holds_a_token() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_client_secret_checks_a_token_fetched_with_it() {
+    let idp = MockOAuth::start().await;
+    idp.add_client("acme-client", "oauth-canary-client-secret-4", ClientAuth::Basic);
+    let mut v = oauth_vendor(
+        "crm",
+        &idp,
+        GrantConfig::ClientCredentials,
+        ClientAuthConfig::ClientSecretBasic,
+    );
+    v.verify = Some(valet::config::VerifyConfig {
+        method: "GET".into(),
+        path: "/me".into(),
+    });
+    let valet = Valet::start(vec![v]).await;
+    valet
+        .put_credential(
+            "acme",
+            "crm",
+            &material("acme-client", "oauth-canary-client-secret-4", None),
+        )
+        .await;
+    let key = valet.api_key(&["acme"], &["crm"], &[Operation::Read]).await;
+    assert_eq!(
+        valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let rotate = |secret: &str| proto::RotateCredentialRequest {
+        tenant: "acme".into(),
+        vendor: "crm".into(),
+        secret: material("acme-client-2", secret, None),
+    };
+    // A secret the provider does not know: no token, so no commit.
+    idp.add_client("acme-client-2", "oauth-canary-client-secret-5", ClientAuth::Basic);
+    let refused = valet
+        .admin()
+        .await
+        .rotate_credential(authed(rotate("oauth-canary-wrong-secret"), &valet.admin_key))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "ROTATION_VERIFY_FAILED", "{refused:?}");
+    assert!(!refused.message().contains("oauth-canary-wrong-secret"));
+    // The right one: a token is fetched with it, the verify request carries
+    // the token, and calls use the new client from then on.
+    let rotated = valet
+        .admin()
+        .await
+        .rotate_credential(authed(rotate("oauth-canary-client-secret-5"), &valet.admin_key))
+        .await
+        .expect("rotated")
+        .into_inner();
+    assert_eq!(rotated.verify_status, 200);
+    let me = idp
+        .api_requests()
+        .into_iter()
+        .find(|r| r.path == "/api/me")
+        .expect("verify request");
+    assert_eq!(me.status, 200);
+    assert_eq!(
+        valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let last = idp.token_requests().last().cloned().unwrap();
+    assert_eq!(last.client_id.as_deref(), Some("acme-client-2"));
 }

@@ -27,7 +27,11 @@ pub async fn credential(
     call: &ValidCall,
     request_id: &str,
 ) -> Result<Leased, Failure> {
-    let recorder = LeaseRecorder::new(app);
+    let scopes = call.vendor.oauth().map(|o| {
+        o.scopes_for(call.operation == valet_access::Operation::Write)
+            .join(" ")
+    });
+    let recorder = LeaseRecorder::new(app).with_scopes(scopes);
     // `valet.cache` is filled in by the Secrets Manager cache (hit, miss,
     // stale); the embedded store has no cache and leaves it out.
     let span = tracing::info_span!(

@@ -18,6 +18,10 @@ pub enum Event {
         reason: String,
         /// The call's request id.
         request_id: String,
+        /// For an OAuth vendor, the scope set the call's access token is
+        /// for (space-separated).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scopes: Option<String>,
     },
     /// A credential was stored or replaced.
     CredentialPut {
@@ -85,6 +89,8 @@ pub enum Event {
         rotated: bool,
         /// `issued`, `reauth_required`, `refused`, `busy` or `unavailable`.
         outcome: String,
+        /// The replica that asked (host name and process id).
+        replica: String,
     },
     /// A quota policy was set or replaced.
     QuotaPolicyPut {

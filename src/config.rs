@@ -718,6 +718,10 @@ pub enum AuthConfig {
         /// The `audience` parameter some providers want.
         #[serde(default)]
         audience: Option<String>,
+        /// RFC 7009 endpoint where tokens are revoked when the tenant is
+        /// offboarded or disabled as compromised; checked like `token_url`.
+        #[serde(default)]
+        revocation_url: Option<String>,
         /// A token is replaced this long before it expires, milliseconds.
         #[serde(default = "default_refresh_before_ms")]
         refresh_before_ms: u64,
@@ -1138,6 +1142,7 @@ fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, (&'static str, String)> 
             read_scopes,
             write_scopes,
             audience,
+            revocation_url,
             refresh_before_ms,
         } => {
             for (field, list) in [
@@ -1168,6 +1173,7 @@ fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, (&'static str, String)> 
                 read_scopes: read_scopes.clone(),
                 write_scopes: write_scopes.clone(),
                 audience: audience.clone(),
+                revocation_url: revocation_url.clone(),
                 refresh_before: Duration::from_millis(*refresh_before_ms),
             }))
         }

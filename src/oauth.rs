@@ -151,3 +151,38 @@ pub async fn bearer(app: &App, call: &ValidCall, lease: &Lease) -> Result<Option
         .await?;
     Ok(Some(Bearer { token, scrub_also }))
 }
+
+/// Offboarding or containment of `key`: its OAuth tokens (and refresh
+/// token) revoked at the provider when its vendor has a `revocation_url`,
+/// the result audited by `actor`; forgotten either way. Failures are
+/// recorded, never fatal: the tenant is stopped by Valet regardless.
+pub async fn revoke(app: &App, actor: &str, key: &CredentialKey, why: &str) -> Vec<valet_oauth::Revoked> {
+    let vendor = app.registry.get(&key.vendor);
+    let Some(vendor) = vendor.filter(|v| v.revocation_endpoint().is_some()) else {
+        app.tokens.forget(key).await;
+        return Vec::new();
+    };
+    let grants = AppGrants::new(app.vault.clone(), app.audit.clone());
+    let reason = format!("revoking OAuth tokens: {why}");
+    let lease = match app.vault.lease(key, actor, &reason, "", &grants).await {
+        Ok(lease) => lease,
+        Err(e) => {
+            tracing::warn!(credential = %key, error = %e, "cannot read the grant material to revoke OAuth tokens");
+            app.tokens.forget(key).await;
+            return Vec::new();
+        }
+    };
+    let revoked = app.tokens.revoke(&vendor, key, lease.secret()).await;
+    let event = Event::OauthRevoke {
+        tenant: key.tenant.clone(),
+        vendor: key.vendor.clone(),
+        tokens: revoked
+            .iter()
+            .map(|r| format!("{}:{}:{}", r.kind, r.fingerprint, r.outcome))
+            .collect(),
+    };
+    if let Err(e) = app.record(actor, event).await {
+        tracing::error!(credential = %key, error = %e, "cannot audit an OAuth revocation");
+    }
+    revoked
+}

@@ -29,6 +29,7 @@ fn oauth_vendor(
             read_scopes: vec!["things.read".into()],
             write_scopes: vec!["things.write".into(), "things.read".into()],
             audience: Some("https://api.example".into()),
+            revocation_url: Some(idp.revoke_url()),
             refresh_before_ms: 60_000,
         },
     )
@@ -678,4 +679,128 @@ async fn rotating_a_client_secret_checks_a_token_fetched_with_it() {
     );
     let last = idp.token_requests().last().cloned().unwrap();
     assert_eq!(last.client_id.as_deref(), Some("acme-client-2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_and_containment_revoke_the_tokens_at_the_provider() {
+    let idp = MockOAuth::start().await;
+    idp.add_client("acme-client", "oauth-canary-client-secret-6", ClientAuth::Post);
+    let rt = idp.issue_refresh_token("acme-client");
+    idp.add_client("beta-client", "oauth-canary-client-secret-7", ClientAuth::Post);
+    let valet = Valet::start(vec![
+        oauth_vendor(
+            "crm",
+            &idp,
+            GrantConfig::RefreshToken,
+            ClientAuthConfig::ClientSecretPost,
+        ),
+        oauth_vendor(
+            "erp",
+            &idp,
+            GrantConfig::ClientCredentials,
+            ClientAuthConfig::ClientSecretPost,
+        ),
+    ])
+    .await;
+    valet
+        .put_credential(
+            "acme",
+            "crm",
+            &material("acme-client", "oauth-canary-client-secret-6", Some(&rt)),
+        )
+        .await;
+    valet
+        .put_credential(
+            "beta",
+            "erp",
+            &material("beta-client", "oauth-canary-client-secret-7", None),
+        )
+        .await;
+    let key = valet
+        .api_key(&["acme", "beta"], &["crm", "erp"], &[Operation::Read])
+        .await;
+    assert_eq!(
+        valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        valet
+            .call(&key, get("beta", "erp", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let live = idp.live_access_tokens();
+    assert_eq!(live.len(), 2);
+
+    // Containment: beta disabled as compromised; its access token dies.
+    let disable = proto::SetTenantStatusRequest {
+        tenant: "beta".into(),
+        state: proto::TenantState::Disabled as i32,
+        reason: "leaked key".into(),
+        compromised: true,
+        ..Default::default()
+    };
+    valet
+        .admin()
+        .await
+        .set_tenant_status(authed(disable, &valet.admin_key))
+        .await
+        .expect("disabled");
+    let revoked = idp.revocations();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(
+        (revoked[0].1.as_deref(), revoked[0].2),
+        (Some("access_token"), 200)
+    );
+    assert_eq!(idp.live_access_tokens().len(), 1);
+
+    // Offboarding acme: its access token and its (rotated) refresh token.
+    let offboard = proto::OffboardTenantRequest {
+        tenant: "acme".into(),
+        now: true,
+        reason: "contract ended".into(),
+        ..Default::default()
+    };
+    let done = valet
+        .admin()
+        .await
+        .offboard_tenant(authed(offboard, &valet.admin_key))
+        .await
+        .expect("offboarded")
+        .into_inner();
+    let revoked = idp.revocations();
+    assert_eq!(revoked.len(), 3, "{revoked:?}");
+    let hints: Vec<_> = revoked[1..]
+        .iter()
+        .map(|r| (r.1.clone().unwrap_or_default(), r.2))
+        .collect();
+    assert!(
+        hints.contains(&("access_token".into(), 200)) && hints.contains(&("refresh_token".into(), 200)),
+        "{hints:?}"
+    );
+    assert!(idp.live_access_tokens().is_empty());
+    assert!(
+        done.deleted
+            .iter()
+            .filter(|d| d.starts_with("OAuth ") && d.ends_with(" revoked"))
+            .count()
+            == 2,
+        "{:?}",
+        done.deleted
+    );
+    let audit = std::fs::read_to_string(valet.audit_log()).unwrap();
+    assert_eq!(
+        audit.lines().filter(|l| l.contains("\"oauth_revoke\"")).count(),
+        2,
+        "{audit}"
+    );
+    for token in idp.issued() {
+        assert!(!audit.contains(&token), "a token in the audit log");
+    }
 }

@@ -109,6 +109,7 @@ fn oauth(provider: &Provider, name: &str, client_auth: ClientAuthConfig) -> vale
             read_scopes: vec!["things.read".into()],
             write_scopes: vec!["things.write".into()],
             audience: None,
+            revocation_url: Some(format!("{}/token/revocation", provider.base())),
             refresh_before_ms: 60_000,
         },
     );
@@ -221,6 +222,42 @@ async fn client_credentials_against_oidc_provider() {
         .count();
     assert_eq!(asked, 1);
 
+    // Offboarding the tenant revokes its tokens at the provider (RFC 7009):
+    // the API no longer takes them.
+    let offboard = valet::proto::OffboardTenantRequest {
+        tenant: "acme".into(),
+        now: true,
+        reason: "contract ended".into(),
+        ..Default::default()
+    };
+    let done = valet
+        .admin()
+        .await
+        .offboard_tenant(support::authed(offboard, &valet.admin_key))
+        .await
+        .expect("offboarded")
+        .into_inner();
+    let revocations = provider.logged("revocation");
+    assert_eq!(revocations.len(), 4, "{revocations:?}");
+    assert!(revocations.iter().all(|r| r["status"] == 200), "{revocations:?}");
+    assert_eq!(
+        done.deleted
+            .iter()
+            .filter(|d| d.starts_with("OAuth ") && d.ends_with(" revoked"))
+            .count(),
+        4,
+        "{:?}",
+        done.deleted
+    );
+    for a in &api {
+        let token = a["token"].as_str().unwrap();
+        assert_eq!(
+            api_status(provider.port, token).await,
+            401,
+            "a revoked token still works"
+        );
+    }
+
     // Neither a client secret nor an access token the provider issued is in
     // anything Valet produced.
     let mut secrets: Vec<String> = api
@@ -242,4 +279,23 @@ async fn client_credentials_against_oidc_provider() {
             );
         }
     }
+}
+
+/// The status the provider's API answers to a GET with `token`.
+async fn api_status(port: u16, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /api/things HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

@@ -78,8 +78,14 @@ impl AdminService {
 
         // 2. Credentials: overwritten, then deleted.
         for (key, meta) in self.app.vault.list(Some(&tenant)).await? {
+            let revoked = crate::oauth::revoke(&self.app, &actor, &key, "offboarding").await;
+            deleted.extend(revoked.iter().map(|r| {
+                format!(
+                    "OAuth {} of {} (fingerprint {}) {}",
+                    r.kind, key.vendor, r.fingerprint, r.outcome
+                )
+            }));
             self.app.vault.delete(&key).await?;
-            self.app.tokens.forget(&key).await;
             deleted.push(format!(
                 "credential {} (fingerprint {}) overwritten and deleted",
                 key.vendor, meta.fingerprint

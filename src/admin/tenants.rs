@@ -231,6 +231,11 @@ impl AdminService {
             ..status.clone()
         };
         landing("the disable", async move { keys.disable(again, false).await }).await?;
+        // A compromised tenant's OAuth tokens die at the provider too.
+        for c in &marked {
+            let key = valet_credentials::CredentialKey::new(status.tenant.clone(), c.vendor.clone());
+            crate::oauth::revoke(&self.app, &status.actor, &key, "tenant disabled as compromised").await;
+        }
         Ok(marked)
     }
 

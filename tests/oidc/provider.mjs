@@ -7,9 +7,9 @@
 //
 // Clients come from OIDC_CLIENTS (JSON: [{client_id, client_secret,
 // token_endpoint_auth_method}]); access tokens live OIDC_TTL seconds
-// (default 600). Every token request and API request is printed to stdout
-// as one JSON line ({"kind": "token" | "api", ...}), then "READY" once
-// listening. Loopback only.
+// (default 600). Every token, revocation and API request is printed to
+// stdout as one JSON line ({"kind": "token" | "revocation" | "api", ...}),
+// after {"kind": "ready"} once listening. Loopback only.
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2]);
@@ -50,6 +50,9 @@ provider.use(async (ctx, next) => {
     return;
   }
   await next();
+  if (ctx.path === '/token/revocation') {
+    log({ kind: 'revocation', status: ctx.status, client_id: ctx.oidc?.client?.clientId || null });
+  }
   if (ctx.path === '/token') {
     const params = ctx.oidc?.params || {};
     log({

@@ -92,6 +92,17 @@ pub enum Event {
         /// The replica that asked (host name and process id).
         replica: String,
     },
+    /// An OAuth vendor's tokens for a tenant were revoked at the provider
+    /// (RFC 7009): at offboarding, or when it was disabled as compromised.
+    OauthRevoke {
+        /// Owning tenant.
+        tenant: String,
+        /// The OAuth vendor.
+        vendor: String,
+        /// Each token as `kind:fingerprint:outcome` (`access_token` or
+        /// `refresh_token`; `revoked`, `refused`, `busy` or `unavailable`).
+        tokens: Vec<String>,
+    },
     /// A quota policy was set or replaced.
     QuotaPolicyPut {
         /// The policy's id.
@@ -229,6 +240,7 @@ impl Event {
             Event::CredentialRotate { .. } => "credential_rotate",
             Event::CredentialRefresh { .. } => "credential_refresh",
             Event::OauthToken { .. } => "oauth_token",
+            Event::OauthRevoke { .. } => "oauth_revoke",
             Event::QuotaPolicyPut { .. } => "quota_policy_put",
             Event::QuotaPolicyDelete { .. } => "quota_policy_delete",
             Event::IdempotencyPurge { .. } => "idempotency_purge",

@@ -68,6 +68,9 @@ pub struct OAuthSpec {
     pub write_scopes: Vec<String>,
     /// The `audience` parameter some providers want (Auth0, Okta).
     pub audience: Option<String>,
+    /// RFC 7009 revocation endpoint: tokens are revoked there when the
+    /// tenant is offboarded or disabled as compromised.
+    pub revocation_url: Option<String>,
     /// A token is replaced this long before it expires.
     pub refresh_before: Duration,
 }

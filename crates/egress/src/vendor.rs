@@ -122,6 +122,9 @@ pub enum VendorError {
     /// An OAuth vendor's token URL is malformed or not allowed.
     #[error("auth.token_url: {0}")]
     TokenUrl(String),
+    /// An OAuth vendor's revocation URL is malformed or not allowed.
+    #[error("auth.revocation_url: {0}")]
+    RevocationUrl(String),
     /// A `resolve_to` address is one the vendor may not be reached at.
     #[error(
         "resolve_to: {addr} is {} address; set allow_private_addresses = true if this vendor really lives there",
@@ -166,6 +169,8 @@ pub struct Vendor {
     pub(crate) slots: Arc<Semaphore>,
     /// The token endpoint, for an OAuth 2.0 vendor.
     pub(crate) token: Option<crate::token::TokenEndpoint>,
+    /// Its revocation endpoint, if configured.
+    pub(crate) revocation: Option<crate::token::TokenEndpoint>,
 }
 
 impl std::fmt::Debug for Vendor {
@@ -219,9 +224,19 @@ impl Vendor {
         }
         let tls = tls_config(spec.ca_file.as_ref())?;
         let client = guarded_client(&spec, policy, tls.clone(), spec.max_concurrent_requests);
-        let token = match &spec.auth {
-            AuthScheme::OAuth2(oauth) => Some(token_endpoint(&spec, oauth, policy, tls)?),
-            _ => None,
+        let (token, revocation) = match &spec.auth {
+            AuthScheme::OAuth2(oauth) => {
+                let token = oauth_endpoint(&spec, &oauth.token_url, policy, tls.clone())
+                    .map_err(VendorError::TokenUrl)?;
+                let revocation = match &oauth.revocation_url {
+                    None => None,
+                    Some(url) => {
+                        Some(oauth_endpoint(&spec, url, policy, tls).map_err(VendorError::RevocationUrl)?)
+                    }
+                };
+                (Some(token), revocation)
+            }
+            _ => (None, None),
         };
         Ok(Self {
             breaker: Breaker::new(spec.breaker.clone()),
@@ -231,6 +246,7 @@ impl Vendor {
             origin,
             client,
             token,
+            revocation,
         })
     }
 
@@ -245,6 +261,11 @@ impl Vendor {
     /// The vendor's token endpoint, if it uses OAuth.
     pub fn token_endpoint(&self) -> Option<&crate::token::TokenEndpoint> {
         self.token.as_ref()
+    }
+
+    /// The vendor's token revocation endpoint, if it has one.
+    pub fn revocation_endpoint(&self) -> Option<&crate::token::TokenEndpoint> {
+        self.revocation.as_ref()
     }
 
     /// Sends `req` with `secret` injected, retrying when it is safe and
@@ -435,38 +456,35 @@ fn guarded_client(
         .build(connector)
 }
 
-/// The token endpoint of an OAuth vendor: `token_url` passes the checks a
-/// base URL does, and is reached through the same guarded client.
-fn token_endpoint(
+/// An OAuth vendor's endpoint (token or revocation) at `url`: it passes
+/// the checks a base URL does, and is reached through the same guarded
+/// client. The error says why, for the field's message.
+fn oauth_endpoint(
     spec: &VendorSpec,
-    oauth: &crate::token::OAuthSpec,
+    url: &str,
     policy: AddressPolicy,
     tls: rustls::ClientConfig,
-) -> Result<crate::token::TokenEndpoint, VendorError> {
-    let token_url = |e: VendorError| match e {
-        VendorError::BaseUrl(why) => VendorError::TokenUrl(why),
-        other => other,
-    };
-    let origin = parse_base_url(&oauth.token_url, spec.allow_insecure_http).map_err(token_url)?;
+) -> Result<crate::token::TokenEndpoint, String> {
+    let origin = parse_base_url(url, spec.allow_insecure_http).map_err(|e| match e {
+        VendorError::BaseUrl(why) => why,
+        other => other.to_string(),
+    })?;
     let host = origin
         .authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     if let Some(class) = host.parse().ok().and_then(|ip| policy.refuses(ip)) {
-        return Err(VendorError::TokenUrl(format!(
+        return Err(format!(
             "is {} address; set allow_private_addresses = true if the provider really lives there",
             crate::resolve::with_article(class)
-        )));
+        ));
     }
-    let url: Uri = oauth
-        .token_url
-        .parse()
-        .map_err(|_| VendorError::TokenUrl("is not a valid URL".into()))?;
+    let uri: Uri = url.parse().map_err(|_| "is not a valid URL".to_owned())?;
     let client = guarded_client(spec, policy, tls, 4);
     Ok(crate::token::TokenEndpoint::new(
         &spec.name,
-        url,
+        uri,
         spec.timeout,
         client,
     ))

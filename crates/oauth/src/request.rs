@@ -10,6 +10,8 @@
 //! the client secret in a plain `String` while it builds the request; that
 //! copy lives only for the request's duration.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, Scope, TokenResponse as _, TokenUrl,
@@ -95,6 +97,8 @@ enum Transport {
 /// cannot prove `Send` for every lifetime when the fetch is spawned.
 struct Http {
     vendor: Arc<Vendor>,
+    /// The revocation endpoint rather than the token endpoint.
+    revocation: bool,
 }
 
 impl<'c> oauth2::AsyncHttpClient<'c> for Http {
@@ -103,7 +107,11 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Http {
 
     fn call(&'c self, req: oauth2::HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let endpoint = self.vendor.token_endpoint().expect("an OAuth vendor");
+            let endpoint = match self.revocation {
+                false => self.vendor.token_endpoint(),
+                true => self.vendor.revocation_endpoint(),
+            };
+            let endpoint = endpoint.expect("checked by the request's maker");
             let resp = endpoint.post(req).await?;
             let status = resp.status().as_u16();
             if status == 429 || status >= 500 {
@@ -150,6 +158,7 @@ async fn exchange(
         .set_token_uri(url);
     let http = Http {
         vendor: vendor.clone(),
+        revocation: false,
     };
     let scopes = scopes.iter().map(|s| Scope::new(s.clone()));
     let answer = match spec.grant {
@@ -180,11 +189,108 @@ async fn exchange(
                 .refresh_token()
                 .map(|r| Secret::new(r.secret().as_bytes().to_vec())),
         }),
-        Err(e) => Err(classify(e)),
+        Err(e) => Err(classify_token(e)),
     }
 }
 
-fn classify(e: RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>) -> RequestError {
+/// Which token a revocation is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// An access token.
+    Access,
+    /// A refresh token (revoking it ends its whole grant at most providers).
+    Refresh,
+}
+
+impl TokenKind {
+    /// `access_token` or `refresh_token`, as RFC 7009's hints name them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access_token",
+            TokenKind::Refresh => "refresh_token",
+        }
+    }
+}
+
+/// Revokes `token` at `vendor`'s revocation endpoint (RFC 7009),
+/// authenticated with `material` as token requests are.
+pub fn revoke<'a>(
+    vendor: &'a Arc<Vendor>,
+    material: &'a GrantMaterial,
+    token: &'a Secret,
+    kind: TokenKind,
+) -> Pin<Box<dyn Future<Output = Result<(), RequestError>> + Send + 'a>> {
+    Box::pin(revoke_at(vendor, material, token, kind))
+}
+
+async fn revoke_at(
+    vendor: &Arc<Vendor>,
+    material: &GrantMaterial,
+    token: &Secret,
+    kind: TokenKind,
+) -> Result<(), RequestError> {
+    let (Some(spec), Some(endpoint)) = (vendor.oauth(), vendor.revocation_endpoint()) else {
+        return Err(RequestError::Refused("no revocation_url is configured".into()));
+    };
+    let req = revocation_request(endpoint.url(), spec.client_auth, material, token, kind)?;
+    let http = Http {
+        vendor: vendor.clone(),
+        revocation: true,
+    };
+    let resp = oauth2::AsyncHttpClient::call(&http, req)
+        .await
+        .map_err(|e| match e {
+            Transport::Busy { status, retry_after } => RequestError::Busy { status, retry_after },
+            Transport::Endpoint(e) => RequestError::Unavailable(e.to_string()),
+        })?;
+    match resp.status().as_u16() {
+        // RFC 7009 §2.2: 200 whether or not the token was known.
+        200 => Ok(()),
+        status => Err(RequestError::Refused(format!(
+            "the revocation endpoint answered {status}"
+        ))),
+    }
+}
+
+/// The RFC 7009 request for `token`. Built here rather than by oauth2,
+/// which refuses a revocation URL that is not https even where the vendor
+/// allows plain http to loopback.
+fn revocation_request(
+    url: &http::Uri,
+    client_auth: ClientAuth,
+    material: &GrantMaterial,
+    token: &Secret,
+    kind: TokenKind,
+) -> Result<oauth2::HttpRequest, RequestError> {
+    let text = String::from_utf8_lossy(token.expose()).into_owned();
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("token", &text)
+        .append_pair("token_type_hint", kind.as_str());
+    let mut req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(url.clone())
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(http::header::ACCEPT, "application/json");
+    match client_auth {
+        ClientAuth::ClientSecretBasic => {
+            // RFC 6749 §2.3.1: each part form-encoded, then Basic.
+            let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", enc(&material.client_id), enc(&material.client_secret));
+            let mut value = http::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair)))
+                .map_err(|_| RequestError::Refused("the client credentials do not fit a header".into()))?;
+            value.set_sensitive(true);
+            req = req.header(http::header::AUTHORIZATION, value);
+        }
+        ClientAuth::ClientSecretPost => {
+            form.append_pair("client_id", &material.client_id)
+                .append_pair("client_secret", &material.client_secret);
+        }
+    }
+    req.body(form.finish().into_bytes())
+        .map_err(|_| RequestError::Unavailable("the revocation request does not build".into()))
+}
+
+fn classify_token(e: RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>) -> RequestError {
     match e {
         RequestTokenError::ServerResponse(answer) => {
             let code = answer.error().as_ref().to_owned();
@@ -195,6 +301,13 @@ fn classify(e: RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>) 
                 _ => RequestError::Refused(code),
             }
         }
+        other => classify_transport(other),
+    }
+}
+
+/// A request that got no stated refusal: busy, unreachable, or unreadable.
+fn classify_transport<T: oauth2::ErrorResponse>(e: RequestTokenError<Transport, T>) -> RequestError {
+    match e {
         RequestTokenError::Request(Transport::Busy { status, retry_after }) => {
             RequestError::Busy { status, retry_after }
         }
@@ -204,6 +317,7 @@ fn classify(e: RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>) 
             RequestError::Unavailable("the token endpoint's answer is not a token response".into())
         }
         RequestTokenError::Other(what) => RequestError::Unavailable(format!("token endpoint: {what}")),
+        RequestTokenError::ServerResponse(_) => RequestError::Refused("refused".into()),
     }
 }
 

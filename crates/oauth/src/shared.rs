@@ -40,6 +40,8 @@ pub struct Published {
     pub expires_ms: u64,
     /// The fencing token of the lock it was fetched under.
     pub fence: u64,
+    /// The scope set it is for, space-separated.
+    pub scopes: String,
 }
 
 impl Published {
@@ -206,6 +208,23 @@ impl Shared {
             .await
             .map_err(err)?;
         Ok(())
+    }
+
+    /// Every token published for the tenant × vendor.
+    pub async fn all(&self, tenant: &str, vendor: &str) -> Result<Vec<Published>, String> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(index_key(tenant, vendor))
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        let mut all = Vec::new();
+        for key in keys {
+            if let Some(p) = self.get(&key).await? {
+                all.push(p);
+            }
+        }
+        Ok(all)
     }
 
     /// Removes every token of the tenant × vendor (its grant material was

@@ -29,7 +29,7 @@
 //! Every fetch is audited through [`Grants::record`] before its token is
 //! used; the record names fingerprints, never a token.
 
-use crate::request::{self, Issued, RequestError};
+use crate::request::{self, Issued, RequestError, TokenKind};
 use crate::shared::{self, Published, Shared};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -135,6 +135,17 @@ impl std::fmt::Debug for AccessToken {
             .field("scopes", &self.scopes)
             .finish_non_exhaustive()
     }
+}
+
+/// One token a revocation was for.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// `access_token` or `refresh_token`.
+    pub kind: &'static str,
+    /// Its fingerprint.
+    pub fingerprint: Fingerprint,
+    /// `revoked`, or why not (`refused`, `busy`, `unavailable`).
+    pub outcome: String,
 }
 
 /// Tenant × vendor × scope set.
@@ -323,6 +334,82 @@ impl<G: Grants> Tokens<G> {
         {
             tracing::warn!(credential = %key, error = %e, "cannot drop the fleet's OAuth tokens of a replaced credential");
         }
+    }
+
+    /// Revokes at the provider (RFC 7009, when the vendor has a
+    /// `revocation_url`) every access token held for `key` here or
+    /// published by the fleet, and the refresh token in `material`; then
+    /// forgets them. Says what became of each, by fingerprint.
+    pub async fn revoke(&self, vendor: &Arc<Vendor>, key: &CredentialKey, material: &Secret) -> Vec<Revoked> {
+        let mut revoked = Vec::new();
+        let parsed = vendor
+            .oauth()
+            .and_then(|spec| GrantMaterial::parse(material, spec.grant).ok());
+        if let (Some(parsed), Some(_)) = (parsed, vendor.revocation_endpoint()) {
+            for (kind, token, fingerprint) in self.revocable(key, &parsed).await {
+                let outcome = match request::revoke(vendor, &parsed, &token, kind).await {
+                    Ok(()) => "revoked".to_owned(),
+                    Err(e) => {
+                        tracing::warn!(credential = %key, kind = kind.as_str(), error = %e, "an OAuth token could not be revoked");
+                        e.outcome().to_owned()
+                    }
+                };
+                revoked.push(Revoked {
+                    kind: kind.as_str(),
+                    fingerprint,
+                    outcome,
+                });
+            }
+        }
+        self.forget(key).await;
+        revoked
+    }
+
+    /// The access tokens held or published for `key`, and `material`'s
+    /// refresh token, each once.
+    async fn revocable(
+        &self,
+        key: &CredentialKey,
+        material: &GrantMaterial,
+    ) -> Vec<(TokenKind, Secret, Fingerprint)> {
+        let mut found: Vec<(TokenKind, Secret, Fingerprint)> = Vec::new();
+        let held: Vec<(TokenKey, Held)> = self
+            .held
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(t, _)| &t.credential == key)
+            .map(|(t, h)| (t.clone(), h.clone()))
+            .collect();
+        for (token, h) in held {
+            if let Ok(plain) = self.vault.open_data(&key.tenant, &label(&token), &h.sealed) {
+                found.push((TokenKind::Access, Secret::new(plain), h.fingerprint));
+            }
+        }
+        if let Some(shared) = &self.shared {
+            for p in shared.all(&key.tenant, &key.vendor).await.unwrap_or_default() {
+                let token = TokenKey {
+                    credential: key.clone(),
+                    scopes: p.scopes.clone(),
+                };
+                let fingerprint = Fingerprint::from_hex(&p.fingerprint);
+                if found.iter().any(|(_, _, f)| *f == fingerprint) {
+                    continue;
+                }
+                if let Some(plain) = p
+                    .sealed_bytes()
+                    .and_then(|s| self.vault.open_data(&key.tenant, &label(&token), &s).ok())
+                {
+                    found.push((TokenKind::Access, Secret::new(plain), fingerprint));
+                }
+            }
+        }
+        if let Some(refresh) = &material.refresh_token {
+            let secret = Secret::new(refresh.as_bytes().to_vec());
+            let fingerprint = self.vault.fingerprint(&secret);
+            found.push((TokenKind::Refresh, secret, fingerprint));
+        }
+        found
     }
 
     fn rejected(&self, token: &TokenKey) -> Option<Fingerprint> {
@@ -637,6 +724,7 @@ impl<G: Grants> Tokens<G> {
                 issued_ms,
                 expires_ms: issued_ms + new.lifetime.as_millis() as u64,
                 fence,
+                scopes: token.scopes.clone(),
             };
             let at = shared::token_key(&key.tenant, &key.vendor, &token.scopes);
             if let Err(e) = shared.publish(&key.tenant, &key.vendor, &at, &published).await {

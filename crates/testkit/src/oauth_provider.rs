@@ -111,6 +111,8 @@ struct State {
     issued: Vec<String>,
     /// Token requests received, answered or not (counted before any delay).
     started: usize,
+    /// Revocation requests: the token, its hint, the answer's status.
+    revocations: Vec<(String, Option<String>, u16)>,
     reuse_detected: u32,
 }
 
@@ -162,6 +164,17 @@ impl MockOAuth {
     /// The token endpoint.
     pub fn token_url(&self) -> String {
         format!("{}/token", self.base_url())
+    }
+
+    /// The RFC 7009 revocation endpoint.
+    pub fn revoke_url(&self) -> String {
+        format!("{}/revoke", self.base_url())
+    }
+
+    /// Revocation requests so far: the token, its `token_type_hint`, and the
+    /// status answered.
+    pub fn revocations(&self) -> Vec<(String, Option<String>, u16)> {
+        self.state().revocations.clone()
     }
 
     /// The protected API's base URL.
@@ -327,6 +340,8 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             tokio::time::sleep(delay).await;
         }
         token(&shared, &parts.headers, &body)
+    } else if parts.uri.path() == "/revoke" && parts.method == http::Method::POST {
+        revoke(&shared, &parts.headers, &body)
     } else if parts.uri.path().starts_with("/api/") {
         api(&shared, &parts)
     } else {
@@ -493,6 +508,42 @@ fn token_answer(
             json(200, body)
         }
         _ => json(400, serde_json::json!({"error": "unsupported_grant_type"})),
+    }
+}
+
+/// RFC 7009: the client authenticates; an access token is revoked, a
+/// refresh token revokes its whole family; unknown tokens are a 200 too.
+fn revoke(shared: &Shared, headers: &http::HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
+    let form = form(body);
+    let creds = client_credentials(headers, &form);
+    let mut s = shared.state.lock().expect("lock");
+    let token = form.get("token").cloned().unwrap_or_default();
+    let hint = form.get("token_type_hint").cloned();
+    let known = creds.as_ref().and_then(|(id, secret, auth)| {
+        let (want, method) = s.clients.get(id)?;
+        (want == secret && method == auth).then_some(())
+    });
+    let status = if known.is_none() {
+        401
+    } else {
+        if let Some(issued) = s.access.remove(&token) {
+            let _ = issued.family;
+        }
+        if let Some((_, family, _)) = s.refresh.get(&token).cloned()
+            && let Some(f) = s.families.get_mut(&family)
+        {
+            f.revoked = true;
+        }
+        200
+    };
+    s.revocations.push((token, hint, status));
+    if status == 200 {
+        Response::builder()
+            .status(200)
+            .body(Full::new(Bytes::new()))
+            .expect("response")
+    } else {
+        json(401, serde_json::json!({"error": "invalid_client"}))
     }
 }
 

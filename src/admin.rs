@@ -35,7 +35,7 @@ impl Verifier for VerifyWith<'_> {
         let secret = match self.vendor.oauth() {
             None => secret,
             Some(spec) => {
-                let Ok(material) = valet_egress::GrantMaterial::parse(secret, spec.grant) else {
+                let Ok(material) = valet_egress::GrantMaterial::parse(secret, spec) else {
                     return Verdict::Failed {
                         reason: "SECRET_INVALID",
                         detail: "not OAuth grant material".into(),
@@ -139,9 +139,7 @@ impl AdminService {
         let key = self.credential_key(&req.tenant, &req.vendor)?;
         let secret = Secret::from(req.secret);
         let vendor = self.app.registry.get(&key.vendor).expect("checked above");
-        vendor
-            .auth()
-            .check_secret(&secret)
+        crate::oauth::check_secret(&vendor, &secret)
             .map_err(|why| Failure::invalid("secret", Reason::SecretInvalid, why))?;
         let (stored, replaced) = self.app.vault.put(&key, &secret).await?;
         drop(secret);
@@ -192,9 +190,7 @@ impl AdminService {
             ));
         }
         let secret = Secret::from(req.secret);
-        vendor
-            .auth()
-            .check_secret(&secret)
+        crate::oauth::check_secret(&vendor, &secret)
             .map_err(|why| Failure::invalid("secret", Reason::SecretInvalid, why))?;
         let verifier = VerifyWith {
             app: &self.app,

@@ -356,6 +356,14 @@ pub struct OAuthArgs {
     /// (for a vendor with `grant = "refresh_token"`).
     #[arg(long, requires = "oauth_client_id")]
     pub oauth_refresh_token: bool,
+    /// For a `private_key_jwt` vendor: standard input holds the PKCS#8 PEM
+    /// private key (P-256 or RSA) instead of a client secret, and the
+    /// refresh token, if any, on the line after its END line.
+    #[arg(long, requires = "oauth_client_id")]
+    pub oauth_private_key: bool,
+    /// The `kid` the provider knows the private key by.
+    #[arg(long, value_name = "KID", requires = "oauth_private_key")]
+    pub oauth_key_id: Option<String>,
 }
 
 /// `valet admin credential …`.

@@ -703,7 +703,8 @@ pub enum AuthConfig {
         token_url: String,
         /// `client_credentials` or `refresh_token`.
         grant: GrantConfig,
-        /// `client_secret_basic` (default) or `client_secret_post`.
+        /// `client_secret_basic` (default), `client_secret_post` or
+        /// `private_key_jwt`.
         #[serde(default)]
         client_auth: ClientAuthConfig,
         /// Scopes asked for by calls whose operation has none of its own.
@@ -747,6 +748,8 @@ pub enum ClientAuthConfig {
     ClientSecretBasic,
     /// In the form body.
     ClientSecretPost,
+    /// A JWT signed with the tenant's private key (RFC 7523).
+    PrivateKeyJwt,
 }
 
 fn default_refresh_before_ms() -> u64 {
@@ -1168,6 +1171,7 @@ fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, (&'static str, String)> 
                 client_auth: match client_auth {
                     ClientAuthConfig::ClientSecretBasic => valet_egress::ClientAuth::ClientSecretBasic,
                     ClientAuthConfig::ClientSecretPost => valet_egress::ClientAuth::ClientSecretPost,
+                    ClientAuthConfig::PrivateKeyJwt => valet_egress::ClientAuth::PrivateKeyJwt,
                 },
                 scopes: scopes.clone(),
                 read_scopes: read_scopes.clone(),
@@ -1278,8 +1282,8 @@ mod tests {
                 "unknown variant `password`",
             ),
             (
-                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"oauth2\", token_url = \"https://login.example/token\", grant = \"client_credentials\", client_auth = \"private_key_jwt\" }\n",
-                "unknown variant `private_key_jwt`",
+                "[[vendors]]\nname = \"a\"\nbase_url = \"https://x\"\nauth = { scheme = \"oauth2\", token_url = \"https://login.example/token\", grant = \"client_credentials\", client_auth = \"tls_client_auth\" }\n",
+                "unknown variant `tls_client_auth`",
             ),
             ("[limits]\nmax_header_count = 0\n", "limits.max_header_count"),
             ("[secrets]\nbackend = \"aws\"\n", "secrets.region"),

@@ -137,12 +137,14 @@ pub async fn bearer(app: &App, call: &ValidCall, lease: &Lease) -> Result<Option
     let Some(spec) = call.vendor.oauth() else {
         return Ok(None);
     };
-    let material = GrantMaterial::parse(lease.secret(), spec.grant)
-        .map_err(|why| Failure::from(TokenError::Material(why)))?;
-    let mut scrub_also = vec![Secret::new(material.client_secret.as_bytes().to_vec())];
-    if let Some(refresh) = &material.refresh_token {
-        scrub_also.push(Secret::new(refresh.as_bytes().to_vec()));
-    }
+    let material =
+        GrantMaterial::parse(lease.secret(), spec).map_err(|why| Failure::from(TokenError::Material(why)))?;
+    let scrub_also = [Some(&material.client_secret), material.refresh_token.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .map(|s| Secret::new(s.as_bytes().to_vec()))
+        .collect();
     drop(material);
     let write = call.operation == Operation::Write;
     let token = app
@@ -185,4 +187,18 @@ pub async fn revoke(app: &App, actor: &str, key: &CredentialKey, why: &str) -> V
         tracing::error!(credential = %key, error = %e, "cannot audit an OAuth revocation");
     }
     revoked
+}
+
+/// Whether `secret` is what `vendor` needs: the auth scheme's own check,
+/// and for `private_key_jwt` a private key that can sign assertions.
+pub fn check_secret(vendor: &valet_egress::Vendor, secret: &Secret) -> Result<(), &'static str> {
+    vendor.auth().check_secret(secret)?;
+    if let Some(spec) = vendor.oauth()
+        && spec.client_auth == valet_egress::ClientAuth::PrivateKeyJwt
+    {
+        let material = GrantMaterial::parse(secret, spec)?;
+        valet_oauth::assertion::check(&material)
+            .map_err(|_| "private_key is not a PKCS#8 PEM P-256 (ES256) or RSA (RS256) key")?;
+    }
+    Ok(())
 }

@@ -804,3 +804,148 @@ async fn offboarding_and_containment_revoke_the_tokens_at_the_provider() {
         assert!(!audit.contains(&token), "a token in the audit log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_jwt_sends_a_fresh_signed_assertion_and_never_the_key() {
+    let idp = MockOAuth::start().await;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    idp.add_jwt_client("jwt-client", pair.public_key_raw());
+    let mut v = oauth_vendor(
+        "crm",
+        &idp,
+        GrantConfig::ClientCredentials,
+        ClientAuthConfig::PrivateKeyJwt,
+    );
+    v.require_idempotency_key = false;
+    let valet = Valet::start(vec![v]).await;
+    // A key that cannot sign is refused when it is stored.
+    let bad = serde_json::json!({"client_id": "jwt-client", "private_key": "-----BEGIN PRIVATE KEY-----\nb2F1dGgtY2FuYXJ5\n-----END PRIVATE KEY-----\n"});
+    let put = |secret: String| proto::PutCredentialRequest {
+        tenant: "acme".into(),
+        vendor: "crm".into(),
+        secret,
+    };
+    let refused = valet
+        .admin()
+        .await
+        .put_credential(authed(put(bad.to_string()), &valet.admin_key))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "SECRET_INVALID", "{refused:?}");
+    let pem = pair.serialize_pem();
+    let good = serde_json::json!({"client_id": "jwt-client", "private_key": pem, "key_id": "k1"});
+    valet
+        .admin()
+        .await
+        .put_credential(authed(put(good.to_string()), &valet.admin_key))
+        .await
+        .expect("stored");
+    let key = valet
+        .api_key(&["acme"], &["crm"], &[Operation::Read, Operation::Write])
+        .await;
+    assert_eq!(
+        valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        valet
+            .call(&key, write("acme", "crm", "/things", ""))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // Two scope sets, two token requests, each with its own assertion
+    // (the provider refuses a replayed jti), neither with a secret.
+    let tokens = idp.token_requests();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.auth == Some(ClientAuth::Jwt) && t.status == 200),
+        "{tokens:?}"
+    );
+    let body_of_key = pem.lines().nth(1).unwrap().to_owned();
+    for r in idp.received() {
+        assert!(!r.contains("client_secret"), "{r}");
+        assert!(!r.contains(&body_of_key), "the private key was sent");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_stores_a_private_key_for_private_key_jwt() {
+    let idp = MockOAuth::start().await;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    idp.add_jwt_client("jwt-client", pair.public_key_raw());
+    let body = format!(
+        "[[vendors]]\nname = \"crm\"\nbase_url = \"{}\"\nallow_insecure_http = true\nauth = {{ scheme = \"oauth2\", token_url = \"{}\", grant = \"client_credentials\", client_auth = \"private_key_jwt\" }}\n",
+        idp.api_url(),
+        idp.token_url()
+    );
+    let valet = ValetProcess::spawn(&body).await;
+    let put = [
+        "credential",
+        "put",
+        "--tenant",
+        "acme",
+        "--vendor",
+        "crm",
+        "--oauth-client-id",
+        "jwt-client",
+        "--oauth-private-key",
+        "--oauth-key-id",
+        "k1",
+    ];
+    // Something after the key without --oauth-refresh-token: refused.
+    let extra = admin_cli(
+        &valet.admin_url,
+        &valet.key_file,
+        &put,
+        &format!("{}oops\n", pair.serialize_pem()),
+    )
+    .await;
+    assert!(!extra.status.success());
+    assert!(String::from_utf8_lossy(&extra.stderr).contains("more than the PEM key"));
+    valet.admin(&put, &pair.serialize_pem()).await;
+    let key = valet
+        .admin(
+            &[
+                "apikey",
+                "create",
+                "--name",
+                "caller",
+                "--tenant",
+                "acme",
+                "--vendor",
+                "crm",
+                "--operation",
+                "read",
+            ],
+            "",
+        )
+        .await
+        .trim()
+        .to_owned();
+    let resp = valet
+        .gateway()
+        .await
+        .call(authed(get("acme", "crm", "/things"), &key))
+        .await
+        .expect("call")
+        .into_inner();
+    assert_eq!(resp.status, 200);
+    assert_eq!(idp.token_requests()[0].auth, Some(ClientAuth::Jwt));
+    let exited = valet.terminate().await;
+    let key_body = pair.serialize_pem().lines().nth(1).unwrap().to_owned();
+    let outputs = [exited.stdout.clone(), exited.stderr.clone(), resp.body];
+    for out in &outputs {
+        assert!(
+            !String::from_utf8_lossy(out).contains(&key_body),
+            "the private key in an output"
+        );
+    }
+}

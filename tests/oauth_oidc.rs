@@ -126,7 +126,13 @@ fn material(id: &str, secret: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_against_oidc_provider() {
+    // A private_key_jwt client: oidc-provider knows only its public key.
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = pair.public_key_raw();
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]), "kid": "k1", "use": "sig", "alg": "ES256"});
     let clients = serde_json::json!([
+        {"client_id": "valet-jwt", "token_endpoint_auth_method": "private_key_jwt", "token_endpoint_auth_signing_alg": "ES256", "jwks": {"keys": [jwk]}},
         {"client_id": "valet-basic", "client_secret": BASIC_SECRET, "token_endpoint_auth_method": "client_secret_basic"},
         {"client_id": "valet-post", "client_secret": POST_SECRET, "token_endpoint_auth_method": "client_secret_post"},
         {"client_id": "valet-rejected", "client_secret": BASIC_SECRET, "token_endpoint_auth_method": "client_secret_basic"},
@@ -137,6 +143,7 @@ async fn client_credentials_against_oidc_provider() {
     let valet = Valet::start(vec![
         oauth(&provider, "basic", ClientAuthConfig::ClientSecretBasic),
         oauth(&provider, "post", ClientAuthConfig::ClientSecretPost),
+        oauth(&provider, "jwt", ClientAuthConfig::PrivateKeyJwt),
         oauth(&provider, "wrong", ClientAuthConfig::ClientSecretBasic),
     ])
     .await;
@@ -145,6 +152,11 @@ async fn client_credentials_against_oidc_provider() {
         .await;
     valet
         .put_credential("acme", "post", &material("valet-post", POST_SECRET))
+        .await;
+    let jwt_material =
+        serde_json::json!({"client_id": "valet-jwt", "private_key": pair.serialize_pem(), "key_id": "k1"});
+    valet
+        .put_credential("acme", "jwt", &jwt_material.to_string())
         .await;
     // A client secret the provider does not know.
     valet
@@ -157,12 +169,12 @@ async fn client_credentials_against_oidc_provider() {
     let key = valet
         .api_key(
             &["acme"],
-            &["basic", "post", "wrong"],
+            &["basic", "post", "jwt", "wrong"],
             &[Operation::Read, Operation::Write],
         )
         .await;
     let mut bodies = Vec::new();
-    for v in ["basic", "post"] {
+    for v in ["basic", "post", "jwt"] {
         for i in 0..3 {
             let read = valet.call(&key, get("acme", v, "/things")).await.expect("read");
             assert_eq!(read.status, 200, "{}", String::from_utf8_lossy(&read.body));
@@ -181,8 +193,9 @@ async fn client_credentials_against_oidc_provider() {
     // One token per vendor and scope set, each client authenticated its way.
     let tokens = provider.logged("token");
     let ok: Vec<_> = tokens.iter().filter(|t| t["status"] == 200).collect();
-    assert_eq!(ok.len(), 4, "{tokens:?}");
+    assert_eq!(ok.len(), 6, "{tokens:?}");
     for t in &ok {
+        // (a private_key_jwt client sends its assertion in the form)
         let want = if t["client_id"] == "valet-basic" {
             "basic"
         } else {
@@ -193,7 +206,7 @@ async fn client_credentials_against_oidc_provider() {
     }
     // The API saw each operation's scopes.
     let api = provider.logged("api");
-    assert_eq!(api.len(), 12);
+    assert_eq!(api.len(), 18);
     for a in &api {
         let want = if a["method"] == "GET" {
             "things.read"
@@ -238,14 +251,14 @@ async fn client_credentials_against_oidc_provider() {
         .expect("offboarded")
         .into_inner();
     let revocations = provider.logged("revocation");
-    assert_eq!(revocations.len(), 4, "{revocations:?}");
+    assert_eq!(revocations.len(), 6, "{revocations:?}");
     assert!(revocations.iter().all(|r| r["status"] == 200), "{revocations:?}");
     assert_eq!(
         done.deleted
             .iter()
             .filter(|d| d.starts_with("OAuth ") && d.ends_with(" revoked"))
             .count(),
-        4,
+        6,
         "{:?}",
         done.deleted
     );
@@ -266,7 +279,7 @@ async fn client_credentials_against_oidc_provider() {
         .collect();
     secrets.sort();
     secrets.dedup();
-    assert_eq!(secrets.len(), 4);
+    assert_eq!(secrets.len(), 6);
     secrets.extend([BASIC_SECRET.to_owned(), POST_SECRET.to_owned()]);
     let mut outputs = bodies;
     outputs.push(std::fs::read(valet.audit_log()).unwrap());

@@ -520,47 +520,75 @@ fn read_credential(oauth: &crate::cli::OAuthArgs) -> Result<Zeroizing<String>, S
     let Some(client_id) = &oauth.oauth_client_id else {
         return read_secret();
     };
-    let (client_secret, refresh_token) = if std::io::stdin().is_terminal() {
+    let mut material = valet_egress::GrantMaterial::default();
+    material.client_id.clone_from(client_id);
+    let refresh_token = if oauth.oauth_private_key {
+        if std::io::stdin().is_terminal() {
+            return Err("--oauth-private-key: pipe the PEM private key on standard input".into());
+        }
+        let all = read_secret()?;
+        // The PEM ends with its END line; a refresh token may follow.
+        let end = all
+            .find("-----END ")
+            .and_then(|i| all[i..].find('\n').map(|j| i + j + 1).or(Some(all.len())))
+            .ok_or("--oauth-private-key: standard input holds no PEM private key")?;
+        material.private_key = Some(all[..end].to_owned());
+        material.key_id = oauth.oauth_key_id.clone();
+        let rest = all[end..].trim();
+        match (oauth.oauth_refresh_token, rest.is_empty()) {
+            (true, false) => Some(Zeroizing::new(rest.to_owned())),
+            (false, true) => None,
+            (true, true) => {
+                return Err("--oauth-refresh-token: the refresh token is missing after the PEM key".into());
+            }
+            (false, false) => {
+                return Err("standard input holds more than the PEM key; give --oauth-refresh-token if that is a refresh token".into());
+            }
+        }
+    } else {
+        let (secret, refresh) = read_client_secret(oauth.oauth_refresh_token)?;
+        material.client_secret = secret.to_string();
+        refresh
+    };
+    material.refresh_token = refresh_token.map(|t| t.to_string());
+    let secret = material.to_secret();
+    Ok(Zeroizing::new(
+        String::from_utf8_lossy(secret.expose()).into_owned(),
+    ))
+}
+
+/// The client secret, and with `refresh` the refresh token: prompted on a
+/// terminal, else the first and second lines of standard input.
+fn read_client_secret(refresh: bool) -> Result<(Zeroizing<String>, Option<Zeroizing<String>>), String> {
+    let (secret, token) = if std::io::stdin().is_terminal() {
         let prompt = |what: &str| {
             rpassword::prompt_password(format!("{what} (not echoed): "))
                 .map(Zeroizing::new)
                 .map_err(|e| format!("cannot read the {what}: {e}"))
         };
         let secret = prompt("client secret")?;
-        let refresh = oauth
-            .oauth_refresh_token
-            .then(|| prompt("refresh token"))
-            .transpose()?;
-        (secret, refresh)
+        let token = refresh.then(|| prompt("refresh token")).transpose()?;
+        (secret, token)
     } else {
         let all = read_secret()?;
         let mut lines = all.lines();
         let secret = Zeroizing::new(lines.next().unwrap_or_default().to_owned());
-        let refresh = match (oauth.oauth_refresh_token, lines.next()) {
+        let token = match (refresh, lines.next()) {
             (false, None) => None,
             (false, Some(_)) => {
                 return Err("standard input holds more than the client secret; give --oauth-refresh-token if the second line is a refresh token".into());
             }
             (true, Some(token)) if !token.is_empty() => Some(Zeroizing::new(token.to_owned())),
-            (true, _) => return Err(
-                "--oauth-refresh-token: the refresh token is missing from the second line of standard input"
-                    .into(),
-            ),
+            (true, _) => {
+                return Err("--oauth-refresh-token: the refresh token is missing from the second line of standard input".into());
+            }
         };
-        (secret, refresh)
+        (secret, token)
     };
-    if client_secret.is_empty() {
+    if secret.is_empty() {
         return Err("the client secret is empty".into());
     }
-    let material = valet_egress::GrantMaterial {
-        client_id: client_id.clone(),
-        client_secret: client_secret.to_string(),
-        refresh_token: refresh_token.map(|t| t.to_string()),
-    };
-    let secret = material.to_secret();
-    Ok(Zeroizing::new(
-        String::from_utf8_lossy(secret.expose()).into_owned(),
-    ))
+    Ok((secret, token))
 }
 
 /// Reads the secret: prompted without echo on a terminal, else all of stdin

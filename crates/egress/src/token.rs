@@ -49,6 +49,9 @@ pub enum ClientAuth {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// RFC 7523: a JWT signed with the tenant's private key (ES256 or
+    /// RS256), no shared secret.
+    PrivateKeyJwt,
 }
 
 /// A vendor's OAuth 2.0 settings.
@@ -196,16 +199,26 @@ impl TokenEndpoint {
 }
 
 /// What is stored, sealed, for a tenant of an OAuth vendor: the JSON object
-/// `{"client_id": …, "client_secret": …, "refresh_token": …}` (the refresh
-/// token only for the `refresh_token` grant). Its strings are zeroed when it
-/// is dropped; `Debug` shows only the client id.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+/// `{"client_id": …, "client_secret": …, "refresh_token": …}` — or, for
+/// `private_key_jwt`, `"private_key"` (PKCS#8 PEM) and an optional
+/// `"key_id"` instead of the secret — with the refresh token only for the
+/// `refresh_token` grant. Its secrets are zeroed when it is dropped; `Debug`
+/// shows only the client id.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantMaterial {
     /// The OAuth client id (not secret, but the tenant's own).
     pub client_id: String,
-    /// The client secret.
+    /// The client secret (`client_secret_basic`, `client_secret_post`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_secret: String,
+    /// The private key signing client assertions (`private_key_jwt`),
+    /// PKCS#8 PEM: P-256 (ES256) or RSA (RS256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// The `kid` the provider knows the key by, if it wants one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// The refresh token, for the `refresh_token` grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
@@ -215,8 +228,11 @@ impl Drop for GrantMaterial {
     fn drop(&mut self) {
         use zeroize::Zeroize as _;
         self.client_secret.zeroize();
-        if let Some(token) = self.refresh_token.as_mut() {
-            token.zeroize();
+        for secret in [self.refresh_token.as_mut(), self.private_key.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            secret.zeroize();
         }
     }
 }
@@ -230,16 +246,29 @@ impl std::fmt::Debug for GrantMaterial {
 }
 
 impl GrantMaterial {
-    /// Reads the stored form, checked for `grant`. The error never quotes
-    /// the input.
-    pub fn parse(secret: &valet_credentials::Secret, grant: Grant) -> Result<Self, &'static str> {
+    /// Reads the stored form, checked for `spec`'s grant and client
+    /// authentication. The error never quotes the input.
+    pub fn parse(secret: &valet_credentials::Secret, spec: &OAuthSpec) -> Result<Self, &'static str> {
         let material: Self = serde_json::from_slice(secret.expose()).map_err(|_| {
-            "for an OAuth vendor must be the JSON object {\"client_id\", \"client_secret\"[, \"refresh_token\"]} (valet admin credential put --oauth-client-id builds it)"
+            "for an OAuth vendor must be the JSON object {\"client_id\", \"client_secret\" or \"private_key\"[, \"refresh_token\"]} (valet admin credential put --oauth-client-id builds it)"
         })?;
-        if material.client_id.is_empty() || material.client_secret.is_empty() {
-            return Err("for an OAuth vendor needs a non-empty client_id and client_secret");
+        if material.client_id.is_empty() {
+            return Err("for an OAuth vendor needs a non-empty client_id");
         }
-        match (grant, &material.refresh_token) {
+        match spec.client_auth {
+            ClientAuth::PrivateKeyJwt if material.private_key.as_deref().is_none_or(str::is_empty) => {
+                return Err(
+                    "for a private_key_jwt vendor needs the private_key (PKCS#8 PEM) that signs client assertions",
+                );
+            }
+            ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost
+                if material.client_secret.is_empty() =>
+            {
+                return Err("for an OAuth vendor needs a non-empty client_secret");
+            }
+            _ => {}
+        }
+        match (spec.grant, &material.refresh_token) {
             (Grant::RefreshToken, None) => {
                 Err("for a refresh_token vendor needs the refresh_token the tenant's consent produced")
             }

@@ -51,7 +51,7 @@ impl AuthScheme {
             AuthScheme::Basic if !secret.expose().contains(&b':') => {
                 Err("for basic auth must be 'user:password'")
             }
-            AuthScheme::OAuth2(oauth) => crate::token::GrantMaterial::parse(secret, oauth.grant).map(drop),
+            AuthScheme::OAuth2(oauth) => crate::token::GrantMaterial::parse(secret, oauth).map(drop),
             _ => Ok(()),
         }
     }

@@ -3,8 +3,11 @@
 //!
 //! # Layout
 //!
+//! - [`assertion`]: `private_key_jwt` client assertions (RFC 7523), signed
+//!   ES256 or RS256 with the tenant's key.
 //! - [`request`]: one token request (client credentials or refresh token,
-//!   `client_secret_basic` or `client_secret_post`) through the vendor's
+//!   `client_secret_basic`, `client_secret_post` or `private_key_jwt`)
+//!   through the vendor's
 //!   guarded token endpoint, and how its answer is read.
 //! - [`tokens`]: [`Tokens`] — held sealed per tenant × vendor × scope set,
 //!   single-flight per tenant × vendor, refreshed before expiry in the
@@ -16,9 +19,10 @@
 //! - [`shared`]: for a fleet, the tokens published in Redis and the lock
 //!   (with a fencing token) under which one replica fetches for all.
 //!
-//! Not here yet: `private_key_jwt`, mutual TLS and DPoP.
+//! Not here yet: mutual TLS and DPoP.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod request;
 pub mod shared;
 pub mod tokens;

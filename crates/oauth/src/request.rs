@@ -149,13 +149,29 @@ async fn exchange(
     };
     let url = TokenUrl::new(endpoint.url().to_string())
         .map_err(|_| RequestError::Unavailable("the token URL does not parse".into()))?;
-    let client = BasicClient::new(ClientId::new(material.client_id.clone()))
-        .set_client_secret(ClientSecret::new(material.client_secret.clone()))
-        .set_auth_type(match spec.client_auth {
-            ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
-            ClientAuth::ClientSecretPost => AuthType::RequestBody,
-        })
-        .set_token_uri(url);
+    let client = BasicClient::new(ClientId::new(material.client_id.clone()));
+    let client = match spec.client_auth {
+        ClientAuth::ClientSecretBasic => client
+            .set_client_secret(ClientSecret::new(material.client_secret.clone()))
+            .set_auth_type(AuthType::BasicAuth),
+        ClientAuth::ClientSecretPost => client
+            .set_client_secret(ClientSecret::new(material.client_secret.clone()))
+            .set_auth_type(AuthType::RequestBody),
+        // The client id in the body, the assertion beside it.
+        ClientAuth::PrivateKeyJwt => client.set_auth_type(AuthType::RequestBody),
+    }
+    .set_token_uri(url);
+    let assertion = match spec.client_auth {
+        ClientAuth::PrivateKeyJwt => Some(
+            crate::assertion::sign(
+                material,
+                &endpoint.url().to_string(),
+                crate::shared::now_ms() / 1000,
+            )
+            .map_err(|e| RequestError::Refused(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let http = Http {
         vendor: vendor.clone(),
         revocation: false,
@@ -167,6 +183,11 @@ async fn exchange(
             if let Some(audience) = &spec.audience {
                 req = req.add_extra_param("audience", audience.clone());
             }
+            if let Some(assertion) = &assertion {
+                req = req
+                    .add_extra_param("client_assertion_type", crate::assertion::ASSERTION_TYPE)
+                    .add_extra_param("client_assertion", assertion.clone());
+            }
             req.request_async(&http).await
         }
         Grant::RefreshToken => {
@@ -177,6 +198,11 @@ async fn exchange(
             let mut req = client.exchange_refresh_token(&refresh).add_scopes(scopes);
             if let Some(audience) = &spec.audience {
                 req = req.add_extra_param("audience", audience.clone());
+            }
+            if let Some(assertion) = &assertion {
+                req = req
+                    .add_extra_param("client_assertion_type", crate::assertion::ASSERTION_TYPE)
+                    .add_extra_param("client_assertion", assertion.clone());
             }
             req.request_async(&http).await
         }
@@ -284,6 +310,14 @@ fn revocation_request(
         ClientAuth::ClientSecretPost => {
             form.append_pair("client_id", &material.client_id)
                 .append_pair("client_secret", &material.client_secret);
+        }
+        ClientAuth::PrivateKeyJwt => {
+            let assertion =
+                crate::assertion::sign(material, &url.to_string(), crate::shared::now_ms() / 1000)
+                    .map_err(|e| RequestError::Refused(e.to_string()))?;
+            form.append_pair("client_id", &material.client_id)
+                .append_pair("client_assertion_type", crate::assertion::ASSERTION_TYPE)
+                .append_pair("client_assertion", &assertion);
         }
     }
     req.body(form.finish().into_bytes())

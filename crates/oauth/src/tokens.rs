@@ -344,7 +344,7 @@ impl<G: Grants> Tokens<G> {
         let mut revoked = Vec::new();
         let parsed = vendor
             .oauth()
-            .and_then(|spec| GrantMaterial::parse(material, spec.grant).ok());
+            .and_then(|spec| GrantMaterial::parse(material, spec).ok());
         if let (Some(parsed), Some(_)) = (parsed, vendor.revocation_endpoint()) {
             for (kind, token, fingerprint) in self.revocable(key, &parsed).await {
                 let outcome = match request::revoke(vendor, &parsed, &token, kind).await {
@@ -658,7 +658,7 @@ impl<G: Grants> Tokens<G> {
         // rotated the refresh token while this one waited.
         let (material, grant) = self.grants.current(key).await?;
         let spec = vendor.oauth().expect("an OAuth vendor");
-        let parsed = GrantMaterial::parse(&material, spec.grant).map_err(TokenError::Material)?;
+        let parsed = GrantMaterial::parse(&material, spec).map_err(TokenError::Material)?;
         drop(material);
         let scopes: Vec<String> = token.scopes.split_whitespace().map(str::to_owned).collect();
         let old = held.as_ref().map(|h| (h.fingerprint.clone(), h.lifetime));

@@ -33,6 +33,8 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` in the form.
     Post,
+    /// `private_key_jwt`: an ES256 client assertion.
+    Jwt,
 }
 
 /// A fault the token endpoint answers with instead of a token.
@@ -94,6 +96,10 @@ struct Family {
 #[derive(Default)]
 struct State {
     clients: HashMap<String, (String, ClientAuth)>,
+    /// `private_key_jwt` clients: their P-256 public keys (uncompressed).
+    jwt_clients: HashMap<String, Vec<u8>>,
+    /// Assertion ids seen (a replayed assertion is refused).
+    jtis: std::collections::HashSet<String>,
     lifetime_s: u64,
     rotate: bool,
     fault: Option<Fault>,
@@ -187,6 +193,14 @@ impl MockOAuth {
         self.state()
             .clients
             .insert(id.to_owned(), (secret.to_owned(), auth));
+    }
+
+    /// Registers a `private_key_jwt` client with its P-256 public key
+    /// (the uncompressed point, as `rcgen::KeyPair::public_key_raw` gives it).
+    pub fn add_jwt_client(&self, id: &str, public_key: &[u8]) {
+        let mut s = self.state();
+        s.jwt_clients.insert(id.to_owned(), public_key.to_vec());
+        s.clients.insert(id.to_owned(), (String::new(), ClientAuth::Jwt));
     }
 
     /// Issues a refresh token to `client`, as a consent flow would.
@@ -405,8 +419,17 @@ fn client_credentials(
 
 fn token(shared: &Shared, headers: &http::HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
     let form = form(body);
-    let creds = client_credentials(headers, &form);
     let mut s = shared.state.lock().expect("lock");
+    let creds = match form.get("client_assertion_type").map(String::as_str) {
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") => {
+            let audience = format!(
+                "http://{}/token",
+                headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("")
+            );
+            jwt_client(&mut s, &form, &audience)
+        }
+        _ => client_credentials(headers, &form),
+    };
     let mut record = TokenRequest {
         grant_type: form.get("grant_type").cloned().unwrap_or_default(),
         client_id: creds.as_ref().map(|c| c.0.clone()),
@@ -420,6 +443,45 @@ fn token(shared: &Shared, headers: &http::HeaderMap, body: &[u8]) -> Response<Fu
     record.status = answer.status().as_u16();
     s.token_requests.push(record);
     answer
+}
+
+/// A `private_key_jwt` client's id, if its assertion verifies: ES256 under
+/// its registered key, issued by and about it, for `audience`, unexpired,
+/// never seen before. (The secret slot holds nothing for such a client.)
+fn jwt_client(
+    s: &mut State,
+    form: &HashMap<String, String>,
+    audience: &str,
+) -> Option<(String, String, ClientAuth)> {
+    let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let assertion = form.get("client_assertion")?;
+    let id = form.get("client_id")?;
+    let key = s.jwt_clients.get(id)?.clone();
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header, claims, sig] = parts[..] else {
+        return None;
+    };
+    let header: serde_json::Value = serde_json::from_slice(&engine.decode(header).ok()?).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&engine.decode(claims).ok()?).ok()?;
+    let sig = engine.decode(sig).ok()?;
+    let signed = &assertion[..assertion.rfind('.')?];
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key)
+        .verify(signed.as_bytes(), &sig)
+        .ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let ok = header["alg"] == "ES256"
+        && claims["iss"] == id.as_str()
+        && claims["sub"] == id.as_str()
+        && claims["aud"] == audience
+        && claims["exp"].as_u64().is_some_and(|exp| exp > now);
+    let jti = claims["jti"].as_str()?.to_owned();
+    if !ok || !s.jtis.insert(jti) {
+        return None;
+    }
+    Some((id.clone(), String::new(), ClientAuth::Jwt))
 }
 
 fn token_answer(
@@ -445,6 +507,9 @@ fn token_answer(
     let Some((id, secret, auth)) = creds else {
         return json(401, serde_json::json!({"error": "invalid_client"}));
     };
+    if auth != ClientAuth::Jwt && secret.is_empty() {
+        return json(401, serde_json::json!({"error": "invalid_client"}));
+    }
     let known = s.clients.get(&id).cloned();
     if known
         .as_ref()

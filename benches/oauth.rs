@@ -82,6 +82,7 @@ async fn main() {
             audience: None,
             revocation_url: None,
             refresh_before_ms: (REFRESH_BEFORE / SPEED).as_millis() as u64,
+            mtls: false,
         },
     );
     vendor.allow_insecure_http = true;

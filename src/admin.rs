@@ -32,6 +32,7 @@ struct VerifyWith<'a> {
 impl Verifier for VerifyWith<'_> {
     async fn verify(&self, secret: &Secret) -> Verdict {
         let token;
+        let mut identity = None;
         let secret = match self.vendor.oauth() {
             None => secret,
             Some(spec) => {
@@ -41,6 +42,10 @@ impl Verifier for VerifyWith<'_> {
                         detail: "not OAuth grant material".into(),
                     };
                 };
+                // An mtls vendor's verify request goes with the new certificate.
+                if spec.mtls {
+                    identity = material.identity().and_then(Result::ok);
+                }
                 match valet_oauth::request::token(self.vendor, &material, spec.scopes_for(false)).await {
                     Ok(issued) => {
                         token = issued.access;
@@ -64,6 +69,7 @@ impl Verifier for VerifyWith<'_> {
             metrics: &self.app.metrics,
             trace: &valet_telemetry::propagation::TraceContext::new_trace(),
             scrub_also: &[],
+            identity: identity.as_ref(),
         };
         match self
             .vendor

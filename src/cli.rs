@@ -364,6 +364,13 @@ pub struct OAuthArgs {
     /// The `kid` the provider knows the private key by.
     #[arg(long, value_name = "KID", requires = "oauth_private_key")]
     pub oauth_key_id: Option<String>,
+    /// For an `mtls` vendor: the tenant's client certificate chain (PEM
+    /// file), sent on every connection to the provider and the vendor.
+    #[arg(long, value_name = "FILE", requires_all = ["oauth_client_id", "oauth_client_key"])]
+    pub oauth_client_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM file); stored sealed with the rest.
+    #[arg(long, value_name = "FILE", requires = "oauth_client_cert")]
+    pub oauth_client_key: Option<std::path::PathBuf>,
 }
 
 /// `valet admin credential …`.

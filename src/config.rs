@@ -723,6 +723,11 @@ pub enum AuthConfig {
         /// offboarded or disabled as compromised; checked like `token_url`.
         #[serde(default)]
         revocation_url: Option<String>,
+        /// Mutual TLS (RFC 8705): each tenant's grant material holds a
+        /// client certificate and key, used for the token endpoint and the
+        /// vendor (a connection pool per tenant), so tokens can be bound.
+        #[serde(default)]
+        mtls: bool,
         /// A token is replaced this long before it expires, milliseconds.
         #[serde(default = "default_refresh_before_ms")]
         refresh_before_ms: u64,
@@ -1147,6 +1152,7 @@ fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, (&'static str, String)> 
             audience,
             revocation_url,
             refresh_before_ms,
+            mtls,
         } => {
             for (field, list) in [
                 ("auth.scopes", scopes),
@@ -1179,6 +1185,7 @@ fn auth_scheme(auth: &AuthConfig) -> Result<AuthScheme, (&'static str, String)> 
                 audience: audience.clone(),
                 revocation_url: revocation_url.clone(),
                 refresh_before: Duration::from_millis(*refresh_before_ms),
+                mtls: *mtls,
             }))
         }
     })

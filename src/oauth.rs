@@ -129,6 +129,8 @@ pub struct Bearer {
     pub token: AccessToken,
     /// The client secret and refresh token.
     pub scrub_also: Vec<Secret>,
+    /// The tenant's client certificate, for a vendor with `mtls`.
+    pub identity: Option<valet_egress::ClientIdentity>,
 }
 
 /// For an OAuth vendor, the access token the call sends instead of the
@@ -145,13 +147,26 @@ pub async fn bearer(app: &App, call: &ValidCall, lease: &Lease) -> Result<Option
         .filter(|s| !s.is_empty())
         .map(|s| Secret::new(s.as_bytes().to_vec()))
         .collect();
+    let identity = match (spec.mtls, material.identity()) {
+        (false, _) => None,
+        (true, Some(Ok(identity))) => Some(identity),
+        (true, _) => {
+            return Err(Failure::from(TokenError::Material(
+                "has no usable client_cert and client_key for this mtls vendor",
+            )));
+        }
+    };
     drop(material);
     let write = call.operation == Operation::Write;
     let token = app
         .tokens
         .access_token(&call.vendor, &call.key, write, lease.fingerprint())
         .await?;
-    Ok(Some(Bearer { token, scrub_also }))
+    Ok(Some(Bearer {
+        token,
+        scrub_also,
+        identity,
+    }))
 }
 
 /// Offboarding or containment of `key`: its OAuth tokens (and refresh

@@ -31,6 +31,7 @@ fn oauth_vendor(
             audience: Some("https://api.example".into()),
             revocation_url: Some(idp.revoke_url()),
             refresh_before_ms: 60_000,
+            mtls: false,
         },
     )
 }
@@ -947,5 +948,84 @@ async fn the_cli_stores_a_private_key_for_private_key_jwt() {
             !String::from_utf8_lossy(out).contains(&key_body),
             "the private key in an output"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_reaches_the_provider_and_vendor_with_each_tenants_certificate() {
+    let ca = valet_testkit::TestCa::new();
+    let idp = MockOAuth::start_tls(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let mut v = oauth_vendor(
+        "crm",
+        &idp,
+        GrantConfig::ClientCredentials,
+        ClientAuthConfig::ClientSecretBasic,
+    );
+    if let AuthConfig::OAuth2 {
+        mtls, revocation_url, ..
+    } = &mut v.auth
+    {
+        *mtls = true;
+        *revocation_url = None;
+    }
+    v.ca_file = Some(ca_file);
+    v.allow_private_addresses = true; // the provider lives on loopback
+    let valet = Valet::start(vec![v]).await;
+    let mut certs = Vec::new();
+    for tenant in ["acme", "beta"] {
+        let secret = format!("oauth-canary-mtls-secret-{tenant}");
+        idp.add_client(&format!("{tenant}-client"), &secret, ClientAuth::Basic);
+        let (cert, key) = ca.client(&format!("{tenant}.clients.example"));
+        let material = serde_json::json!({
+            "client_id": format!("{tenant}-client"),
+            "client_secret": secret,
+            "client_cert": cert,
+            "client_key": key,
+        });
+        valet.put_credential(tenant, "crm", &material.to_string()).await;
+        certs.push(key);
+    }
+    // Material without a certificate is refused for an mtls vendor.
+    let bare = proto::PutCredentialRequest {
+        tenant: "gamma".into(),
+        vendor: "crm".into(),
+        secret: material("gamma-client", "oauth-canary-gamma", None),
+    };
+    let refused = valet
+        .admin()
+        .await
+        .put_credential(authed(bare, &valet.admin_key))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "SECRET_INVALID", "{refused:?}");
+
+    let key = valet
+        .api_key(&["acme", "beta"], &["crm"], &[Operation::Read])
+        .await;
+    for tenant in ["acme", "beta", "acme", "beta"] {
+        let resp = valet
+            .call(&key, get(tenant, "crm", "/things"))
+            .await
+            .expect("call");
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    }
+    // Each token is bound to its tenant's certificate, and the vendor saw
+    // that certificate with it (the mock refuses a bound token otherwise).
+    let bindings = idp.bindings();
+    assert_eq!(bindings.len(), 2);
+    assert!(bindings.iter().all(Option::is_some), "{bindings:?}");
+    assert_ne!(bindings[0], bindings[1], "one certificate per tenant");
+    let api = idp.api_requests();
+    assert_eq!(api.len(), 4);
+    for r in &api {
+        assert!(r.thumbprint.is_some() && r.status == 200, "{r:?}");
+    }
+    let audit = std::fs::read_to_string(valet.audit_log()).unwrap();
+    for key_pem in &certs {
+        let body = key_pem.lines().nth(1).unwrap();
+        assert!(!audit.contains(body), "a client key in the audit log");
     }
 }

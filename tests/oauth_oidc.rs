@@ -111,6 +111,7 @@ fn oauth(provider: &Provider, name: &str, client_auth: ClientAuthConfig) -> vale
             audience: None,
             revocation_url: Some(format!("{}/token/revocation", provider.base())),
             refresh_before_ms: 60_000,
+            mtls: false,
         },
     );
     v.require_idempotency_key = false;

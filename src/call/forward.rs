@@ -168,6 +168,7 @@ pub async fn send(
         metrics: &app.metrics,
         trace: &this.trace,
         scrub_also: bearer.map_or(&[][..], |b| &b.scrub_also[..]),
+        identity: bearer.and_then(|b| b.identity.as_ref()),
     };
     let secret = bearer.map_or(lease.secret(), |b| &b.token.secret);
     let sent = call.vendor.send(call.request.clone(), secret, &exchange).await;

@@ -551,6 +551,13 @@ fn read_credential(oauth: &crate::cli::OAuthArgs) -> Result<Zeroizing<String>, S
         refresh
     };
     material.refresh_token = refresh_token.map(|t| t.to_string());
+    if let (Some(cert), Some(key)) = (&oauth.oauth_client_cert, &oauth.oauth_client_key) {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        material.client_cert = Some(read(cert)?);
+        material.client_key = Some(read(key)?);
+    }
     let secret = material.to_secret();
     Ok(Zeroizing::new(
         String::from_utf8_lossy(secret.expose()).into_owned(),

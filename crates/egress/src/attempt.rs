@@ -61,11 +61,11 @@ pub(crate) async fn make(
         _ => (vendor_timeout, false),
     };
     let exchange = async {
-        let resp = vendor
-            .client
-            .request(outbound)
-            .await
-            .map_err(|e| classify(vendor, &e))?;
+        let client = vendor
+            .clients
+            .get(x.identity)
+            .map_err(|_| EgressError::Tls(name()))?;
+        let resp = client.request(outbound).await.map_err(|e| classify(vendor, &e))?;
         let (parts, body) = resp.into_parts();
         // HTTP status codes are three digits, 100 to 599; hyper parses
         // anything up to 999, which no caller can make sense of.

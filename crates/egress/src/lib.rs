@@ -17,6 +17,8 @@
 //! - [`token`]: an OAuth vendor's [`OAuthSpec`], the [`GrantMaterial`]
 //!   stored for a tenant, and its [`TokenEndpoint`], reached through the
 //!   same guarded client as the vendor.
+//! - [`identity`]: [`ClientIdentity`], a tenant's client certificate, and
+//!   the connection pools per identity that mutual TLS needs.
 //! - [`scrub`]: [`Scrubber`] — removes the credential in every documented
 //!   form (raw, Base64 at any alignment, hex, percent and JSON escapes), one
 //!   automaton built per call, and applies it to an answer's headers and
@@ -35,6 +37,7 @@
 pub mod answers;
 pub mod attempt;
 pub mod breaker;
+pub mod identity;
 pub mod path;
 pub mod request;
 pub mod resolve;
@@ -46,6 +49,7 @@ pub mod vendor;
 
 pub use answers::{AnswerBudget, Reservation};
 pub use breaker::{BreakerPolicy, BreakerState};
+pub use identity::ClientIdentity;
 pub use path::{PathError, RelativePath};
 pub use request::{Limits, RequestError};
 pub use retry::RetryPolicy;
@@ -322,6 +326,8 @@ pub struct Exchange<'a> {
     /// Secrets the answer is scrubbed of besides the one injected: an OAuth
     /// vendor's client secret and refresh token.
     pub scrub_also: &'a [Secret],
+    /// The tenant's client certificate, for a vendor that wants mutual TLS.
+    pub identity: Option<&'a ClientIdentity>,
 }
 
 /// Whether anything left Valet for the vendor — what an idempotency key's

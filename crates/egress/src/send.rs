@@ -216,6 +216,7 @@ mod tests {
             metrics: &metrics,
             trace: &valet_telemetry::propagation::TraceContext::new_trace(),
             scrub_also: &[],
+            identity: None,
         };
         vendor.send(req, &Secret::from("s3cret".to_owned()), &x).await
     }

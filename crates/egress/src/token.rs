@@ -12,12 +12,7 @@
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::{BodyExt as _, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use std::time::Duration;
-
-use crate::resolve::GuardedResolver;
 
 /// Largest token endpoint answer read (a token response is a few KiB).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -76,6 +71,10 @@ pub struct OAuthSpec {
     pub revocation_url: Option<String>,
     /// A token is replaced this long before it expires.
     pub refresh_before: Duration,
+    /// Mutual TLS (RFC 8705): every tenant's grant material holds a client
+    /// certificate and key; the token endpoint and the vendor are reached
+    /// with it (pools per tenant), so tokens can be bound to it.
+    pub mtls: bool,
 }
 
 impl OAuthSpec {
@@ -118,7 +117,7 @@ pub struct TokenEndpoint {
     vendor: String,
     url: Uri,
     timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    clients: crate::identity::Clients,
 }
 
 impl std::fmt::Debug for TokenEndpoint {
@@ -130,17 +129,12 @@ impl std::fmt::Debug for TokenEndpoint {
 }
 
 impl TokenEndpoint {
-    pub(crate) fn new(
-        vendor: &str,
-        url: Uri,
-        timeout: Duration,
-        client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
-    ) -> Self {
+    pub(crate) fn new(vendor: &str, url: Uri, timeout: Duration, clients: crate::identity::Clients) -> Self {
         Self {
             vendor: vendor.to_owned(),
             url,
             timeout,
-            client,
+            clients,
         }
     }
 
@@ -155,11 +149,18 @@ impl TokenEndpoint {
     }
 
     /// Sends `req` (which must be for the token URL) and reads the whole
-    /// answer, within the vendor's timeout. Redirects are not followed.
+    /// answer, within the vendor's timeout, over a connection made with
+    /// `identity`'s client certificate if one is given (mutual TLS, RFC
+    /// 8705). Redirects are not followed.
     pub async fn post(
         &self,
         req: http::Request<Vec<u8>>,
+        identity: Option<&crate::identity::ClientIdentity>,
     ) -> Result<http::Response<Vec<u8>>, TokenEndpointError> {
+        let client = self
+            .clients
+            .get(identity)
+            .map_err(|_| TokenEndpointError::Unreachable(self.vendor.clone()))?;
         let (got, want) = (req.uri(), &self.url);
         let same = got.scheme() == want.scheme()
             && got.authority() == want.authority()
@@ -171,8 +172,7 @@ impl TokenEndpoint {
         let (parts, body) = req.into_parts();
         let req = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
         let exchange = async {
-            let resp = self
-                .client
+            let resp = client
                 .request(req)
                 .await
                 .map_err(|_| TokenEndpointError::Unreachable(self.vendor.clone()))?;
@@ -222,16 +222,24 @@ pub struct GrantMaterial {
     /// The refresh token, for the `refresh_token` grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// The client certificate chain (PEM), for a vendor with `mtls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// Its private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 impl Drop for GrantMaterial {
     fn drop(&mut self) {
         use zeroize::Zeroize as _;
         self.client_secret.zeroize();
-        for secret in [self.refresh_token.as_mut(), self.private_key.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        let secrets = [
+            self.refresh_token.as_mut(),
+            self.private_key.as_mut(),
+            self.client_key.as_mut(),
+        ];
+        for secret in secrets.into_iter().flatten() {
             secret.zeroize();
         }
     }
@@ -268,12 +276,26 @@ impl GrantMaterial {
             }
             _ => {}
         }
+        if spec.mtls {
+            let (Some(cert), Some(key)) = (&material.client_cert, &material.client_key) else {
+                return Err("for an mtls vendor needs client_cert and client_key (PEM)");
+            };
+            crate::identity::ClientIdentity::from_pem(cert, key)?;
+        }
         match (spec.grant, &material.refresh_token) {
             (Grant::RefreshToken, None) => {
                 Err("for a refresh_token vendor needs the refresh_token the tenant's consent produced")
             }
             (Grant::RefreshToken, Some(t)) if t.is_empty() => Err("has an empty refresh_token"),
             _ => Ok(material),
+        }
+    }
+
+    /// The client identity for mutual TLS, if the material has one.
+    pub fn identity(&self) -> Option<Result<crate::identity::ClientIdentity, &'static str>> {
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(crate::identity::ClientIdentity::from_pem(cert, key)),
+            _ => None,
         }
     }
 

@@ -3,20 +3,17 @@
 //! [`Vendor::send`], the one way a request leaves for it.
 
 use crate::breaker::{Breaker, BreakerPolicy, BreakerState};
+use crate::identity::{Clients, Reach};
 use crate::request::RequestError;
-use crate::resolve::{AddressPolicy, GuardedResolver};
+use crate::resolve::AddressPolicy;
 use crate::retry::{RetryBudget, RetryPolicy};
+use crate::token::TokenEndpoint;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Uri};
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -163,7 +160,8 @@ pub(crate) struct Origin {
 pub struct Vendor {
     pub(crate) spec: VendorSpec,
     pub(crate) origin: Origin,
-    pub(crate) client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    /// Its connection pools: one plain, one per tenant client certificate.
+    pub(crate) clients: Clients,
     pub(crate) breaker: Breaker,
     pub(crate) budget: RetryBudget,
     pub(crate) slots: Arc<Semaphore>,
@@ -222,17 +220,31 @@ impl Vendor {
                 "max_concurrent_requests must be at least 1".into(),
             ));
         }
-        let tls = tls_config(spec.ca_file.as_ref())?;
-        let client = guarded_client(&spec, policy, tls.clone(), spec.max_concurrent_requests);
+        let roots = Arc::new(root_store(spec.ca_file.as_ref())?);
+        let reach = |idle_per_host| Reach {
+            policy,
+            pinned: spec.resolve_to.clone().into(),
+            timeout: spec.timeout,
+            allow_http: spec.allow_insecure_http,
+            idle_per_host,
+        };
+        let clients = Clients::new(roots.clone(), reach(spec.max_concurrent_requests));
         let (token, revocation) = match &spec.auth {
             AuthScheme::OAuth2(oauth) => {
-                let token = oauth_endpoint(&spec, &oauth.token_url, policy, tls.clone())
-                    .map_err(VendorError::TokenUrl)?;
+                let endpoint = |url: &str| {
+                    oauth_endpoint(&spec, url, policy).map(|uri| {
+                        TokenEndpoint::new(
+                            &spec.name,
+                            uri,
+                            spec.timeout,
+                            Clients::new(roots.clone(), reach(4)),
+                        )
+                    })
+                };
+                let token = endpoint(&oauth.token_url).map_err(VendorError::TokenUrl)?;
                 let revocation = match &oauth.revocation_url {
                     None => None,
-                    Some(url) => {
-                        Some(oauth_endpoint(&spec, url, policy, tls).map_err(VendorError::RevocationUrl)?)
-                    }
+                    Some(url) => Some(endpoint(url).map_err(VendorError::RevocationUrl)?),
                 };
                 (Some(token), revocation)
             }
@@ -244,7 +256,7 @@ impl Vendor {
             slots: Arc::new(Semaphore::new(spec.max_concurrent_requests)),
             spec,
             origin,
-            client,
+            clients,
             token,
             revocation,
         })
@@ -429,42 +441,10 @@ fn param_key(name: &str) -> Vec<u8> {
     }
 }
 
-/// A pooled client that reaches only addresses `policy` allows, over
-/// `tls` (or plain HTTP to loopback when the vendor allows it).
-fn guarded_client(
-    spec: &VendorSpec,
-    policy: AddressPolicy,
-    tls: rustls::ClientConfig,
-    idle_per_host: usize,
-) -> Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>> {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
-        policy,
-        pinned: spec.resolve_to.clone().into(),
-    });
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(spec.timeout));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-    let connector = if spec.allow_insecure_http {
-        builder.https_or_http().enable_all_versions().wrap_connector(http)
-    } else {
-        builder.https_only().enable_all_versions().wrap_connector(http)
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(idle_per_host)
-        .build(connector)
-}
-
-/// An OAuth vendor's endpoint (token or revocation) at `url`: it passes
-/// the checks a base URL does, and is reached through the same guarded
-/// client. The error says why, for the field's message.
-fn oauth_endpoint(
-    spec: &VendorSpec,
-    url: &str,
-    policy: AddressPolicy,
-    tls: rustls::ClientConfig,
-) -> Result<crate::token::TokenEndpoint, String> {
+/// An OAuth vendor's endpoint (token or revocation) at `url`, which must
+/// pass the checks a base URL does. The error says why, for the field's
+/// message.
+fn oauth_endpoint(spec: &VendorSpec, url: &str, policy: AddressPolicy) -> Result<Uri, String> {
     let origin = parse_base_url(url, spec.allow_insecure_http).map_err(|e| match e {
         VendorError::BaseUrl(why) => why,
         other => other.to_string(),
@@ -480,14 +460,7 @@ fn oauth_endpoint(
             crate::resolve::with_article(class)
         ));
     }
-    let uri: Uri = url.parse().map_err(|_| "is not a valid URL".to_owned())?;
-    let client = guarded_client(spec, policy, tls, 4);
-    Ok(crate::token::TokenEndpoint::new(
-        &spec.name,
-        uri,
-        spec.timeout,
-        client,
-    ))
+    url.parse().map_err(|_| "is not a valid URL".to_owned())
 }
 
 fn parse_base_url(raw: &str, allow_http: bool) -> Result<Origin, VendorError> {
@@ -531,7 +504,9 @@ fn is_loopback(host: &str) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, VendorError> {
+/// The CAs a vendor's certificate must chain to: the public web roots, or
+/// its `ca_file`.
+fn root_store(ca_file: Option<&PathBuf>) -> Result<rustls::RootCertStore, VendorError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -554,12 +529,7 @@ fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, VendorE
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(roots)
 }
 
 #[cfg(test)]

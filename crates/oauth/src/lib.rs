@@ -19,7 +19,10 @@
 //! - [`shared`]: for a fleet, the tokens published in Redis and the lock
 //!   (with a fencing token) under which one replica fetches for all.
 //!
-//! Not here yet: mutual TLS and DPoP.
+//! Mutual TLS (a vendor's `mtls`) is egress's: the tenant's certificate
+//! travels with each request ([`valet_egress::ClientIdentity`]).
+//!
+//! Not here: DPoP (RFC 9449).
 #![forbid(unsafe_code)]
 
 pub mod assertion;

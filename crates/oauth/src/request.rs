@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use valet_credentials::Secret;
-use valet_egress::{ClientAuth, Grant, GrantMaterial, TokenEndpointError, Vendor};
+use valet_egress::{ClientAuth, ClientIdentity, Grant, GrantMaterial, TokenEndpointError, Vendor};
 
 /// A token endpoint's answer when it gives no `expires_in`: the token is
 /// treated as good for this long.
@@ -99,6 +99,8 @@ struct Http {
     vendor: Arc<Vendor>,
     /// The revocation endpoint rather than the token endpoint.
     revocation: bool,
+    /// The tenant's client certificate, for a vendor with `mtls`.
+    identity: Option<Arc<ClientIdentity>>,
 }
 
 impl<'c> oauth2::AsyncHttpClient<'c> for Http {
@@ -112,7 +114,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Http {
                 true => self.vendor.revocation_endpoint(),
             };
             let endpoint = endpoint.expect("checked by the request's maker");
-            let resp = endpoint.post(req).await?;
+            let resp = endpoint.post(req, self.identity.as_deref()).await?;
             let status = resp.status().as_u16();
             if status == 429 || status >= 500 {
                 return Err(Transport::Busy {
@@ -175,6 +177,7 @@ async fn exchange(
     let http = Http {
         vendor: vendor.clone(),
         revocation: false,
+        identity: identity(spec, material)?,
     };
     let scopes = scopes.iter().map(|s| Scope::new(s.clone()));
     let answer = match spec.grant {
@@ -216,6 +219,23 @@ async fn exchange(
                 .map(|r| Secret::new(r.secret().as_bytes().to_vec())),
         }),
         Err(e) => Err(classify_token(e)),
+    }
+}
+
+/// The client certificate a vendor with `mtls` is reached with.
+fn identity(
+    spec: &valet_egress::OAuthSpec,
+    material: &GrantMaterial,
+) -> Result<Option<Arc<ClientIdentity>>, RequestError> {
+    if !spec.mtls {
+        return Ok(None);
+    }
+    match material.identity() {
+        Some(Ok(identity)) => Ok(Some(Arc::new(identity))),
+        Some(Err(why)) => Err(RequestError::Refused(why.into())),
+        None => Err(RequestError::Refused(
+            "the grant material has no client certificate".into(),
+        )),
     }
 }
 
@@ -262,6 +282,7 @@ async fn revoke_at(
     let http = Http {
         vendor: vendor.clone(),
         revocation: true,
+        identity: identity(spec, material)?,
     };
     let resp = oauth2::AsyncHttpClient::call(&http, req)
         .await

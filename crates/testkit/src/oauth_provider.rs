@@ -76,6 +76,8 @@ pub struct ApiRequest {
     pub path: String,
     /// The bearer token, if any.
     pub token: Option<String>,
+    /// The thumbprint of the client certificate presented, if any.
+    pub thumbprint: Option<String>,
     /// The scope of that token, if it was valid.
     pub scope: Option<String>,
     /// What was answered.
@@ -87,6 +89,8 @@ struct Issued {
     scope: String,
     expires: Instant,
     family: u64,
+    /// RFC 8705: the thumbprint of the client certificate it is bound to.
+    cnf: Option<String>,
 }
 
 struct Family {
@@ -96,6 +100,8 @@ struct Family {
 #[derive(Default)]
 struct State {
     clients: HashMap<String, (String, ClientAuth)>,
+    /// Served over TLS.
+    tls: bool,
     /// `private_key_jwt` clients: their P-256 public keys (uncompressed).
     jwt_clients: HashMap<String, Vec<u8>>,
     /// Assertion ids seen (a replayed assertion is refused).
@@ -132,6 +138,7 @@ struct Shared {
 /// The running provider; stops when dropped.
 pub struct MockOAuth {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -146,25 +153,52 @@ impl MockOAuth {
     /// Starts the provider on a free loopback port, issuing tokens that
     /// live an hour and rotating refresh tokens.
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// Starts the provider over TLS with `ca`'s server certificate, asking
+    /// for (not requiring) a client certificate signed by `ca`: tokens
+    /// issued over a connection with one are bound to it (RFC 8705 `cnf`),
+    /// and the API takes a bound token only over a connection with the same
+    /// certificate.
+    pub async fn start_tls(ca: &crate::TestCa) -> Self {
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(
+            ca.server_config_asking_client_certs(),
+        )))
+        .await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 lifetime_s: 3600,
                 rotate: true,
+                tls: tls.is_some(),
                 ..State::default()
             }),
             changed: Notify::new(),
             random: RandomState::new(),
             issued: Default::default(),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        Self { addr, shared, task }
+        let is_tls = tls.is_some();
+        let task = tokio::spawn(accept_loop(listener, tls, shared.clone()));
+        Self {
+            addr,
+            tls: is_tls,
+            shared,
+            task,
+        }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` over TLS.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// The token endpoint.
@@ -214,6 +248,12 @@ impl MockOAuth {
         s.refresh
             .insert(token.clone(), (client.to_owned(), family, false));
         token
+    }
+
+    /// The RFC 8705 thumbprint (`x5t#S256`) each live access token is bound
+    /// to, if any.
+    pub fn bindings(&self) -> Vec<Option<String>> {
+        self.state().access.values().map(|i| i.cnf.clone()).collect()
     }
 
     /// Access tokens issued from now on live `seconds`.
@@ -316,22 +356,45 @@ fn random(shared: &Shared, prefix: &str) -> String {
     format!("{prefix}-{n}-{a:016x}{b:016x}")
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, shared.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let service = service_fn(move |req| handle(req, shared.clone(), None));
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let thumbprint = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|leaf| {
+                            let digest = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+                            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+                        });
+                    let service = service_fn(move |req| handle(req, shared.clone(), thumbprint.clone()));
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    thumbprint: Option<String>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let mut text = format!("{} {}\n", parts.method, parts.uri);
@@ -353,11 +416,11 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        token(&shared, &parts.headers, &body)
+        token(&shared, &parts.headers, &body, thumbprint.as_deref())
     } else if parts.uri.path() == "/revoke" && parts.method == http::Method::POST {
         revoke(&shared, &parts.headers, &body)
     } else if parts.uri.path().starts_with("/api/") {
-        api(&shared, &parts)
+        api(&shared, &parts, thumbprint)
     } else {
         json(404, serde_json::json!({"error": "not_found"}))
     };
@@ -417,15 +480,19 @@ fn client_credentials(
     Some((id, secret, ClientAuth::Post))
 }
 
-fn token(shared: &Shared, headers: &http::HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
+fn token(
+    shared: &Shared,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    thumbprint: Option<&str>,
+) -> Response<Full<Bytes>> {
     let form = form(body);
     let mut s = shared.state.lock().expect("lock");
     let creds = match form.get("client_assertion_type").map(String::as_str) {
         Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") => {
-            let audience = format!(
-                "http://{}/token",
-                headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("")
-            );
+            let scheme = if s.tls { "https" } else { "http" };
+            let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+            let audience = format!("{scheme}://{host}/token");
             jwt_client(&mut s, &form, &audience)
         }
         _ => client_credentials(headers, &form),
@@ -439,7 +506,7 @@ fn token(shared: &Shared, headers: &http::HeaderMap, body: &[u8]) -> Response<Fu
         refresh_token: form.get("refresh_token").cloned(),
         status: 200,
     };
-    let answer = token_answer(shared, &mut s, creds, &form);
+    let answer = token_answer(shared, &mut s, creds, &form, thumbprint);
     record.status = answer.status().as_u16();
     s.token_requests.push(record);
     answer
@@ -489,6 +556,7 @@ fn token_answer(
     s: &mut State,
     creds: Option<(String, String, ClientAuth)>,
     form: &HashMap<String, String>,
+    thumbprint: Option<&str>,
 ) -> Response<Full<Bytes>> {
     match s.fault.clone() {
         Some(Fault::Status(status, retry_after)) => {
@@ -529,6 +597,7 @@ fn token_answer(
                 scope: scope.clone(),
                 expires: Instant::now() + Duration::from_secs(lifetime),
                 family,
+                cnf: thumbprint.map(str::to_owned),
             },
         );
         token
@@ -612,7 +681,7 @@ fn revoke(shared: &Shared, headers: &http::HeaderMap, body: &[u8]) -> Response<F
     }
 }
 
-fn api(shared: &Shared, parts: &http::request::Parts) -> Response<Full<Bytes>> {
+fn api(shared: &Shared, parts: &http::request::Parts, thumbprint: Option<String>) -> Response<Full<Bytes>> {
     let token = parts
         .headers
         .get(http::header::AUTHORIZATION)
@@ -624,7 +693,10 @@ fn api(shared: &Shared, parts: &http::request::Parts) -> Response<Full<Bytes>> {
     let valid = token.as_ref().and_then(|t| {
         let issued = s.access.get(t)?;
         let revoked = s.families.get(&issued.family).is_some_and(|f| f.revoked);
-        (issued.expires > now && !revoked).then(|| (issued.scope.clone(), issued.client_id.clone()))
+        // A bound token only over a connection with its certificate.
+        let bound_ok = issued.cnf.is_none() || issued.cnf == thumbprint;
+        (issued.expires > now && !revoked && bound_ok)
+            .then(|| (issued.scope.clone(), issued.client_id.clone()))
     });
     let (status, body) = match &valid {
         Some((scope, client)) => {
@@ -641,6 +713,7 @@ fn api(shared: &Shared, parts: &http::request::Parts) -> Response<Full<Bytes>> {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         token,
+        thumbprint,
         scope: valid.map(|(scope, _)| scope),
         status,
     });

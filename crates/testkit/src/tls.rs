@@ -85,6 +85,31 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A rustls server config presenting the server certificate that asks
+    /// for a client certificate signed by this CA, and also serves clients
+    /// without one.
+    pub fn server_config_asking_client_certs(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("the CA certificate");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .expect("verifier");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone()));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.server_chain.clone(), key)
+            .expect("server cert and key match");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
 impl Default for TestCa {
     fn default() -> Self {
         Self::new()

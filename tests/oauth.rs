@@ -1029,3 +1029,111 @@ async fn mtls_reaches_the_provider_and_vendor_with_each_tenants_certificate() {
         assert!(!audit.contains(body), "a client key in the audit log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_the_store_refuses_is_kept_and_stored_before_any_other_refresh() {
+    use valet::config::{MasterKeySource, SecretsBackend, SecretsConfig};
+    let moto = valet_testkit::Moto::start().await;
+    let proxy = valet_testkit::CountingProxy::start(&moto.endpoint()).await;
+    let idp = MockOAuth::start().await;
+    idp.add_client("acme-client", "oauth-canary-client-secret-8", ClientAuth::Post);
+    let rt = idp.issue_refresh_token("acme-client");
+    let keys = tempfile::tempdir().unwrap();
+    let master = keys.path().join("master.key");
+    valet_credentials::MasterKey::load_or_create(&master).unwrap();
+    let config = valet::config::Config {
+        secrets: SecretsConfig {
+            backend: SecretsBackend::Aws,
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(proxy.endpoint()),
+            master_key: Some(MasterKeySource::File(master)),
+            ..SecretsConfig::default()
+        },
+        vendors: vec![oauth_vendor(
+            "crm",
+            &idp,
+            GrantConfig::RefreshToken,
+            ClientAuthConfig::ClientSecretPost,
+        )],
+        ..valet::config::Config::default()
+    };
+    let options = valet::app::StartOptions {
+        aws_static_credentials: Some(("testing".into(), "testing".into())),
+    };
+    let valet = Valet::start_with_options(config, tempfile::tempdir().unwrap(), options).await;
+    valet
+        .put_credential(
+            "acme",
+            "crm",
+            &material("acme-client", "oauth-canary-client-secret-8", Some(&rt)),
+        )
+        .await;
+    let key = valet.api_key(&["acme"], &["crm"], &[Operation::Read]).await;
+    assert_eq!(
+        valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(idp.token_requests().len(), 1);
+
+    // Secrets Manager takes no writes: the provider rotates the refresh
+    // token, Valet cannot store the new one, and the call fails.
+    proxy.refuse(Some("PutSecretValue"));
+    idp.revoke_access_tokens();
+    let failed = valet.call(&key, get("acme", "crm", "/things")).await.unwrap_err();
+    assert_eq!(reason(&failed), "CREDENTIAL_STORE_UNAVAILABLE", "{failed:?}");
+    assert_eq!(idp.token_requests().len(), 2);
+    let metrics = support::http_get(&format!("http://{}/metrics", valet.ops_addr))
+        .await
+        .1;
+    assert_eq!(
+        support::sample(&metrics, "valet_oauth_refresh_tokens_unstored", &[]),
+        1.0,
+        "{metrics}"
+    );
+    // While the store still refuses, no other refresh starts from the stored
+    // (spent) refresh token: the provider is not asked again.
+    for _ in 0..3 {
+        let failed = valet.call(&key, get("acme", "crm", "/things")).await.unwrap_err();
+        assert_eq!(reason(&failed), "CREDENTIAL_STORE_UNAVAILABLE");
+    }
+    assert_eq!(
+        idp.token_requests().len(),
+        2,
+        "a refresh from the spent refresh token"
+    );
+    // The store heals: the kept refresh token is stored first, and the access
+    // token issued with it put in force, without asking the provider.
+    proxy.refuse(None);
+    assert_eq!(
+        valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(idp.token_requests().len(), 2);
+    assert_eq!(idp.reuse_detected(), 0);
+    // The next refresh presents the kept (now stored) refresh token.
+    idp.revoke_access_tokens();
+    assert_eq!(
+        valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(idp.reuse_detected(), 0, "the kept refresh token was lost");
+    let metrics = support::http_get(&format!("http://{}/metrics", valet.ops_addr))
+        .await
+        .1;
+    assert_eq!(
+        support::sample(&metrics, "valet_oauth_refresh_tokens_unstored", &[]),
+        0.0
+    );
+}

@@ -79,12 +79,12 @@ pub enum Event {
         scopes: String,
         /// The token replaced, if one was held.
         old_fingerprint: Option<String>,
-        /// Its lifetime, seconds.
-        old_lifetime_s: Option<u64>,
+        /// When it expires(d), Unix milliseconds.
+        old_expires_ms: Option<u64>,
         /// The token issued, on success.
         new_fingerprint: Option<String>,
-        /// Its lifetime, seconds.
-        new_lifetime_s: Option<u64>,
+        /// When it expires, Unix milliseconds.
+        new_expires_ms: Option<u64>,
         /// Whether the provider rotated the refresh token.
         rotated: bool,
         /// `issued`, `reauth_required`, `refused`, `busy` or `unavailable`.

@@ -48,10 +48,11 @@ pub struct Fetch<'a> {
     pub grant: &'static str,
     /// The scope set asked for, space-separated.
     pub scopes: &'a str,
-    /// The token replaced, if one was held.
-    pub old: Option<(&'a Fingerprint, Duration)>,
-    /// The token issued and its lifetime, on success.
-    pub new: Option<(&'a Fingerprint, Duration)>,
+    /// The token replaced, if one was held, and when it expires(d), Unix
+    /// milliseconds.
+    pub old: Option<(&'a Fingerprint, u64)>,
+    /// The token issued and when it expires, on success.
+    pub new: Option<(&'a Fingerprint, u64)>,
     /// Whether the provider rotated the refresh token.
     pub rotated: bool,
     /// `issued`, or the failure's outcome name.
@@ -172,6 +173,18 @@ struct Held {
 impl Held {
     fn expires(&self) -> Instant {
         self.issued + self.lifetime
+    }
+
+    /// [`Held::expires`] on the wall clock, Unix milliseconds.
+    fn expires_ms(&self) -> u64 {
+        let now = Instant::now();
+        let expires = self.expires();
+        let ms = |d: Duration| d.as_millis() as u64;
+        if expires >= now {
+            shared::now_ms() + ms(expires - now)
+        } else {
+            shared::now_ms().saturating_sub(ms(now - expires))
+        }
     }
 }
 
@@ -661,7 +674,7 @@ impl<G: Grants> Tokens<G> {
         let parsed = GrantMaterial::parse(&material, spec).map_err(TokenError::Material)?;
         drop(material);
         let scopes: Vec<String> = token.scopes.split_whitespace().map(str::to_owned).collect();
-        let old = held.as_ref().map(|h| (h.fingerprint.clone(), h.lifetime));
+        let old = held.as_ref().map(|h| (h.fingerprint.clone(), h.expires_ms()));
         let answer = request::token(vendor, &parsed, &scopes).await;
         let outcome = match &answer {
             Ok(_) => "issued",
@@ -684,7 +697,10 @@ impl<G: Grants> Tokens<G> {
             grant: spec.grant.as_str(),
             scopes: &token.scopes,
             old: old.as_ref().map(|(f, l)| (f, *l)),
-            new: Some((&fingerprint, issued.lifetime)),
+            new: Some((
+                &fingerprint,
+                shared::now_ms() + issued.lifetime.as_millis() as u64,
+            )),
             rotated: rotated.is_some(),
             outcome,
         };
@@ -742,7 +758,7 @@ impl<G: Grants> Tokens<G> {
         token: &TokenKey,
         grant: &Fingerprint,
         grant_name: &'static str,
-        old: Option<(Fingerprint, Duration)>,
+        old: Option<(Fingerprint, u64)>,
         e: RequestError,
     ) -> TokenError {
         let key = &token.credential;

@@ -25,6 +25,8 @@ struct State {
     down: AtomicBool,
     hang: AtomicBool,
     throttle: AtomicUsize,
+    /// One operation (e.g. `PutSecretValue`) answered 503 while set.
+    refused: Mutex<Option<String>>,
     /// Set when the proxy is dropped, so hung requests end with it.
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -36,6 +38,7 @@ impl Default for State {
             down: AtomicBool::default(),
             hang: AtomicBool::default(),
             throttle: AtomicUsize::default(),
+            refused: Mutex::default(),
             closed: tokio::sync::watch::channel(false).0,
         }
     }
@@ -115,6 +118,13 @@ impl CountingProxy {
         self.state.hang.store(hang, Ordering::SeqCst);
     }
 
+    /// While set, requests of `operation` (e.g. `PutSecretValue`) get 503
+    /// ServiceUnavailable and the rest go through: a store that reads but
+    /// cannot write.
+    pub fn refuse(&self, operation: Option<&str>) {
+        *self.state.refused.lock().expect("lock") = operation.map(str::to_owned);
+    }
+
     /// The next `n` requests get a ThrottlingException.
     pub fn throttle_next(&self, n: usize) {
         self.state.throttle.store(n, Ordering::SeqCst);
@@ -134,7 +144,14 @@ async fn forward(
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("unknown")
         .to_owned();
-    *state.counts.lock().expect("lock").entry(op).or_default() += 1;
+    *state.counts.lock().expect("lock").entry(op.clone()).or_default() += 1;
+    if state.refused.lock().expect("lock").as_deref() == Some(op.as_str()) {
+        return Ok(aws_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "emulated write outage",
+        ));
+    }
 
     if state.hang.load(Ordering::SeqCst) {
         let mut closed = state.closed.subscribe();

@@ -626,16 +626,21 @@ impl<'a> LeaseRecorder<'a> {
     }
 }
 
+/// The audit entry of a lease; `scopes` for an OAuth call's token.
+pub fn lease_entry(e: &LeaseEvent<'_>, scopes: Option<String>) -> Event {
+    Event::CredentialLease {
+        tenant: e.key.tenant.clone(),
+        vendor: e.key.vendor.clone(),
+        fingerprint: e.fingerprint.to_string(),
+        reason: e.reason.to_owned(),
+        request_id: e.request_id.to_owned(),
+        scopes,
+    }
+}
+
 impl LeaseAudit for LeaseRecorder<'_> {
     async fn record_lease(&self, e: &LeaseEvent<'_>) -> Result<(), String> {
-        let event = Event::CredentialLease {
-            tenant: e.key.tenant.clone(),
-            vendor: e.key.vendor.clone(),
-            fingerprint: e.fingerprint.to_string(),
-            reason: e.reason.to_owned(),
-            request_id: e.request_id.to_owned(),
-            scopes: self.scopes.clone(),
-        };
+        let event = lease_entry(e, self.scopes.clone());
         let app = self.app;
         let durability = app.audit_durability;
         if durability == valet_audit::Durability::BeforeSend {

@@ -47,14 +47,7 @@ pub type AppTokens = Arc<Tokens<AppGrants>>;
 
 impl LeaseAudit for AppGrants {
     async fn record_lease(&self, e: &LeaseEvent<'_>) -> Result<(), String> {
-        let event = Event::CredentialLease {
-            tenant: e.key.tenant.clone(),
-            vendor: e.key.vendor.clone(),
-            fingerprint: e.fingerprint.to_string(),
-            reason: e.reason.to_owned(),
-            request_id: e.request_id.to_owned(),
-            scopes: None,
-        };
+        let event = crate::app::lease_entry(e, None);
         self.audit
             .append(e.caller, event)
             .await

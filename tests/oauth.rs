@@ -552,25 +552,7 @@ async fn the_cli_stores_grant_material_and_no_output_holds_a_token() {
     valet
         .admin(&args, &format!("{CLIENT_SECRET}\n{first_rt}\n"))
         .await;
-    let key = valet
-        .admin(
-            &[
-                "apikey",
-                "create",
-                "--name",
-                "caller",
-                "--tenant",
-                "acme",
-                "--vendor",
-                "crm",
-                "--operation",
-                "read",
-            ],
-            "",
-        )
-        .await
-        .trim()
-        .to_owned();
+    let key = valet.caller_key("acme", "crm", &["read"]).await;
     let mut gateway = valet.gateway().await;
     let mut answers = Vec::new();
     for path in ["/things", "/echo", "/things", "/echo"] {
@@ -912,25 +894,7 @@ async fn the_cli_stores_a_private_key_for_private_key_jwt() {
     assert!(!extra.status.success());
     assert!(String::from_utf8_lossy(&extra.stderr).contains("more than the PEM key"));
     valet.admin(&put, &pair.serialize_pem()).await;
-    let key = valet
-        .admin(
-            &[
-                "apikey",
-                "create",
-                "--name",
-                "caller",
-                "--tenant",
-                "acme",
-                "--vendor",
-                "crm",
-                "--operation",
-                "read",
-            ],
-            "",
-        )
-        .await
-        .trim()
-        .to_owned();
+    let key = valet.caller_key("acme", "crm", &["read"]).await;
     let resp = valet
         .gateway()
         .await

@@ -80,25 +80,7 @@ auth = {{ scheme = "oauth2", token_url = "{token}", grant = "refresh_token", sco
             )
             .await;
         }
-        let key = p
-            .admin(
-                &[
-                    "apikey",
-                    "create",
-                    "--name",
-                    "caller",
-                    "--tenant",
-                    "acme",
-                    "--vendor",
-                    "crm",
-                    "--operation",
-                    "read",
-                ],
-                "",
-            )
-            .await
-            .trim()
-            .to_owned();
+        let key = p.caller_key("acme", "crm", &["read"]).await;
         replicas.push((p, key));
     }
     Fleet {
@@ -134,7 +116,7 @@ async fn three_replicas_fetch_each_token_once_and_never_reuse_a_refresh_token() 
     let f = fleet(3, 3).await;
     // A cold start on all three at once: one token request.
     for c in call_all(&f.replicas).await {
-        assert_eq!(c.expect("call"), 200);
+        assert_eq!(c.unwrap_or_else(|e| panic!("call: {e:?}")), 200);
     }
     assert_eq!(f.idp.token_requests().len(), 1, "{:?}", f.idp.token_requests());
 
@@ -156,9 +138,13 @@ async fn three_replicas_fetch_each_token_once_and_never_reuse_a_refresh_token() 
     f.idp
         .wait_for_token_requests(|t| t.len() == 2 && t[1].status == 200)
         .await;
-    // Every replica now uses the new token without asking again.
+    // Every replica now uses the new token without asking again: one that
+    // still holds the first (its refresh point not yet reached) is refused
+    // it by the vendor and takes the fleet's new one.
+    let first = f.idp.api_requests()[0].token.clone().expect("a bearer token");
+    f.idp.revoke_access_token(&first);
     for r in &f.replicas {
-        assert_eq!(call(r).await.expect("call"), 200);
+        assert_eq!(call(r).await.unwrap_or_else(|e| panic!("call: {e:?}")), 200);
     }
     let tokens = f.idp.token_requests();
     assert_eq!(tokens.len(), 2, "one refresh for the fleet: {tokens:?}");
@@ -170,7 +156,7 @@ async fn three_replicas_fetch_each_token_once_and_never_reuse_a_refresh_token() 
     // refresh, still no reuse.
     f.idp.revoke_access_tokens();
     for c in call_all(&f.replicas).await {
-        assert_eq!(c.expect("call"), 200);
+        assert_eq!(c.unwrap_or_else(|e| panic!("call: {e:?}")), 200);
     }
     assert_eq!(f.idp.token_requests().len(), 3);
     assert!(!presented(&f.idp).1);
@@ -211,6 +197,80 @@ async fn a_replica_killed_mid_refresh_is_taken_over_without_a_reuse() {
     assert!(answered.iter().all(|t| t.status == 200));
     assert!(!presented(&f.idp).1);
     assert_eq!(f.idp.reuse_detected(), 0, "the token family survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_after_the_provider_rotated_leaves_reauth_required_at_once() {
+    let mut f = fleet(2, 3600).await;
+    assert_eq!(call(&f.replicas[0]).await.expect("call"), 200);
+    // Replica 0's refresh is processed - the provider rotates the refresh
+    // token - but the answer never reaches it: it is killed first.
+    f.idp.revoke_access_tokens();
+    f.idp.set_answer_delay(Some(Duration::from_secs(30)));
+    let (dying, dying_key) = f.replicas.remove(0);
+    let mut gateway = dying.gateway().await;
+    let doomed = tokio::spawn(async move {
+        gateway
+            .call(authed(get("acme", "crm", "/things"), &dying_key))
+            .await
+    });
+    f.idp.wait_for_token_requests(|t| t.len() == 2).await;
+    let _dir = dying.kill9().await;
+    let _ = doomed.await;
+    f.idp.set_answer_delay(None);
+    // The new refresh token died with it. The survivor's one attempt with the
+    // stored (spent) one is refused, and the tenant x vendor is marked at
+    // once: no retries, no storm.
+    let refused = call(&f.replicas[0]).await.unwrap_err();
+    assert_eq!(
+        support::reason(&refused),
+        "CREDENTIAL_REAUTH_REQUIRED",
+        "{refused:?}"
+    );
+    assert_eq!(f.idp.token_requests().len(), 3);
+    for _ in 0..5 {
+        let again = call(&f.replicas[0]).await.unwrap_err();
+        assert_eq!(support::reason(&again), "CREDENTIAL_REAUTH_REQUIRED");
+    }
+    assert_eq!(f.idp.token_requests().len(), 3, "asked again after the refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_no_refresh_token_is_presented() {
+    let mut f = fleet(2, 3600).await;
+    assert_eq!(call(&f.replicas[0]).await.expect("call"), 200);
+    assert_eq!(call(&f.replicas[1]).await.expect("call"), 200);
+    f._redis.stop();
+    // Held tokens still work...
+    assert_eq!(call(&f.replicas[1]).await.expect("call"), 200);
+    // ...but a refresh needs the fleet's lock: both replicas refuse rather
+    // than present the refresh token on their own.
+    f.idp.revoke_access_tokens();
+    for r in &f.replicas {
+        let refused = call(r).await.unwrap_err();
+        assert_eq!(
+            support::reason(&refused),
+            "TOKEN_ENDPOINT_UNAVAILABLE",
+            "{refused:?}"
+        );
+    }
+    assert_eq!(f.idp.token_requests().len(), 1);
+    // Redis back (an empty one): once each replica has reconnected, one
+    // refresh for both, no reuse.
+    f._redis.restart().await;
+    for r in &f.replicas {
+        let began = Instant::now();
+        loop {
+            match call(r).await {
+                Ok(status) => break assert_eq!(status, 200),
+                Err(e) => assert_eq!(support::reason(&e), "TOKEN_ENDPOINT_UNAVAILABLE", "{e:?}"),
+            }
+            assert!(began.elapsed() < Duration::from_secs(10), "no return to Redis");
+            tokio::time::sleep(Duration::from_millis(100)).await; // pacing only
+        }
+    }
+    assert_eq!(f.idp.token_requests().len(), 2);
+    assert_eq!(f.idp.reuse_detected(), 0);
 }
 
 /// One call on every replica at once.

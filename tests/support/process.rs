@@ -227,8 +227,14 @@ impl ValetProcess {
             &format!("{secret}\n"),
         )
         .await;
+        self.caller_key("acme", "mock", operations).await
+    }
+
+    /// Through the CLI: a key named `caller` for `tenant` × `vendor`,
+    /// allowed each of `operations`; returns the key.
+    pub async fn caller_key(&self, tenant: &str, vendor: &str, operations: &[&str]) -> String {
         let mut create = vec![
-            "apikey", "create", "--name", "caller", "--tenant", "acme", "--vendor", "mock",
+            "apikey", "create", "--name", "caller", "--tenant", tenant, "--vendor", vendor,
         ];
         for operation in operations {
             create.extend(["--operation", operation]);

@@ -179,17 +179,24 @@ async fn exchange(
         revocation: false,
         identity: identity(spec, material)?,
     };
+    // Beside the grant's own: the audience, and a client assertion.
+    let mut extra: Vec<(&'static str, String)> = Vec::new();
+    if let Some(audience) = &spec.audience {
+        extra.push(("audience", audience.clone()));
+    }
+    if let Some(assertion) = assertion {
+        extra.push((
+            "client_assertion_type",
+            crate::assertion::ASSERTION_TYPE.to_owned(),
+        ));
+        extra.push(("client_assertion", assertion));
+    }
     let scopes = scopes.iter().map(|s| Scope::new(s.clone()));
     let answer = match spec.grant {
         Grant::ClientCredentials => {
             let mut req = client.exchange_client_credentials().add_scopes(scopes);
-            if let Some(audience) = &spec.audience {
-                req = req.add_extra_param("audience", audience.clone());
-            }
-            if let Some(assertion) = &assertion {
-                req = req
-                    .add_extra_param("client_assertion_type", crate::assertion::ASSERTION_TYPE)
-                    .add_extra_param("client_assertion", assertion.clone());
+            for (name, value) in &extra {
+                req = req.add_extra_param(*name, value.clone());
             }
             req.request_async(&http).await
         }
@@ -199,13 +206,8 @@ async fn exchange(
             };
             let refresh = RefreshToken::new(refresh);
             let mut req = client.exchange_refresh_token(&refresh).add_scopes(scopes);
-            if let Some(audience) = &spec.audience {
-                req = req.add_extra_param("audience", audience.clone());
-            }
-            if let Some(assertion) = &assertion {
-                req = req
-                    .add_extra_param("client_assertion_type", crate::assertion::ASSERTION_TYPE)
-                    .add_extra_param("client_assertion", assertion.clone());
+            for (name, value) in &extra {
+                req = req.add_extra_param(*name, value.clone());
             }
             req.request_async(&http).await
         }

@@ -13,10 +13,10 @@
 //!   rotated refresh token; a replica that dies holding it stops the others
 //!   for at most that long.
 //!
-//! Redis being down is not an outage: each replica then fetches for itself
-//! (as without a fleet), which is safe for client credentials. For rotating
-//! refresh tokens it is the one case where two replicas may present the
-//! same one; it is logged.
+//! Redis being down is no outage for client credentials: each replica then
+//! fetches for itself, as without a fleet. A rotating refresh token is never
+//! presented without the lock: those fetches fail (`TOKEN_ENDPOINT_UNAVAILABLE`)
+//! until Redis answers, while held tokens are used until they expire.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

@@ -571,8 +571,21 @@ impl<G: Grants> Tokens<G> {
             .token_endpoint()
             .map_or(Duration::from_secs(30), |e| e.timeout())
             + LOCK_MARGIN;
+        // Without Redis a replica may fetch on its own with client
+        // credentials, but never present a rotating refresh token another
+        // replica might be presenting at the same moment.
+        let rotating = vendor
+            .oauth()
+            .is_some_and(|o| o.grant == valet_egress::Grant::RefreshToken);
         let alone = |e: String| {
-            tracing::warn!(credential = %key, error = %e, "the fleet's OAuth tokens in Redis are unavailable; this replica fetches its own (a rotating refresh token could be presented twice)");
+            if rotating {
+                tracing::warn!(credential = %key, error = %e, "the fleet's OAuth lock in Redis is unavailable; no refresh token is presented without it");
+                return Err(TokenError::EndpointUnavailable {
+                    vendor: vendor.name().to_owned(),
+                    cause: "the fleet's lock in Redis is unavailable, and a refresh token is never presented without it".into(),
+                });
+            }
+            tracing::warn!(credential = %key, error = %e, "the fleet's OAuth tokens in Redis are unavailable; this replica fetches its own");
             Ok(Turn::Alone)
         };
         let give_up = tokio::time::Instant::now() + ttl + LOCK_MARGIN;

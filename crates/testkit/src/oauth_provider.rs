@@ -110,6 +110,8 @@ struct State {
     rotate: bool,
     fault: Option<Fault>,
     delay: Option<Duration>,
+    /// Wait this long after a token request was processed before answering.
+    answer_delay: Option<Duration>,
     access: HashMap<String, Issued>,
     /// Refresh token → (client, family, already used).
     refresh: HashMap<String, (String, u64, bool)>,
@@ -276,6 +278,18 @@ impl MockOAuth {
         self.state().delay = delay;
     }
 
+    /// Token requests are processed at once (a refresh token rotated, say)
+    /// but answered only after `delay`: a client that dies meanwhile never
+    /// learns what it was issued.
+    pub fn set_answer_delay(&self, delay: Option<Duration>) {
+        self.state().answer_delay = delay;
+    }
+
+    /// Revokes one access token (the API answers 401 to it).
+    pub fn revoke_access_token(&self, token: &str) {
+        self.state().access.remove(token);
+    }
+
     /// Revokes every access token issued so far (the API answers 401).
     pub fn revoke_access_tokens(&self) {
         self.state().access.clear();
@@ -416,7 +430,13 @@ async fn handle(
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        token(&shared, &parts.headers, &body, thumbprint.as_deref())
+        let answer = token(&shared, &parts.headers, &body, thumbprint.as_deref());
+        let answer_delay = shared.state.lock().expect("lock").answer_delay;
+        if let Some(delay) = answer_delay {
+            shared.changed.notify_waiters();
+            tokio::time::sleep(delay).await;
+        }
+        answer
     } else if parts.uri.path() == "/revoke" && parts.method == http::Method::POST {
         revoke(&shared, &parts.headers, &body)
     } else if parts.uri.path().starts_with("/api/") {

@@ -28,7 +28,7 @@ struct Provider {
 
 impl Provider {
     /// Starts it with `clients`; `None` (after saying why) where it cannot run.
-    async fn start(clients: serde_json::Value) -> Option<Self> {
+    async fn start(clients: serde_json::Value, env: &[(&str, &str)]) -> Option<Self> {
         let ready = tokio::process::Command::new("node")
             .args([
                 "-e",
@@ -46,6 +46,7 @@ impl Provider {
             .arg(dir().join("provider.mjs"))
             .arg(port.to_string())
             .env("OIDC_CLIENTS", clients.to_string())
+            .envs(env.iter().copied())
             .current_dir(dir())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -138,7 +139,7 @@ async fn client_credentials_against_oidc_provider() {
         {"client_id": "valet-post", "client_secret": POST_SECRET, "token_endpoint_auth_method": "client_secret_post"},
         {"client_id": "valet-rejected", "client_secret": BASIC_SECRET, "token_endpoint_auth_method": "client_secret_basic"},
     ]);
-    let Some(provider) = Provider::start(clients).await else {
+    let Some(provider) = Provider::start(clients, &[]).await else {
         return;
     };
     let valet = Valet::start(vec![
@@ -312,4 +313,127 @@ async fn api_status(port: u16, token: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+const RT_SECRET: &str = "oauth-canary-oidc-refresh-0123456789abcdefghijklmnopqrstuvwxyz";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_refresh_tokens_against_oidc_provider() {
+    let clients = serde_json::json!([{
+        "client_id": "valet-rt",
+        "client_secret": RT_SECRET,
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": ["https://client.example/cb"],
+        "scope": "openid offline_access",
+    }]);
+    // Access tokens live 3 s: Valet refreshes (and the provider rotates the
+    // refresh token) about once a second.
+    let env = [("OIDC_REFRESH_CLIENT", "valet-rt"), ("OIDC_TTL", "3")];
+    let Some(provider) = Provider::start(clients, &env).await else {
+        return;
+    };
+    let first = provider.logged("refresh_token")[0]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut v = oauth(&provider, "crm", ClientAuthConfig::ClientSecretBasic);
+    if let AuthConfig::OAuth2 {
+        grant,
+        read_scopes,
+        write_scopes,
+        refresh_before_ms,
+        ..
+    } = &mut v.auth
+    {
+        *grant = GrantConfig::RefreshToken;
+        read_scopes.clear();
+        write_scopes.clear();
+        *refresh_before_ms = 2_000;
+    }
+    let valet = Valet::start(vec![v]).await;
+    let material =
+        serde_json::json!({"client_id": "valet-rt", "client_secret": RT_SECRET, "refresh_token": first});
+    valet.put_credential("acme", "crm", &material.to_string()).await;
+    let key = valet.api_key(&["acme"], &["crm"], &[Operation::Read]).await;
+    let refreshes = |p: &Provider| {
+        p.logged("token")
+            .into_iter()
+            .filter(|t| t["grant_type"] == "refresh_token")
+            .collect::<Vec<_>>()
+    };
+    let began = std::time::Instant::now();
+    while refreshes(&provider).len() < 3 {
+        let resp = valet
+            .call(&key, get("acme", "crm", "/things"))
+            .await
+            .expect("call");
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(20),
+            "too few refreshes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await; // pacing only
+    }
+    // Each refresh presented the refresh token the one before returned.
+    let done = refreshes(&provider);
+    assert!(done.iter().all(|t| t["status"] == 200), "{done:?}");
+    let presented: Vec<&str> = done
+        .iter()
+        .map(|t| t["refresh_token"].as_str().unwrap())
+        .collect();
+    assert_eq!(presented[0], first);
+    let distinct: std::collections::HashSet<_> = presented.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        presented.len(),
+        "a refresh token presented twice: {presented:?}"
+    );
+
+    // The provider does reject reuse: the spent first token, presented
+    // again (not by Valet), is refused, and the whole grant revoked; Valet's
+    // next refresh then needs the tenant to authorize again.
+    let (status, body) = token_request(provider.port, "valet-rt", RT_SECRET, &first).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_grant"), "{body}");
+    let refused = loop {
+        match valet.call(&key, get("acme", "crm", "/things")).await {
+            Ok(resp) => assert!(resp.status == 200 || resp.status == 401, "{}", resp.status),
+            Err(e) => break e,
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(40),
+            "never refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await; // pacing only
+    };
+    assert_eq!(reason(&refused), "CREDENTIAL_REAUTH_REQUIRED", "{refused:?}");
+}
+
+/// A refresh-token request made by the test itself: status and body.
+async fn token_request(port: u16, client: &str, secret: &str, refresh_token: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{client}:{secret}"),
+    );
+    let form = format!("grant_type=refresh_token&refresh_token={refresh_token}");
+    let request = format!(
+        "POST /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {basic}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }

@@ -65,7 +65,8 @@ async fn serve(config_path: Option<PathBuf>, listen: Overrides) -> i32 {
     };
     let mut exit = Exit::default();
     let reloader = valet::reload::Reloader::new(config_path, listen, (*config).clone())
-        .with_sampling(telemetry.sampling());
+        .with_sampling(telemetry.sampling())
+        .with_log_format(telemetry.log_format());
     let code = run(&config, reloader, &mut exit).await;
     // Flush queued spans and the last metrics push before `exit`, which runs
     // no destructors — within what is left of the drain and grace period.

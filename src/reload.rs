@@ -1,15 +1,15 @@
 //! SIGHUP: read the config file again and put in force what can change
 //! without a restart — the vendor registry, the default quota policies,
-//! the trace sampling ratio and the tenant labels of metrics — while calls
-//! go on.
+//! the trace sampling ratio, the tenant labels of metrics and the log line
+//! format — while calls go on.
 //!
 //! The new file is checked exactly as at start-up (the command line's
 //! listener addresses applied again); an invalid one is refused with the
 //! same message `valet config check` prints, and the running config stays.
 //! Any other section that changed is named in a warning and waits for a
 //! restart: listeners, state, backends and the rest of telemetry (the
-//! exporters, their endpoint and resource, the log format) are wired into
-//! connections, files and exporters opened once.
+//! exporters, their endpoint and resource) are wired into connections,
+//! files and exporters opened once.
 //!
 //! A vendor whose entry is unchanged keeps its connections, breaker and
 //! retry budget ([`valet_egress::Registry::carry_over`]); a call already
@@ -40,6 +40,8 @@ pub struct Reloader {
     running: Config,
     /// The trace sampler, when traces are exported.
     sampling: Option<valet_telemetry::sampling::Sampling>,
+    /// The log line format switch.
+    log_format: Option<valet_telemetry::subscriber::LogSwitch>,
 }
 
 impl Reloader {
@@ -51,7 +53,14 @@ impl Reloader {
             listen,
             running,
             sampling: None,
+            log_format: None,
         }
+    }
+
+    /// Also changes the log line format through `switch`.
+    pub fn with_log_format(mut self, switch: valet_telemetry::subscriber::LogSwitch) -> Self {
+        self.log_format = Some(switch);
+        self
     }
 
     /// Also changes the sampling ratio of `sampling` (the running tracer's).
@@ -77,11 +86,15 @@ impl Reloader {
         if let Some(sampling) = &self.sampling {
             sampling.set(next.telemetry.sampling_ratio);
         }
+        if let Some(switch) = &self.log_format {
+            switch.set(next.telemetry.log_format);
+        }
         // What needs a restart stays as it runs: keep comparing against it.
         let telemetry = &mut self.running.telemetry;
         telemetry.sampling_ratio = next.telemetry.sampling_ratio;
         telemetry.tenant_label = next.telemetry.tenant_label;
         telemetry.max_tenant_labels = next.telemetry.max_tenant_labels;
+        telemetry.log_format = next.telemetry.log_format;
         self.running.vendors = next.vendors;
         self.running.quota = next.quota;
         Ok(reloaded)
@@ -127,13 +140,17 @@ fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
         ("control", |c| format!("{:?}", c.control)),
         ("redis_url", |c| format!("{:?}", c.redis_url)),
         ("api_keys", |c| format!("{:?}", c.api_keys)),
-        ("telemetry (other than sampling_ratio and tenant labels)", |c| {
-            let mut telemetry = c.telemetry.clone();
-            telemetry.sampling_ratio = None;
-            telemetry.tenant_label = true;
-            telemetry.max_tenant_labels = 0;
-            format!("{telemetry:?}")
-        }),
+        (
+            "telemetry (other than sampling_ratio, tenant labels and log_format)",
+            |c| {
+                let mut telemetry = c.telemetry.clone();
+                telemetry.sampling_ratio = None;
+                telemetry.tenant_label = true;
+                telemetry.max_tenant_labels = 0;
+                telemetry.log_format = Default::default();
+                format!("{telemetry:?}")
+            },
+        ),
     ];
     let mut changed: Vec<&'static str> = sections
         .iter()

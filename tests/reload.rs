@@ -64,7 +64,7 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
 
     // A new vendor and a policy allowing one read per hour.
     let policy = "[[quota.policies]]\ntenant = \"*\"\nvendor = \"mock\"\noperation = \"read\"\nrate = 1\nperiod = \"hour\"\nburst = 1\n";
-    let telemetry = "[telemetry]\ntenant_label = false\n";
+    let telemetry = "[telemetry]\ntenant_label = false\nlog_format = \"text\"\n";
     std::fs::write(
         &valet.config,
         format!(
@@ -76,6 +76,13 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
     valet.signal("HUP").await;
     let log = valet.wait_for_stdout("config reloaded", 1).await;
     assert!(log.contains("second"), "the reload names the new vendor: {log}");
+    // The log format changed with it: lines from the reload on are text.
+    let reloaded = log.lines().find(|l| l.contains("config reloaded")).unwrap();
+    assert!(
+        !reloaded.starts_with('{'),
+        "still JSON after log_format = \"text\": {reloaded}"
+    );
+    assert!(log.lines().next().unwrap().starts_with('{'), "JSON before: {log}");
     let slow = in_flight
         .await
         .unwrap()
@@ -130,6 +137,9 @@ async fn sighup_reloads_vendors_and_quota_policies_and_refuses_an_invalid_file()
     valet.signal("HUP").await;
     let log = valet.wait_for_stdout("config reloaded", 2).await;
     assert!(log.contains("only after a restart: server"), "{log}");
+    // log_format back to auto: JSON again (stdout is no terminal).
+    let last = log.lines().rfind(|l| l.contains("config reloaded")).unwrap();
+    assert!(last.starts_with('{'), "{last}");
     let gone = call(&valet, &second_key, "second").await.unwrap_err();
     assert_eq!(reason(&gone), "VENDOR_UNKNOWN", "{gone:?}");
     assert_eq!(

@@ -17,6 +17,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Level;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
@@ -34,6 +36,8 @@ pub const CONSOLE: &str = "valet::console";
 #[derive(Debug)]
 pub struct Guard {
     tracer: Option<SdkTracerProvider>,
+    /// Which log line format is written.
+    log_format: LogSwitch,
     /// The sampler, when traces are exported.
     sampling: Option<crate::sampling::Sampling>,
     /// The buffered stdout writer, written out at exit.
@@ -42,7 +46,68 @@ pub struct Guard {
     exports: bool,
 }
 
+/// The log line format in force, changed whole by a config reload: both
+/// formatters are installed, and each writes only while it is the one
+/// switched on (an atomic load per line).
+#[derive(Debug, Clone, Default)]
+pub struct LogSwitch {
+    text: Arc<AtomicBool>,
+}
+
+impl LogSwitch {
+    /// Writes lines as `format` from now on (`Auto`: text on a terminal,
+    /// else JSON).
+    pub fn set(&self, format: LogFormat) {
+        self.text
+            .store(resolve(format) == LogFormat::Text, Ordering::Relaxed);
+    }
+
+    /// A filter letting events through while `text` is what is switched on.
+    fn only(&self, text: bool) -> Active {
+        Active {
+            text: self.text.clone(),
+            want: text,
+        }
+    }
+}
+
+/// See [`LogSwitch::only`].
+struct Active {
+    text: Arc<AtomicBool>,
+    want: bool,
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for Active {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.text.load(Ordering::Relaxed) == self.want
+    }
+
+    // Decided per event, never cached per callsite: the switch can flip.
+    fn callsite_enabled(&self, _meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+}
+
+/// `Auto` made definite for stdout.
+fn resolve(format: LogFormat) -> LogFormat {
+    use std::io::IsTerminal as _;
+    match format {
+        LogFormat::Auto if std::io::stdout().is_terminal() => LogFormat::Text,
+        LogFormat::Auto => LogFormat::Json,
+        definite => definite,
+    }
+}
+
 impl Guard {
+    /// The log format switch, to change on a config reload.
+    pub fn log_format(&self) -> LogSwitch {
+        self.log_format.clone()
+    }
+
     /// The sampler in force, to change on a config reload; None when no
     /// traces are exported.
     pub fn sampling(&self) -> Option<crate::sampling::Sampling> {
@@ -158,15 +223,8 @@ where
 /// no spans are recorded; log lines and the vendor still get the call's
 /// trace id (see [`crate::propagation`]).
 pub fn init(settings: &Settings) -> Result<Guard, TelemetryError> {
-    use std::io::IsTerminal as _;
-    let text = match settings.log_format {
-        LogFormat::Auto => std::io::stdout().is_terminal(),
-        LogFormat::Json => false,
-        LogFormat::Text => true,
-    };
     let lines = crate::lines::Lines::start(std::io::stdout());
-    let format = if text { LogFormat::Text } else { LogFormat::Json };
-    let mut guard = init_with(settings, format, lines.clone())?;
+    let mut guard = init_with(settings, resolve(settings.log_format), lines.clone())?;
     guard.lines = Some(lines);
     Ok(guard)
 }
@@ -175,29 +233,34 @@ pub fn init(settings: &Settings) -> Result<Guard, TelemetryError> {
 /// `logs` is no terminal).
 pub fn init_with<W>(settings: &Settings, format: LogFormat, logs: W) -> Result<Guard, TelemetryError>
 where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
-    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let switch = LogSwitch::default();
+    switch.set(match format {
+        LogFormat::Auto => LogFormat::Json,
+        definite => definite,
+    });
     // Events only: the log lines print no span context, and a span the
     // formatter sees is a span whose fields it formats on every record.
-    let events = env
-        .and(capped())
-        .and(filter_fn(|meta| meta.is_event() && meta.target() != CONSOLE));
-    let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(logs)
-            .with_ansi(false)
-            .with_filter(events)
-            .boxed(),
-        LogFormat::Json | LogFormat::Auto => tracing_subscriber::fmt::layer()
-            .with_writer(logs)
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_filter(events)
-            .boxed(),
+    let events = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .and(capped())
+            .and(filter_fn(|meta| meta.is_event() && meta.target() != CONSOLE))
     };
+    // Both formats, each writing only while switched on (a reload flips it).
+    let text_lines = tracing_subscriber::fmt::layer()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_filter(switch.only(true).and(events()));
+    let json_lines = tracing_subscriber::fmt::layer()
+        .with_writer(logs)
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_filter(switch.only(false).and(events()));
+    let logs = text_lines.and_then(json_lines);
 
     // No exporter, no span layer: nothing would read a recorded span, and
     // recording them (ids, fields, timings, the layer's lock) was a tenth of
@@ -228,6 +291,7 @@ where
     }
     Ok(Guard {
         tracer,
+        log_format: switch,
         sampling,
         lines: None,
         exports: settings.exports_traces() || settings.exports_metrics(),

@@ -16,22 +16,58 @@ const CLIENT_SECRET: &str = "oauth-canary-fleet-client-secret";
 struct Fleet {
     idp: MockOAuth,
     replicas: Vec<(ValetProcess, String)>,
-    _moto: Moto,
     _redis: RedisServer,
-    _keys: tempfile::TempDir,
+    _backends: Backends,
 }
 
 /// `n` replicas on one Redis and one Secrets Manager, with a
 /// `refresh_token` vendor whose tokens live `lifetime_s`.
 async fn fleet(n: usize, lifetime_s: u64) -> Fleet {
-    let (moto, redis, idp) = (
-        Moto::start().await,
-        RedisServer::start().await,
-        MockOAuth::start().await,
-    );
+    let idp = MockOAuth::start().await;
     idp.set_lifetime(lifetime_s);
     idp.add_client("acme-client", CLIENT_SECRET, ClientAuth::Basic);
     let rt = idp.issue_refresh_token("acme-client");
+    let redis = RedisServer::start().await;
+    let provider = Provider {
+        token_url: idp.token_url(),
+        api_url: idp.api_url(),
+        client_id: "acme-client",
+        client_secret: CLIENT_SECRET,
+        refresh_token: &rt,
+    };
+    let (replicas, backends) = replicas(n, &redis, &provider).await;
+    Fleet {
+        idp,
+        replicas,
+        _redis: redis,
+        _backends: backends,
+    }
+}
+
+/// What the fleet authenticates to.
+struct Provider<'a> {
+    token_url: String,
+    api_url: String,
+    client_id: &'a str,
+    client_secret: &'a str,
+    refresh_token: &'a str,
+}
+
+/// What the replicas share besides Redis: Secrets Manager and the master key.
+struct Backends {
+    _moto: Moto,
+    _keys: tempfile::TempDir,
+}
+
+/// `n` Valet processes on `redis` and one Secrets Manager, with a
+/// `refresh_token` vendor at `provider` (tokens replaced 2 s early), the
+/// tenant's grant material stored once; each with a caller key.
+async fn replicas(
+    n: usize,
+    redis: &RedisServer,
+    provider: &Provider<'_>,
+) -> (Vec<(ValetProcess, String)>, Backends) {
+    let moto = Moto::start().await;
     let keys = tempfile::tempdir().unwrap();
     let master = keys.path().join("master.key");
     valet_credentials::MasterKey::load_or_create(&master).unwrap();
@@ -47,13 +83,13 @@ name = "crm"
 base_url = "{api}"
 allow_insecure_http = true
 timeout_ms = 3000
-auth = {{ scheme = "oauth2", token_url = "{token}", grant = "refresh_token", scopes = ["things"], refresh_before_ms = 2000 }}
+auth = {{ scheme = "oauth2", token_url = "{token}", grant = "refresh_token", refresh_before_ms = 2000 }}
 "#,
         redis = redis.url(),
         moto = moto.endpoint(),
         master = master.display(),
-        api = idp.api_url(),
-        token = idp.token_url(),
+        api = provider.api_url,
+        token = provider.token_url,
     );
     let env = [
         ("AWS_ACCESS_KEY_ID", "testing"),
@@ -64,32 +100,33 @@ auth = {{ scheme = "oauth2", token_url = "{token}", grant = "refresh_token", sco
     for i in 0..n {
         let p = ValetProcess::spawn_with(&body, &env).await;
         if i == 0 {
+            let put = [
+                "credential",
+                "put",
+                "--tenant",
+                "acme",
+                "--vendor",
+                "crm",
+                "--oauth-client-id",
+                provider.client_id,
+                "--oauth-refresh-token",
+            ];
             p.admin(
-                &[
-                    "credential",
-                    "put",
-                    "--tenant",
-                    "acme",
-                    "--vendor",
-                    "crm",
-                    "--oauth-client-id",
-                    "acme-client",
-                    "--oauth-refresh-token",
-                ],
-                &format!("{CLIENT_SECRET}\n{rt}\n"),
+                &put,
+                &format!("{}\n{}\n", provider.client_secret, provider.refresh_token),
             )
             .await;
         }
         let key = p.caller_key("acme", "crm", &["read"]).await;
         replicas.push((p, key));
     }
-    Fleet {
-        idp,
+    (
         replicas,
-        _moto: moto,
-        _redis: redis,
-        _keys: keys,
-    }
+        Backends {
+            _moto: moto,
+            _keys: keys,
+        },
+    )
 }
 
 async fn call(replica: &(ValetProcess, String)) -> Result<u16, tonic::Status> {
@@ -271,6 +308,81 @@ async fn without_redis_no_refresh_token_is_presented() {
     }
     assert_eq!(f.idp.token_requests().len(), 2);
     assert_eq!(f.idp.reuse_detected(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_against_oidc_provider_refresh_once_and_never_reuse() {
+    const SECRET: &str = "oauth-canary-oidc-fleet-0123456789abcdefghijklmnopqrstuvwxyz";
+    let clients = serde_json::json!([{
+        "client_id": "valet-fleet",
+        "client_secret": SECRET,
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": ["https://client.example/cb"],
+        "scope": "openid offline_access",
+    }]);
+    let env = [("OIDC_REFRESH_CLIENT", "valet-fleet"), ("OIDC_TTL", "3")];
+    let Some(oidc) = support::OidcProvider::start(clients, &env).await else {
+        return;
+    };
+    let first = oidc.logged("refresh_token")[0]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let redis = RedisServer::start().await;
+    let provider = Provider {
+        token_url: format!("{}/token", oidc.base()),
+        api_url: format!("{}/api", oidc.base()),
+        client_id: "valet-fleet",
+        client_secret: SECRET,
+        refresh_token: &first,
+    };
+    let (replicas, _backends) = replicas(3, &redis, &provider).await;
+    // Counted at the server: its own log of every token request.
+    let refreshes = || {
+        oidc.logged("token")
+            .into_iter()
+            .filter(|t| t["grant_type"] == "refresh_token")
+            .collect::<Vec<_>>()
+    };
+    for c in call_all(&replicas).await {
+        assert_eq!(c.unwrap_or_else(|e| panic!("call: {e:?}")), 200);
+    }
+    assert_eq!(
+        refreshes().len(),
+        1,
+        "a cold start on three replicas: {:?}",
+        refreshes()
+    );
+    // Tokens live 3 s and are replaced 2 s early: calls on every replica
+    // until the fleet has replaced it twice.
+    let began = Instant::now();
+    while refreshes().len() < 3 {
+        for r in &replicas {
+            assert_eq!(call(r).await.unwrap_or_else(|e| panic!("call: {e:?}")), 200);
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "too few refreshes: {:?}",
+            refreshes()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // pacing only
+    }
+    let done = refreshes();
+    assert!(done.iter().all(|t| t["status"] == 200), "{done:?}");
+    let presented: Vec<&str> = done
+        .iter()
+        .map(|t| t["refresh_token"].as_str().unwrap())
+        .collect();
+    let distinct: HashSet<_> = presented.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        presented.len(),
+        "a refresh token presented twice: {presented:?}"
+    );
+    // The refreshes came one token lifetime apart, not one per replica.
+    assert!(done.len() <= 4, "{done:?}");
 }
 
 /// One call on every replica at once.

@@ -7,96 +7,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use support::{Valet, get, reason, vendor};
-use tokio::io::AsyncBufReadExt as _;
+use support::{OidcProvider as Provider, Valet, get, reason, vendor};
 use valet::config::{AuthConfig, ClientAuthConfig, GrantConfig};
 use valet::proto::{CallRequest, Operation};
 use valet_testkit::leak;
-
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("oidc")
-}
-
-/// The provider's process and every line it printed.
-struct Provider {
-    port: u16,
-    lines: Arc<Mutex<Vec<serde_json::Value>>>,
-    _child: tokio::process::Child,
-}
-
-impl Provider {
-    /// Starts it with `clients`; `None` (after saying why) where it cannot run.
-    async fn start(clients: serde_json::Value, env: &[(&str, &str)]) -> Option<Self> {
-        let ready = tokio::process::Command::new("node")
-            .args([
-                "-e",
-                "import('oidc-provider').then(() => process.exit(0), () => process.exit(1))",
-            ])
-            .current_dir(dir())
-            .output()
-            .await;
-        if !ready.is_ok_and(|o| o.status.success()) {
-            println!("skipped: needs node and oidc-provider (npm ci in tests/oidc)");
-            return None;
-        }
-        let port = support::free_port();
-        let mut child = tokio::process::Command::new("node")
-            .arg(dir().join("provider.mjs"))
-            .arg(port.to_string())
-            .env("OIDC_CLIENTS", clients.to_string())
-            .envs(env.iter().copied())
-            .current_dir(dir())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let into = lines.clone();
-        tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            let mut out = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = out.next_line().await {
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if value["kind"] == "ready"
-                    && let Some(tx) = ready.take()
-                {
-                    let _ = tx.send(());
-                }
-                into.lock().unwrap().push(value);
-            }
-        });
-        tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
-            .await
-            .expect("oidc-provider started")
-            .expect("oidc-provider printed ready");
-        Some(Self {
-            port,
-            lines,
-            _child: child,
-        })
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn logged(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l["kind"] == kind)
-            .cloned()
-            .collect()
-    }
-}
 
 fn oauth(provider: &Provider, name: &str, client_auth: ClientAuthConfig) -> valet::config::VendorConfig {
     let mut v = vendor(

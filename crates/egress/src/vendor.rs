@@ -155,6 +155,19 @@ pub(crate) struct Origin {
     pub(crate) prefix: String,
 }
 
+impl Origin {
+    /// The class of address `policy` refuses, when the host is a literal IP
+    /// address (a name is checked when it resolves).
+    fn literal_refused(&self, policy: AddressPolicy) -> Option<&'static str> {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        host.parse().ok().and_then(|ip| policy.refuses(ip))
+    }
+}
+
 /// A ready vendor: spec, parsed origin, pooled client, and the state that
 /// protects it (breaker, retry budget, concurrency slots).
 pub struct Vendor {
@@ -195,12 +208,7 @@ impl Vendor {
             allow_private: spec.allow_private_addresses,
             allow_loopback: spec.allow_insecure_http,
         };
-        let host = origin
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if let Some(class) = host.parse().ok().and_then(|ip| policy.refuses(ip)) {
+        if let Some(class) = origin.literal_refused(policy) {
             return Err(VendorError::BaseUrl(format!(
                 "is {} address; set allow_private_addresses = true if this vendor really lives there",
                 crate::resolve::with_article(class)
@@ -449,12 +457,7 @@ fn oauth_endpoint(spec: &VendorSpec, url: &str, policy: AddressPolicy) -> Result
         VendorError::BaseUrl(why) => why,
         other => other.to_string(),
     })?;
-    let host = origin
-        .authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    if let Some(class) = host.parse().ok().and_then(|ip| policy.refuses(ip)) {
+    if let Some(class) = origin.literal_refused(policy) {
         return Err(format!(
             "is {} address; set allow_private_addresses = true if the provider really lives there",
             crate::resolve::with_article(class)

@@ -806,29 +806,28 @@ impl<G: Grants> Tokens<G> {
             }
             RequestError::Refused(error) => TokenError::Refused { vendor: name, error },
             RequestError::Busy { status, retry_after } => {
-                let cause = format!("it answered {status}");
-                let until = Instant::now() + retry_after.unwrap_or(BUSY_BACKOFF);
-                self.blocked.lock().expect("lock").insert(
-                    key.clone(),
-                    Blocked::Busy {
-                        until,
-                        cause: cause.clone(),
-                    },
-                );
-                TokenError::EndpointUnavailable { vendor: name, cause }
+                self.pause(key, format!("it answered {status}"), retry_after, name)
             }
-            RequestError::Unavailable(cause) => {
-                let until = Instant::now() + BUSY_BACKOFF;
-                self.blocked.lock().expect("lock").insert(
-                    key.clone(),
-                    Blocked::Busy {
-                        until,
-                        cause: cause.clone(),
-                    },
-                );
-                TokenError::EndpointUnavailable { vendor: name, cause }
-            }
+            RequestError::Unavailable(cause) => self.pause(key, cause, None, name),
         }
+    }
+
+    /// The provider is busy or unreachable: no fetch for `key` until
+    /// `retry_after` (or [`BUSY_BACKOFF`]) has passed.
+    fn pause(
+        &self,
+        key: &CredentialKey,
+        cause: String,
+        retry_after: Option<Duration>,
+        vendor: String,
+    ) -> TokenError {
+        let until = Instant::now() + retry_after.unwrap_or(BUSY_BACKOFF);
+        let busy = Blocked::Busy {
+            until,
+            cause: cause.clone(),
+        };
+        self.blocked.lock().expect("lock").insert(key.clone(), busy);
+        TokenError::EndpointUnavailable { vendor, cause }
     }
 
     fn lock_for(&self, key: &CredentialKey) -> Arc<tokio::sync::Mutex<()>> {

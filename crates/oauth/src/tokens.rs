@@ -530,23 +530,27 @@ impl<G: Grants> Tokens<G> {
         {
             return self.open(&token, &held);
         }
-        let (_, grant) = self.grants.current(key).await?;
+        let current = self.grants.current(key).await?;
+        let grant = current.1.clone();
         let held = self.held(&token);
         if let Some(h) = held.as_ref().filter(|h| h.grants.contains(&grant) && fresh(h)) {
             return self.open(&token, h);
         }
         self.check_blocked(&vendor, key, Some(&grant), Instant::now())?;
         let Some(shared) = self.shared.clone() else {
-            return self.exchange(&vendor, &token, held, None).await;
+            return self.exchange(&vendor, &token, held, current, None).await;
         };
         match self
             .fleet_turn(&shared, &vendor, &token, replacing.as_ref())
             .await?
         {
             Turn::Adopted(held) => self.open(&token, &held),
-            Turn::Alone => self.exchange(&vendor, &token, held, None).await,
+            Turn::Alone => self.exchange(&vendor, &token, held, current, None).await,
             Turn::Ours(fence) => {
-                let result = self.exchange(&vendor, &token, held, Some(fence)).await;
+                // Read again under the fleet's lock: another replica may
+                // have rotated the refresh token while this one waited.
+                let current = self.grants.current(key).await?;
+                let result = self.exchange(&vendor, &token, held, current, Some(fence)).await;
                 if let Err(e) = shared.unlock(&key.tenant, &key.vendor, fence).await {
                     tracing::warn!(credential = %key, error = %e, "cannot release the fleet's OAuth lock; it expires by itself");
                 }
@@ -669,20 +673,19 @@ impl<G: Grants> Tokens<G> {
         Some(held)
     }
 
-    /// Asks the token endpoint, with the grant material stored now, and
-    /// puts the new token in force: audited, a rotated refresh token stored
-    /// first, published to the fleet when `fence` (the fleet's lock) is held.
+    /// Asks the token endpoint with `material` (read under this replica's
+    /// lock, and under the fleet's when `fence` is held) and puts the new
+    /// token in force: audited, a rotated refresh token stored first,
+    /// published to the fleet when `fence` is held.
     async fn exchange(
         &self,
         vendor: &Arc<Vendor>,
         token: &TokenKey,
         held: Option<Held>,
+        (material, grant): (Secret, Fingerprint),
         fence: Option<u64>,
     ) -> Result<AccessToken, TokenError> {
         let key = &token.credential;
-        // Read again under the fleet's lock: another replica may have
-        // rotated the refresh token while this one waited.
-        let (material, grant) = self.grants.current(key).await?;
         let spec = vendor.oauth().expect("an OAuth vendor");
         let parsed = GrantMaterial::parse(&material, spec).map_err(TokenError::Material)?;
         drop(material);

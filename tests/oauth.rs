@@ -814,7 +814,16 @@ async fn private_key_jwt_sends_a_fresh_signed_assertion_and_never_the_key() {
     v.require_idempotency_key = false;
     let valet = Valet::start(vec![v]).await;
     // A key that cannot sign is refused when it is stored.
-    let bad = serde_json::json!({"client_id": "jwt-client", "private_key": "-----BEGIN PRIVATE KEY-----\nb2F1dGgtY2FuYXJ5\n-----END PRIVATE KEY-----\n"});
+    // (a key made now, cut to half its first line: PEM, but no whole key)
+    let pem = pair.serialize_pem();
+    let lines: Vec<&str> = pem.lines().collect();
+    let cut = format!(
+        "{}\n{}\n{}\n",
+        lines[0],
+        &lines[1][..lines[1].len() / 2],
+        lines[lines.len() - 1]
+    );
+    let bad = serde_json::json!({"client_id": "jwt-client", "private_key": cut});
     let put = |secret: String| proto::PutCredentialRequest {
         tenant: "acme".into(),
         vendor: "crm".into(),
@@ -827,7 +836,6 @@ async fn private_key_jwt_sends_a_fresh_signed_assertion_and_never_the_key() {
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "SECRET_INVALID", "{refused:?}");
-    let pem = pair.serialize_pem();
     let good = serde_json::json!({"client_id": "jwt-client", "private_key": pem, "key_id": "k1"});
     valet
         .admin()

@@ -157,11 +157,15 @@ mod tests {
 
     #[test]
     fn a_key_that_is_not_pkcs8_is_refused_without_quoting_it() {
-        let err = check(&material(
-            "-----BEGIN PRIVATE KEY-----\noauth-canary\n-----END PRIVATE KEY-----\n",
-        ))
-        .unwrap_err();
-        assert!(!err.to_string().contains("oauth-canary"));
+        // A key made now, cut to half its first line: PEM, but no whole key.
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let lines: Vec<&str> = pem.lines().collect();
+        let cut = &lines[1][..lines[1].len() / 2];
+        let broken = format!("{}\n{cut}\n{}\n", lines[0], lines[lines.len() - 1]);
+        let err = check(&material(&broken)).unwrap_err();
+        assert!(!err.to_string().contains(cut));
         assert!(matches!(
             check(&GrantMaterial::default()),
             Err(AssertionError::NoKey)

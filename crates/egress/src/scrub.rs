@@ -36,15 +36,21 @@
 //! Base64 of an already-escaped form), and a secret split across header
 //! values. A body in a content coding is refused before it gets here.
 //!
-//! The [`Scrubber`] is built once per call, from the leased secret: one
-//! Aho-Corasick automaton over every form (and one, case-insensitive, over
-//! the hex form), run in a single pass over the text and every decoding
-//! round at once — linear in the text, whatever the number of forms. Bytes
-//! that start no form are skipped quickly, and the decoding rounds start
-//! only at the first escape (`%` or `\`), so text without one is read once.
-//! Its tables are the secret in another shape, so they are zeroed on drop
-//! (which is why it is built here rather than with a crate whose automaton
-//! memory is freed without zeroing).
+//! The [`Scrubber`] is built once per call, from the leased secret, so it
+//! must cost little to build: each form is kept as it is, with one table
+//! saying which forms end with each byte. A single pass over the text and
+//! every decoding round at once compares a form (backwards) only where the
+//! text has a byte that ends it; bytes that end no form are skipped
+//! quickly, and the decoding rounds start only at the first escape (`%` or
+//! `\`), so text without one is read once. (An Aho-Corasick automaton
+//! scans in strictly linear time, but building its states and failure links
+//! for every call cost more than the scans it saved: the forms are few and
+//! rarely share a prefix.) A compare stops at the first byte that differs,
+//! so the work per byte stays small unless the text repeats long stretches
+//! of a form that itself repeats (a secret like `aaaa…`); even then it is
+//! bounded by the forms' total length per byte, and the response size
+//! limit bounds the text. The forms and the table are the secret in
+//! another shape, so they are zeroed on drop.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -60,26 +66,14 @@ pub const REDACTED: &[u8] = b"[REDACTED]";
 /// How many rounds of percent and JSON decoding are looked through.
 pub const MAX_DECODES: usize = 3;
 
-/// The forms of one secret to remove, as two automata. Zeroed on drop: they
-/// are the secret.
+/// The forms of one secret to remove. Zeroed on drop: they are the secret.
 pub struct Scrubber {
-    /// Raw and Base64 forms, matched exactly (with `+` as space).
-    exact: Automaton,
-    /// Hex forms, matched ignoring ASCII case.
-    hex: Automaton,
-    /// 1 for a byte that moves either automaton off its root (after the
-    /// same mapping as [`Scrubber::scrub`] applies); bytes that do not are
-    /// skipped quickly.
-    starts: Zeroizing<Vec<u8>>,
+    forms: Forms,
 }
 
 impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Scrubber({} forms)",
-            self.exact.needles.len() + self.hex.needles.len()
-        )
+        write!(f, "Scrubber({} forms)", self.forms.forms.len())
     }
 }
 
@@ -108,20 +102,9 @@ impl Scrubber {
             bases.push(&raw[i + 1..]);
         }
         bases.extend(others.iter().map(Secret::expose));
-        let mut exact: Vec<(Zeroizing<Vec<u8>>, Needle)> = Vec::new();
-        let mut hex: Vec<(Zeroizing<Vec<u8>>, Needle)> = Vec::new();
-        let add = |list: &mut Vec<(Zeroizing<Vec<u8>>, Needle)>, form: Zeroizing<Vec<u8>>, before, after| {
-            if !form.is_empty() && !list.iter().any(|(f, _)| *f == form) {
-                let needle = Needle {
-                    len: form.len(),
-                    before,
-                    after,
-                };
-                list.push((form, needle));
-            }
-        };
+        let mut forms = FormsBuilder::default();
         for base in bases {
-            add(&mut exact, Zeroizing::new(plus_as_space(base)), 0, 0);
+            forms.add(Compare::Exact, plus_as_space(base.to_vec()), 0, 0);
             for start in 0..3.min(base.len()) {
                 let whole = (base.len() - start) / 3 * 3;
                 if whole == 0 {
@@ -134,49 +117,35 @@ impl Scrubber {
                 let before = [0, 2, 3][start];
                 let after = [0, 2, 3][(base.len() - start) % 3];
                 for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-                    let text = Zeroizing::new(engine.encode(core).into_bytes());
-                    add(&mut exact, Zeroizing::new(plus_as_space(&text)), before, after);
+                    let text = engine.encode(core).into_bytes();
+                    forms.add(Compare::Exact, plus_as_space(text), before, after);
                 }
                 // Where the secret ends the encoded text, its last group and
                 // the padding are fixed too: the whole tail goes.
                 if after > 0 {
                     for engine in [&STANDARD, &URL_SAFE] {
-                        let text = Zeroizing::new(engine.encode(&base[start..]).into_bytes());
-                        add(&mut exact, Zeroizing::new(plus_as_space(&text)), before, 0);
+                        let text = engine.encode(&base[start..]).into_bytes();
+                        forms.add(Compare::Exact, plus_as_space(text), before, 0);
                     }
                 }
             }
-            let mut h = Zeroizing::new(Vec::with_capacity(base.len() * 2));
+            let mut h = Vec::with_capacity(base.len() * 2);
             for b in base {
                 h.push(HEX[usize::from(b >> 4)]);
                 h.push(HEX[usize::from(b & 15)]);
             }
-            add(&mut hex, h, 0, 0);
+            forms.add(Compare::Hex, Zeroizing::new(h), 0, 0);
         }
-        let exact = Automaton::new(&exact);
-        let hex = Automaton::new(&hex);
-        let starts = Zeroizing::new(
-            (0..=255u8)
-                .map(|b| {
-                    let mapped = if b == b'+' { b' ' } else { b };
-                    u8::from(
-                        exact.root[usize::from(mapped)] != 0
-                            || hex.root[usize::from(b.to_ascii_lowercase())] != 0,
-                    )
-                })
-                .collect(),
-        );
-        Self { exact, hex, starts }
+        Self { forms: forms.build() }
     }
 
     /// `bytes` with every form replaced; `None` when nothing was found.
     pub fn scrub(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        if self.exact.needles.is_empty() {
+        if self.forms.forms.is_empty() {
             return None;
         }
         let mut spans = Vec::new();
         let len = bytes.len();
-        let (mut exact, mut hex) = (0u32, 0u32);
         // The decoding rounds start at the first escape: up to there, every
         // round's text is this one. They are fed in chunks.
         let mut rounds: Option<Rounds<'_>> = None;
@@ -188,30 +157,28 @@ impl Scrubber {
         };
         let mut i = 0;
         while i < len {
-            if exact == 0 && hex == 0 {
-                // At both roots: skip what starts no form (and, before the
-                // rounds start, is no escape).
-                let from = i;
-                while i < len
-                    && i - from < CHUNK
-                    && self.starts[usize::from(bytes[i])] == 0
-                    && (rounds.is_some() || !is_escape(bytes[i]))
-                {
-                    i += 1;
+            // Skip what ends no form (and, before the rounds start, is no
+            // escape).
+            let from = i;
+            while i < len
+                && i - from < CHUNK
+                && !self.forms.may_end(bytes[i])
+                && (rounds.is_some() || !is_escape(bytes[i]))
+            {
+                i += 1;
+            }
+            if let Some(rounds) = rounds.as_mut() {
+                chunk.extend((from..i).map(unit));
+                if chunk.len() >= CHUNK {
+                    rounds.feed(0, &chunk, &mut spans, false);
+                    chunk.clear();
                 }
-                if let Some(rounds) = rounds.as_mut() {
-                    chunk.extend((from..i).map(unit));
-                    if chunk.len() >= CHUNK {
-                        rounds.feed(0, &chunk, &mut spans, false);
-                        chunk.clear();
-                    }
-                }
-                if i - from == CHUNK {
-                    continue;
-                }
-                if i == len {
-                    break;
-                }
+            }
+            if i - from == CHUNK {
+                continue;
+            }
+            if i == len {
+                break;
             }
             let byte = bytes[i];
             if rounds.is_none() && is_escape(byte) {
@@ -224,16 +191,17 @@ impl Scrubber {
                     chunk.clear();
                 }
             }
-            exact = self.exact.step(exact, if byte == b'+' { b' ' } else { byte });
-            hex = self.hex.step(hex, byte.to_ascii_lowercase());
-            for (automaton, state) in [(&self.exact, exact), (&self.hex, hex)] {
-                automaton.matches(state, |n| {
+            self.forms.ending_at(
+                byte,
+                i + 1,
+                |k| bytes[i - k],
+                |n| {
                     spans.push((
                         (i + 1).saturating_sub(n.len + n.before),
                         (i + 1 + n.after).min(len),
                     ));
-                });
-            }
+                },
+            );
             i += 1;
         }
         if let Some(rounds) = rounds.as_mut() {
@@ -396,8 +364,14 @@ impl<'a> Rounds<'a> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn plus_as_space(bytes: &[u8]) -> Vec<u8> {
-    bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect()
+/// `bytes` with every `+` read as a space (form encoding), in place.
+fn plus_as_space(mut bytes: Vec<u8>) -> Zeroizing<Vec<u8>> {
+    for b in &mut bytes {
+        if *b == b'+' {
+            *b = b' ';
+        }
+    }
+    Zeroizing::new(bytes)
 }
 
 /// One byte of a decoded layer, and the bytes of the original text it came
@@ -545,22 +519,23 @@ impl Decoder {
     }
 }
 
-/// Both automata run over one layer's units, keeping what a match needs to
-/// be mapped back: where recent units started, and matches still waiting
-/// for the units they extend over.
+/// The forms matched over one layer's units, keeping what a match needs:
+/// the last units' bytes (to compare a form against) and where they
+/// started (to map a match back), and matches still waiting for the units
+/// they extend over.
 #[derive(Clone)]
 struct LayerMatcher<'a> {
     scrubber: &'a Scrubber,
-    exact: u32,
-    hex: u32,
     /// Units seen so far in this layer.
     seen: usize,
-    /// Start offsets of the last `window` units, by `seen % window` (a
-    /// power of two).
+    /// The bytes of the last `window` units, by `seen % window` (a power of
+    /// two, at least the longest form and what it redacts before it).
+    bytes: Vec<u8>,
+    /// Their start offsets, likewise.
     starts: Vec<usize>,
     window: usize,
     /// How many units before a point determine everything this matcher
-    /// holds at it (automaton states, pending extensions).
+    /// holds at it (the window, pending extensions).
     replay: usize,
     /// The end of the last unit.
     last_end: usize,
@@ -570,29 +545,18 @@ struct LayerMatcher<'a> {
 
 impl<'a> LayerMatcher<'a> {
     fn new(scrubber: &'a Scrubber) -> Self {
-        let window = scrubber
-            .exact
-            .needles
-            .iter()
-            .chain(&scrubber.hex.needles)
+        let needles = || scrubber.forms.forms.iter().map(|f| f.needle);
+        let window = needles()
             .map(|n| n.len + n.before)
             .max()
             .unwrap_or(1)
             .next_power_of_two();
-        let after = scrubber
-            .exact
-            .needles
-            .iter()
-            .chain(&scrubber.hex.needles)
-            .map(|n| n.after)
-            .max()
-            .unwrap_or(0);
+        let after = needles().map(|n| n.after).max().unwrap_or(0);
         Self {
             replay: window + after + 1,
             scrubber,
-            exact: 0,
-            hex: 0,
             seen: 0,
+            bytes: vec![0; window],
             starts: vec![0; window],
             window,
             last_end: 0,
@@ -601,31 +565,35 @@ impl<'a> LayerMatcher<'a> {
     }
 
     fn push(&mut self, unit: Unit, spans: &mut Vec<(usize, usize)>) {
-        self.starts[self.seen & (self.window - 1)] = unit.start;
+        let mask = self.window - 1;
+        self.bytes[self.seen & mask] = unit.byte;
+        self.starts[self.seen & mask] = unit.start;
         self.seen += 1;
         self.last_end = unit.end;
         if !self.waiting.is_empty() {
             self.retire(unit.end, spans);
         }
-        if self.exact == 0 && self.hex == 0 && self.scrubber.starts[usize::from(unit.byte)] == 0 {
-            return; // both stay at their roots
+        if !self.scrubber.forms.may_end(unit.byte) {
+            return;
         }
-        let byte = if unit.byte == b'+' { b' ' } else { unit.byte };
-        self.exact = self.scrubber.exact.step(self.exact, byte);
-        let hex = unit.byte.to_ascii_lowercase();
-        self.hex = self.scrubber.hex.step(self.hex, hex);
-        let scrubber = self.scrubber;
-        for (automaton, state) in [(&scrubber.exact, self.exact), (&scrubber.hex, self.hex)] {
-            automaton.matches(state, |needle| {
-                let first = self.seen.saturating_sub(needle.len + needle.before);
-                let start = self.starts[first & (self.window - 1)];
-                if needle.after == 0 {
-                    spans.push((start, unit.end));
-                } else {
-                    self.waiting.push((start, needle.after));
-                }
-            });
-        }
+        let Self {
+            seen,
+            bytes,
+            starts,
+            waiting,
+            ..
+        } = self;
+        let seen = *seen;
+        let back = |k: usize| bytes[(seen - 1 - k) & mask];
+        self.scrubber.forms.ending_at(unit.byte, seen, back, |needle| {
+            let first = seen.saturating_sub(needle.len + needle.before);
+            let start = starts[first & mask];
+            if needle.after == 0 {
+                spans.push((start, unit.end));
+            } else {
+                waiting.push((start, needle.after));
+            }
+        });
     }
 
     /// One more unit (ending at `end`) for the matches still waiting.
@@ -648,152 +616,113 @@ impl<'a> LayerMatcher<'a> {
     }
 }
 
-/// An Aho-Corasick automaton over a few byte strings, its tables zeroed on
-/// drop. State 0 is the root; the root's transitions are a dense table,
-/// every other state's are a short sorted list, with failure links.
-struct Automaton {
-    needles: Vec<Needle>,
-    /// The root's next state for each byte.
-    root: Zeroizing<Vec<u32>>,
-    /// State `s`'s transitions are `labels[offsets[s]..offsets[s + 1]]`
-    /// to `targets[..]`.
-    offsets: Vec<u32>,
-    labels: Zeroizing<Vec<u8>>,
-    targets: Zeroizing<Vec<u32>>,
-    fail: Zeroizing<Vec<u32>>,
-    /// The needle ending at a state, plus one (0: none).
-    output: Zeroizing<Vec<u32>>,
-    /// The nearest state on the failure chain with an output (0: none).
-    next_output: Zeroizing<Vec<u32>>,
+/// How a form is compared with the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Byte for byte, with the text's `+` read as a space (raw and Base64).
+    Exact,
+    /// Ignoring ASCII case (hex, kept lowercase).
+    Hex,
 }
 
-impl Automaton {
-    fn new(forms: &[(Zeroizing<Vec<u8>>, Needle)]) -> Self {
-        // The trie: each state's label (the byte leading to it), its first
-        // child and its next sibling (0: none; the root is no one's child),
-        // so building it allocates per table, not per state.
-        // At most one state per form byte, plus the root: sized once, so
-        // building never reallocates (a zeroizing buffer that grows leaves
-        // its old copy unzeroed, and growth was most of the build's cost).
-        let states = 1 + forms.iter().map(|(f, _)| f.len()).sum::<usize>();
-        fn with_root<T>(states: usize, root: T) -> Vec<T> {
-            let mut table = Vec::with_capacity(states);
-            table.push(root);
-            table
+impl Compare {
+    /// A text byte as this comparison sees it.
+    fn map(self, b: u8) -> u8 {
+        match self {
+            Self::Exact if b == b'+' => b' ',
+            Self::Exact => b,
+            Self::Hex => b.to_ascii_lowercase(),
         }
-        let mut label: Zeroizing<Vec<u8>> = Zeroizing::new(with_root(states, 0u8));
-        let mut first: Vec<u32> = with_root(states, 0);
-        let mut sibling: Vec<u32> = with_root(states, 0);
-        let mut output: Zeroizing<Vec<u32>> = Zeroizing::new(with_root(states, 0));
-        fn kids<'t>(first: &'t [u32], sibling: &'t [u32], s: u32) -> impl Iterator<Item = u32> + 't {
-            std::iter::successors(Some(first[s as usize]).filter(|&c| c != 0), move |&c| {
-                Some(sibling[c as usize]).filter(|&n| n != 0)
-            })
-        }
-        fn child(first: &[u32], sibling: &[u32], label: &[u8], s: u32, b: u8) -> Option<u32> {
-            kids(first, sibling, s).find(|&c| label[c as usize] == b)
-        }
-        for (i, (form, _)) in forms.iter().enumerate() {
-            let mut s = 0u32;
-            for &b in form.iter() {
-                s = match child(&first, &sibling, &label, s, b) {
-                    Some(c) => c,
-                    None => {
-                        let c = label.len() as u32;
-                        label.push(b);
-                        output.push(0);
-                        first.push(0);
-                        sibling.push(first[s as usize]);
-                        first[s as usize] = c;
-                        c
-                    }
-                };
-            }
-            output[s as usize] = i as u32 + 1;
-        }
-        let n = label.len();
-        let mut fail: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0; n]);
-        let mut next_output: Zeroizing<Vec<u32>> = Zeroizing::new(vec![0; n]);
-        let mut queue: VecDeque<u32> = VecDeque::with_capacity(n);
-        queue.extend(kids(&first, &sibling, 0));
-        while let Some(s) = queue.pop_front() {
-            for c in kids(&first, &sibling, s) {
-                let b = label[c as usize];
-                let mut f = fail[s as usize];
-                let target = loop {
-                    if let Some(t) = child(&first, &sibling, &label, f, b) {
-                        break t;
-                    }
-                    if f == 0 {
-                        break 0;
-                    }
-                    f = fail[f as usize];
-                };
-                fail[c as usize] = target;
-                next_output[c as usize] = if output[target as usize] != 0 {
-                    target
-                } else {
-                    next_output[target as usize]
-                };
-                queue.push_back(c);
-            }
-        }
-        let mut root = Zeroizing::new(vec![0u32; 256]);
-        for c in kids(&first, &sibling, 0) {
-            root[label[c as usize] as usize] = c;
-        }
-        let mut offsets = Vec::with_capacity(n + 1);
-        let mut labels = Zeroizing::new(Vec::with_capacity(n));
-        let mut targets = Zeroizing::new(Vec::with_capacity(n));
-        for state in 0..n as u32 {
-            offsets.push(labels.len() as u32);
-            for c in kids(&first, &sibling, state) {
-                labels.push(label[c as usize]);
-                targets.push(c);
-            }
-        }
-        offsets.push(labels.len() as u32);
-        Self {
-            needles: forms.iter().map(|(_, n)| *n).collect(),
-            root,
-            offsets,
-            labels,
-            targets,
-            fail,
-            output,
-            next_output,
+    }
+}
+
+/// One form of the secret.
+struct Form {
+    bytes: Zeroizing<Vec<u8>>,
+    compare: Compare,
+    needle: Needle,
+}
+
+/// The forms, gathered without duplicates.
+#[derive(Default)]
+struct FormsBuilder {
+    forms: Vec<Form>,
+}
+
+impl FormsBuilder {
+    fn add(&mut self, compare: Compare, bytes: Zeroizing<Vec<u8>>, before: usize, after: usize) {
+        let known = self
+            .forms
+            .iter()
+            .any(|f| f.compare == compare && f.bytes == bytes);
+        if !bytes.is_empty() && !known {
+            let needle = Needle {
+                len: bytes.len(),
+                before,
+                after,
+            };
+            self.forms.push(Form {
+                bytes,
+                compare,
+                needle,
+            });
         }
     }
 
-    /// The state after `b` from state `s`.
-    fn step(&self, mut s: u32, b: u8) -> u32 {
-        loop {
-            if s == 0 {
-                return self.root[b as usize];
+    fn build(self) -> Forms {
+        let words = self.forms.len().div_ceil(64).max(1);
+        let mut ends = Zeroizing::new(vec![0u64; 256 * words]);
+        for (f, form) in self.forms.iter().enumerate() {
+            let last = form.bytes[form.bytes.len() - 1];
+            // Every text byte the comparison maps to the form's last byte.
+            let also = match form.compare {
+                Compare::Exact if last == b' ' => b'+',
+                Compare::Exact => last,
+                Compare::Hex => last.to_ascii_uppercase(),
+            };
+            for b in [last, also] {
+                ends[usize::from(b) * words + f / 64] |= 1 << (f % 64);
             }
-            let (from, to) = (
-                self.offsets[s as usize] as usize,
-                self.offsets[s as usize + 1] as usize,
-            );
-            if let Some(i) = self.labels[from..to].iter().position(|&l| l == b) {
-                return self.targets[from + i];
-            }
-            s = self.fail[s as usize];
+        }
+        Forms {
+            forms: self.forms,
+            words,
+            ends,
         }
     }
+}
 
-    /// Calls `found` with every needle ending at state `s`.
-    fn matches(&self, s: u32, mut found: impl FnMut(Needle)) {
-        let mut s = s;
-        if self.output.get(s as usize).is_some_and(|&o| o == 0) {
-            s = self.next_output.get(s as usize).copied().unwrap_or(0);
-        }
-        while s != 0 {
-            let o = self.output[s as usize];
-            if o != 0 {
-                found(self.needles[o as usize - 1]);
+/// The forms, and for each text byte which of them end with it.
+struct Forms {
+    forms: Vec<Form>,
+    /// `u64`s per byte in `ends`.
+    words: usize,
+    /// Bit `f` of byte `b`'s words: form `f` can end at a text byte `b`.
+    ends: Zeroizing<Vec<u64>>,
+}
+
+impl Forms {
+    /// Whether some form can end at a text byte `b`.
+    fn may_end(&self, b: u8) -> bool {
+        let at = usize::from(b) * self.words;
+        self.ends[at..at + self.words].iter().any(|&w| w != 0)
+    }
+
+    /// Calls `found` with every form ending at the text byte `last`, the
+    /// `seen`-th of its text; `back(k)` is the byte `k` before it.
+    fn ending_at(&self, last: u8, seen: usize, back: impl Fn(usize) -> u8, mut found: impl FnMut(Needle)) {
+        let at = usize::from(last) * self.words;
+        for (w, &word) in self.ends[at..at + self.words].iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let form = &self.forms[w * 64 + bits.trailing_zeros() as usize];
+                bits &= bits - 1;
+                let len = form.bytes.len();
+                // The last byte matched already (that is what `ends` says).
+                if len <= seen && (1..len).all(|k| form.compare.map(back(k)) == form.bytes[len - 1 - k]) {
+                    found(form.needle);
+                }
             }
-            s = self.next_output[s as usize];
         }
     }
 }

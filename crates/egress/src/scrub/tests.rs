@@ -314,3 +314,43 @@ fn escapes_that_start_mid_secret_and_deeper_rounds_mid_text() {
         &format!("{long}%41 [REDACTED]{long}"),
     );
 }
+
+#[test]
+fn more_forms_than_one_table_word_holds() {
+    // Eleven secrets of up to 14 forms each: the table's bits span
+    // more than one word.
+    let others: Vec<Secret> = (0..10)
+        .map(|i| Secret::from(format!("other-canary-{i}-0123456789")))
+        .collect();
+    let s = Scrubber::with_others(&Secret::from(SECRET.to_owned()), false, &others);
+    assert!(s.forms.forms.len() > 64, "{}", s.forms.forms.len());
+    for i in 0..10 {
+        let other = format!("other-canary-{i}-0123456789");
+        for form in [
+            other.clone(),
+            STANDARD.encode(format!("x{other}")),
+            hex_lower(other.as_bytes()).to_uppercase(),
+            pct_all(other.as_bytes(), false),
+        ] {
+            let text = format!("<{form}>");
+            let out = String::from_utf8(s.scrub(text.as_bytes()).expect(&form)).unwrap();
+            assert!(
+                !out.contains("canary") && out.contains("[REDACTED]"),
+                "{form} -> {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_secret_that_repeats_itself_in_a_text_that_does_too() {
+    // The compare's worst case: every byte ends a form and nearly matches.
+    let secret = "a".repeat(40);
+    let s = Scrubber::new(&Secret::from(secret.clone()), false);
+    let mut text = "a".repeat(39);
+    text.push('b');
+    let body = text.repeat(20_000);
+    assert!(s.scrub(body.as_bytes()).is_none());
+    let out = String::from_utf8(s.scrub(format!("{body}{secret}").as_bytes()).unwrap()).unwrap();
+    assert!(out.ends_with("b[REDACTED]"), "{}", &out[out.len() - 20..]);
+}

@@ -12,6 +12,8 @@
 //!   span is recorded at all). Both are filtered
 //!   so that only Valet's own crates reach the exporter and the HTTP, TLS,
 //!   gRPC and AWS SDK crates never log below `info`.
+//! - [`json`]: the JSON log line's format (flat, written straight into the
+//!   line buffer).
 //! - [`lines`]: the buffered stdout writer the log lines go through (one
 //!   write per few milliseconds, not per line; bounded, drops counted).
 //! - [`export`]: the OTLP exporters wrapped so that failing exports are
@@ -32,6 +34,7 @@
 
 pub mod export;
 pub mod exposition;
+pub mod json;
 pub mod lines;
 pub mod metrics;
 pub mod propagation;

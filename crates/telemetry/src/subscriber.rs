@@ -212,10 +212,7 @@ where
 {
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
+        .event_format(crate::json::FlatJson)
         .with_filter(filter_fn(|meta| meta.is_event() && meta.target() == CONSOLE))
 }
 
@@ -255,10 +252,7 @@ where
         .with_filter(switch.only(true).and(events()));
     let json_lines = tracing_subscriber::fmt::layer()
         .with_writer(logs)
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
+        .event_format(crate::json::FlatJson)
         .with_filter(switch.only(false).and(events()));
     let logs = text_lines.and_then(json_lines);
 

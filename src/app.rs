@@ -575,11 +575,13 @@ impl App {
 
     /// Appends to the audit log under its own span, counting failures.
     pub async fn record(&self, actor: &str, event: Event) -> Result<(), AuditError> {
-        let span = tracing::info_span!(
-            "valet.audit.append",
-            valet.audit.event = event.kind(),
-            otel.status_code = tracing::field::Empty
-        );
+        let span = valet_telemetry::sampling::span(|| {
+            tracing::info_span!(
+                "valet.audit.append",
+                valet.audit.event = event.kind(),
+                otel.status_code = tracing::field::Empty
+            )
+        });
         let result = self.audit.append(actor, event).instrument(span.clone()).await;
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
@@ -648,12 +650,14 @@ impl LeaseAudit for LeaseRecorder<'_> {
         }
         // Written now; durable in the background (`os`) or before the
         // answer (`before_answer`, see `call::audited`).
-        let span = tracing::info_span!(
-            "valet.audit.append",
-            valet.audit.event = event.kind(),
-            valet.audit.durability = durability.as_str(),
-            otel.status_code = tracing::field::Empty
-        );
+        let span = valet_telemetry::sampling::span(|| {
+            tracing::info_span!(
+                "valet.audit.append",
+                valet.audit.event = event.kind(),
+                valet.audit.durability = durability.as_str(),
+                otel.status_code = tracing::field::Empty
+            )
+        });
         match span.in_scope(|| app.audit.append_written(e.caller, &event)) {
             Ok(written) => {
                 let unsynced = (durability == valet_audit::Durability::BeforeAnswer).then_some(written);

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
-use valet_telemetry::propagation;
+use valet_telemetry::{propagation, sampling};
 
 /// The Gateway service.
 #[derive(Debug, Clone)]
@@ -65,15 +65,20 @@ impl Gateway for GatewayService {
             &self.app.trusted_proxies,
         );
         propagation::continue_trace(&call.span, request.metadata());
+        // An unsampled call makes no spans at all (see `sampling`): its
+        // trace context still goes to the vendor and the log line.
+        let sampled = propagation::sampled(&call.span);
+        if !sampled {
+            call.span = tracing::Span::none();
+        }
         let mut recorder = Recorder::new(&self.app, call);
         let result = match self.admit(arrival) {
             // Held until the call is answered.
             Ok(_slot) => {
                 let (metadata, _, req) = request.into_parts();
                 let span = recorder.call.span.clone();
-                call::handle(&self.app, &mut recorder.call, &metadata, req)
-                    .instrument(span)
-                    .await
+                let handled = call::handle(&self.app, &mut recorder.call, &metadata, req).instrument(span);
+                sampling::within_call(sampled, handled).await
             }
             Err(refused) => Err(refused),
         };

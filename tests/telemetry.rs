@@ -212,6 +212,109 @@ auth = {{ scheme = "bearer" }}
     }
 }
 
+/// A call whose trace is not sampled (the caller's flag says so; the
+/// sampler is parent-based) makes no spans at all — none exported, and no
+/// child span turning into a root of its own — while its trace still goes
+/// on to the vendor, unsampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_call_makes_no_spans_and_passes_its_trace_on() {
+    let receiver = OtlpReceiver::start().await;
+    let mock = MockVendor::start().await;
+    let body = format!(
+        r#"
+[telemetry]
+otlp_endpoint = "{endpoint}"
+[[vendors]]
+name = "github"
+base_url = "{base}"
+allow_insecure_http = true
+auth = {{ scheme = "bearer" }}
+"#,
+        endpoint = receiver.endpoint,
+        base = mock.base_url()
+    );
+    let valet = ValetProcess::spawn_with(&body, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
+    valet
+        .admin(
+            &["credential", "put", "--tenant", "acme", "--vendor", "github"],
+            "unsampled-test-secret-0001\n",
+        )
+        .await;
+    let args = [
+        "apikey",
+        "create",
+        "--name",
+        "sampler",
+        "--tenant",
+        "acme",
+        "--vendor",
+        "github",
+        "--operation",
+        "read",
+    ];
+    let api_key = valet.admin(&args, "").await.trim().to_owned();
+    let mut gateway = valet.gateway().await;
+    let call = |trace: &str, flags: &str| {
+        let mut request = authed(get("acme", "github", "/v1/repos"), &api_key);
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace}-00f067aa0ba902b7-{flags}").parse().unwrap(),
+        );
+        request
+    };
+    let unsampled = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let sampled = "6bf92f3577b34da6a3ce929d0e0e4736";
+    for (trace, flags) in [(unsampled, "00"), (sampled, "01")] {
+        let answer = gateway.call(call(trace, flags)).await.unwrap().into_inner();
+        assert_eq!(answer.status, 200);
+    }
+    // The sampled call's spans end after the unsampled call's would have:
+    // once they are all here, anything the first call made is here too.
+    let spans = receiver
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().filter(|s| s.trace_id == sampled).count() >= 5
+        })
+        .await;
+    // (The admin commands above have spans of their own: not a call's.)
+    let of_a_call = |s: &ReceivedSpan| {
+        [
+            "valet.v1.Gateway/Call",
+            "valet.quota.check",
+            "valet.credential.lease",
+            "GET",
+        ]
+        .contains(&s.name.as_str())
+            || s.attr("valet.audit.event") == Some("credential_lease")
+    };
+    let strays: Vec<_> = spans
+        .iter()
+        .filter(|s| of_a_call(s) && s.trace_id != sampled)
+        .collect();
+    assert!(strays.is_empty(), "spans outside the sampled trace: {strays:#?}");
+    let sent = mock.requests();
+    let first = sent[0]
+        .header("traceparent")
+        .expect("traceparent sent to the vendor");
+    assert!(
+        first.starts_with(&format!("00-{unsampled}-")) && first.ends_with("-00"),
+        "{first}"
+    );
+    assert!(!first.contains("00f067aa0ba902b7"), "Valet's own hop: {first}");
+    let second = sent[1].header("traceparent").expect("traceparent");
+    assert!(
+        second.starts_with(&format!("00-{sampled}-")) && second.ends_with("-01"),
+        "{second}"
+    );
+    let exited = valet.terminate().await;
+    let logs = String::from_utf8_lossy(&exited.stdout).into_owned();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"message\":\"call\"")
+                && l.contains(&format!("\"trace_id\":\"{unsampled}\""))),
+        "the unsampled call's log line carries its trace id"
+    );
+}
+
 fn write(key: &str) -> CallRequest {
     CallRequest {
         operation: Operation::Write as i32,

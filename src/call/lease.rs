@@ -34,14 +34,16 @@ pub async fn credential(
     let recorder = LeaseRecorder::new(app).with_scopes(scopes);
     // `valet.cache` is filled in by the Secrets Manager cache (hit, miss,
     // stale); the embedded store has no cache and leaves it out.
-    let span = tracing::info_span!(
-        "valet.credential.lease",
-        valet.tenant = %call.key.tenant,
-        valet.vendor = %call.key.vendor,
-        valet.cache = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty
-    );
+    let span = valet_telemetry::sampling::span(|| {
+        tracing::info_span!(
+            "valet.credential.lease",
+            valet.tenant = %call.key.tenant,
+            valet.vendor = %call.key.vendor,
+            valet.cache = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty
+        )
+    });
     let lease = app
         .vault
         .lease(&call.key, &actor(caller), &call.reason, request_id, &recorder)

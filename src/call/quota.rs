@@ -35,12 +35,14 @@ pub async fn run(app: &App, call: &mut Call, req: &ValidCall) -> Result<(), Fail
 pub async fn check(app: &App, call: &ValidCall) -> Result<RateLimitHeaders, Failure> {
     let read = call.operation == Operation::Read;
     let (tenant, vendor) = (&call.key.tenant, &call.key.vendor);
-    let span = tracing::info_span!(
-        "valet.quota.check",
-        valet.quota = Empty,
-        valet.quota.policy = Empty,
-        otel.status_code = Empty
-    );
+    let span = valet_telemetry::sampling::span(|| {
+        tracing::info_span!(
+            "valet.quota.check",
+            valet.quota = Empty,
+            valet.quota.policy = Empty,
+            otel.status_code = Empty
+        )
+    });
     let verdict = app
         .quotas
         .check(tenant, vendor, read)

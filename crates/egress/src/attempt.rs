@@ -166,19 +166,21 @@ fn attempt_span(method: &Method, uri: &Uri, vendor: &str) -> tracing::Span {
     } else {
         80
     });
-    tracing::info_span!(
-        "vendor attempt",
-        otel.name = %method,
-        otel.kind = "client",
-        otel.status_code = Empty,
-        http.request.method = %method,
-        server.address = uri.host().unwrap_or_default(),
-        server.port = i64::from(port),
-        url.scheme = uri.scheme_str().unwrap_or_default(),
-        http.response.status_code = Empty,
-        error.type = Empty,
-        valet.vendor = vendor,
-    )
+    valet_telemetry::sampling::span(|| {
+        tracing::info_span!(
+            "vendor attempt",
+            otel.name = %method,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = %method,
+            server.address = uri.host().unwrap_or_default(),
+            server.port = i64::from(port),
+            url.scheme = uri.scheme_str().unwrap_or_default(),
+            http.response.status_code = Empty,
+            error.type = Empty,
+            valet.vendor = vendor,
+        )
+    })
 }
 
 /// Whether the body arrives in a form the scrubber cannot read: any content

@@ -113,6 +113,13 @@ pub fn continue_trace(span: &tracing::Span, metadata: &MetadataMap) {
     }
 }
 
+/// Whether `span` is recorded and its trace sampled: asks the sampler now
+/// (it would otherwise decide when the span is built), after
+/// [`continue_trace`] has given it the caller's parent.
+pub fn sampled(span: &tracing::Span) -> bool {
+    recorded(span).is_some_and(|context| context.span().span_context().is_sampled())
+}
+
 /// Writes `span`'s context (or, with no tracer recording it, `call`'s) into
 /// `headers` as `traceparent` (and `tracestate`), replacing any the caller
 /// supplied, so the vendor's trace joins Valet's.

@@ -82,20 +82,31 @@ fn main() {
     let limit = peers::limit_proxy(limit_port, vendor_http1);
     let slow_port = free_port();
     let _slow = peers::slow_vendor(slow_port);
-    // Valet as shipped (audit durability `before_answer`), and with the two
-    // other modes, each its own process and state dir.
-    let start = |mode: &str| {
-        let valet_dir = dir.path().join(format!("valet-{mode}"));
+    // Valet as shipped (audit durability `before_answer`), with the two
+    // other modes, exporting traces to a collector, and holding 10,000
+    // tenants' credentials: each its own process and state dir.
+    let start = |name: &str, extra: &str| {
+        let valet_dir = dir.path().join(format!("valet-{name}"));
         std::fs::create_dir_all(&valet_dir).expect("valet dir");
-        let extra = if mode == "default" {
-            String::new()
-        } else {
-            format!("[audit]\ndurability = \"{mode}\"\n")
-        };
-        serve::start(&valet_dir, vendor_http1, slow_port, &extra)
+        serve::start(&valet_dir, vendor_http1, slow_port, extra)
     };
-    let valet = start("default");
-    let modes = [("before_send", start("before_send")), ("os", start("os"))];
+    let durability = |mode: &str| format!("[audit]\ndurability = \"{mode}\"\n");
+    let valet = start("default", "");
+    let modes = [
+        ("before_send", start("before_send", &durability("before_send"))),
+        ("os", start("os", &durability("os"))),
+    ];
+    let collector = runtime.block_on(valet_testkit::otlp::OtlpReceiver::start_counting());
+    let exporting = |ratio: f64| {
+        format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nsampling_ratio = {ratio:?}\n",
+            collector.endpoint
+        )
+    };
+    let traced = start("otlp", &exporting(1.0));
+    let traced_tenth = start("otlp-tenth", &exporting(0.1));
+    let crowd = start("tenants", "");
+    let crowd_key = runtime.block_on(crowd.many_tenants(TENANTS));
 
     let path = "/v1/users/123";
     let direct = Target {
@@ -151,7 +162,11 @@ fn main() {
             Box::new(move |d| load::h2load(d, &t, in_flight, secs, None, p)),
         );
     }
-    for (mode, v) in &modes {
+    let variants = modes
+        .iter()
+        .map(|(m, v)| (*m, v))
+        .chain([("otlp", &traced), ("otlp 10%", &traced_tenth)]);
+    for (mode, v) in variants {
         let (t, p) = (through(v, "mock"), Some(v.process.tree()));
         add(
             format!("valet {mode}, 64 in flight"),
@@ -220,9 +235,27 @@ fn main() {
             Box::new(move |_| handle.block_on(grpc_calls(port, &key, operation, secs, tree))),
         );
     }
-    let all_valets: Vec<u16> = std::iter::once(valet.ops_port)
-        .chain(modes.iter().map(|(_, v)| v.ops_port))
-        .collect();
+    {
+        let (handle, port, tree, key) = (
+            handle.clone(),
+            crowd.gateway_port,
+            crowd.process.tree(),
+            crowd_key.clone(),
+        );
+        add(
+            format!("valet {TENANTS} tenants (gRPC client), 64 in flight"),
+            Box::new(move |_| handle.block_on(tenant_calls(port, &key, secs, tree))),
+        );
+    }
+    let all_valets: Vec<u16> = [
+        valet.ops_port,
+        traced.ops_port,
+        traced_tenth.ops_port,
+        crowd.ops_port,
+    ]
+    .into_iter()
+    .chain(modes.iter().map(|(_, v)| v.ops_port))
+    .collect();
 
     let mut results: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds as usize {
@@ -253,6 +286,10 @@ fn main() {
         }
     }
     print_table(&rows, &results, rounds);
+    println!(
+        "spans the collector received from both `valet otlp` rows: {}",
+        collector.span_count()
+    );
 }
 
 /// The h2load target for READ calls through Valet: the framed request in a
@@ -353,6 +390,34 @@ async fn grpc_calls(port: u16, key: &str, operation: Operation, secs: u64, valet
     .await
 }
 
+/// Tenants the `valet tenants` process holds credentials for.
+const TENANTS: usize = 10_000;
+
+/// READ calls from this process's gRPC client spread over [`TENANTS`]
+/// tenants, each with its own credential: the lease cache, the quota
+/// limiters and the metrics' tenant labels all see every one of them.
+async fn tenant_calls(port: u16, key: &str, secs: u64, valet: procstat::Tree) -> Sample {
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(gateway(port).await);
+    }
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {key}").parse().expect("key");
+    load::grpc(64, secs, valet, move |n| {
+        let mut client = channels[n as usize % channels.len()].clone();
+        let mut call = read_request("/v1/users");
+        call.tenant = format!("t{}", n as usize % TENANTS);
+        let mut request = tonic::Request::new(call);
+        request.metadata_mut().insert("authorization", auth.clone());
+        async move {
+            client
+                .call(request)
+                .await
+                .is_ok_and(|a| a.into_inner().status == 200)
+        }
+    })
+    .await
+}
+
 fn print_table(rows: &[Row], results: &BTreeMap<usize, Vec<Sample>>, rounds: u64) {
     println!(
         "\nproxy cost: {rounds} rounds, {} cores, h2load and the vendor on the same machine; median (min–max)",
@@ -430,6 +495,20 @@ fn print_table(rows: &[Row], results: &BTreeMap<usize, Vec<Sample>>, rounds: u64
             })
             .collect();
         println!("added latency at {scenario}: {}", added.join("; "));
+    }
+    for (sampled, row) in [("every call", "valet otlp"), ("10 % of calls", "valet otlp 10%")] {
+        let (Some(off), Some(on)) = (
+            medians.get("valet, 64 in flight"),
+            medians.get(format!("{row}, 64 in flight").as_str()),
+        ) else {
+            continue;
+        };
+        let cpu = |s: &Sample| s.cpu_per_call.unwrap_or_default().as_secs_f64();
+        println!(
+            "traces of {sampled} exported over OTLP / none (64 in flight): throughput {:.2}, CPU per call {:.2}",
+            on.calls_per_s / off.calls_per_s,
+            cpu(on) / cpu(off)
+        );
     }
     let grpc = |op: &str| {
         medians

@@ -17,6 +17,7 @@ pub(crate) struct Valet {
     pub(crate) read_key: String,
     /// A key granted WRITE.
     pub(crate) write_key: String,
+    admin: Admin,
 }
 
 /// `extra`: lines of `[section]` keys added to the shipped defaults (the
@@ -79,9 +80,70 @@ pub(crate) fn start(dir: &Path, vendor_http1: u16, slow_vendor: u16, extra: &str
     Valet {
         read_key: key("bench-read", "read"),
         write_key: key("bench-write", "write"),
+        admin,
         process,
         gateway_port,
         ops_port,
+    }
+}
+
+impl Valet {
+    /// Stores a credential on `mock` for tenants `t0`…`t{n-1}` over the
+    /// Admin API (the CLI would start a process for each) and returns a key
+    /// granted READ for all of them.
+    pub(crate) async fn many_tenants(&self, n: usize) -> String {
+        use valet::proto::admin_client::AdminClient;
+        let key: tonic::metadata::MetadataValue<_> = format!(
+            "Bearer {}",
+            std::fs::read_to_string(&self.admin.key_file)
+                .expect("admin key")
+                .trim()
+        )
+        .parse()
+        .expect("admin key");
+        let channel = tonic::transport::Channel::from_shared(self.admin.endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("admin connects");
+        let admin = AdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", key.clone());
+            Ok(req)
+        });
+        let tenants: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        // Sixteen at a time: each put is its own audited transaction.
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                let (mut admin, tenants) = (admin.clone(), tenants.clone());
+                tokio::spawn(async move {
+                    for tenant in tenants.iter().skip(w).step_by(16) {
+                        let request = valet::proto::PutCredentialRequest {
+                            tenant: tenant.clone(),
+                            vendor: "mock".into(),
+                            secret: format!("bench-secret-{tenant}-0123456789"),
+                        };
+                        admin.put_credential(request).await.expect("credential put");
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.expect("puts");
+        }
+        let request = valet::proto::CreateApiKeyRequest {
+            name: "bench-tenants".into(),
+            tenants,
+            vendors: vec!["mock".into()],
+            operations: vec![valet::proto::Operation::Read as i32],
+            ..Default::default()
+        };
+        admin
+            .clone()
+            .create_api_key(request)
+            .await
+            .expect("key created")
+            .into_inner()
+            .key
     }
 }
 

@@ -58,12 +58,16 @@ struct Received {
     /// Every export request, protobuf-encoded, for leak scans.
     raw: Vec<u8>,
     metric_names: Vec<String>,
+    /// Spans received, kept or not.
+    span_count: u64,
 }
 
 #[derive(Clone, Default)]
 struct Shared {
     received: Arc<Mutex<Received>>,
     changed: Arc<Notify>,
+    /// Count spans and drop them (for benchmarks: memory stays flat).
+    count_only: bool,
 }
 
 /// The receiver; stops when dropped.
@@ -83,9 +87,23 @@ impl Drop for OtlpReceiver {
 impl OtlpReceiver {
     /// Starts on a free loopback port.
     pub async fn start() -> Self {
+        Self::serve(Shared::default()).await
+    }
+
+    /// Starts a receiver that only counts spans ([`Self::span_count`]) and
+    /// keeps nothing else of them: a collector that costs the sender what a
+    /// real one does, with memory that stays flat under any load.
+    pub async fn start_counting() -> Self {
+        Self::serve(Shared {
+            count_only: true,
+            ..Shared::default()
+        })
+        .await
+    }
+
+    async fn serve(shared: Shared) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let shared = Shared::default();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let server = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(shared.clone()))
@@ -104,6 +122,11 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.shared.received.lock().expect("lock").spans.clone()
+    }
+
+    /// Spans received so far (kept or only counted).
+    pub fn span_count(&self) -> u64 {
+        self.shared.received.lock().expect("lock").span_count
     }
 
     /// Names of metrics received over OTLP so far.
@@ -163,6 +186,15 @@ impl TraceService for Shared {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let request = request.into_inner();
         let mut received = self.received.lock().expect("lock");
+        received.span_count += request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum::<u64>();
+        if self.count_only {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse::default()));
+        }
         received.raw.extend(request.encode_to_vec());
         for resource in &request.resource_spans {
             let service_name = resource
@@ -200,6 +232,9 @@ impl MetricsService for Shared {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if self.count_only {
+            return Ok(tonic::Response::new(ExportMetricsServiceResponse::default()));
+        }
         let request = request.into_inner();
         let mut received = self.received.lock().expect("lock");
         received.raw.extend(request.encode_to_vec());

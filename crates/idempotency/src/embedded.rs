@@ -56,7 +56,10 @@ impl Embedded {
             db: Arc::new(db),
             group: Arc::default(),
         };
-        store.write(move |table| {
+        // Nothing else uses the store yet: one transaction of its own.
+        let txn = store.db.begin_write().map_err(err)?;
+        {
+            let table = &mut txn.open_table(RECORDS).map_err(err)?;
             let mut lost = Vec::new();
             for entry in table.iter().map_err(err)? {
                 let (k, v) = entry.map_err(err)?;
@@ -74,23 +77,23 @@ impl Embedded {
             for (k, record) in lost {
                 put(table, &k, &record)?;
             }
-            Ok(())
-        })?;
+        }
+        txn.commit().map_err(err)?;
         Ok(store)
     }
 
     /// Applies `f` in a committed transaction, shared with the changes of
     /// concurrent callers; returns once it is durable.
-    fn write<T: Send + 'static>(
+    async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Table<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.group.write(&self.db, RECORDS, f)
+        self.group.write(&self.db, RECORDS, f).await
     }
 
     /// Atomically decides what the call may do and, if it may proceed,
     /// records the key `in_flight`.
-    pub fn begin(&self, scope: &Scope, fingerprint: &str, terms: &Terms) -> Result<Begin, StoreError> {
+    pub async fn begin(&self, scope: &Scope, fingerprint: &str, terms: &Terms) -> Result<Begin, StoreError> {
         let (key, fingerprint, terms) = (scope.storage_key(), fingerprint.to_owned(), *terms);
         self.write(move |table| {
             let existing = get(table, &key)?;
@@ -106,10 +109,11 @@ impl Embedded {
             }
             Ok(decision)
         })
+        .await
     }
 
     /// The vendor answered: keep its sealed response for replays.
-    pub fn complete(
+    pub async fn complete(
         &self,
         scope: &Scope,
         sealed: &[u8],
@@ -121,11 +125,12 @@ impl Embedded {
             record.state = State::Completed { sealed };
             record.expires_ms = now_ms + retention_ms;
         })
+        .await
     }
 
     /// The outcome is unknown: refuse retries until `lease_until_ms`, and
     /// keep the record a retention beyond it.
-    pub fn mark_unknown(
+    pub async fn mark_unknown(
         &self,
         scope: &Scope,
         lease_until_ms: u64,
@@ -137,30 +142,35 @@ impl Embedded {
                 .expires_ms
                 .max(unsettled_expiry_ms(lease_until_ms, retention_ms));
         })
+        .await
     }
 
     /// The request never reached the vendor: forget the key, so a retry with
     /// it proceeds.
-    pub fn abandon(&self, scope: &Scope) -> Result<(), StoreError> {
+    pub async fn abandon(&self, scope: &Scope) -> Result<(), StoreError> {
         let key = scope.storage_key();
         self.write(move |table| {
             table.remove(key.as_str()).map_err(err)?;
             Ok(())
         })
+        .await
     }
 
     /// Removes every record expired at `now_ms`; returns how many.
-    pub fn purge_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
-        self.purge(move |_, r| r.expires_ms <= now_ms)
+    pub async fn purge_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.purge(move |_, r| r.expires_ms <= now_ms).await
     }
 
     /// Removes every record of `tenant` (offboarding); returns how many.
-    pub fn purge_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+    pub async fn purge_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
         let prefix = format!("{tenant}\u{1f}");
-        self.purge(move |k, _| k.starts_with(&prefix))
+        self.purge(move |k, _| k.starts_with(&prefix)).await
     }
 
-    fn purge(&self, doomed: impl Fn(&str, &Record) -> bool + Send + 'static) -> Result<usize, StoreError> {
+    async fn purge(
+        &self,
+        doomed: impl Fn(&str, &Record) -> bool + Send + 'static,
+    ) -> Result<usize, StoreError> {
         self.write(move |table| {
             let mut gone = Vec::new();
             for entry in table.iter().map_err(err)? {
@@ -175,9 +185,10 @@ impl Embedded {
             }
             Ok(gone.len())
         })
+        .await
     }
 
-    fn transition(
+    async fn transition(
         &self,
         scope: &Scope,
         change: impl FnOnce(&mut Record) + Send + 'static,
@@ -190,6 +201,7 @@ impl Embedded {
             change(&mut record);
             put(table, &key, &record)
         })
+        .await
     }
 }
 
@@ -229,45 +241,97 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lifecycle_scoping_restart_and_purge() {
+    #[tokio::test]
+    async fn lifecycle_scoping_restart_and_purge() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idem.redb");
         let store = Embedded::open(&path, 0, 1_000, 10_000).unwrap();
-        assert_eq!(store.begin(&scope("a"), "f", &terms(0)).unwrap(), Begin::Proceed);
+        assert_eq!(
+            store.begin(&scope("a"), "f", &terms(0)).await.unwrap(),
+            Begin::Proceed
+        );
         assert!(matches!(
-            store.begin(&scope("a"), "f", &terms(1)).unwrap(),
+            store.begin(&scope("a"), "f", &terms(1)).await.unwrap(),
             Begin::InFlight(_)
         ));
         // Another tenant's identical key is its own record.
-        assert_eq!(store.begin(&scope("b"), "f", &terms(1)).unwrap(), Begin::Proceed);
-        store.complete(&scope("a"), b"sealed", 2, 10_000).unwrap();
         assert_eq!(
-            store.begin(&scope("a"), "f", &terms(3)).unwrap(),
+            store.begin(&scope("b"), "f", &terms(1)).await.unwrap(),
+            Begin::Proceed
+        );
+        store.complete(&scope("a"), b"sealed", 2, 10_000).await.unwrap();
+        assert_eq!(
+            store.begin(&scope("a"), "f", &terms(3)).await.unwrap(),
             Begin::Replay(b"sealed".to_vec())
         );
-        assert_eq!(store.begin(&scope("a"), "g", &terms(3)).unwrap(), Begin::Reused);
+        assert_eq!(
+            store.begin(&scope("a"), "g", &terms(3)).await.unwrap(),
+            Begin::Reused
+        );
 
         // Reopened: completed kept, in-flight (b) now unknown.
         drop(store);
         let store = Embedded::open(&path, 5, 1_000, 10_000).unwrap();
         assert_eq!(
-            store.begin(&scope("a"), "f", &terms(6)).unwrap(),
+            store.begin(&scope("a"), "f", &terms(6)).await.unwrap(),
             Begin::Replay(b"sealed".to_vec())
         );
         assert!(matches!(
-            store.begin(&scope("b"), "f", &terms(6)).unwrap(),
+            store.begin(&scope("b"), "f", &terms(6)).await.unwrap(),
             Begin::Unknown(Some(_))
         ));
 
         // Abandoned keys free up; purges remove.
-        store.abandon(&scope("b")).unwrap();
-        assert_eq!(store.begin(&scope("b"), "f", &terms(7)).unwrap(), Begin::Proceed);
-        assert_eq!(store.purge_tenant("b").unwrap(), 1);
-        assert_eq!(store.purge_expired(50_000).unwrap(), 1);
+        store.abandon(&scope("b")).await.unwrap();
         assert_eq!(
-            store.begin(&scope("a"), "f", &terms(50_001)).unwrap(),
+            store.begin(&scope("b"), "f", &terms(7)).await.unwrap(),
             Begin::Proceed
         );
+        assert_eq!(store.purge_tenant("b").await.unwrap(), 1);
+        assert_eq!(store.purge_expired(50_000).await.unwrap(), 1);
+        assert_eq!(
+            store.begin(&scope("a"), "f", &terms(50_001)).await.unwrap(),
+            Begin::Proceed
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_are_each_committed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idem.redb");
+        let store = Embedded::open(&path, 0, 1_000, 10_000).unwrap();
+        let scope = |i: usize| Scope {
+            tenant: "t".into(),
+            vendor: "v".into(),
+            key: format!("k{i}"),
+        };
+        let calls: Vec<_> = (0..300)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    assert_eq!(
+                        store.begin(&scope(i), "f", &terms(0)).await.unwrap(),
+                        Begin::Proceed
+                    );
+                    if i % 2 == 0 {
+                        store.complete(&scope(i), b"sealed", 1, 10_000).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap();
+        }
+        // Every change is on disk: reopened, the completed ones replay and
+        // the rest were in flight (now unknown).
+        drop(store);
+        let store = Embedded::open(&path, 5, 1_000, 10_000).unwrap();
+        for i in 0..300 {
+            let begin = store.begin(&scope(i), "f", &terms(6)).await.unwrap();
+            match i % 2 {
+                0 => assert_eq!(begin, Begin::Replay(b"sealed".to_vec()), "k{i}"),
+                _ => assert!(matches!(begin, Begin::Unknown(Some(_))), "k{i}: {begin:?}"),
+            }
+        }
     }
 }

@@ -3,20 +3,24 @@
 //!
 //! redb runs one write transaction at a time, each fsync'd on commit; with
 //! a transaction per transition, WRITE calls queued behind each other's
-//! fsyncs (two per call). Here a caller queues its change and, if no commit
-//! is running, becomes the leader: it takes every queued change, applies
-//! them in order in one transaction, commits, and hands each caller its
-//! result. Callers that arrive meanwhile wait; when the commit ends, one of
-//! them leads the next group (the way LevelDB's writers do). No caller is
-//! told its change is done before the commit holding it is durable.
+//! fsyncs (two per call). Here a caller queues its change and awaits its
+//! result; if no commit is running, it starts one on the blocking pool,
+//! which takes every queued change, applies them in order in one
+//! transaction, commits, tells each caller, and goes on with whatever was
+//! queued meanwhile until nothing is (the way LevelDB's writers do). No
+//! caller is told its change is done before the commit holding it is
+//! durable, and a waiting caller holds no thread: only the commit does.
 
 use crate::StoreError;
 use redb::Database;
-use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use tokio::sync::oneshot;
 
 /// The table every change works on.
 pub(crate) type Table<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+/// The table's definition.
+type Definition = redb::TableDefinition<'static, &'static str, &'static [u8]>;
 
 /// A change: applied inside the group's transaction, it returns what to
 /// tell its caller once the commit's outcome is known. Given the error
@@ -30,26 +34,25 @@ const MAX_GROUP: usize = 256;
 #[derive(Default)]
 pub(crate) struct Group {
     state: Mutex<Queue>,
-    /// Signalled when a commit ends.
-    ended: Condvar,
 }
 
 #[derive(Default)]
 struct Queue {
     changes: Vec<Change>,
+    /// A commit loop is running (it takes what is queued).
     committing: bool,
 }
 
 impl Group {
     /// Applies `f` in a committed transaction (shared with whatever else
     /// is queued) and returns its result once that commit is durable.
-    pub(crate) fn write<T: Send + 'static>(
-        &self,
-        db: &Database,
-        table: redb::TableDefinition<'static, &'static str, &'static [u8]>,
+    pub(crate) async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        db: &Arc<Database>,
+        table: Definition,
         f: impl FnOnce(&mut Table<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
+        let (tx, rx) = oneshot::channel();
         let change: Change = Box::new(move |t: Result<&mut Table<'_>, &StoreError>| {
             let t = match t {
                 Ok(t) => t,
@@ -66,29 +69,58 @@ impl Group {
                 });
             }))
         });
-        let mut queue = self.lock();
-        queue.changes.push(change);
-        loop {
-            match rx.try_recv() {
-                Ok(result) => return result,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err(StoreError("the idempotency commit was abandoned".into()));
+        let start = {
+            let mut queue = self.lock();
+            queue.changes.push(change);
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start {
+            // Off the runtime's workers: a commit blocks on its fsync. The
+            // loop holds the database only while it commits, so a store
+            // dropped after its last answer is closed (and can be reopened).
+            let (group, db) = (self.clone(), Arc::downgrade(db));
+            tokio::task::spawn_blocking(move || group.commit_queued(&db, table));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError("the idempotency commit was abandoned".into())))
+    }
+
+    /// Commits what is queued, a group at a time, until nothing is.
+    fn commit_queued(&self, db: &Weak<Database>, table: Definition) {
+        // Should a commit panic, the queue is not left marked as committing
+        // (every later change would wait forever); what is queued is refused.
+        struct Running<'g>(&'g Group);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut queue = self.0.lock();
+                    queue.committing = false;
+                    let left = std::mem::take(&mut queue.changes);
+                    drop(queue);
+                    refuse(left, &StoreError("an idempotency commit failed".into()));
                 }
-                Err(mpsc::TryRecvError::Empty) => {}
             }
-            if queue.committing {
-                queue = self.ended.wait(queue).unwrap_or_else(PoisonError::into_inner);
+        }
+        let _running = Running(self);
+        loop {
+            let group: Vec<Change> = {
+                let mut queue = self.lock();
+                if queue.changes.is_empty() {
+                    queue.committing = false;
+                    return;
+                }
+                let take = queue.changes.len().min(MAX_GROUP);
+                queue.changes.drain(..take).collect()
+            };
+            let Some(open) = db.upgrade() else {
+                refuse(group, &StoreError("the idempotency store was closed".into()));
                 continue;
+            };
+            let (replies, committed) = commit(&open, table, group);
+            drop(open);
+            for reply in replies {
+                reply(&committed);
             }
-            // Nobody is committing and ours is still queued: lead.
-            queue.committing = true;
-            let take = queue.changes.len().min(MAX_GROUP);
-            let group: Vec<Change> = queue.changes.drain(..take).collect();
-            drop(queue);
-            commit(db, table, group);
-            queue = self.lock();
-            queue.committing = false;
-            self.ended.notify_all();
         }
     }
 
@@ -97,21 +129,24 @@ impl Group {
     }
 }
 
-/// One transaction for `group`; every caller hears the commit's outcome.
-fn commit(
-    db: &Database,
-    table: redb::TableDefinition<'static, &'static str, &'static [u8]>,
-    group: Vec<Change>,
-) {
+/// One transaction for `group`: what to tell each caller, and the commit's
+/// outcome. A group that could not start is refused here.
+fn commit(db: &Database, table: Definition, group: Vec<Change>) -> (Vec<Reply>, Result<(), StoreError>) {
     let fail = |e: &dyn std::fmt::Display| StoreError(e.to_string());
     let txn = match db.begin_write() {
         Ok(txn) => txn,
-        Err(e) => return refuse(group, &fail(&e)),
+        Err(e) => {
+            refuse(group, &fail(&e));
+            return (Vec::new(), Ok(()));
+        }
     };
     let replies: Vec<Reply> = {
         let mut t = match txn.open_table(table) {
             Ok(t) => t,
-            Err(e) => return refuse(group, &fail(&e)),
+            Err(e) => {
+                refuse(group, &fail(&e));
+                return (Vec::new(), Ok(()));
+            }
         };
         group
             .into_iter()
@@ -119,9 +154,7 @@ fn commit(
             .collect()
     };
     let committed = txn.commit().map_err(|e| fail(&e));
-    for reply in replies {
-        reply(&committed);
-    }
+    (replies, committed)
 }
 
 /// Tells every caller in `group` that its change could not be applied.

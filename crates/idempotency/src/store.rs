@@ -11,14 +11,6 @@ pub enum Store {
     Shared(Shared),
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError(e.to_string()))?
-}
-
 impl Store {
     /// Whether the backend answers: always for the embedded store, a PING
     /// for Redis.
@@ -32,11 +24,7 @@ impl Store {
     /// Claims the key or says what the call may do instead.
     pub async fn begin(&self, scope: &Scope, fingerprint: &str, terms: &Terms) -> Result<Begin, StoreError> {
         match self {
-            Store::Embedded(db) => {
-                let (db, scope, fingerprint, terms) =
-                    (db.clone(), scope.clone(), fingerprint.to_owned(), *terms);
-                blocking(move || db.begin(&scope, &fingerprint, &terms)).await
-            }
+            Store::Embedded(db) => db.begin(scope, fingerprint, terms).await,
             Store::Shared(redis) => redis.begin(scope, fingerprint, terms).await,
         }
     }
@@ -50,10 +38,7 @@ impl Store {
         retention_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(db) => {
-                let (db, scope) = (db.clone(), scope.clone());
-                blocking(move || db.complete(&scope, &sealed, now_ms, retention_ms)).await
-            }
+            Store::Embedded(db) => db.complete(scope, &sealed, now_ms, retention_ms).await,
             Store::Shared(redis) => redis.complete(scope, &sealed, now_ms, retention_ms).await,
         }
     }
@@ -68,10 +53,7 @@ impl Store {
         retention_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(db) => {
-                let (db, scope) = (db.clone(), scope.clone());
-                blocking(move || db.mark_unknown(&scope, lease_until_ms, retention_ms)).await
-            }
+            Store::Embedded(db) => db.mark_unknown(scope, lease_until_ms, retention_ms).await,
             Store::Shared(redis) => {
                 redis
                     .mark_unknown(scope, lease_until_ms, now_ms, retention_ms)
@@ -83,10 +65,7 @@ impl Store {
     /// Frees the key: the request never reached the vendor.
     pub async fn abandon(&self, scope: &Scope) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(db) => {
-                let (db, scope) = (db.clone(), scope.clone());
-                blocking(move || db.abandon(&scope)).await
-            }
+            Store::Embedded(db) => db.abandon(scope).await,
             Store::Shared(redis) => redis.abandon(scope).await,
         }
     }
@@ -94,10 +73,7 @@ impl Store {
     /// Removes every record of `tenant` (offboarding); returns how many.
     pub async fn purge_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
         match self {
-            Store::Embedded(db) => {
-                let (db, tenant) = (db.clone(), tenant.to_owned());
-                blocking(move || db.purge_tenant(&tenant)).await
-            }
+            Store::Embedded(db) => db.purge_tenant(tenant).await,
             Store::Shared(redis) => redis.purge_tenant(tenant).await,
         }
     }
@@ -105,10 +81,7 @@ impl Store {
     /// Removes expired records (Redis expires them itself).
     pub async fn purge_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
         match self {
-            Store::Embedded(db) => {
-                let db = db.clone();
-                blocking(move || db.purge_expired(now_ms)).await
-            }
+            Store::Embedded(db) => db.purge_expired(now_ms).await,
             Store::Shared(_) => Ok(0),
         }
     }

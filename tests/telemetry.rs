@@ -29,18 +29,14 @@ fn server_span<'a>(spans: &'a [ReceivedSpan], trace_id: &str) -> Option<&'a Rece
         .find(|s| s.trace_id == trace_id && s.name == "valet.v1.Gateway/Call")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_is_one_trace_from_the_caller_through_valet_to_the_vendor() {
-    let receiver = OtlpReceiver::start().await;
-    let mock = MockVendor::start().await;
-    let canary = valet_testkit::canary("otlp");
-    let body = format!(
+/// A config exporting to `receiver` (with `telemetry`'s other keys), and
+/// the vendor `github` at `mock`.
+fn exporting(receiver: &OtlpReceiver, mock: &MockVendor, telemetry: &str) -> String {
+    format!(
         r#"
 [telemetry]
 otlp_endpoint = "{endpoint}"
-service_name = "valet-under-test"
-resource_attributes = {{ "deployment.environment" = "test" }}
-metrics_export_interval_ms = 100
+{telemetry}
 [[vendors]]
 name = "github"
 base_url = "{base}"
@@ -49,7 +45,18 @@ auth = {{ scheme = "bearer" }}
 "#,
         endpoint = receiver.endpoint,
         base = mock.base_url()
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_one_trace_from_the_caller_through_valet_to_the_vendor() {
+    let receiver = OtlpReceiver::start().await;
+    let mock = MockVendor::start().await;
+    let canary = valet_testkit::canary("otlp");
+    let telemetry = r#"service_name = "valet-under-test"
+resource_attributes = { "deployment.environment" = "test" }
+metrics_export_interval_ms = 100"#;
+    let body = exporting(&receiver, &mock, telemetry);
     let env = [("RUST_LOG", "trace"), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
     let valet = ValetProcess::spawn_with(&body, &env).await;
     valet
@@ -220,19 +227,7 @@ auth = {{ scheme = "bearer" }}
 async fn an_unsampled_call_makes_no_spans_and_passes_its_trace_on() {
     let receiver = OtlpReceiver::start().await;
     let mock = MockVendor::start().await;
-    let body = format!(
-        r#"
-[telemetry]
-otlp_endpoint = "{endpoint}"
-[[vendors]]
-name = "github"
-base_url = "{base}"
-allow_insecure_http = true
-auth = {{ scheme = "bearer" }}
-"#,
-        endpoint = receiver.endpoint,
-        base = mock.base_url()
-    );
+    let body = exporting(&receiver, &mock, "");
     let valet = ValetProcess::spawn_with(&body, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
     valet
         .admin(

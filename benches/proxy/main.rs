@@ -232,7 +232,17 @@ fn main() {
         };
         add(
             format!("valet {} (gRPC client), 64 in flight", operation.as_str_name()),
-            Box::new(move |_| handle.block_on(grpc_calls(port, &key, operation, secs, tree))),
+            Box::new(move |_| {
+                let run = format!(
+                    "{:x}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos()
+                );
+                let request = move |n| read_or_write(operation, &run, n);
+                handle.block_on(grpc_calls(port, &key, secs, tree, request))
+            }),
         );
     }
     {
@@ -244,7 +254,7 @@ fn main() {
         );
         add(
             format!("valet {TENANTS} tenants (gRPC client), 64 in flight"),
-            Box::new(move |_| handle.block_on(tenant_calls(port, &key, secs, tree))),
+            Box::new(move |_| handle.block_on(grpc_calls(port, &key, secs, tree, tenant_read))),
         );
     }
     let all_valets: Vec<u16> = [
@@ -354,35 +364,24 @@ async fn check_one_call(port: u16, key: &str, path: &str) {
     assert_eq!(answer.body, peers::BODY.as_bytes());
 }
 
-/// Calls from this process's gRPC client (4 connections), WRITEs each with a
-/// new idempotency key.
-async fn grpc_calls(port: u16, key: &str, operation: Operation, secs: u64, valet: procstat::Tree) -> Sample {
+/// Calls from this process's gRPC client (4 connections), 64 in flight;
+/// the `n`-th call is `request(n)`.
+async fn grpc_calls<F>(port: u16, key: &str, secs: u64, valet: procstat::Tree, request: F) -> Sample
+where
+    F: Fn(u64) -> CallRequest + Clone + Send + Sync + 'static,
+{
     let mut channels = Vec::new();
     for _ in 0..4 {
         channels.push(gateway(port).await);
     }
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {key}").parse().expect("key");
-    let run = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    );
     load::grpc(64, secs, valet, move |n| {
         let mut client = channels[n as usize % channels.len()].clone();
-        let mut call = read_request("/v1/users");
-        if operation == Operation::Write {
-            call.operation = Operation::Write as i32;
-            call.method = "POST".into();
-            call.body = br#"{"name":"Ada"}"#.to_vec();
-            call.idempotency_key = format!("bench-{run}-{n}");
-        }
-        let mut request = tonic::Request::new(call);
-        request.metadata_mut().insert("authorization", auth.clone());
+        let mut call = tonic::Request::new(request(n));
+        call.metadata_mut().insert("authorization", auth.clone());
         async move {
             client
-                .call(request)
+                .call(call)
                 .await
                 .is_ok_and(|a| a.into_inner().status == 200)
         }
@@ -390,32 +389,30 @@ async fn grpc_calls(port: u16, key: &str, operation: Operation, secs: u64, valet
     .await
 }
 
+/// The `n`-th READ, or WRITE with a new idempotency key (`run` tells this
+/// run's keys from an earlier run's).
+fn read_or_write(operation: Operation, run: &str, n: u64) -> CallRequest {
+    let mut call = read_request("/v1/users");
+    if operation == Operation::Write {
+        call.operation = Operation::Write as i32;
+        call.method = "POST".into();
+        call.body = br#"{"name":"Ada"}"#.to_vec();
+        call.idempotency_key = format!("bench-{run}-{n}");
+    }
+    call
+}
+
 /// Tenants the `valet tenants` process holds credentials for.
 const TENANTS: usize = 10_000;
 
-/// READ calls from this process's gRPC client spread over [`TENANTS`]
-/// tenants, each with its own credential: the lease cache, the quota
-/// limiters and the metrics' tenant labels all see every one of them.
-async fn tenant_calls(port: u16, key: &str, secs: u64, valet: procstat::Tree) -> Sample {
-    let mut channels = Vec::new();
-    for _ in 0..4 {
-        channels.push(gateway(port).await);
+/// The `n`-th READ spread over [`TENANTS`] tenants, each with its own
+/// credential: the lease cache, the quota limiters and the metrics' tenant
+/// labels all see every one of them.
+fn tenant_read(n: u64) -> CallRequest {
+    CallRequest {
+        tenant: format!("t{}", n as usize % TENANTS),
+        ..read_request("/v1/users")
     }
-    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {key}").parse().expect("key");
-    load::grpc(64, secs, valet, move |n| {
-        let mut client = channels[n as usize % channels.len()].clone();
-        let mut call = read_request("/v1/users");
-        call.tenant = format!("t{}", n as usize % TENANTS);
-        let mut request = tonic::Request::new(call);
-        request.metadata_mut().insert("authorization", auth.clone());
-        async move {
-            client
-                .call(request)
-                .await
-                .is_ok_and(|a| a.into_inner().status == 200)
-        }
-    })
-    .await
 }
 
 fn print_table(rows: &[Row], results: &BTreeMap<usize, Vec<Sample>>, rounds: u64) {

@@ -317,6 +317,63 @@ async fn an_unknown_outcome_is_retried_only_where_the_vendor_dedupes() {
     assert_eq!(sent[1], sent[2]);
 }
 
+/// Group commit under kill -9: WRITEs from 32 callers at once share
+/// commits, and the process dies among them. Every WRITE answered before
+/// the kill replays after the restart, and the vendor never sees it again.
+/// (A reply sent just before its commit would rarely be caught here: the
+/// answer's trip to the caller outlasts the commit. The ordering itself is
+/// `group.rs`'s: replies go out after `commit` returns.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_concurrent_writes_keeps_every_answered_one() {
+    let mock = MockVendor::start().await;
+    let body = format!(
+        "[[vendors]]\nname = \"mock\"\nbase_url = \"{}\"\nallow_insecure_http = true\nauth = {{ scheme = \"bearer\" }}\n",
+        mock.base_url()
+    );
+    let first = ValetProcess::spawn(&body).await;
+    let key = first.acme_mock_caller("idempotency-secret-0009", "write").await;
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let enough = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut callers = Vec::new();
+    for c in 0..32 {
+        let (mut gateway, key) = (first.gateway().await, key.clone());
+        let (answered, enough) = (answered.clone(), enough.clone());
+        callers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let idem = format!("g-{c}-{i}");
+                match gateway.call(authed(write("acme", &idem, "x"), &key)).await {
+                    Ok(_) => {
+                        let mut answered = answered.lock().unwrap();
+                        answered.push(idem);
+                        if answered.len() == 300 {
+                            enough.notify_one();
+                        }
+                    }
+                    Err(_) => return, // the process is gone
+                }
+            }
+        }));
+    }
+    enough.notified().await;
+    let dir = first.kill9().await;
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() >= 300);
+    let sent = mock.requests().len();
+
+    let second = ValetProcess::spawn_in(dir, &body, &[]).await;
+    let mut gateway = second.gateway().await;
+    for idem in &answered {
+        let replay = gateway.call(authed(write("acme", idem, "x"), &key)).await;
+        let replay = replay.unwrap_or_else(|e| panic!("{idem} was answered but does not replay: {e:?}"));
+        assert!(replay.into_inner().replayed, "{idem} replays its stored answer");
+    }
+    assert_eq!(mock.requests().len(), sent, "no answered WRITE was sent again");
+    assert_eq!(second.terminate().await.code, Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_call_leaves_the_outcome_unknown() {
     let mock = MockVendor::start().await;

@@ -43,6 +43,31 @@ pub mod settings;
 pub mod subscriber;
 
 pub use metrics::{CacheLookup, Metrics};
+
+/// What the tests write log lines to: bytes kept in memory, for the test to
+/// read back.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct Memory(pub(crate) std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for Memory {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Memory {
+    type Writer = Memory;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
 pub use settings::{LogFormat, Settings, TenantLabels};
 pub use subscriber::Guard;
 

@@ -188,24 +188,11 @@ impl<'a> MakeWriter<'a> for Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A `Write` whose bytes the test can read.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::Memory;
 
     #[test]
     fn every_line_arrives_whole_and_in_order_by_close() {
-        let sink = Sink::default();
+        let sink = Memory::default();
         let lines = Lines::start(sink.clone());
         let threads: Vec<_> = (0..4)
             .map(|t| {

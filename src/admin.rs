@@ -355,6 +355,7 @@ impl AdminService {
             .map(|p| match proto::Permission::try_from(*p) {
                 Ok(proto::Permission::QuotaAdmin) => Some(Permission::QuotaAdmin),
                 Ok(proto::Permission::QuotaView) => Some(Permission::QuotaView),
+                Ok(proto::Permission::AuditView) => Some(Permission::AuditView),
                 _ => None,
             })
             .collect();
@@ -597,6 +598,22 @@ impl Admin for AdminService {
         reply(self.restore_tenant(r).await)
     }
 
+    type QueryAuditStream = audit::EntryStream;
+
+    async fn query_audit(
+        &self,
+        r: Request<proto::QueryAuditRequest>,
+    ) -> Result<Response<Self::QueryAuditStream>, Status> {
+        reply(self.query_audit(r).await)
+    }
+
+    async fn summarize_audit(
+        &self,
+        r: Request<proto::SummarizeAuditRequest>,
+    ) -> Result<Response<proto::AuditSummary>, Status> {
+        reply(self.summarize_audit(r).await)
+    }
+
     async fn get_server_status(
         &self,
         r: Request<proto::GetServerStatusRequest>,
@@ -619,6 +636,7 @@ impl Admin for AdminService {
     }
 }
 
+mod audit;
 mod offboard;
 mod quota;
 mod status;
@@ -688,6 +706,7 @@ fn api_key_info(r: &ApiKeyRecord, last_use: Option<Use>) -> proto::ApiKeyInfo {
             .map(|p| match p {
                 Permission::QuotaAdmin => proto::Permission::QuotaAdmin as i32,
                 Permission::QuotaView => proto::Permission::QuotaView as i32,
+                Permission::AuditView => proto::Permission::AuditView as i32,
             })
             .collect(),
         allow_cidrs: r.allow_cidrs.iter().map(ToString::to_string).collect(),

@@ -602,6 +602,8 @@ pub struct LeaseRecorder<'a> {
     pub unsynced: std::sync::Mutex<Option<valet_audit::Written>>,
     /// For an OAuth vendor, the scope set the call's token is for.
     pub scopes: Option<String>,
+    /// The caller's source address, when known.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl<'a> LeaseRecorder<'a> {
@@ -611,12 +613,19 @@ impl<'a> LeaseRecorder<'a> {
             app,
             unsynced: std::sync::Mutex::new(None),
             scopes: None,
+            source: None,
         }
     }
 
     /// Records, too, the OAuth scope set the call's token is for.
     pub fn with_scopes(mut self, scopes: Option<String>) -> Self {
         self.scopes = scopes;
+        self
+    }
+
+    /// Records, too, where the call came from.
+    pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source;
         self
     }
 
@@ -628,8 +637,9 @@ impl<'a> LeaseRecorder<'a> {
     }
 }
 
-/// The audit entry of a lease; `scopes` for an OAuth call's token.
-pub fn lease_entry(e: &LeaseEvent<'_>, scopes: Option<String>) -> Event {
+/// The audit entry of a lease; `scopes` for an OAuth call's token, `source`
+/// the caller's address.
+pub fn lease_entry(e: &LeaseEvent<'_>, scopes: Option<String>, source: Option<std::net::IpAddr>) -> Event {
     Event::CredentialLease {
         tenant: e.key.tenant.clone(),
         vendor: e.key.vendor.clone(),
@@ -637,12 +647,13 @@ pub fn lease_entry(e: &LeaseEvent<'_>, scopes: Option<String>) -> Event {
         reason: e.reason.to_owned(),
         request_id: e.request_id.to_owned(),
         scopes,
+        source: source.map(|ip| ip.to_string()),
     }
 }
 
 impl LeaseAudit for LeaseRecorder<'_> {
     async fn record_lease(&self, e: &LeaseEvent<'_>) -> Result<(), String> {
-        let event = lease_entry(e, self.scopes.clone());
+        let event = lease_entry(e, self.scopes.clone(), self.source);
         let app = self.app;
         let durability = app.audit_durability;
         if durability == valet_audit::Durability::BeforeSend {

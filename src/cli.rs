@@ -204,6 +204,92 @@ pub enum AdminCommand {
     /// Tenants: the kill switch (disable, enable), status.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Read the audit log: entries by filter, or a summary of them. Needs an
+    /// API key with the audit-view permission (admin keys lack it unless
+    /// granted); every query is itself audited.
+    #[command(subcommand)]
+    Audit(AuditQueryCommand),
+}
+
+/// `valet admin audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditQueryCommand {
+    /// Print the entries matching the filters, oldest first.
+    Query {
+        /// Which entries.
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// At most this many entries [default: every match, fetched 10,000
+        /// at a time].
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Only entries after this seq (to continue an earlier listing).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// `table`, or `json`: each entry as written, one per line (what
+        /// `jq` reads) [default: table on a terminal, else json].
+        #[arg(long, value_enum)]
+        output: Option<OutputArg>,
+    },
+    /// Counts by kind, reason, actor and source address, distinct caller
+    /// keys, first and last entry: the first screen of an investigation.
+    Summary {
+        /// Which entries.
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+    },
+}
+
+/// How `valet admin audit query` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    /// Aligned columns: seq, time, kind, actor, tenant, vendor.
+    Table,
+    /// One JSON entry per line, exactly as in the log.
+    Json,
+}
+
+/// Which audit entries (every filter given must match).
+#[derive(Debug, Args)]
+pub struct AuditFilterArgs {
+    /// The event's tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The event's vendor.
+    #[arg(long)]
+    pub vendor: Option<String>,
+    /// Who acted: an API key id (key_…), or the actor as logged (key_…:name).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Event kind (repeatable): credential_lease, credential_put,
+    /// credential_rotate, credential_delete, credential_refresh (the vendor
+    /// answered 401), api_key_create, api_key_revoke, quota_policy_put,
+    /// tenant_disable, tenant_offboard, audit_query, …
+    #[arg(long = "kind")]
+    pub kinds: Vec<String>,
+    /// The reason given (a lease's stated reason, a disable's).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// The call's request id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// From: a time ago (24h, 7d, 30m) or a moment (2026-12-01T09:00:00Z).
+    #[arg(long, value_parser = moment, allow_hyphen_values = true)]
+    pub since: Option<std::time::SystemTime>,
+    /// Until (exclusive): a time ago or a moment, as for --since.
+    #[arg(long, value_parser = moment, allow_hyphen_values = true)]
+    pub until: Option<std::time::SystemTime>,
+}
+
+/// `24h` (that long ago) or an RFC 3339 time.
+fn moment(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    let ago = duration::parse(text).map_err(|e| format!("{e}; or a time such as 2026-12-01T09:00:00Z"))?;
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("'{text}' reaches before 1970"))
 }
 
 /// `valet admin tenant …`.
@@ -290,6 +376,8 @@ pub enum PermissionArg {
     QuotaAdmin,
     /// Read quota policies and usage.
     QuotaView,
+    /// Read the audit log (`valet admin audit …`); admin keys do not have it.
+    AuditView,
 }
 
 /// `valet admin quota …`.

@@ -47,7 +47,7 @@ pub type AppTokens = Arc<Tokens<AppGrants>>;
 
 impl LeaseAudit for AppGrants {
     async fn record_lease(&self, e: &LeaseEvent<'_>) -> Result<(), String> {
-        let event = crate::app::lease_entry(e, None);
+        let event = crate::app::lease_entry(e, None, None);
         self.audit
             .append(e.caller, event)
             .await

@@ -114,6 +114,10 @@ reasons! {
     TokenRequestRefused => FailedPrecondition, "TOKEN_REQUEST_REFUSED";
     SecretInvalid => InvalidArgument, "SECRET_INVALID";
     AuditUnavailable => Unavailable, "AUDIT_UNAVAILABLE";
+    AuditKindUnknown => InvalidArgument, "AUDIT_KIND_UNKNOWN";
+    AuditRangeInvalid => InvalidArgument, "AUDIT_RANGE_INVALID";
+    AuditLimitInvalid => InvalidArgument, "AUDIT_LIMIT_INVALID";
+    AuditLogUnreadable => FailedPrecondition, "AUDIT_LOG_UNREADABLE";
     StoreUnavailable => Unavailable, "STORE_UNAVAILABLE";
     RotationConflict => Aborted, "ROTATION_CONFLICT";
     RotationInProgress => Aborted, "ROTATION_IN_PROGRESS";
@@ -272,6 +276,10 @@ impl From<Denied> for Failure {
             Denied::Permission(valet_access::Permission::QuotaView) => (
                 Reason::PermissionRequired,
                 "quota viewing (needs the quota_view permission)",
+            ),
+            Denied::Permission(valet_access::Permission::AuditView) => (
+                Reason::PermissionRequired,
+                "the audit log (needs the audit_view permission, which admin keys do not have: create a key with `valet admin apikey create --permission audit-view`)",
             ),
         };
         Self::new(reason, format!("this API key may not use {what}"))

@@ -138,7 +138,7 @@ async fn credential(
     req: &ValidCall,
     unsynced: &mut Option<Written>,
 ) -> Result<(Lease, Option<Bearer>), Failure> {
-    let leased = lease::credential(app, caller, req, &call.request_id);
+    let leased = lease::credential(app, caller, req, &call.request_id, call.source);
     let leased = call.within("fetching the credential", leased).await?;
     *unsynced = leased.unsynced;
     let bearer = crate::oauth::bearer(app, req, &leased.lease);

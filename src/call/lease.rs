@@ -26,12 +26,13 @@ pub async fn credential(
     caller: &Caller,
     call: &ValidCall,
     request_id: &str,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Leased, Failure> {
     let scopes = call.vendor.oauth().map(|o| {
         o.scopes_for(call.operation == valet_access::Operation::Write)
             .join(" ")
     });
-    let recorder = LeaseRecorder::new(app).with_scopes(scopes);
+    let recorder = LeaseRecorder::new(app).with_scopes(scopes).with_source(source);
     // `valet.cache` is filled in by the Secrets Manager cache (hit, miss,
     // stale); the embedded store has no cache and leaves it out.
     let span = valet_telemetry::sampling::span(|| {

@@ -14,6 +14,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_types::StatusExt as _;
 use zeroize::Zeroizing;
 
+mod audit;
 mod status;
 mod tenant;
 
@@ -147,6 +148,7 @@ async fn execute(args: AdminArgs) -> Result<(), String> {
         AdminCommand::ApiKey(cmd) => api_key(&mut client, cmd).await,
         AdminCommand::Quota(cmd) => quota(&mut client, cmd).await,
         AdminCommand::Tenant(cmd) => tenant::run(&mut client, cmd).await,
+        AdminCommand::Audit(cmd) => audit::run(&mut client, cmd).await,
     }
 }
 
@@ -325,6 +327,7 @@ async fn api_key(client: &mut Client, cmd: ApiKeyCommand) -> Result<(), String> 
                         .map(|p| match p {
                             PermissionArg::QuotaAdmin => proto::Permission::QuotaAdmin as i32,
                             PermissionArg::QuotaView => proto::Permission::QuotaView as i32,
+                            PermissionArg::AuditView => proto::Permission::AuditView as i32,
                         })
                         .collect(),
                     client_identity: client_identity.unwrap_or_default(),

@@ -31,6 +31,11 @@ pub enum Permission {
     QuotaAdmin,
     /// Read quota policies and usage.
     QuotaView,
+    /// Read the audit log (`Admin.QueryAudit`, `SummarizeAudit`). Only ever
+    /// granted by name: an admin key does not have it, so whoever manages
+    /// credentials and keys is not thereby the one who reads the record of
+    /// their use ("the application can write, only ops can read").
+    AuditView,
 }
 
 /// The wildcard for tenants and vendors.
@@ -100,10 +105,10 @@ impl Grant {
         if self.admin { Ok(()) } else { Err(Denied::Admin) }
     }
 
-    /// Whether `permission` is granted (admin keys have every permission;
-    /// quota administration includes viewing).
+    /// Whether `permission` is granted (admin keys have every permission
+    /// but [`Permission::AuditView`]; quota administration includes viewing).
     pub fn has(&self, permission: Permission) -> Result<(), Denied> {
-        let granted = self.admin
+        let granted = (self.admin && permission != Permission::AuditView)
             || self.permissions.contains(&permission)
             || (permission == Permission::QuotaView && self.permissions.contains(&Permission::QuotaAdmin));
         if granted {
@@ -131,6 +136,19 @@ mod tests {
             g.has(Permission::QuotaView),
             Ok(()),
             "quota admin includes viewing"
+        );
+        assert_eq!(
+            g.has(Permission::AuditView),
+            Err(Denied::Permission(Permission::AuditView))
+        );
+        let admin = Grant {
+            admin: true,
+            ..g.clone()
+        };
+        assert_eq!(
+            admin.has(Permission::AuditView),
+            Err(Denied::Permission(Permission::AuditView)),
+            "an admin key does not read the audit log unless granted audit_view"
         );
         assert_eq!(g.allows("acme", "stripe", Operation::Read), Ok(()));
         assert_eq!(g.allows("globex", "stripe", Operation::Read), Err(Denied::Tenant));

@@ -22,6 +22,10 @@ pub enum Event {
         /// for (space-separated).
         #[serde(skip_serializing_if = "Option::is_none")]
         scopes: Option<String>,
+        /// The caller's source address (the TCP peer, or the forwarded
+        /// client behind a trusted proxy), when known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
     /// A credential was stored or replaced.
     CredentialPut {
@@ -214,6 +218,14 @@ pub enum Event {
         /// The one vendor, or `None` for the whole tenant.
         vendor: Option<String>,
     },
+    /// The audit log was read (`Admin.QueryAudit`, `SummarizeAudit`):
+    /// reading it is itself on the record.
+    AuditQuery {
+        /// `query` (entries) or `summary` (counts).
+        view: String,
+        /// The filter as given (JSON object; unset fields left out).
+        filter: serde_json::Value,
+    },
     /// An API key was rotated: a successor with the same name, grant and
     /// source networks was created, and the old key set to expire at the
     /// end of the overlap. One event, so the log never shows half a rotation.
@@ -232,6 +244,30 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every event kind, as [`Event::kind`] names them (what a query may
+    /// filter by).
+    pub const KINDS: &[&str] = &[
+        "credential_lease",
+        "credential_put",
+        "credential_rotate",
+        "credential_refresh",
+        "oauth_token",
+        "oauth_revoke",
+        "quota_policy_put",
+        "quota_policy_delete",
+        "idempotency_purge",
+        "credential_delete",
+        "api_key_create",
+        "api_key_revoke",
+        "tenant_disable",
+        "tenant_enable",
+        "tenant_offboard",
+        "tenant_restore",
+        "tenant_sweep",
+        "api_key_rotate",
+        "audit_query",
+    ];
+
     /// The event's name as written in the log (`credential_lease`, …).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -253,6 +289,7 @@ impl Event {
             Event::TenantRestore { .. } => "tenant_restore",
             Event::TenantSweep { .. } => "tenant_sweep",
             Event::ApiKeyRotate { .. } => "api_key_rotate",
+            Event::AuditQuery { .. } => "audit_query",
         }
     }
 }
@@ -269,5 +306,17 @@ mod tests {
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["event"], event.kind());
+    }
+
+    #[test]
+    fn every_kind_is_listed_once() {
+        // `kind` is an exhaustive match: each arm's name must be in KINDS.
+        let names: std::collections::BTreeSet<_> = Event::KINDS.iter().collect();
+        assert_eq!(names.len(), Event::KINDS.len());
+        let arms = include_str!("event.rs")
+            .lines()
+            .filter(|l| l.trim_start().starts_with("Event::") && l.contains("=> \""))
+            .count();
+        assert_eq!(arms, Event::KINDS.len(), "a kind is missing from KINDS");
     }
 }

@@ -9,6 +9,8 @@
 //!   caller under one lock (written: it survives the process); one sync
 //!   thread group-commits them (durable: one fsync covers every entry
 //!   written since the last). [`Durability`] is when a call waits for which.
+//! - [`query`]: [`query::scan`] and [`query::summarize`], the entries
+//!   matching a [`query::Filter`], for an investigation.
 //! - [`mod@verify`]: [`verify()`], walks a file and reports the first broken entry.
 //!
 //! Line format: `{"seq":N,"ts_ms":T,"prev":"<hex sha256 of previous line>",
@@ -17,6 +19,7 @@
 
 pub mod event;
 pub mod log;
+pub mod query;
 pub mod verify;
 
 pub use event::Event;

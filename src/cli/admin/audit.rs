@@ -1,0 +1,153 @@
+//! `valet admin audit …`: entries by filter, and the summary of them.
+
+use super::{Client, describe, or_dash, time};
+use crate::cli::{AuditFilterArgs, AuditQueryCommand, OutputArg};
+use crate::proto;
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The most entries one request asks for (the server's maximum page).
+const PAGE: u64 = 10_000;
+
+/// Runs one audit command.
+pub(super) async fn run(client: &mut Client, cmd: AuditQueryCommand) -> Result<(), String> {
+    match cmd {
+        AuditQueryCommand::Query {
+            filter,
+            limit,
+            after,
+            output,
+        } => {
+            let output = output.unwrap_or(match std::io::stdout().is_terminal() {
+                true => OutputArg::Table,
+                false => OutputArg::Json,
+            });
+            query(client, filter_to_wire(filter), limit, after, output).await
+        }
+        AuditQueryCommand::Summary { filter } => {
+            let request = proto::SummarizeAuditRequest {
+                filter: Some(filter_to_wire(filter)),
+            };
+            let summary = client
+                .summarize_audit(request)
+                .await
+                .map_err(describe)?
+                .into_inner();
+            print!("{}", render_summary(&summary));
+            Ok(())
+        }
+    }
+}
+
+/// Pages through the matches, printing each as it arrives.
+async fn query(
+    client: &mut Client,
+    filter: proto::AuditFilter,
+    limit: Option<u64>,
+    mut after: u64,
+    output: OutputArg,
+) -> Result<(), String> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut left = limit.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    if output == OutputArg::Table {
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<20}  {:<20}  {:<36}  {:<16}  VENDOR",
+            "SEQ", "TIME", "KIND", "ACTOR", "TENANT"
+        );
+    }
+    while left > 0 {
+        let page = left.min(PAGE);
+        let request = proto::QueryAuditRequest {
+            filter: Some(filter.clone()),
+            after_seq: after,
+            limit: page as u32,
+        };
+        let mut stream = client.query_audit(request).await.map_err(describe)?.into_inner();
+        let mut got = 0u64;
+        while let Some(entry) = stream.message().await.map_err(describe)? {
+            after = entry.seq;
+            got += 1;
+            let written = match output {
+                OutputArg::Json => writeln!(out, "{}", entry.json),
+                OutputArg::Table => writeln!(
+                    out,
+                    "{:>8}  {:<20}  {:<20}  {:<36}  {:<16}  {}",
+                    entry.seq,
+                    time(entry.time.as_ref()),
+                    entry.kind,
+                    entry.actor,
+                    or_dash(&entry.tenant),
+                    or_dash(&entry.vendor)
+                ),
+            };
+            // A closed pipe (`| head`) ends the listing quietly.
+            if written.is_err() {
+                return Ok(());
+            }
+        }
+        printed += got;
+        left -= got;
+        if got < page {
+            break; // the log has no more matches
+        }
+    }
+    let _ = out.flush();
+    drop(out);
+    if output == OutputArg::Table {
+        eprintln!("{printed} entries; continue after them with --after {after}");
+    }
+    Ok(())
+}
+
+fn filter_to_wire(f: AuditFilterArgs) -> proto::AuditFilter {
+    proto::AuditFilter {
+        tenant: f.tenant.unwrap_or_default(),
+        vendor: f.vendor.unwrap_or_default(),
+        actor: f.actor.unwrap_or_default(),
+        kinds: f.kinds,
+        reason: f.reason.unwrap_or_default(),
+        request_id: f.request_id.unwrap_or_default(),
+        since: f.since.map(timestamp),
+        until: f.until.map(timestamp),
+    }
+}
+
+fn timestamp(at: SystemTime) -> prost_types::Timestamp {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+/// The summary as a person reads it: totals first, then each breakdown.
+fn render_summary(s: &proto::AuditSummary) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} entries (of {} read), first {}, last {}",
+        s.entries,
+        s.examined,
+        time(s.first.as_ref()),
+        time(s.last.as_ref())
+    );
+    let _ = writeln!(out, "distinct caller keys: {}", s.caller_keys);
+    for (title, counts) in [
+        ("by kind", &s.by_kind),
+        ("by reason", &s.by_reason),
+        ("by actor", &s.by_actor),
+        ("by source address", &s.by_source),
+    ] {
+        let _ = writeln!(out, "\n{title}:");
+        if counts.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for c in counts {
+            let _ = writeln!(out, "  {:>8}  {}", c.count, c.name);
+        }
+    }
+    out
+}

@@ -4,10 +4,11 @@
 use crate::app::{App, actor};
 use crate::call::authenticate;
 use crate::proto::{self, admin_server::Admin};
+use crate::refusal::{self, Asked};
 use crate::status::{Failure, Reason};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use valet_access::{ApiKeyRecord, Caller, KeyRequest, KeyScope, Operation, Permission, Use};
+use valet_access::{ApiKeyRecord, Caller, Grant, KeyRequest, KeyScope, Operation, Permission, Use};
 use valet_audit::Event;
 use valet_credentials::rotation::{Journal, StepRecord, Verdict, Verifier};
 use valet_credentials::{CredentialKey, CredentialMeta, Rotations, Secret, valid_name};
@@ -118,9 +119,34 @@ impl AdminService {
         }
     }
 
+    /// The caller of an RPC for admin keys only.
     fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Failure> {
+        self.allowed(request, "admin", Grant::allows_admin)
+    }
+
+    /// The caller of an RPC that needs `permission` (admin keys have all
+    /// but `audit_view`).
+    fn permitted<T>(&self, request: &Request<T>, permission: Permission) -> Result<Caller, Failure> {
+        self.allowed(request, permission.as_str(), |grant| grant.has(permission))
+    }
+
+    /// Authenticates the caller, then asks `check` of its grant; a refusal
+    /// is on the record ([`crate::refusal`]).
+    fn allowed<T>(
+        &self,
+        request: &Request<T>,
+        what: &str,
+        check: impl FnOnce(&Grant) -> Result<(), valet_access::Denied>,
+    ) -> Result<Caller, Failure> {
         let caller = authenticate::request_caller(&self.app, request)?;
-        caller.grant.allows_admin()?;
+        if let Err(denied) = check(&caller.grant) {
+            let asked = Asked {
+                what,
+                source: authenticate::request_source(&self.app, request),
+                ..Asked::default()
+            };
+            return Err(refusal::record(&self.app, &caller, asked, denied.into()));
+        }
         Ok(caller)
     }
 

@@ -19,11 +19,14 @@
 //!   finished call).
 //! - [`source`]: the caller's source address — the TCP peer, or behind
 //!   `server.trusted_proxies` the x-forwarded-for hop they vouch for.
+//! - [`refusal`]: an authenticated caller's refusal, on the audit record
+//!   (`access_denied`).
 //! - [`deadline`]: the caller's `grpc-timeout`, read strictly on arrival.
 //! - [`gateway`]: the Gateway gRPC service — transport only, around
 //!   [`call`].
 //! - [`admin`]: the Admin gRPC service (credentials and their rotation, API
-//!   keys, quota policies, tenants: the kill switch and offboarding).
+//!   keys, quota policies, tenants: the kill switch and offboarding; reading
+//!   the audit log).
 //! - [`sweeper`]: removes what an offboarding retained, after its date.
 //! - [`reminder`]: counts credentials due for rotation.
 //! - [`oauth`]: OAuth 2.0 vendors — the vault and audit log behind
@@ -77,6 +80,7 @@ pub mod oauth;
 pub mod ops;
 pub mod proto;
 pub mod readiness;
+pub mod refusal;
 pub mod reload;
 pub mod reminder;
 pub mod server;

@@ -327,9 +327,23 @@ async fn only_audit_view_reads_and_bad_filters_are_refused_by_name() {
         .expect_err("no key");
     assert_eq!(err.code(), Code::Unauthenticated);
 
-    // Refused queries read nothing and leave no audit_query behind.
+    // Refused queries read nothing and leave no audit_query behind; each
+    // refusal of a key is on the record, the keyless one is not.
     let log = std::fs::read_to_string(valet.audit_log()).unwrap();
     assert!(!log.contains("\"audit_query\""));
+    let denied: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "access_denied")
+        .collect();
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    for entry in &denied {
+        assert_eq!(entry["asked"], "audit_view");
+        assert_eq!(entry["refused"], "PERMISSION_REQUIRED");
+        assert_eq!(entry["source"], "127.0.0.1");
+    }
+    assert!(denied[0]["actor"].as_str().unwrap().ends_with(":bootstrap-admin"));
+    assert!(denied[2]["actor"].as_str().unwrap().ends_with(":test-caller"));
 
     let refusals = [
         (
@@ -502,6 +516,78 @@ async fn the_cli_lists_and_summarises_a_tenants_leases_without_the_secret() {
     let bad = cli(vec!["audit", "query", "--since", "yesterday"]).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("2026-12-01T09:00:00Z"));
+
+    // A key used beyond its grant, and from outside its networks: both on
+    // the record, found by tenant and kind.
+    let mut other = support::get("globex", "mock", "/v1/things");
+    other.reason = "probe".into();
+    let err = gateway
+        .call(authed(other, &key))
+        .await
+        .expect_err("not its tenant");
+    assert_eq!(reason(&err), "TENANT_NOT_ALLOWED");
+    let probe_id = err
+        .metadata()
+        .get("x-request-id")
+        .expect("request id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bound = valet
+        .admin(
+            &[
+                "apikey",
+                "create",
+                "--name",
+                "bound",
+                "--tenant",
+                "acme",
+                "--vendor",
+                "mock",
+                "--operation",
+                "read",
+                "--allow-cidr",
+                "10.0.0.0/8",
+            ],
+            "",
+        )
+        .await;
+    let req = support::get("acme", "mock", "/v1/things");
+    let err = gateway
+        .call(authed(req, bound.trim()))
+        .await
+        .expect_err("outside its networks");
+    assert_eq!(reason(&err), "SOURCE_NOT_ALLOWED");
+    let listed = cli(vec!["audit", "query", "--kind", "access_denied"]).await;
+    let denied: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        denied.len(),
+        3,
+        "the admin key's summary, then these two: {denied:?}"
+    );
+    let probe = &denied[1];
+    assert_eq!(
+        (probe["tenant"].as_str(), probe["vendor"].as_str()),
+        (Some("globex"), Some("mock"))
+    );
+    assert_eq!(
+        (probe["asked"].as_str(), probe["refused"].as_str()),
+        (Some("read"), Some("TENANT_NOT_ALLOWED"))
+    );
+    assert_eq!(probe["request_id"], probe_id.as_str());
+    assert!(probe["actor"].as_str().unwrap().ends_with(":caller"));
+    let outside = &denied[2];
+    assert_eq!(
+        (outside["asked"].as_str(), outside["refused"].as_str()),
+        (Some("use"), Some("SOURCE_NOT_ALLOWED"))
+    );
+    assert_eq!(outside["source"], "127.0.0.1");
+    assert!(outside["actor"].as_str().unwrap().ends_with(":bound"));
+    let by_tenant = cli(vec!["audit", "query", "--tenant", "globex"]).await;
+    assert_eq!(String::from_utf8_lossy(&by_tenant.stdout).lines().count(), 1);
 
     let exited = valet.terminate().await;
     for (what, bytes) in [

@@ -29,8 +29,7 @@ impl AdminService {
         &self,
         request: Request<proto::QueryAuditRequest>,
     ) -> Result<EntryStream, Failure> {
-        let caller = crate::call::authenticate::request_caller(&self.app, &request)?;
-        caller.grant.has(Permission::AuditView)?;
+        let caller = self.permitted(&request, Permission::AuditView)?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => DEFAULT_LIMIT,
@@ -74,8 +73,7 @@ impl AdminService {
         &self,
         request: Request<proto::SummarizeAuditRequest>,
     ) -> Result<proto::AuditSummary, Failure> {
-        let caller = crate::call::authenticate::request_caller(&self.app, &request)?;
-        caller.grant.has(Permission::AuditView)?;
+        let caller = self.permitted(&request, Permission::AuditView)?;
         let filter = filter_from_wire(request.into_inner().filter.unwrap_or_default())?;
         self.record_query(&actor(&caller), "summary", &filter).await?;
         let path = self.app.audit.path().to_owned();

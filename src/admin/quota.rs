@@ -7,18 +7,12 @@ use crate::app::actor;
 use crate::proto;
 use crate::status::{Failure, Reason};
 use tonic::Request;
-use valet_access::{Caller, Permission};
+use valet_access::Permission;
 use valet_audit::Event;
 use valet_credentials::valid_name;
 use valet_quota::{Mode, OperationMatch, Period, Policy};
 
 impl AdminService {
-    fn permitted<T>(&self, request: &Request<T>, permission: Permission) -> Result<Caller, Failure> {
-        let caller = crate::call::authenticate::request_caller(&self.app, request)?;
-        caller.grant.has(permission)?;
-        Ok(caller)
-    }
-
     pub(super) async fn put_quota_policy(
         &self,
         request: Request<proto::PutQuotaPolicyRequest>,

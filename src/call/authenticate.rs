@@ -12,6 +12,7 @@
 
 use super::Call;
 use crate::app::App;
+use crate::refusal::{self, Asked};
 use crate::status::{Failure, Reason};
 use std::net::IpAddr;
 use tonic::Request;
@@ -30,16 +31,26 @@ pub fn run(app: &App, call: &mut Call, metadata: &MetadataMap) -> Result<Caller,
 /// certificate), from the request's source address.
 pub fn request_caller<T>(app: &App, request: &Request<T>) -> Result<Caller, Failure> {
     let identity = peer_identity(request);
-    let source = crate::source::resolve(
+    caller(
+        app,
+        request.metadata(),
+        identity.as_deref(),
+        request_source(app, request),
+    )
+}
+
+/// The source address of an Admin request (see [`crate::source`]).
+pub fn request_source<T>(app: &App, request: &Request<T>) -> Option<IpAddr> {
+    crate::source::resolve(
         crate::source::peer(request),
         request.metadata(),
         &app.trusted_proxies,
-    );
-    caller(app, request.metadata(), identity.as_deref(), source)
+    )
 }
 
 /// Authenticates the caller ([`presented`]), checks its key may be used
-/// from `source`, and notes the use.
+/// from `source` (a refusal is on the record: [`crate::refusal`]), and
+/// notes the use.
 pub fn caller(
     app: &App,
     metadata: &MetadataMap,
@@ -47,7 +58,14 @@ pub fn caller(
     source: Option<IpAddr>,
 ) -> Result<Caller, Failure> {
     let caller = presented(&app.keys, metadata, identity)?;
-    caller.allows_source(source)?;
+    if let Err(refused) = caller.allows_source(source) {
+        let asked = Asked {
+            what: "use",
+            source,
+            ..Asked::default()
+        };
+        return Err(refusal::record(app, &caller, asked, refused.into()));
+    }
     app.last_use.touch(&caller.id, source, crate::app::now_ms());
     Ok(caller)
 }

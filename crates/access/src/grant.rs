@@ -38,6 +38,17 @@ pub enum Permission {
     AuditView,
 }
 
+impl Permission {
+    /// Snake-case name, as in the audit log and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::QuotaAdmin => "quota_admin",
+            Permission::QuotaView => "quota_view",
+            Permission::AuditView => "audit_view",
+        }
+    }
+}
+
 /// The wildcard for tenants and vendors.
 pub const ANY: &str = "*";
 

@@ -218,6 +218,30 @@ pub enum Event {
         /// The one vendor, or `None` for the whole tenant.
         vendor: Option<String>,
     },
+    /// An authenticated caller was refused: its key used beyond its grant,
+    /// from outside its source networks, or for an Admin RPC it lacks the
+    /// permission for. (A call with no valid key is not an entry: it names
+    /// no one, and is counted in `valet_calls_total`.)
+    AccessDenied {
+        /// The tenant asked for, on a Gateway call.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// The vendor asked for, on a Gateway call.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vendor: Option<String>,
+        /// What was asked: `read` or `write` (a Gateway call), `admin` or a
+        /// permission (an Admin RPC), or `use` (the key at all).
+        asked: String,
+        /// The stable reason it was refused with (`TENANT_NOT_ALLOWED`,
+        /// `SOURCE_NOT_ALLOWED`, `PERMISSION_REQUIRED`, …).
+        refused: String,
+        /// The caller's source address, when known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        /// The call's request id, on a Gateway call.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     /// The audit log was read (`Admin.QueryAudit`, `SummarizeAudit`):
     /// reading it is itself on the record.
     AuditQuery {
@@ -265,6 +289,7 @@ impl Event {
         "tenant_restore",
         "tenant_sweep",
         "api_key_rotate",
+        "access_denied",
         "audit_query",
     ];
 
@@ -289,6 +314,7 @@ impl Event {
             Event::TenantRestore { .. } => "tenant_restore",
             Event::TenantSweep { .. } => "tenant_sweep",
             Event::ApiKeyRotate { .. } => "api_key_rotate",
+            Event::AccessDenied { .. } => "access_denied",
             Event::AuditQuery { .. } => "audit_query",
         }
     }

@@ -57,6 +57,8 @@ pub struct App {
     pub audit: AuditLog,
     /// When a call's lease entry must be durable (`[audit] durability`).
     pub audit_durability: valet_audit::Durability,
+    /// The log's shipping to Redis (`[audit] ship`), when configured.
+    pub audit_ship: Option<valet_audit::ship::Shipper>,
     /// Size limits.
     pub limits: Limits,
     /// Room for the vendor answers all calls hold at once.
@@ -194,6 +196,7 @@ impl App {
         });
         let audit = AuditLog::open_for(&dir.join("audit.log"), config.audit.durability)
             .map_err(|e| StartError::State(e.to_string()))?;
+        let audit_ship = start_shipping(config, &audit, &metrics)?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
         let idempotency = open_idempotency(config, dir).await?;
         let purged = idempotency
@@ -246,6 +249,7 @@ impl App {
             registry,
             audit,
             audit_durability: config.audit.durability,
+            audit_ship,
             limits,
             answers: valet_egress::AnswerBudget::new(config.limits.max_buffered_response_bytes),
             quotas,
@@ -414,6 +418,57 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
                 .map_err(|e| StartError::State(format!("idempotency.redis_url: {e}")))?,
         ),
     })
+}
+
+/// Starts shipping the audit log, if `[audit] ship` asks, with its gauges.
+fn start_shipping(
+    config: &Config,
+    audit: &AuditLog,
+    metrics: &Metrics,
+) -> Result<Option<valet_audit::ship::Shipper>, StartError> {
+    let Some(ship) = &config.audit.ship else {
+        return Ok(None);
+    };
+    let settings = valet_audit::ship::ShipSettings {
+        redis_url: config
+            .redis_url_for(&ship.redis_url)
+            .unwrap_or_default()
+            .to_owned(),
+        behind_limit: ship.behind_limit,
+        when_behind: ship.when_behind,
+        max_stream_entries: ship.max_stream_entries,
+        replica: host_name(),
+    };
+    let shipper =
+        valet_audit::ship::Shipper::start(audit, settings).map_err(|e| StartError::State(e.to_string()))?;
+    let behind = shipper.clone();
+    metrics.gauge(
+        "valet.audit.ship.behind",
+        "Durable audit entries not yet shipped to Redis ([audit] ship)",
+        move || behind.status().behind as i64,
+    );
+    let up = shipper.clone();
+    metrics.gauge(
+        "valet.audit.ship.up",
+        "1 while the last send of audit entries to Redis succeeded",
+        move || i64::from(up.status().up),
+    );
+    let failures = shipper.clone();
+    metrics.counter_fn(
+        "valet.audit.ship.failures",
+        "Failed sends of audit entries to Redis (each retried)",
+        move || failures.status().failures,
+    );
+    Ok(Some(shipper))
+}
+
+/// This machine's host name ("localhost" if it has none).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Gauges read at collection time: readiness, Secrets Manager degraded,

@@ -129,9 +129,20 @@ pub enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Verify an audit log's hash chain; report the first broken entry.
+    ///
+    /// With --anchor, also check the file against the copy shipped to Redis
+    /// ([audit] ship): a tail cut off, an edited last line, or a log
+    /// rewritten with fresh hashes shows, up to the last entry shipped.
     Verify {
         /// The audit log (`<state dir>/audit.log`).
         file: PathBuf,
+        /// The Redis the log is shipped to (`redis://host:6379/`).
+        #[arg(long, env = "VALET_AUDIT_ANCHOR")]
+        anchor: Option<String>,
+        /// The log's id in the anchor [default: from the file's first entry;
+        /// give it when that entry may have been rewritten].
+        #[arg(long, requires = "anchor")]
+        log_id: Option<String>,
     },
 }
 
@@ -224,8 +235,15 @@ pub enum AuditQueryCommand {
         #[arg(long)]
         limit: Option<u64>,
         /// Only entries after this seq (to continue an earlier listing).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "fleet")]
         after: u64,
+        /// Read every replica's copy shipped to Redis ([audit] ship), in
+        /// the order shipped, instead of this replica's log.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: only entries shipped after this stream id.
+        #[arg(long, requires = "fleet")]
+        after_id: Option<String>,
         /// `table`, or `json`: each entry as written, one per line (what
         /// `jq` reads) [default: table on a terminal, else json].
         #[arg(long, value_enum)]
@@ -237,6 +255,9 @@ pub enum AuditQueryCommand {
         /// Which entries.
         #[command(flatten)]
         filter: AuditFilterArgs,
+        /// Count every replica's shipped copy instead of this replica's log.
+        #[arg(long)]
+        fleet: bool,
     },
 }
 

@@ -262,6 +262,35 @@ pub struct AuditConfig {
     /// background: survives a Valet crash, not a power loss).
     #[serde(default)]
     pub durability: valet_audit::Durability,
+    /// Ship every durable entry to a Redis stream: off the box, the
+    /// fleet's copy (fleet queries) and the anchor `valet audit verify
+    /// --anchor` checks the file against. Off when absent.
+    #[serde(default)]
+    pub ship: Option<ShipConfig>,
+}
+
+/// `[audit] ship = { … }`: where and how the log is shipped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipConfig {
+    /// The Redis to ship to; default: the top-level `redis_url`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Durable entries not yet shipped past which `when_behind` applies.
+    #[serde(default = "default_behind_limit")]
+    pub behind_limit: u64,
+    /// `continue` (default: the local file alone, the lag reported for an
+    /// alert) or `refuse` (every new entry, so every call, refused with
+    /// AUDIT_UNAVAILABLE until the backlog is under the limit).
+    #[serde(default)]
+    pub when_behind: valet_audit::ship::WhenBehind,
+    /// Trim the stream to about this many entries (0, the default: never).
+    #[serde(default)]
+    pub max_stream_entries: u64,
+}
+
+fn default_behind_limit() -> u64 {
+    10_000
 }
 
 /// Secrets settings: where sealed credentials and the master key live.
@@ -868,6 +897,7 @@ impl Config {
             }
         }
         self.check_quota()?;
+        self.check_audit()?;
         let keys = &self.api_keys;
         if !(1..=36_500).contains(&keys.max_lifetime_days) {
             return Err(invalid("api_keys.max_lifetime_days must be 1 to 36500".into()));
@@ -883,6 +913,18 @@ impl Config {
         own.as_deref()
             .or(self.redis_url.as_deref())
             .filter(|u| !u.is_empty())
+    }
+
+    fn check_audit(&self) -> Result<(), ConfigError> {
+        if let Some(ship) = &self.audit.ship
+            && self.redis_url_for(&ship.redis_url).is_none()
+        {
+            return Err(invalid(
+                "audit.ship.redis_url: required to ship the audit log (or set the top-level redis_url)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn check_quota(&self) -> Result<(), ConfigError> {
@@ -1307,6 +1349,8 @@ mod tests {
                 "secrets.max_stale_ms",
             ),
             ("[idempotency]\nbackend = \"redis\"\n", "idempotency.redis_url"),
+            ("[audit]\nship = {}\n", "audit.ship.redis_url"),
+            ("[audit]\nship = { when_behind = \"stop\" }\n", "when_behind"),
             (
                 "[idempotency]\nbackend = \"redis\"\nredis_url = \"redis://x\"\n",
                 "secrets.master_key",

@@ -29,11 +29,7 @@ pub struct AppGrants {
 impl AppGrants {
     /// Grants from `vault`, recorded in `audit`.
     pub fn new(vault: Vault, audit: AuditLog) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into());
+        let host = crate::app::host_name();
         Self {
             vault,
             audit,

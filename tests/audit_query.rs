@@ -105,6 +105,7 @@ async fn query_all(valet: &Valet, key: &str, filter: AuditFilter, page: u32) -> 
             filter: Some(filter.clone()),
             after_seq: out.last().map_or(0, |e| e.seq),
             limit: page,
+            ..Default::default()
         };
         let mut stream = admin
             .query_audit(authed(req, key))
@@ -229,6 +230,7 @@ async fn every_filter_pages_and_time_ranges_match_the_known_log() {
         .summarize_audit(authed(
             proto::SummarizeAuditRequest {
                 filter: Some(tenant("t3")),
+                ..Default::default()
             },
             &reader,
         ))
@@ -296,6 +298,7 @@ async fn only_audit_view_reads_and_bad_filters_are_refused_by_name() {
             filter: Some(filter),
             after_seq: 0,
             limit,
+            ..Default::default()
         };
         authed(req, key)
     };

@@ -13,6 +13,7 @@ use tonic::{Request, Status};
 use valet_access::Permission;
 use valet_audit::Event;
 use valet_audit::query::{self, Filter, QueryError};
+use valet_audit::ship::Shipper;
 
 /// A page's size when the request names none, and the most it may name.
 const DEFAULT_LIMIT: u32 = 1_000;
@@ -43,6 +44,11 @@ impl AdminService {
             }
         };
         let mut filter = filter_from_wire(req.filter.unwrap_or_default())?;
+        if req.fleet {
+            let shipper = self.fleet_copy()?;
+            self.record_query(&actor(&caller), "fleet query", &filter).await?;
+            return Ok(fleet_stream(shipper, filter, req.after_id, limit));
+        }
         filter.after_seq = req.after_seq;
         self.record_query(&actor(&caller), "query", &filter).await?;
 
@@ -74,7 +80,14 @@ impl AdminService {
         request: Request<proto::SummarizeAuditRequest>,
     ) -> Result<proto::AuditSummary, Failure> {
         let caller = self.permitted(&request, Permission::AuditView)?;
-        let filter = filter_from_wire(request.into_inner().filter.unwrap_or_default())?;
+        let req = request.into_inner();
+        let filter = filter_from_wire(req.filter.unwrap_or_default())?;
+        if req.fleet {
+            let shipper = self.fleet_copy()?;
+            self.record_query(&actor(&caller), "fleet summary", &filter)
+                .await?;
+            return fleet_summary(&shipper, &filter).await;
+        }
         self.record_query(&actor(&caller), "summary", &filter).await?;
         let path = self.app.audit.path().to_owned();
         let summed = tokio::task::spawn_blocking(move || query::summarize(&path, &filter))
@@ -82,6 +95,16 @@ impl AdminService {
             .map_err(|_| Failure::new(Reason::Internal, "the summary was interrupted"))?;
         let (summary, scanned) = summed.map_err(|e| unreadable(&e))?;
         Ok(summary_to_wire(summary, scanned.examined))
+    }
+
+    /// The shipped copy a fleet query reads.
+    fn fleet_copy(&self) -> Result<Shipper, Failure> {
+        self.app.audit_ship.clone().ok_or_else(|| {
+            Failure::new(
+                Reason::AuditNotShipped,
+                "this replica does not ship its audit log ([audit] ship), so it cannot read the fleet's copy; query each replica instead",
+            )
+        })
     }
 
     /// Puts the query itself on the record, durably, before it runs.
@@ -98,6 +121,81 @@ impl AdminService {
             )
         })
     }
+}
+
+/// Entries of the fleet's copy read per request to Redis.
+const FLEET_PAGE: usize = 1_000;
+
+/// Streams the fleet's copy: every shipped entry after `after_id` that
+/// matches, at most `limit`, in the order shipped.
+fn fleet_stream(shipper: Shipper, filter: Filter, after_id: String, limit: u32) -> EntryStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let mut after = after_id;
+        let mut left = limit;
+        loop {
+            let page = match shipper.fleet_page(&after, FLEET_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(copy_unavailable(&e).into_status(None))).await;
+                    return;
+                }
+            };
+            let full = page.len() == FLEET_PAGE;
+            for shipped in page {
+                after.clone_from(&shipped.stream_id);
+                let Ok(Some(entry)) = filter.entry(shipped.line.as_bytes()) else {
+                    continue;
+                };
+                let mut wire = entry_to_wire(entry);
+                wire.log = shipped.log_id;
+                wire.stream_id = shipped.stream_id;
+                if tx.send(Ok(wire)).await.is_err() {
+                    return; // the caller hung up
+                }
+                left -= 1;
+                if left == 0 {
+                    return;
+                }
+            }
+            if !full {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The summary of the fleet's copy.
+async fn fleet_summary(shipper: &Shipper, filter: &Filter) -> Result<proto::AuditSummary, Failure> {
+    let mut summary = query::Summary::default();
+    let mut examined = 0u64;
+    let mut after = String::new();
+    loop {
+        let page = shipper
+            .fleet_page(&after, FLEET_PAGE)
+            .await
+            .map_err(|e| copy_unavailable(&e))?;
+        let full = page.len() == FLEET_PAGE;
+        for shipped in page {
+            examined += 1;
+            after = shipped.stream_id;
+            if let Ok(Some(entry)) = filter.entry(shipped.line.as_bytes()) {
+                summary.add(&entry);
+            }
+        }
+        if !full {
+            return Ok(summary_to_wire(summary, examined));
+        }
+    }
+}
+
+fn copy_unavailable(e: &str) -> Failure {
+    tracing::error!(error = %e, "the fleet's audit copy could not be read");
+    Failure::new(
+        Reason::AuditCopyUnavailable,
+        "the fleet's audit copy (Redis) could not be read; each replica's own log still can (query without fleet)",
+    )
 }
 
 fn unreadable(e: &QueryError) -> Failure {
@@ -173,6 +271,8 @@ fn entry_to_wire(e: query::Entry) -> proto::AuditEntry {
         tenant: e.tenant.unwrap_or_default(),
         vendor: e.vendor.unwrap_or_default(),
         json: e.line,
+        log: String::new(),
+        stream_id: String::new(),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Valet {
     pub config: Config,
     pub options: StartOptions,
     pub state: TempDir,
+    /// The running server's state (weak: stopping drops it, and its lock).
+    pub app: std::sync::Weak<App>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -52,6 +54,7 @@ impl Valet {
     pub async fn start_with_options(mut config: Config, state: TempDir, options: StartOptions) -> Self {
         config.state.dir = state.path().join("state");
         let app = Arc::new(App::open_with(&config, &options).await.expect("valet starts"));
+        let weak_app = Arc::downgrade(&app);
         let listeners = Listeners {
             gateway: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             admin: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
@@ -82,6 +85,7 @@ impl Valet {
             config,
             options,
             state,
+            app: weak_app,
             stop: Some(stop),
             task,
         }

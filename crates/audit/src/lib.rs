@@ -11,19 +11,25 @@
 //!   written since the last). [`Durability`] is when a call waits for which.
 //! - [`query`]: [`query::scan`] and [`query::summarize`], the entries
 //!   matching a [`query::Filter`], for an investigation.
+//! - [`ship`]: [`ship::Shipper`], which tails the file and appends every
+//!   durable entry to a Redis stream (off the box; the fleet's copy).
+//! - [`anchor`]: the file checked against its shipped copy (`verify
+//!   --anchor`): a cut tail or an edited last line shows.
 //! - [`mod@verify`]: [`verify()`], walks a file and reports the first broken entry.
 //!
 //! Line format: `{"seq":N,"ts_ms":T,"prev":"<hex sha256 of previous line>",
 //! "actor":"...","event":"...",...}`. The first entry's `prev` is 64 zeros.
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod event;
 pub mod log;
 pub mod query;
+pub mod ship;
 pub mod verify;
 
 pub use event::Event;
-pub use log::{AuditError, AuditLog, Durability, Written};
+pub use log::{AuditError, AuditLog, Durability, DurableSeqs, Hold, Written};
 pub use verify::{VerifyError, verify};
 
 /// The `prev` of the first entry.

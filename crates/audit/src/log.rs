@@ -124,6 +124,9 @@ struct Tail {
     /// which the kernel may have dropped written pages). Every later write
     /// is refused; a restart recovers from what is on disk.
     poisoned: Option<String>,
+    /// Set while a [`Hold`] refuses new entries (shipping fell too far
+    /// behind, `when_behind = "refuse"`); cleared when it catches up.
+    held: Option<String>,
     sync_waiting: bool,
     /// Someone waits for durability: the next fsync starts without a pause.
     hurry: bool,
@@ -218,14 +221,28 @@ impl AuditLog {
     }
 
     /// Whether entries can still be written: no failure has made the file
-    /// untrustworthy since it was opened.
+    /// untrustworthy since it was opened, and no [`Hold`] refuses them.
     pub fn writable(&self) -> bool {
-        self.shared.lock().poisoned.is_none()
+        let tail = self.shared.lock();
+        tail.poisoned.is_none() && tail.held.is_none()
     }
 
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// What is durable, as it changes: the last durable entry's seq. The
+    /// sender goes when the log is closed (every handle dropped and the rest
+    /// synced), which ends a reader waiting on it.
+    pub fn durable_seqs(&self) -> DurableSeqs {
+        DurableSeqs(self.shared.synced.subscribe())
+    }
+
+    /// A switch that refuses new entries while it is on, without keeping
+    /// the log open.
+    pub fn hold(&self) -> Hold {
+        Hold(Arc::downgrade(&self.shared))
     }
 
     /// Appends one entry and waits until it is durable.
@@ -243,7 +260,7 @@ impl AuditLog {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut tail = self.shared.lock();
-        if let Some(why) = &tail.poisoned {
+        if let Some(why) = tail.poisoned.as_ref().or(tail.held.as_ref()) {
             return Err(AuditError::Write(why.clone()));
         }
         let seq = tail.seq + 1;
@@ -277,6 +294,54 @@ impl AuditLog {
             synced: self.shared.synced.subscribe(),
             shared: self.shared.clone(),
         })
+    }
+}
+
+/// The last durable entry's seq, as it changes ([`AuditLog::durable_seqs`]).
+#[derive(Debug, Clone)]
+pub struct DurableSeqs(watch::Receiver<Synced>);
+
+impl DurableSeqs {
+    /// The last durable seq now.
+    pub fn now(&self) -> u64 {
+        self.0.borrow().seq
+    }
+
+    /// Whether the log is closed (nothing more will become durable).
+    pub fn closed(&self) -> bool {
+        self.0.has_changed().is_err()
+    }
+
+    /// Waits until an entry after `seq` is durable and returns the last
+    /// durable seq; `None` once the log is closed or its fsync failed.
+    pub async fn after(&mut self, seq: u64) -> Option<u64> {
+        let synced = self
+            .0
+            .wait_for(|s| s.seq > seq || s.failed.is_some())
+            .await
+            .ok()?;
+        (synced.seq > seq).then_some(synced.seq)
+    }
+}
+
+/// Refuses new entries while on ([`AuditLog::hold`]); holds only a weak
+/// reference, so it does not keep a closed log alive.
+#[derive(Debug, Clone)]
+pub struct Hold(std::sync::Weak<Shared>);
+
+impl Hold {
+    /// Refuses every new entry with `why` until [`Hold::release`].
+    pub fn refuse(&self, why: &str) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lock().held = Some(why.to_owned());
+        }
+    }
+
+    /// Accepts entries again.
+    pub fn release(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lock().held = None;
+        }
     }
 }
 
@@ -396,6 +461,7 @@ fn recover(file: &mut File) -> Result<Tail, String> {
         seq,
         prev,
         poisoned: None,
+        held: None,
         sync_waiting: false,
         hurry: false,
         closing: false,

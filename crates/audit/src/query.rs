@@ -132,6 +132,25 @@ struct Head<'a> {
 }
 
 impl Filter {
+    /// The entry `line` holds if it matches; an error if it is not an entry.
+    pub fn entry(&self, line: &[u8]) -> Result<Option<Entry>, serde_json::Error> {
+        let head: Head<'_> = serde_json::from_slice(line)?;
+        if !self.matches(&head) {
+            return Ok(None);
+        }
+        Ok(Some(Entry {
+            seq: head.seq,
+            ts_ms: head.ts_ms,
+            actor: head.actor.into_owned(),
+            kind: head.event.into_owned(),
+            tenant: head.tenant.map(Cow::into_owned),
+            vendor: head.vendor.map(Cow::into_owned),
+            reason: head.reason.map(Cow::into_owned),
+            source: head.source.map(Cow::into_owned),
+            line: String::from_utf8_lossy(line).into_owned(),
+        }))
+    }
+
     fn matches(&self, h: &Head<'_>) -> bool {
         let same = |want: &Option<String>, got: &Option<Cow<'_, str>>| match want {
             None => true,
@@ -181,22 +200,11 @@ pub fn scan(
         }
         line.pop();
         scanned.examined += 1;
-        let head: Head<'_> = serde_json::from_slice(&line).map_err(|_| QueryError::Malformed {
+        let Some(entry) = filter.entry(&line).map_err(|_| QueryError::Malformed {
             line: scanned.examined,
-        })?;
-        if !filter.matches(&head) {
+        })?
+        else {
             continue;
-        }
-        let entry = Entry {
-            seq: head.seq,
-            ts_ms: head.ts_ms,
-            actor: head.actor.into_owned(),
-            kind: head.event.into_owned(),
-            tenant: head.tenant.map(Cow::into_owned),
-            vendor: head.vendor.map(Cow::into_owned),
-            reason: head.reason.map(Cow::into_owned),
-            source: head.source.map(Cow::into_owned),
-            line: String::from_utf8_lossy(&line).into_owned(),
         };
         scanned.matched += 1;
         scanned.last_seq = entry.seq;

@@ -25,6 +25,7 @@
 //! | `valet_credential_cache_lookups_total` | result (`hit`, `miss`, `stale`) |
 //! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |
 //! | `valet_audit_write_failures_total` | |
+//! | `valet_audit_ship_behind`, `valet_audit_ship_up`, `valet_audit_ship_failures_total` | (with `[audit] ship`) |
 //! | `valet_oauth_token_requests_total` | vendor, outcome (`issued`, `reauth_required`, `refused`, `busy`, `unavailable`) |
 //! | `valet_oauth_refresh_tokens_unstored` | |
 //! | `valet_ready` | |

@@ -16,17 +16,24 @@ pub(super) async fn run(client: &mut Client, cmd: AuditQueryCommand) -> Result<(
             filter,
             limit,
             after,
+            fleet,
+            after_id,
             output,
         } => {
             let output = output.unwrap_or(match std::io::stdout().is_terminal() {
                 true => OutputArg::Table,
                 false => OutputArg::Json,
             });
-            query(client, filter_to_wire(filter), limit, after, output).await
+            let from = match fleet {
+                true => After::Shipped(after_id.unwrap_or_default()),
+                false => After::Seq(after),
+            };
+            query(client, filter_to_wire(filter), limit, from, output).await
         }
-        AuditQueryCommand::Summary { filter } => {
+        AuditQueryCommand::Summary { filter, fleet } => {
             let request = proto::SummarizeAuditRequest {
                 filter: Some(filter_to_wire(filter)),
+                fleet,
             };
             let summary = client
                 .summarize_audit(request)
@@ -39,12 +46,28 @@ pub(super) async fn run(client: &mut Client, cmd: AuditQueryCommand) -> Result<(
     }
 }
 
+/// Where a listing starts: after a seq of this replica's log, or after a
+/// stream id of the fleet's shipped copy.
+enum After {
+    Seq(u64),
+    Shipped(String),
+}
+
+impl std::fmt::Display for After {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            After::Seq(seq) => write!(f, "--after {seq}"),
+            After::Shipped(id) => write!(f, "--fleet --after-id {id}"),
+        }
+    }
+}
+
 /// Pages through the matches, printing each as it arrives.
 async fn query(
     client: &mut Client,
     filter: proto::AuditFilter,
     limit: Option<u64>,
-    mut after: u64,
+    mut after: After,
     output: OutputArg,
 ) -> Result<(), String> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -61,13 +84,24 @@ async fn query(
         let page = left.min(PAGE);
         let request = proto::QueryAuditRequest {
             filter: Some(filter.clone()),
-            after_seq: after,
+            after_seq: match after {
+                After::Seq(seq) => seq,
+                After::Shipped(_) => 0,
+            },
+            fleet: matches!(after, After::Shipped(_)),
+            after_id: match &after {
+                After::Shipped(id) => id.clone(),
+                After::Seq(_) => String::new(),
+            },
             limit: page as u32,
         };
         let mut stream = client.query_audit(request).await.map_err(describe)?.into_inner();
         let mut got = 0u64;
         while let Some(entry) = stream.message().await.map_err(describe)? {
-            after = entry.seq;
+            after = match after {
+                After::Seq(_) => After::Seq(entry.seq),
+                After::Shipped(_) => After::Shipped(entry.stream_id.clone()),
+            };
             got += 1;
             let written = match output {
                 OutputArg::Json => writeln!(out, "{}", entry.json),
@@ -96,7 +130,7 @@ async fn query(
     let _ = out.flush();
     drop(out);
     if output == OutputArg::Table {
-        eprintln!("{printed} entries; continue after them with --after {after}");
+        eprintln!("{printed} entries; continue after them with {after}");
     }
     Ok(())
 }

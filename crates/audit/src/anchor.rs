@@ -1,0 +1,221 @@
+//! `valet audit verify --anchor`: the file checked against its shipped copy
+//! in Redis ([`crate::ship`]).
+//!
+//! A hash chain alone cannot see its tail cut off, nor its last line
+//! edited, nor a whole log rewritten with fresh hashes: each is a valid
+//! chain. The shipped copy can: every entry shipped carries the hash it had
+//! when it was written, and the head says how far the log had come. So:
+//!
+//! - the file ending before the head's seq is a cut tail;
+//! - any shipped entry whose hash differs from the file's line at that seq
+//!   is an edit (the last line included);
+//! - a rewritten first line changes the log's id, and the log is then not
+//!   found: the report lists the logs Redis holds.
+//!
+//! What it cannot see: entries written after the last one shipped (the
+//! shipping lag, normally under a second), and entries trimmed from the
+//! stream (`max_stream_entries`) are compared only through the head.
+
+use crate::line_hash;
+use crate::ship::{LOGS_KEY, STREAM_KEY, first_line_id, head_key};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Stream entries read per request.
+const PAGE: usize = 1_000;
+
+/// What the check found when the file matched its copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// The log's id.
+    pub log_id: String,
+    /// Entries in the file.
+    pub entries: u64,
+    /// The last seq Redis holds.
+    pub shipped: u64,
+    /// Shipped entries compared one by one.
+    pub compared: u64,
+    /// The first seq the stream still holds (later than 1 when trimmed).
+    pub first_in_stream: Option<u64>,
+}
+
+/// Why the file does not match its copy, or could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorError {
+    /// The file's own chain is broken.
+    #[error(transparent)]
+    Chain(#[from] crate::VerifyError),
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Redis could not be asked.
+    #[error("the anchor (redis) could not be read: {0}")]
+    Redis(String),
+    /// No copy of this log was shipped.
+    #[error(
+        "no shipped copy of log {log_id}: either this log is not shipped, or its first entry was rewritten (which changes its id). Logs in this Redis: {known}"
+    )]
+    NotShipped {
+        /// The file's log id.
+        log_id: String,
+        /// The logs the anchor holds, with who shipped them.
+        known: String,
+    },
+    /// The file ends before the last entry shipped.
+    #[error(
+        "truncated: the anchor holds entries up to seq {shipped}, the file ends at seq {entries} ({} entries cut from its tail)", shipped - entries
+    )]
+    Truncated {
+        /// Entries in the file.
+        entries: u64,
+        /// The last seq shipped.
+        shipped: u64,
+    },
+    /// A line differs from the copy shipped.
+    #[error("line {seq} differs from the copy shipped: it was edited after it was written")]
+    Edited {
+        /// The line (its seq).
+        seq: u64,
+    },
+}
+
+/// Checks the log at `path` against the copy in the Redis at `url`; the
+/// log is found by its own id, or `log_id` when given.
+pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Matched, AnchorError> {
+    let entries = crate::verify(path)?;
+    let io = |source| AnchorError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let hashes = line_hashes(path).map_err(io)?;
+    let id = match log_id {
+        Some(id) => id.to_owned(),
+        None => first_line_id(path).map_err(io)?.unwrap_or_default(),
+    };
+    let redis_err = |e: redis::RedisError| AnchorError::Redis(e.to_string());
+    let client = redis::Client::open(url).map_err(redis_err)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(redis_err)?;
+    let head: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(head_key(&id))
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err)?;
+    let Some(shipped) = head.get("seq").and_then(|s| s.parse::<u64>().ok()) else {
+        return Err(AnchorError::NotShipped {
+            log_id: id,
+            known: known_logs(&mut conn).await?,
+        });
+    };
+    if shipped > entries {
+        return Err(AnchorError::Truncated { entries, shipped });
+    }
+    // The stream first, oldest first, so the earliest edit is named; then
+    // the head, which outlives trimming.
+    let (compared, first_in_stream) = compare_stream(&mut conn, &id, &hashes).await?;
+    if head.get("hash") != hashes.get(shipped as usize - 1) {
+        return Err(AnchorError::Edited { seq: shipped });
+    }
+    Ok(Matched {
+        log_id: id,
+        entries,
+        shipped,
+        compared,
+        first_in_stream,
+    })
+}
+
+/// Every shipped entry of log `id` against the file's hash at its seq.
+async fn compare_stream(
+    conn: &mut redis::aio::MultiplexedConnection,
+    id: &str,
+    hashes: &[String],
+) -> Result<(u64, Option<u64>), AnchorError> {
+    let mut after = "-".to_owned();
+    let mut compared = 0u64;
+    let mut first = None;
+    loop {
+        // Each stream entry: its id, then field, value, field, value, …
+        let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(STREAM_KEY)
+            .arg(&after)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await
+            .map_err(|e| AnchorError::Redis(e.to_string()))?;
+        for (_, fields) in &page {
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1))
+                    .map(String::as_str)
+            };
+            if field("log") != Some(id) {
+                continue;
+            }
+            let seq: u64 = field("seq").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let hash = field("hash").unwrap_or_default();
+            match seq.checked_sub(1).and_then(|i| hashes.get(i as usize)) {
+                Some(ours) if *ours == hash => {}
+                Some(_) => return Err(AnchorError::Edited { seq }),
+                None => {
+                    return Err(AnchorError::Truncated {
+                        entries: hashes.len() as u64,
+                        shipped: seq,
+                    });
+                }
+            }
+            first.get_or_insert(seq);
+            compared += 1;
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => after = format!("({last}"),
+            _ => return Ok((compared, first)),
+        }
+    }
+}
+
+/// The logs the anchor holds, for a message: `id (replica, up to seq N)`.
+async fn known_logs(conn: &mut redis::aio::MultiplexedConnection) -> Result<String, AnchorError> {
+    let redis_err = |e: redis::RedisError| AnchorError::Redis(e.to_string());
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(LOGS_KEY)
+        .query_async(conn)
+        .await
+        .map_err(redis_err)?;
+    if ids.is_empty() {
+        return Ok("none".into());
+    }
+    let mut known = Vec::new();
+    for id in ids {
+        let head: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(head_key(&id))
+            .query_async(conn)
+            .await
+            .map_err(redis_err)?;
+        let replica = head.get("replica").map_or("?", String::as_str);
+        let seq = head.get("seq").map_or("?", String::as_str);
+        known.push(format!("{id} ({replica}, up to seq {seq})"));
+    }
+    Ok(known.join(", "))
+}
+
+/// The hash of every line of the file, in order.
+fn line_hashes(path: &Path) -> std::io::Result<Vec<String>> {
+    let data = std::fs::read(path)?;
+    Ok(data
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(line_hash)
+        .collect())
+}

@@ -57,6 +57,8 @@ pub struct App {
     pub audit: AuditLog,
     /// When a call's lease entry must be durable (`[audit] durability`).
     pub audit_durability: valet_audit::Durability,
+    /// How long sealed segments keep each class (`[audit] retention_days`).
+    pub audit_retention: valet_audit::retention::Retention,
     /// The log's shipping to Redis (`[audit] ship`), when configured.
     pub audit_ship: Option<valet_audit::ship::Shipper>,
     /// Size limits.
@@ -194,7 +196,11 @@ impl App {
             tracing::warn!(%why, "API key last-use file is unreadable; last-use times start empty");
             LastUse::default()
         });
-        let audit = AuditLog::open_for(&dir.join("audit.log"), config.audit.durability)
+        let segmenting = valet_audit::log::Segmenting {
+            max_bytes: config.audit.segment_max_bytes,
+            max_age_ms: config.audit.segment_max_age_hours.saturating_mul(3_600_000),
+        };
+        let audit = AuditLog::open_with(&dir.join("audit.log"), config.audit.durability, segmenting)
             .map_err(|e| StartError::State(e.to_string()))?;
         let audit_ship = start_shipping(config, &audit, &metrics)?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
@@ -250,6 +256,7 @@ impl App {
             audit,
             audit_durability: config.audit.durability,
             audit_ship,
+            audit_retention: config.audit.retention_days.retention(),
             limits,
             answers: valet_egress::AnswerBudget::new(config.limits.max_buffered_response_bytes),
             quotas,

@@ -252,9 +252,20 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// The audit log (`<state.dir>/audit.log`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Seal the current segment (`audit.log`) once it holds this many
+    /// bytes; 0: never by size.
+    #[serde(default = "default_segment_max_bytes")]
+    pub segment_max_bytes: u64,
+    /// Seal it once its first entry is this many hours old; 0: never by age.
+    #[serde(default = "default_segment_max_age_hours")]
+    pub segment_max_age_hours: u64,
+    /// How long sealed segments keep each class of entry, in days
+    /// (lifecycle entries are kept for good).
+    #[serde(default)]
+    pub retention_days: RetentionDays,
     /// When a call's credential lease entry must be on disk:
     /// `before_answer` (default: written before the credential is used, the
     /// answer held until it is fsync'd), `before_send` (fsync'd before the
@@ -267,6 +278,72 @@ pub struct AuditConfig {
     /// --anchor` checks the file against. Off when absent.
     #[serde(default)]
     pub ship: Option<ShipConfig>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            segment_max_bytes: default_segment_max_bytes(),
+            segment_max_age_hours: default_segment_max_age_hours(),
+            retention_days: RetentionDays::default(),
+            durability: valet_audit::Durability::default(),
+            ship: None,
+        }
+    }
+}
+
+fn default_segment_max_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_segment_max_age_hours() -> u64 {
+    24
+}
+
+/// `[audit] retention_days = { … }`: days each class is kept.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionDays {
+    /// Security events: key and credential changes, refusals, the kill
+    /// switch, reads of the log.
+    #[serde(default = "default_security_days")]
+    pub security: u32,
+    /// Per-record access: credential leases, OAuth token requests.
+    #[serde(default = "default_access_days")]
+    pub access: u32,
+    /// Operational changes: quota policies, idempotency purges.
+    #[serde(default = "default_access_days")]
+    pub operational: u32,
+}
+
+impl Default for RetentionDays {
+    fn default() -> Self {
+        Self {
+            security: default_security_days(),
+            access: default_access_days(),
+            operational: default_access_days(),
+        }
+    }
+}
+
+impl RetentionDays {
+    /// As the audit crate takes it.
+    pub fn retention(&self) -> valet_audit::retention::Retention {
+        let ms = |days: u32| u64::from(days) * 86_400_000;
+        valet_audit::retention::Retention {
+            security_ms: ms(self.security),
+            access_ms: ms(self.access),
+            operational_ms: ms(self.operational),
+        }
+    }
+}
+
+fn default_security_days() -> u32 {
+    400
+}
+
+fn default_access_days() -> u32 {
+    90
 }
 
 /// `[audit] ship = { … }`: where and how the log is shipped.
@@ -916,6 +993,16 @@ impl Config {
     }
 
     fn check_audit(&self) -> Result<(), ConfigError> {
+        let r = &self.audit.retention_days;
+        for (key, days) in [
+            ("security", r.security),
+            ("access", r.access),
+            ("operational", r.operational),
+        ] {
+            if !(1..=36_500).contains(&days) {
+                return Err(invalid(format!("audit.retention_days.{key} must be 1 to 36500")));
+            }
+        }
         if let Some(ship) = &self.audit.ship
             && self.redis_url_for(&ship.redis_url).is_none()
         {
@@ -1350,6 +1437,10 @@ mod tests {
             ),
             ("[idempotency]\nbackend = \"redis\"\n", "idempotency.redis_url"),
             ("[audit]\nship = {}\n", "audit.ship.redis_url"),
+            (
+                "[audit]\nretention_days = { access = 0 }\n",
+                "audit.retention_days.access",
+            ),
             ("[audit]\nship = { when_behind = \"stop\" }\n", "when_behind"),
             (
                 "[idempotency]\nbackend = \"redis\"\nredis_url = \"redis://x\"\n",

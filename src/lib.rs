@@ -28,6 +28,7 @@
 //!   keys, quota policies, tenants: the kill switch and offboarding; reading
 //!   the audit log).
 //! - [`sweeper`]: removes what an offboarding retained, after its date.
+//! - [`expiry`]: audit retention by class, hourly.
 //! - [`reminder`]: counts credentials due for rotation.
 //! - [`oauth`]: OAuth 2.0 vendors — the vault and audit log behind
 //!   [`valet_oauth::Tokens`], and the access token a call sends in place of
@@ -75,6 +76,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod expiry;
 pub mod gateway;
 pub mod oauth;
 pub mod ops;

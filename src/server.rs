@@ -117,6 +117,7 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     crate::sweeper::spawn(&app);
+    crate::expiry::spawn(&app);
     crate::reminder::spawn(&app);
     let flusher = tokio::spawn(flush_last_use(app.clone(), stopped(stop_rx.clone())));
     let draining = app.readiness.clone();

@@ -75,7 +75,16 @@ async fn valet_with_crafted_log() -> (Valet, String) {
     std::fs::create_dir(&dir).expect("state dir");
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     write_log(&dir.join("audit.log"));
-    let valet = Valet::start_with(Config::default(), state).await;
+    // Entries from 2023 on: kept whatever their age (retention would
+    // otherwise remove the old ones as soon as the first append seals
+    // the crafted segment).
+    let mut config = Config::default();
+    config.audit.retention_days = valet::config::RetentionDays {
+        security: 36_500,
+        access: 36_500,
+        operational: 36_500,
+    };
+    let valet = Valet::start_with(config, state).await;
     let reader = audit_reader(&valet).await;
     (valet, reader)
 }
@@ -140,7 +149,13 @@ async fn every_filter_pages_and_time_ranges_match_the_known_log() {
     // in order and as written.
     let all = query_all(&valet, &reader, AuditFilter::default(), 1000).await;
     assert_eq!(&seqs(&all)[..ENTRIES as usize], (1..=ENTRIES).collect::<Vec<_>>());
-    let on_disk = std::fs::read_to_string(valet.audit_log()).unwrap();
+    // The crafted entries are sealed in their own segment by the first
+    // append (their first one is years old): read every segment.
+    let on_disk: String = valet_audit::segment::files(&valet.audit_log())
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     for (entry, line) in all.iter().zip(on_disk.lines()) {
         assert_eq!(entry.json, line, "an entry is returned exactly as written");
     }

@@ -15,7 +15,8 @@ use support::{Valet, authed, bearer, get, reason, valet_bin, vendor};
 use tonic::Code;
 use valet::config::{Config, ShipConfig};
 use valet::proto::{self, AuditFilter, QueryAuditRequest};
-use valet_audit::ship::{STREAM_KEY, Shipper, WhenBehind, first_line_id, head_key};
+use valet_audit::segment::log_id;
+use valet_audit::ship::{STREAM_KEY, Shipper, WhenBehind, head_key};
 use valet_testkit::leak::forms_found;
 use valet_testkit::{MockVendor, RedisServer};
 
@@ -78,7 +79,7 @@ async fn stream(redis: &RedisServer) -> Vec<(String, u64, String, String)> {
 /// The stream holds the file exactly: every line once, in order, hashed.
 async fn assert_stream_is_the_file(redis: &RedisServer, log: &Path) {
     let text = std::fs::read_to_string(log).unwrap();
-    let id = first_line_id(log).unwrap().unwrap();
+    let id = log_id(log, false).unwrap().unwrap();
     let shipped = stream(redis).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(shipped.len(), lines.len(), "one stream entry per line");
@@ -178,7 +179,7 @@ async fn every_entry_reaches_the_stream_and_the_anchor_finds_tampering() {
             .into_inner();
         let mut got = 0;
         while let Some(e) = page.message().await.unwrap() {
-            assert_eq!(Some(e.log.clone()), first_line_id(&valet.audit_log()).unwrap());
+            assert_eq!(Some(e.log.clone()), log_id(&valet.audit_log(), false).unwrap());
             after = e.stream_id.clone();
             leases.push(e.seq);
             got += 1;
@@ -247,7 +248,7 @@ async fn every_entry_reaches_the_stream_and_the_anchor_finds_tampering() {
     let (_, (ok, text)) = try_file(&rechain(&first, 0));
     assert!(!ok);
     assert!(
-        text.contains("no shipped copy") && text.contains(&first_line_id(&log).unwrap().unwrap()),
+        text.contains("no shipped copy") && text.contains(&log_id(&log, false).unwrap().unwrap()),
         "{text}"
     );
 }
@@ -288,7 +289,7 @@ async fn a_hung_redis_and_an_emptied_one_lose_nothing() {
     assert_stream_is_the_file(&redis, &valet.audit_log()).await;
     assert!(shipper.status().failures > 0);
     let head: u64 = redis::cmd("HGET")
-        .arg(head_key(&first_line_id(&valet.audit_log()).unwrap().unwrap()))
+        .arg(head_key(&log_id(&valet.audit_log(), false).unwrap().unwrap()))
         .arg("seq")
         .query_async(&mut conn(&redis).await)
         .await

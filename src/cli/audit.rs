@@ -6,9 +6,20 @@ use std::path::Path;
 /// the result and returns the exit code.
 pub async fn verify(file: &Path, anchor: Option<&str>, log_id: Option<&str>) -> i32 {
     let Some(url) = anchor else {
-        return match valet_audit::verify(file) {
-            Ok(n) => {
-                println!("ok: {n} entries, hash chain intact");
+        return match valet_audit::verify_report(file) {
+            Ok(v) => {
+                let expired: u64 = v.expired.iter().map(|(a, b)| b - a + 1).sum();
+                let segments = match v.files {
+                    0 | 1 => String::new(),
+                    n => format!(" across {n} segments"),
+                };
+                println!("ok: {} entries{segments}, hash chain intact", v.entries);
+                if expired > 0 {
+                    println!(
+                        "{expired} entries expired by retention in {} runs, each recorded by an audit_expired entry",
+                        v.expired.len()
+                    );
+                }
                 0
             }
             Err(e) => {

@@ -16,9 +16,11 @@
 //! shipping lag, normally under a second), and entries trimmed from the
 //! stream (`max_stream_entries`) are compared only through the head.
 
+use crate::event::ExpiredRange;
 use crate::line_hash;
-use crate::ship::{LOGS_KEY, STREAM_KEY, first_line_id, head_key};
-use std::collections::HashMap;
+
+use crate::ship::{LOGS_KEY, STREAM_KEY, head_key};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Stream entries read per request.
@@ -76,6 +78,14 @@ pub enum AnchorError {
         /// The last seq shipped.
         shipped: u64,
     },
+    /// A shipped entry is not in the file, and no shipped record removed it.
+    #[error(
+        "entry {seq} was shipped but is not in the file, and no shipped audit_expired record removed it: it was deleted"
+    )]
+    Deleted {
+        /// The entry.
+        seq: u64,
+    },
     /// A line differs from the copy shipped.
     #[error("line {seq} differs from the copy shipped: it was edited after it was written")]
     Edited {
@@ -87,7 +97,7 @@ pub enum AnchorError {
 /// Checks the log at `path` against the copy in the Redis at `url`; the
 /// log is found by its own id, or `log_id` when given.
 pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Matched, AnchorError> {
-    let entries = crate::verify(path)?;
+    let verified = crate::verify_report(path)?;
     let io = |source| AnchorError::Io {
         path: path.display().to_string(),
         source,
@@ -95,7 +105,9 @@ pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Match
     let hashes = line_hashes(path).map_err(io)?;
     let id = match log_id {
         Some(id) => id.to_owned(),
-        None => first_line_id(path).map_err(io)?.unwrap_or_default(),
+        None => crate::segment::log_id(path, false)
+            .map_err(io)?
+            .unwrap_or_default(),
     };
     let redis_err = |e: redis::RedisError| AnchorError::Redis(e.to_string());
     let client = redis::Client::open(url).map_err(redis_err)?;
@@ -114,18 +126,23 @@ pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Match
             known: known_logs(&mut conn).await?,
         });
     };
-    if shipped > entries {
-        return Err(AnchorError::Truncated { entries, shipped });
+    if shipped > verified.last_seq {
+        return Err(AnchorError::Truncated {
+            entries: verified.last_seq,
+            shipped,
+        });
     }
     // The stream first, oldest first, so the earliest edit is named; then
     // the head, which outlives trimming.
-    let (compared, first_in_stream) = compare_stream(&mut conn, &id, &hashes).await?;
-    if head.get("hash") != hashes.get(shipped as usize - 1) {
+    let (compared, first_in_stream) = compare_stream(&mut conn, &id, &hashes, verified.last_seq).await?;
+    if let Some(ours) = hashes.get(&shipped)
+        && head.get("hash") != Some(ours)
+    {
         return Err(AnchorError::Edited { seq: shipped });
     }
     Ok(Matched {
         log_id: id,
-        entries,
+        entries: verified.entries,
         shipped,
         compared,
         first_in_stream,
@@ -136,11 +153,17 @@ pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Match
 async fn compare_stream(
     conn: &mut redis::aio::MultiplexedConnection,
     id: &str,
-    hashes: &[String],
+    hashes: &BTreeMap<u64, String>,
+    last_seq: u64,
 ) -> Result<(u64, Option<u64>), AnchorError> {
     let mut after = "-".to_owned();
     let mut compared = 0u64;
     let mut first = None;
+    // Shipped entries the file lacks, and the runs shipped records removed:
+    // a removal counts only if its record was shipped too (a record
+    // appended to the file afterwards explains nothing).
+    let mut missing = Vec::new();
+    let mut removed: Vec<ExpiredRange> = Vec::new();
     loop {
         // Each stream entry: its id, then field, value, field, value, …
         let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
@@ -165,14 +188,25 @@ async fn compare_stream(
             }
             let seq: u64 = field("seq").and_then(|s| s.parse().ok()).unwrap_or(0);
             let hash = field("hash").unwrap_or_default();
-            match seq.checked_sub(1).and_then(|i| hashes.get(i as usize)) {
+            if let Some(line) = field("line").filter(|l| l.contains("\"event\":\"audit_expired\""))
+                && let Ok(record) = serde_json::from_str::<serde_json::Value>(line)
+            {
+                removed.extend(
+                    serde_json::from_value::<Vec<ExpiredRange>>(record["ranges"].clone()).unwrap_or_default(),
+                );
+            }
+            match hashes.get(&seq) {
                 Some(ours) if *ours == hash => {}
                 Some(_) => return Err(AnchorError::Edited { seq }),
-                None => {
+                None if seq > last_seq => {
                     return Err(AnchorError::Truncated {
-                        entries: hashes.len() as u64,
+                        entries: last_seq,
                         shipped: seq,
                     });
+                }
+                None => {
+                    missing.push(seq);
+                    continue;
                 }
             }
             first.get_or_insert(seq);
@@ -180,8 +214,15 @@ async fn compare_stream(
         }
         match page.last() {
             Some((last, _)) if page.len() == PAGE => after = format!("({last}"),
-            _ => return Ok((compared, first)),
+            _ => break,
         }
+    }
+    match missing
+        .into_iter()
+        .find(|seq| !removed.iter().any(|r| (r.first_seq..=r.last_seq).contains(seq)))
+    {
+        Some(seq) => Err(AnchorError::Deleted { seq }),
+        None => Ok((compared, first)),
     }
 }
 
@@ -210,12 +251,23 @@ async fn known_logs(conn: &mut redis::aio::MultiplexedConnection) -> Result<Stri
     Ok(known.join(", "))
 }
 
-/// The hash of every line of the file, in order.
-fn line_hashes(path: &Path) -> std::io::Result<Vec<String>> {
-    let data = std::fs::read(path)?;
-    Ok(data
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(line_hash)
-        .collect())
+/// The hash of every entry of the log, by seq.
+fn line_hashes(path: &Path) -> std::io::Result<BTreeMap<u64, String>> {
+    let mut lines = crate::segment::Lines::open(path)?;
+    let mut hashes = BTreeMap::new();
+    let mut buf = Vec::new();
+    while lines.next_line(&mut buf)? {
+        // The writer puts `seq` first; a line rewritten by someone else
+        // may not.
+        let seq = crate::segment::seq_of(&buf).or_else(|| {
+            serde_json::from_slice::<serde_json::Value>(&buf)
+                .ok()?
+                .get("seq")?
+                .as_u64()
+        });
+        if let Some(seq) = seq {
+            hashes.insert(seq, line_hash(&buf));
+        }
+    }
+    Ok(hashes)
 }

@@ -242,6 +242,16 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
+    /// Entries past their class's retention were removed from sealed
+    /// segments ([`crate::retention`]). Lifecycle class: kept for good, so
+    /// `verify` can tell the gaps from tampering.
+    AuditExpired {
+        /// Each run of removed entries: its first and last seq, and the
+        /// last one's hash (what the next entry kept holds as `prev`).
+        ranges: Vec<ExpiredRange>,
+        /// Segments deleted (every entry removed) or compacted.
+        segments: Vec<String>,
+    },
     /// The audit log was read (`Admin.QueryAudit`, `SummarizeAudit`):
     /// reading it is itself on the record.
     AuditQuery {
@@ -267,6 +277,47 @@ pub enum Event {
     },
 }
 
+/// A run of entries removed by retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ExpiredRange {
+    /// The first entry removed.
+    pub first_seq: u64,
+    /// The last entry removed.
+    pub last_seq: u64,
+    /// The last entry's hash.
+    pub last_hash: String,
+}
+
+/// An entry's retention class (`[audit] retention_days`): how long it is
+/// kept in sealed segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Security events (changes to keys and credentials, refusals, kill
+    /// switch, reads of the log): default 400 days.
+    Security,
+    /// Per-record access (credential leases, OAuth token requests):
+    /// default 90 days.
+    Access,
+    /// Operational changes (quota policies, idempotency purges): default
+    /// 90 days.
+    Operational,
+    /// Onboarding, offboarding and the log's own expiry: kept for good.
+    Lifecycle,
+}
+
+impl Class {
+    /// The class of an entry of kind `kind` (an unknown kind is kept as a
+    /// security event).
+    pub fn of(kind: &str) -> Class {
+        match kind {
+            "credential_lease" | "oauth_token" => Class::Access,
+            "quota_policy_put" | "quota_policy_delete" | "idempotency_purge" => Class::Operational,
+            "tenant_offboard" | "tenant_restore" | "tenant_sweep" | "audit_expired" => Class::Lifecycle,
+            _ => Class::Security,
+        }
+    }
+}
+
 impl Event {
     /// Every event kind, as [`Event::kind`] names them (what a query may
     /// filter by).
@@ -290,6 +341,7 @@ impl Event {
         "tenant_sweep",
         "api_key_rotate",
         "access_denied",
+        "audit_expired",
         "audit_query",
     ];
 
@@ -315,6 +367,7 @@ impl Event {
             Event::TenantSweep { .. } => "tenant_sweep",
             Event::ApiKeyRotate { .. } => "api_key_rotate",
             Event::AccessDenied { .. } => "access_denied",
+            Event::AuditExpired { .. } => "audit_expired",
             Event::AuditQuery { .. } => "audit_query",
         }
     }

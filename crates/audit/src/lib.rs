@@ -9,6 +9,10 @@
 //!   caller under one lock (written: it survives the process); one sync
 //!   thread group-commits them (durable: one fsync covers every entry
 //!   written since the last). [`Durability`] is when a call waits for which.
+//! - [`segment`]: the log's files — sealed segments named by their first
+//!   seq, then the current one — read as one.
+//! - [`retention`]: entries past their class's retention removed from
+//!   sealed segments, the removal recorded in the log first.
 //! - [`query`]: [`query::scan`] and [`query::summarize`], the entries
 //!   matching a [`query::Filter`], for an investigation.
 //! - [`ship`]: [`ship::Shipper`], which tails the file and appends every
@@ -25,12 +29,14 @@ pub mod anchor;
 pub mod event;
 pub mod log;
 pub mod query;
+pub mod retention;
+pub mod segment;
 pub mod ship;
 pub mod verify;
 
 pub use event::Event;
 pub use log::{AuditError, AuditLog, Durability, DurableSeqs, Hold, Written};
-pub use verify::{VerifyError, verify};
+pub use verify::{Verified, VerifyError, verify, verify_report};
 
 /// The `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -109,13 +109,44 @@ struct Shared {
     synced: watch::Sender<Synced>,
     /// The pause between fsyncs ([`OS_SYNC_INTERVAL`] or none).
     pause: std::time::Duration,
+    /// When segments are sealed.
+    segmenting: Segmenting,
+}
+
+/// When the current segment is sealed and a new one started
+/// ([`crate::segment`]); `0` turns a bound off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segmenting {
+    /// Seal once the current segment holds this many bytes.
+    pub max_bytes: u64,
+    /// Seal once the current segment's first entry is this old.
+    pub max_age_ms: u64,
+}
+
+impl Default for Segmenting {
+    /// 64 MiB or a day, whichever comes first.
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_age_ms: 86_400_000,
+        }
+    }
 }
 
 /// The end of the chain, owned by whoever holds the lock.
 #[derive(Debug)]
 struct Tail {
-    file: File,
+    /// The current segment (shared with the sync thread, which syncs
+    /// whichever file is current when it starts an fsync).
+    file: Arc<File>,
     len: u64,
+    /// The current segment's first entry: its seq (its sealed name) and
+    /// time; 0 while it has none.
+    first_seq: u64,
+    first_ms: u64,
+    /// A seal could not rename the segment: entries go on to the same file,
+    /// and no seal is tried again until a restart.
+    seal_failed: bool,
     /// The last entry written.
     seq: u64,
     prev: String,
@@ -171,14 +202,27 @@ impl AuditLog {
     /// [`Durability::Os`] nobody waits on the call path, and the sync thread
     /// paces itself ([`OS_SYNC_INTERVAL`]).
     pub fn open_for(path: &Path, durability: Durability) -> Result<Self, AuditError> {
+        Self::open_with(path, durability, Segmenting::default())
+    }
+
+    /// [`AuditLog::open_for`], sealing segments as `segmenting` says.
+    pub fn open_with(
+        path: &Path,
+        durability: Durability,
+        segmenting: Segmenting,
+    ) -> Result<Self, AuditError> {
         let pause = match durability {
             Durability::Os => OS_SYNC_INTERVAL,
             Durability::BeforeSend | Durability::BeforeAnswer => std::time::Duration::ZERO,
         };
-        Self::open_paced(path, pause)
+        Self::open_paced(path, pause, segmenting)
     }
 
-    fn open_paced(path: &Path, pause: std::time::Duration) -> Result<Self, AuditError> {
+    fn open_paced(
+        path: &Path,
+        pause: std::time::Duration,
+        segmenting: Segmenting,
+    ) -> Result<Self, AuditError> {
         let fail = |reason: String| AuditError::Open {
             path: path.to_owned(),
             reason,
@@ -190,14 +234,12 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(|e| fail(e.to_string()))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make a newly created log's directory entry durable.
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        let tail = recover(&mut file).map_err(fail)?;
-        let sync_file = file.try_clone().map_err(|e| fail(e.to_string()))?;
+        // Make a newly created log's directory entry durable.
+        sync_dir(path).map_err(|e| fail(e.to_string()))?;
+        let tail = recover(path, &mut file).map_err(fail)?;
+        // Keep the log's id while its first entry is there to give it:
+        // retention may remove that entry later.
+        crate::segment::log_id(path, true).map_err(|e| fail(e.to_string()))?;
         let (synced, _) = watch::channel(Synced {
             seq: tail.seq,
             failed: None,
@@ -208,11 +250,12 @@ impl AuditLog {
             wake: Condvar::new(),
             synced,
             pause,
+            segmenting,
         });
         let syncer = shared.clone();
         std::thread::Builder::new()
             .name("valet-audit-sync".into())
-            .spawn(move || syncer.sync_loop(&sync_file))
+            .spawn(move || syncer.sync_loop())
             .map_err(|e| fail(e.to_string()))?;
         Ok(Self {
             _open: Arc::new(Open(shared.clone())),
@@ -255,13 +298,16 @@ impl AuditLog {
     pub fn append_written(&self, actor: &str, event: &Event) -> Result<Written, AuditError> {
         // Everything but the chain fields is formatted outside the lock.
         let body = serde_json::to_vec(&Body { actor, event }).expect("an entry serialises");
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let ts_ms = now_ms();
         let mut tail = self.shared.lock();
         if let Some(why) = tail.poisoned.as_ref().or(tail.held.as_ref()) {
             return Err(AuditError::Write(why.clone()));
+        }
+        if tail.first_seq > 0 && !tail.seal_failed && self.shared.segment_full(&tail, ts_ms) {
+            self.shared.seal(&mut tail);
+            if let Some(why) = &tail.poisoned {
+                return Err(AuditError::Write(why.clone()));
+            }
         }
         let seq = tail.seq + 1;
         let mut line = Vec::with_capacity(body.len() + 128);
@@ -271,7 +317,7 @@ impl AuditLog {
         line.extend_from_slice(&body[1..]); // `{"actor":…` without its `{`
         let hash = line_hash(&line);
         line.push(b'\n');
-        if let Err(e) = tail.file.write_all(&line) {
+        if let Err(e) = (&*tail.file).write_all(&line) {
             tracing::error!(error = %e, "audit write failed; refusing the entry");
             let len = tail.len;
             if tail.file.set_len(len).is_err() && tail.file.metadata().is_ok_and(|m| m.is_file()) {
@@ -282,6 +328,10 @@ impl AuditLog {
             return Err(AuditError::Write(e.to_string()));
         }
         tail.len += line.len() as u64;
+        if tail.first_seq == 0 {
+            tail.first_seq = seq;
+            tail.first_ms = ts_ms;
+        }
         tail.seq = seq;
         tail.prev = hash;
         if tail.sync_waiting {
@@ -382,9 +432,64 @@ impl Shared {
         }
     }
 
+    /// Whether the current segment is to be sealed before the next entry.
+    fn segment_full(&self, tail: &Tail, now_ms: u64) -> bool {
+        let s = self.segmenting;
+        (s.max_bytes > 0 && tail.len >= s.max_bytes)
+            || (s.max_age_ms > 0 && now_ms.saturating_sub(tail.first_ms) >= s.max_age_ms)
+    }
+
+    /// Seals the current segment: syncs it, renames it after its first
+    /// entry's seq, and starts a new current segment. A seal that cannot
+    /// rename leaves the entries going to the same file (logged); one that
+    /// renamed but cannot create the new file refuses further writes (a
+    /// restart recovers the chain from the sealed segment).
+    fn seal(&self, tail: &mut Tail) {
+        let sealed = crate::segment::sealed_name(&self.path, tail.first_seq);
+        if let Err(e) = tail.file.sync_data() {
+            // As in the sync thread: the kernel may have dropped written
+            // pages, so nothing written since the last fsync is durable.
+            let why = format!("audit fsync failed ({e}); restart to recover");
+            tracing::error!(error = %e, "audit fsync failed while sealing a segment; refusing further writes");
+            tail.poisoned = Some(why.clone());
+            self.synced.send_modify(|s| s.failed = Some(why.into()));
+            return;
+        }
+        if let Err(e) = fs::rename(&self.path, &sealed) {
+            tracing::error!(error = %e, "cannot seal the audit segment; writing on to the same file until a restart");
+            tail.seal_failed = true;
+            return;
+        }
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)
+            .and_then(|f| {
+                sync_dir(&self.path)?;
+                Ok(f)
+            });
+        match opened {
+            Ok(file) => {
+                tracing::info!(sealed = %sealed.display(), first_seq = tail.first_seq, last_seq = tail.seq, "audit segment sealed");
+                tail.file = Arc::new(file);
+                tail.len = 0;
+                tail.first_seq = 0;
+                tail.first_ms = 0;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a new audit segment; refusing further writes");
+                tail.poisoned = Some(format!(
+                    "cannot start a new audit segment ({e}); restart to recover"
+                ));
+            }
+        }
+    }
+
     /// Makes written entries durable, one `fdatasync` for everything
     /// written since the last, until the log is closed and fully synced.
-    fn sync_loop(&self, file: &File) {
+    fn sync_loop(&self) {
         let mut synced = self.synced.borrow().seq;
         loop {
             if !self.pause.is_zero() {
@@ -394,7 +499,7 @@ impl Shared {
                     .wait_timeout_while(tail, self.pause, |t| !t.hurry && !t.closing)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            let target = {
+            let (target, file) = {
                 let mut tail = self.lock();
                 while tail.seq == synced && !tail.closing {
                     tail.sync_waiting = true;
@@ -405,7 +510,9 @@ impl Shared {
                 }
                 // Whoever hurried waits for an entry this fsync covers.
                 tail.hurry = false;
-                tail.seq
+                // Entries before a seal were synced by the seal; the rest
+                // are in the file current now.
+                (tail.seq, tail.file.clone())
             };
             if let Err(e) = file.sync_data() {
                 let why = format!("audit fsync failed ({e}); restart to recover");
@@ -414,14 +521,89 @@ impl Shared {
                 self.synced.send_modify(|s| s.failed = Some(why.into()));
                 return;
             }
+            if self.synced.borrow().failed.is_some() {
+                // A seal's fsync failed meanwhile: this one succeeding does
+                // not bring back pages the kernel may have dropped.
+                return;
+            }
             synced = target;
             self.synced.send_modify(|s| s.seq = target);
         }
     }
 }
 
-/// Finds the last complete entry; truncates a partial tail.
-fn recover(file: &mut File) -> Result<Tail, String> {
+/// The time now, Unix milliseconds, as entries record it.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Syncs the directory holding `path`, so a created or renamed entry in
+/// it survives power loss.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Finds the last complete entry of the current segment (or, when it has
+/// none — a new log, or a seal cut short after its rename — of the newest
+/// sealed one); truncates a partial tail.
+fn recover(path: &Path, file: &mut File) -> Result<Tail, String> {
+    let (len, last) = last_line(file, true)?;
+    let first = first_line(file)?;
+    let last = match last {
+        Some(line) => Some(line),
+        None => match crate::segment::sealed(path).map_err(|e| e.to_string())?.pop() {
+            Some((_, sealed)) => {
+                let mut f = File::open(&sealed).map_err(|e| e.to_string())?;
+                last_line(&mut f, false)?.1
+            }
+            None => None,
+        },
+    };
+    let head = |line: &[u8]| -> Result<serde_json::Value, String> {
+        serde_json::from_slice(line).map_err(|_| "an entry is not JSON; run `valet audit verify`".to_owned())
+    };
+    let (seq, prev) = match last {
+        None => (0, GENESIS.to_owned()),
+        Some(line) => {
+            let seq = head(&line)?["seq"]
+                .as_u64()
+                .ok_or("last entry has no seq; run `valet audit verify`")?;
+            (seq, line_hash(&line))
+        }
+    };
+    let (first_seq, first_ms) = match first {
+        None => (0, 0),
+        Some(line) => {
+            let v = head(&line)?;
+            (v["seq"].as_u64().unwrap_or(0), v["ts_ms"].as_u64().unwrap_or(0))
+        }
+    };
+    Ok(Tail {
+        file: Arc::new(file.try_clone().map_err(|e| e.to_string())?),
+        len,
+        first_seq,
+        first_ms,
+        seal_failed: false,
+        seq,
+        prev,
+        poisoned: None,
+        held: None,
+        sync_waiting: false,
+        hurry: false,
+        closing: false,
+    })
+}
+
+/// The file's length and its last whole line; with `cut`, a partial last
+/// line (a write cut off by a crash: no caller was told it succeeded) is
+/// cut off first.
+fn last_line(file: &mut File, cut: bool) -> Result<(u64, Option<Vec<u8>>), String> {
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     let start = len.saturating_sub(MAX_TAIL);
     let mut tail = Vec::new();
@@ -431,7 +613,7 @@ fn recover(file: &mut File) -> Result<Tail, String> {
         .map_err(|e| e.to_string())?;
     let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut len = len;
-    if complete < tail.len() {
+    if cut && complete < tail.len() {
         len = start + complete as u64;
         tracing::warn!(
             kept_bytes = len,
@@ -439,33 +621,24 @@ fn recover(file: &mut File) -> Result<Tail, String> {
         );
         file.set_len(len).map_err(|e| e.to_string())?;
     }
-    let body = &tail[..complete];
-    let last = body
+    let last = tail[..complete]
         .strip_suffix(b"\n")
         .and_then(|b| b.rsplit(|c| *c == b'\n').next())
-        .filter(|l| !l.is_empty());
-    let (seq, prev) = match last {
-        None => (0, GENESIS.to_owned()),
-        Some(line) => {
-            let value: serde_json::Value = serde_json::from_slice(line)
-                .map_err(|_| "last entry is not JSON; run `valet audit verify`".to_owned())?;
-            let seq = value["seq"]
-                .as_u64()
-                .ok_or("last entry has no seq; run `valet audit verify`")?;
-            (seq, line_hash(line))
-        }
-    };
-    Ok(Tail {
-        file: file.try_clone().map_err(|e| e.to_string())?,
-        len,
-        seq,
-        prev,
-        poisoned: None,
-        held: None,
-        sync_waiting: false,
-        hurry: false,
-        closing: false,
-    })
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec);
+    Ok((len, last))
+}
+
+/// The file's first whole line, if it has one.
+fn first_line(file: &mut File) -> Result<Option<Vec<u8>>, String> {
+    use std::io::BufRead as _;
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut first = Vec::new();
+    // Bounded: a device (`/dev/full`) never ends.
+    std::io::BufReader::new((&*file).take(MAX_TAIL))
+        .read_until(b'\n', &mut first)
+        .map_err(|e| e.to_string())?;
+    Ok(first.strip_suffix(b"\n").map(<[u8]>::to_vec))
 }
 
 #[cfg(test)]
@@ -530,7 +703,8 @@ mod tests {
         let path = dir.path().join("audit.log");
         // A pause no test would sit out: each append below returns only
         // because waiting for it ends the pause.
-        let log = AuditLog::open_paced(&path, std::time::Duration::from_secs(3600)).unwrap();
+        let log =
+            AuditLog::open_paced(&path, std::time::Duration::from_secs(3600), Segmenting::default()).unwrap();
         let appends = async {
             for n in 0..5 {
                 log.append("tester", revoke(n)).await.unwrap();

@@ -2,7 +2,8 @@
 //! [`Filter`], oldest first, a page at a time ([`scan`]), and the first
 //! screen of an investigation, counts over them ([`Summary`]).
 //!
-//! Why a scan: the log is append-only and written in `seq` order, so a page
+//! A scan reads every segment of the log ([`crate::segment`]), oldest
+//! first. Why a scan: the log is append-only and written in `seq` order, so a page
 //! is "the next N matches after seq S" and needs no index. Each line is
 //! parsed only for the fields a filter can name (the rest is skipped
 //! unparsed), so a scan reads about a million entries a second. A line
@@ -12,7 +13,6 @@
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead as _;
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -188,17 +188,11 @@ pub fn scan(
         path: path.display().to_string(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut lines = crate::segment::Lines::open(path).map_err(io)?;
     let mut line = Vec::with_capacity(1024);
     let mut scanned = Scanned::default();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            return Ok(scanned); // the end, or a line still being written
-        }
-        line.pop();
+    // The end, or a line still being written, ends the scan.
+    while lines.next_line(&mut line).map_err(io)? {
         scanned.examined += 1;
         let Some(entry) = filter.entry(&line).map_err(|_| QueryError::Malformed {
             line: scanned.examined,
@@ -213,6 +207,7 @@ pub fn scan(
             return Ok(scanned);
         }
     }
+    Ok(scanned)
 }
 
 /// Counts over the entries a filter matched: what happened, why, by whom,

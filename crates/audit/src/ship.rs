@@ -25,14 +25,14 @@
 //! - `valet:{audit}:logs`, a set: every log id shipped.
 //!
 //! A log's id is the first 16 hex digits of its first line's hash: stable
-//! across restarts, different for every log. One Lua script appends a batch
+//! across restarts, different for every log ([`crate::segment::log_id`]). One Lua script appends a batch
 //! and moves the head only if the batch continues it, so a batch resent
 //! after a lost answer is not appended twice, and a Redis that lost its data
 //! ("GAP 0") is refilled from the file's first entry.
 
 use crate::line_hash;
 use crate::log::{AuditLog, DurableSeqs, Hold};
-use std::io::BufRead as _;
+use crate::segment::{Lines, seq_of};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -55,19 +55,21 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Appends a batch if it continues the head. KEYS: stream, head, logs.
-/// ARGV: log id, replica, max stream length (0: never trimmed), then
-/// (seq, hash, line) for each entry. Returns the head's seq after.
+/// Appends a batch if it continues the head the shipper expects. KEYS:
+/// stream, head, logs. ARGV: log id, replica, max stream length (0: never
+/// trimmed), the head expected, then (seq, hash, line) for each entry.
+/// Returns the head's seq after. (Seqs may skip: retention removes entries
+/// from old segments, and a refill after a loss ships what is left.)
 const SHIP_LUA: &str = r#"
 local head = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 local maxlen = tonumber(ARGV[3])
+if head ~= tonumber(ARGV[4]) then
+  return redis.error_reply('GAP ' .. head)
+end
 local last = nil
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if seq > head then
-    if seq ~= head + 1 then
-      return redis.error_reply('GAP ' .. head)
-    end
     if maxlen > 0 then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'log', ARGV[1], 'seq', ARGV[i], 'hash', ARGV[i + 1], 'line', ARGV[i + 2])
     else
@@ -257,44 +259,61 @@ struct Line {
     text: String,
 }
 
-/// The file, read forward from one entry.
+/// The log, read forward from one entry, across its segments.
 struct Reader {
-    lines: std::io::BufReader<std::fs::File>,
-    /// The seq of the next line.
-    next: u64,
+    lines: Lines,
+    /// Entries up to this seq were read.
+    read: u64,
+    /// A line read past the end of the last batch, for the next one.
+    ahead: Option<Vec<u8>>,
 }
 
 impl Reader {
-    /// Opens `path` positioned at entry `seq + 1`.
+    /// Opens the log at `path` positioned after entry `seq`. Lines up to
+    /// it are skipped by their seq alone.
     fn open_after(path: &Path, seq: u64) -> std::io::Result<Self> {
-        let file = std::fs::File::open(path)?;
         let mut reader = Self {
-            lines: std::io::BufReader::with_capacity(1 << 16, file),
-            next: 1,
+            lines: Lines::open_from(path, seq + 1)?,
+            read: seq,
+            ahead: None,
         };
-        while reader.next <= seq {
-            if reader.read()?.is_none() {
+        let mut buf = Vec::new();
+        while reader.lines.next_line(&mut buf)? {
+            if seq_of(&buf).is_some_and(|s| s > seq) {
+                reader.ahead = Some(std::mem::take(&mut buf));
                 break;
             }
         }
         Ok(reader)
     }
 
-    /// The next whole line, if the file has one.
-    fn read(&mut self) -> std::io::Result<Option<Line>> {
-        let mut buf = Vec::new();
-        let n = self.lines.read_until(b'\n', &mut buf)?;
-        if n == 0 || buf.last() != Some(&b'\n') {
-            return Ok(None);
+    /// Up to `max` entries after the last read, up to seq `until`.
+    fn read_batch(&mut self, until: u64, max: usize) -> std::io::Result<Vec<Line>> {
+        let mut batch = Vec::new();
+        while batch.len() < max {
+            let buf = match self.ahead.take() {
+                Some(buf) => buf,
+                None => {
+                    let mut buf = Vec::new();
+                    if !self.lines.next_line(&mut buf)? {
+                        break;
+                    }
+                    buf
+                }
+            };
+            let seq = seq_of(&buf).ok_or_else(|| std::io::Error::other("an audit entry has no seq"))?;
+            if seq > until {
+                self.ahead = Some(buf);
+                break;
+            }
+            self.read = seq;
+            batch.push(Line {
+                seq,
+                hash: line_hash(&buf),
+                text: String::from_utf8_lossy(&buf).into_owned(),
+            });
         }
-        buf.pop();
-        let seq = self.next;
-        self.next += 1;
-        Ok(Some(Line {
-            seq,
-            hash: line_hash(&buf),
-            text: String::from_utf8_lossy(&buf).into_owned(),
-        }))
+        Ok(batch)
     }
 }
 
@@ -318,7 +337,7 @@ impl Task {
             }
             let id = match &log_id {
                 Some(id) => id.clone(),
-                None => match first_line_id(&self.path) {
+                None => match crate::segment::log_id(&self.path, true) {
                     Ok(Some(id)) => {
                         self.report(|s| s.log_id = Some(id.clone()));
                         log_id.insert(id).clone()
@@ -377,25 +396,11 @@ impl Task {
         if head >= durable {
             return Ok(());
         }
-        let reader = match reader {
-            Some(r) if r.next == head + 1 => r,
-            _ => reader.insert(
-                Reader::open_after(&self.path, head)
-                    .map_err(|e| format!("cannot read the audit log: {e}"))?,
-            ),
-        };
-        let mut batch = Vec::with_capacity(BATCH);
-        while batch.len() < BATCH && reader.next <= durable {
-            match reader
-                .read()
-                .map_err(|e| format!("cannot read the audit log: {e}"))?
-            {
-                Some(line) => batch.push(line),
-                None => break,
-            }
-        }
+        let batch = self.batch(reader, head, durable).await?;
         if batch.is_empty() {
-            return Err(format!("the audit log holds fewer entries than seq {durable}"));
+            return Err(format!(
+                "the audit log has no entry after seq {head} up to seq {durable}"
+            ));
         }
         let mut invocation = self.script.key(STREAM_KEY);
         invocation
@@ -403,7 +408,8 @@ impl Task {
             .key(LOGS_KEY)
             .arg(id)
             .arg(&self.settings.replica)
-            .arg(self.settings.max_stream_entries);
+            .arg(self.settings.max_stream_entries)
+            .arg(head);
         for line in &batch {
             invocation.arg(line.seq).arg(&line.hash).arg(&line.text);
         }
@@ -417,6 +423,32 @@ impl Task {
             Ok(Err(e)) => Err(format!("redis: {e}")),
             Err(_) => Err("redis: timed out".into()),
         }
+    }
+
+    /// The entries after `head` up to `durable`, at most [`BATCH`], read
+    /// on the blocking pool. A reader left at the end of a segment sealed
+    /// under it (its files were opened before the seal) is opened again
+    /// once.
+    async fn batch(&self, reader: &mut Option<Reader>, head: u64, durable: u64) -> Result<Vec<Line>, String> {
+        let path = self.path.clone();
+        let kept = reader.take().filter(|r| r.read == head);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut r = match kept {
+                Some(r) => r,
+                None => Reader::open_after(&path, head)?,
+            };
+            let mut batch = r.read_batch(durable, BATCH)?;
+            if batch.is_empty() {
+                r = Reader::open_after(&path, head)?;
+                batch = r.read_batch(durable, BATCH)?;
+            }
+            Ok::<_, std::io::Error>((r, batch))
+        })
+        .await
+        .map_err(|e| format!("the audit log reader stopped: {e}"))?;
+        let (r, batch) = read.map_err(|e| format!("cannot read the audit log: {e}"))?;
+        *reader = Some(r);
+        Ok(batch)
     }
 
     /// The seq Redis holds for log `id` (0: none).
@@ -474,17 +506,4 @@ impl Task {
     fn report(&self, change: impl FnOnce(&mut ShipStatus)) {
         self.status.send_modify(change);
     }
-}
-
-/// The id of the log at `path`: its first line's hash, shortened; `None`
-/// while it has no entry.
-pub fn first_line_id(path: &Path) -> std::io::Result<Option<String>> {
-    let file = std::fs::File::open(path)?;
-    let mut first = Vec::new();
-    std::io::BufReader::new(file).read_until(b'\n', &mut first)?;
-    if first.last() != Some(&b'\n') {
-        return Ok(None);
-    }
-    first.pop();
-    Ok(Some(line_hash(&first)[..16].to_owned()))
 }

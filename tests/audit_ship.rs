@@ -443,3 +443,99 @@ async fn audit_reader(valet: &Valet) -> String {
         .into_inner()
         .key
 }
+
+fn revoke_event(n: u64) -> valet_audit::Event {
+    valet_audit::Event::ApiKeyRevoke {
+        key_id: format!("key_{n}"),
+        name: "n".into(),
+    }
+}
+
+/// Retention and the anchor together: removals recorded and shipped pass;
+/// a deletion explained only by a record appended to the file afterwards
+/// (a valid chain, so `verify` alone accepts it) does not.
+#[tokio::test]
+async fn the_anchor_accepts_shipped_removals_and_not_a_record_added_later() {
+    use valet_audit::log::Segmenting;
+    use valet_audit::retention::{Retention, expire};
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let segmenting = Segmenting {
+        max_bytes: 600,
+        max_age_ms: 0,
+    };
+    let log =
+        valet_audit::AuditLog::open_with(&path, valet_audit::Durability::BeforeSend, segmenting).unwrap();
+    let settings = valet_audit::ship::ShipSettings {
+        redis_url: redis.url(),
+        behind_limit: 10_000,
+        when_behind: WhenBehind::Continue,
+        max_stream_entries: 0,
+        replica: "test".into(),
+    };
+    let shipper = Shipper::start(&log, settings).unwrap();
+    for n in 0..30 {
+        let event = valet_audit::Event::CredentialLease {
+            tenant: "acme".into(),
+            vendor: "mock".into(),
+            fingerprint: "fp".into(),
+            reason: format!("r{n}"),
+            request_id: format!("req-{n}"),
+            scopes: None,
+            source: None,
+        };
+        log.append("tester", event).await.unwrap();
+    }
+    let now = valet_audit::log::now_ms() + 100 * 86_400_000;
+    let expired = expire(&log, Retention::default(), now).await.unwrap();
+    assert!(expired.entries > 10, "{expired:?}");
+    for n in 0..3 {
+        log.append("tester", revoke_event(n)).await.unwrap();
+    }
+    let last = valet_audit::verify_report(&path).unwrap().last_seq;
+    let shipped = tokio::time::timeout(PATIENCE, shipper.wait_for(|s| s.shipped >= last)).await;
+    assert!(matches!(shipped, Ok(true)));
+    let matched = valet_audit::anchor::check(&path, &redis.url(), None)
+        .await
+        .expect("recorded removals pass");
+    assert!(matched.compared < matched.shipped, "{matched:?}");
+    drop(shipper);
+    drop(log);
+
+    // Forged: the entry before the last one deleted, and a record
+    // appended, chained to the last line, that "removed" it.
+    let victim = last - 1;
+    let mut victim_line = String::new();
+    for file in valet_audit::segment::files(&path).unwrap() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (gone, kept): (Vec<&str>, Vec<&str>) = text
+            .lines()
+            .partition(|l| l.starts_with(&format!("{{\"seq\":{victim},")));
+        if let Some(line) = gone.first() {
+            victim_line = (*line).to_owned();
+            std::fs::write(&file, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        }
+    }
+    assert!(!victim_line.is_empty());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last_line = text.lines().last().unwrap().to_owned();
+    // In the writer's own field order.
+    let forged = format!(
+        r#"{{"seq":{},"ts_ms":1,"prev":"{}","actor":"valet","event":"audit_expired","ranges":[{{"first_seq":{victim},"last_seq":{victim},"last_hash":"{}"}}],"segments":[]}}"#,
+        last + 1,
+        valet_audit::line_hash(last_line.as_bytes()),
+        valet_audit::line_hash(victim_line.as_bytes())
+    );
+    std::fs::write(&path, format!("{text}{forged}\n")).unwrap();
+    let chain = valet_audit::verify(&path);
+    assert!(chain.is_ok(), "the chain alone accepts it: {chain:?}");
+    let err = valet_audit::anchor::check(&path, &redis.url(), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("entry {victim} was shipped but is not in the file")),
+        "{err}"
+    );
+}

@@ -148,7 +148,10 @@ fn expiry_records(files: Vec<std::path::PathBuf>) -> std::io::Result<Records> {
     let mut before: Option<Vec<u8>> = None;
     let mut last_seq = 0u64;
     while lines.next_line(&mut buf)? {
-        let seq = crate::segment::seq_of(&buf).unwrap_or(0);
+        // The writer puts `seq` first; a line written by someone else may not.
+        let seq = crate::segment::seq_of(&buf)
+            .or_else(|| serde_json::from_slice::<serde_json::Value>(&buf).ok()?["seq"].as_u64())
+            .unwrap_or(0);
         let hash_before = || before.as_deref().map_or_else(|| GENESIS.to_owned(), line_hash);
         // Cheap test first: most lines are not records.
         if memchr_find(&buf, b"\"event\":\"audit_expired\"").is_some()

@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 use valet_audit::log::Segmenting;
 use valet_audit::query::{Filter, scan, summarize};
-use valet_audit::ship::{ShipSettings, Shipper, WhenBehind};
+use valet_audit::ship::{RedisShipping, ShipSettings, Shipper, WhenBehind};
 use valet_audit::{AuditLog, Durability, Event};
 use valet_testkit::RedisServer;
 
@@ -115,14 +115,16 @@ async fn main() {
 
     let redis = RedisServer::start().await;
     let settings = ShipSettings {
-        redis_url: redis.url(),
         behind_limit: u64::MAX,
         when_behind: WhenBehind::Continue,
+    };
+    let to = RedisShipping {
+        redis_url: redis.url(),
         max_stream_entries: 0,
         replica: "bench".into(),
     };
     timed("ship to redis (this process's CPU only)", n, async {
-        let shipper = Shipper::start(&log, settings).unwrap();
+        let shipper = Shipper::start(&log, settings, to).unwrap();
         assert!(shipper.wait_for(|s| s.shipped >= n).await);
     })
     .await;

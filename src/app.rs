@@ -61,6 +61,8 @@ pub struct App {
     pub audit_retention: valet_audit::retention::Retention,
     /// The log's shipping to Redis (`[audit] ship`), when configured.
     pub audit_ship: Option<valet_audit::ship::Shipper>,
+    /// The log's shipping to an OTLP collector (`[audit] otlp`).
+    pub audit_otlp: Option<valet_audit::ship::Shipper>,
     /// Size limits.
     pub limits: Limits,
     /// Room for the vendor answers all calls hold at once.
@@ -202,7 +204,7 @@ impl App {
         };
         let audit = AuditLog::open_with(&dir.join("audit.log"), config.audit.durability, segmenting)
             .map_err(|e| StartError::State(e.to_string()))?;
-        let audit_ship = start_shipping(config, &audit, &metrics)?;
+        let shippers = start_shipping(config, &audit, &metrics)?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
         let idempotency = open_idempotency(config, dir).await?;
         let purged = idempotency
@@ -255,7 +257,8 @@ impl App {
             registry,
             audit,
             audit_durability: config.audit.durability,
-            audit_ship,
+            audit_ship: shippers.redis,
+            audit_otlp: shippers.otlp,
             audit_retention: config.audit.retention_days.retention(),
             limits,
             answers: valet_egress::AnswerBudget::new(config.limits.max_buffered_response_bytes),
@@ -427,46 +430,85 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
     })
 }
 
-/// Starts shipping the audit log, if `[audit] ship` asks, with its gauges.
-fn start_shipping(
-    config: &Config,
-    audit: &AuditLog,
-    metrics: &Metrics,
-) -> Result<Option<valet_audit::ship::Shipper>, StartError> {
-    let Some(ship) = &config.audit.ship else {
-        return Ok(None);
+/// The audit log's shippers (`[audit] ship`, `[audit] otlp`), as started.
+pub struct Shippers {
+    /// To Redis: the fleet's copy and the anchor.
+    pub redis: Option<valet_audit::ship::Shipper>,
+    /// To an OTLP collector.
+    pub otlp: Option<valet_audit::ship::Shipper>,
+}
+
+/// Starts each shipper `[audit]` asks for, and their gauges (labelled by
+/// `sink`).
+fn start_shipping(config: &Config, audit: &AuditLog, metrics: &Metrics) -> Result<Shippers, StartError> {
+    use valet_audit::ship::{OtlpShipping, RedisShipping, ShipSettings, Shipper};
+    let failed = |e: valet_audit::ship::ShipError| StartError::State(e.to_string());
+    let redis = match &config.audit.ship {
+        None => None,
+        Some(ship) => {
+            let settings = ShipSettings {
+                behind_limit: ship.behind_limit,
+                when_behind: ship.when_behind,
+            };
+            let redis = RedisShipping {
+                redis_url: config
+                    .redis_url_for(&ship.redis_url)
+                    .unwrap_or_default()
+                    .to_owned(),
+                max_stream_entries: ship.max_stream_entries,
+                replica: host_name(),
+            };
+            Some(Shipper::start(audit, settings, redis).map_err(failed)?)
+        }
     };
-    let settings = valet_audit::ship::ShipSettings {
-        redis_url: config
-            .redis_url_for(&ship.redis_url)
-            .unwrap_or_default()
-            .to_owned(),
-        behind_limit: ship.behind_limit,
-        when_behind: ship.when_behind,
-        max_stream_entries: ship.max_stream_entries,
-        replica: host_name(),
+    let otlp = match &config.audit.otlp {
+        None => None,
+        Some(otlp) => {
+            let settings = ShipSettings {
+                behind_limit: otlp.behind_limit,
+                when_behind: otlp.when_behind,
+            };
+            let to = OtlpShipping {
+                endpoint: config.otlp_endpoint_for(otlp).unwrap_or_default().to_owned(),
+                replica: host_name(),
+            };
+            Some(Shipper::start_otlp(audit, settings, to).map_err(failed)?)
+        }
     };
-    let shipper =
-        valet_audit::ship::Shipper::start(audit, settings).map_err(|e| StartError::State(e.to_string()))?;
-    let behind = shipper.clone();
-    metrics.gauge(
-        "valet.audit.ship.behind",
-        "Durable audit entries not yet shipped to Redis ([audit] ship)",
-        move || behind.status().behind as i64,
-    );
-    let up = shipper.clone();
-    metrics.gauge(
-        "valet.audit.ship.up",
-        "1 while the last send of audit entries to Redis succeeded",
-        move || i64::from(up.status().up),
-    );
-    let failures = shipper.clone();
-    metrics.counter_fn(
-        "valet.audit.ship.failures",
-        "Failed sends of audit entries to Redis (each retried)",
-        move || failures.status().failures,
-    );
-    Ok(Some(shipper))
+    let sinks: Vec<(String, Shipper)> = [("redis", &redis), ("otlp", &otlp)]
+        .into_iter()
+        .filter_map(|(name, s)| s.clone().map(|s| (name.to_owned(), s)))
+        .collect();
+    if !sinks.is_empty() {
+        let each = |read: fn(&valet_audit::ship::ShipStatus) -> i64| {
+            let sinks = sinks.clone();
+            move || {
+                sinks
+                    .iter()
+                    .map(|(n, s)| (n.clone(), read(&s.status())))
+                    .collect()
+            }
+        };
+        metrics.labelled_gauge(
+            "valet.audit.ship.behind",
+            "Durable audit entries not yet shipped, by sink ([audit] ship: redis, [audit] otlp: otlp)",
+            "sink",
+            each(|s| s.behind as i64),
+        );
+        metrics.labelled_gauge(
+            "valet.audit.ship.up",
+            "1 while the last send of audit entries to the sink succeeded",
+            "sink",
+            each(|s| i64::from(s.up)),
+        );
+        metrics.labelled_gauge(
+            "valet.audit.ship.failures",
+            "Failed sends of audit entries to the sink since start (each retried)",
+            "sink",
+            each(|s| s.failures as i64),
+        );
+    }
+    Ok(Shippers { redis, otlp })
 }
 
 /// This machine's host name ("localhost" if it has none).

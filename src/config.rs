@@ -278,6 +278,25 @@ pub struct AuditConfig {
     /// --anchor` checks the file against. Off when absent.
     #[serde(default)]
     pub ship: Option<ShipConfig>,
+    /// Ship every durable entry as an OTLP log record to a collector (on
+    /// to a SIEM). Off when absent.
+    #[serde(default)]
+    pub otlp: Option<OtlpShipConfig>,
+}
+
+/// `[audit] otlp = { … }`: shipping to an OpenTelemetry Collector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpShipConfig {
+    /// The collector's OTLP/gRPC endpoint; default: `telemetry.otlp_endpoint`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Durable entries not yet shipped past which `when_behind` applies.
+    #[serde(default = "default_behind_limit")]
+    pub behind_limit: u64,
+    /// `continue` (default) or `refuse`, as for `ship`.
+    #[serde(default)]
+    pub when_behind: valet_audit::ship::WhenBehind,
 }
 
 impl Default for AuditConfig {
@@ -288,6 +307,7 @@ impl Default for AuditConfig {
             retention_days: RetentionDays::default(),
             durability: valet_audit::Durability::default(),
             ship: None,
+            otlp: None,
         }
     }
 }
@@ -985,6 +1005,15 @@ impl Config {
         Ok((registry, limits))
     }
 
+    /// The collector audit entries go to: `[audit] otlp`'s own endpoint,
+    /// or else the telemetry one.
+    pub fn otlp_endpoint_for<'a>(&'a self, otlp: &'a OtlpShipConfig) -> Option<&'a str> {
+        otlp.endpoint
+            .as_deref()
+            .or(self.telemetry.otlp_endpoint.as_deref())
+            .filter(|e| !e.is_empty())
+    }
+
     /// The Redis URL a feature uses: its own, or else the shared one.
     pub fn redis_url_for<'a>(&'a self, own: &'a Option<String>) -> Option<&'a str> {
         own.as_deref()
@@ -1008,6 +1037,14 @@ impl Config {
         {
             return Err(invalid(
                 "audit.ship.redis_url: required to ship the audit log (or set the top-level redis_url)"
+                    .into(),
+            ));
+        }
+        if let Some(otlp) = &self.audit.otlp
+            && self.otlp_endpoint_for(otlp).is_none()
+        {
+            return Err(invalid(
+                "audit.otlp.endpoint: required to ship the audit log over OTLP (or set telemetry.otlp_endpoint)"
                     .into(),
             ));
         }
@@ -1437,6 +1474,7 @@ mod tests {
             ),
             ("[idempotency]\nbackend = \"redis\"\n", "idempotency.redis_url"),
             ("[audit]\nship = {}\n", "audit.ship.redis_url"),
+            ("[audit]\notlp = {}\n", "audit.otlp.endpoint"),
             (
                 "[audit]\nretention_days = { access = 0 }\n",
                 "audit.retention_days.access",

@@ -468,13 +468,15 @@ async fn the_anchor_accepts_shipped_removals_and_not_a_record_added_later() {
     let log =
         valet_audit::AuditLog::open_with(&path, valet_audit::Durability::BeforeSend, segmenting).unwrap();
     let settings = valet_audit::ship::ShipSettings {
-        redis_url: redis.url(),
         behind_limit: 10_000,
         when_behind: WhenBehind::Continue,
+    };
+    let to = valet_audit::ship::RedisShipping {
+        redis_url: redis.url(),
         max_stream_entries: 0,
         replica: "test".into(),
     };
-    let shipper = Shipper::start(&log, settings).unwrap();
+    let shipper = Shipper::start(&log, settings, to).unwrap();
     for n in 0..30 {
         let event = valet_audit::Event::CredentialLease {
             tenant: "acme".into(),
@@ -538,4 +540,84 @@ async fn the_anchor_accepts_shipped_removals_and_not_a_record_added_later() {
         err.contains(&format!("entry {victim} was shipped but is not in the file")),
         "{err}"
     );
+}
+
+/// Both sinks at once, a real OTLP receiver and a real Redis: each gets
+/// every entry, identical and in order; the collector refusing for a while
+/// loses nothing (the backlog drains when it takes logs again); the canary
+/// is in neither.
+#[tokio::test]
+async fn the_otlp_and_redis_sinks_get_identical_ordered_copies_and_a_backlog_drains() {
+    let mock = MockVendor::start().await;
+    let redis = RedisServer::start().await;
+    let collector = valet_testkit::OtlpReceiver::start().await;
+    let mut config = Config {
+        vendors: vec![vendor("mock", &mock.base_url(), bearer())],
+        ..Config::default()
+    };
+    config.audit.ship = Some(ShipConfig {
+        redis_url: Some(redis.url()),
+        behind_limit: 10_000,
+        when_behind: WhenBehind::Continue,
+        max_stream_entries: 0,
+    });
+    config.audit.otlp = Some(valet::config::OtlpShipConfig {
+        endpoint: Some(collector.endpoint.clone()),
+        behind_limit: 10_000,
+        when_behind: WhenBehind::Continue,
+    });
+    let valet = Valet::start_with(config, tempfile::tempdir().unwrap()).await;
+    let canary = valet_testkit::canary("audit-otlp");
+    valet.put_credential("acme", "mock", &canary).await;
+    let key = valet
+        .api_key(&["acme"], &["mock"], &[proto::Operation::Read])
+        .await;
+    assert!(calls(&valet, &key, 5).await.iter().all(Result::is_ok));
+    let otlp = valet
+        .app
+        .upgrade()
+        .unwrap()
+        .audit_otlp
+        .clone()
+        .expect("otlp sink");
+    let shipped_to_otlp = |n: u64| {
+        let otlp = otlp.clone();
+        async move {
+            let done = tokio::time::timeout(PATIENCE, otlp.wait_for(|s| s.shipped >= n)).await;
+            assert!(matches!(done, Ok(true)), "{:?}", otlp.status());
+        }
+    };
+    let n = all_shipped(&valet).await;
+    shipped_to_otlp(n).await;
+
+    // The collector down for a while: calls go on, the backlog waits.
+    collector.refuse_logs(true);
+    assert!(calls(&valet, &key, 5).await.iter().all(Result::is_ok));
+    let stalled = tokio::time::timeout(PATIENCE, otlp.wait_for(|s| !s.up && s.behind > 0)).await;
+    assert!(matches!(stalled, Ok(true)), "{:?}", otlp.status());
+    collector.refuse_logs(false);
+    let n = all_shipped(&valet).await;
+    shipped_to_otlp(n).await;
+
+    let text: String = valet_audit::segment::files(&valet.audit_log())
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let logs = collector.logs();
+    let bodies: Vec<&str> = logs.iter().map(|l| l.body.as_str()).collect();
+    assert_eq!(bodies, lines, "every entry once, in order, exactly as written");
+    let id = log_id(&valet.audit_log(), false).unwrap().unwrap();
+    for (n, (log, line)) in logs.iter().zip(&lines).enumerate() {
+        assert_eq!(log.attributes["valet.audit.seq"], (n + 1).to_string());
+        assert_eq!(
+            log.attributes["valet.audit.hash"],
+            valet_audit::line_hash(line.as_bytes())
+        );
+        assert_eq!(log.attributes["valet.audit.log"], id);
+        assert_eq!(log.service_name, "valet");
+    }
+    assert_stream_is_the_file(&redis, &valet.audit_log()).await;
+    assert_eq!(forms_found(&collector.raw(), &canary), Vec::<&str>::new());
 }

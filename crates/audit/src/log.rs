@@ -155,9 +155,9 @@ struct Tail {
     /// which the kernel may have dropped written pages). Every later write
     /// is refused; a restart recovers from what is on disk.
     poisoned: Option<String>,
-    /// Set while a [`Hold`] refuses new entries (shipping fell too far
-    /// behind, `when_behind = "refuse"`); cleared when it catches up.
-    held: Option<String>,
+    /// Why each [`Hold`] that refuses new entries does (a sink fell too
+    /// far behind, `when_behind = "refuse"`), by sink; empty: none does.
+    held: std::collections::BTreeMap<&'static str, String>,
     sync_waiting: bool,
     /// Someone waits for durability: the next fsync starts without a pause.
     hurry: bool,
@@ -267,7 +267,7 @@ impl AuditLog {
     /// untrustworthy since it was opened, and no [`Hold`] refuses them.
     pub fn writable(&self) -> bool {
         let tail = self.shared.lock();
-        tail.poisoned.is_none() && tail.held.is_none()
+        tail.poisoned.is_none() && tail.held.is_empty()
     }
 
     /// The log's path.
@@ -300,7 +300,7 @@ impl AuditLog {
         let body = serde_json::to_vec(&Body { actor, event }).expect("an entry serialises");
         let ts_ms = now_ms();
         let mut tail = self.shared.lock();
-        if let Some(why) = tail.poisoned.as_ref().or(tail.held.as_ref()) {
+        if let Some(why) = tail.poisoned.as_ref().or(tail.held.values().next()) {
             return Err(AuditError::Write(why.clone()));
         }
         if tail.first_seq > 0 && !tail.seal_failed && self.shared.segment_full(&tail, ts_ms) {
@@ -380,17 +380,18 @@ impl DurableSeqs {
 pub struct Hold(std::sync::Weak<Shared>);
 
 impl Hold {
-    /// Refuses every new entry with `why` until [`Hold::release`].
-    pub fn refuse(&self, why: &str) {
+    /// Refuses every new entry with `why`, for `by`, until
+    /// [`Hold::release`] for the same `by`.
+    pub fn refuse(&self, by: &'static str, why: &str) {
         if let Some(shared) = self.0.upgrade() {
-            shared.lock().held = Some(why.to_owned());
+            shared.lock().held.insert(by, why.to_owned());
         }
     }
 
-    /// Accepts entries again.
-    pub fn release(&self) {
+    /// Accepts entries again, as far as `by` is concerned.
+    pub fn release(&self, by: &'static str) {
         if let Some(shared) = self.0.upgrade() {
-            shared.lock().held = None;
+            shared.lock().held.remove(by);
         }
     }
 }
@@ -593,7 +594,7 @@ fn recover(path: &Path, file: &mut File) -> Result<Tail, String> {
         seq,
         prev,
         poisoned: None,
-        held: None,
+        held: Default::default(),
         sync_waiting: false,
         hurry: false,
         closing: false,

@@ -1,34 +1,28 @@
-//! Shipping the log off the box: one task tails the local file and appends
-//! every durable entry to a Redis stream, where it is the fleet's copy (what
-//! a fleet query reads) and the anchor `valet audit verify --anchor` checks
-//! the file against.
+//! Shipping the log off the box: for each sink, one task tails the local
+//! file and sends every durable entry on, oldest first, each with its seq
+//! and hash. Two sinks: a Redis stream ([`redis`]: the fleet's copy and the
+//! anchor) and OTLP logs to a collector ([`otlp`]: on to any SIEM).
 //!
 //! Why tail the file rather than send from the call: the file is the log,
 //! and the call path pays nothing for shipping. A sink that is down or slow
 //! leaves entries in the file, where they already are, durable, so the
-//! backlog is bounded only by the disk and nothing is lost. When Redis
+//! backlog is bounded only by the disk and nothing is lost. When the sink
 //! answers again the shipper sends what it missed, oldest first.
 //! [`WhenBehind`] says what happens meanwhile: calls go on and the lag is
 //! reported (`continue`, the default), or, past `behind_limit` entries,
 //! every new entry is refused until the backlog drains (`refuse`), so no
 //! credential is used that only the box's own file records.
 //!
-//! Only durable entries are shipped: the copy never holds an entry a power
+//! Only durable entries are shipped: a copy never holds an entry a power
 //! loss could take out of the file, so a shorter file is always tampering.
-//!
-//! In Redis (one hash slot, `{audit}`):
-//! - `valet:{audit}:log`, a stream: one stream entry per audit entry, with
-//!   fields `log` (the log's id), `seq`, `hash` (the line's SHA-256, what the
-//!   next entry's `prev` holds) and `line` (the entry exactly as written).
-//! - `valet:{audit}:head:<log id>`, a hash: the last shipped `seq` and
-//!   `hash`, and the `replica` that shipped it.
-//! - `valet:{audit}:logs`, a set: every log id shipped.
-//!
 //! A log's id is the first 16 hex digits of its first line's hash: stable
-//! across restarts, different for every log ([`crate::segment::log_id`]). One Lua script appends a batch
-//! and moves the head only if the batch continues it, so a batch resent
-//! after a lost answer is not appended twice, and a Redis that lost its data
-//! ("GAP 0") is refilled from the file's first entry.
+//! across restarts, different for every log ([`crate::segment::log_id`]).
+
+pub mod otlp;
+pub mod redis;
+
+pub use self::otlp::OtlpShipping;
+pub use self::redis::{LOGS_KEY, RedisCopy, RedisShipping, STREAM_KEY, Shipped, head_key};
 
 use crate::line_hash;
 use crate::log::{AuditLog, DurableSeqs, Hold};
@@ -37,54 +31,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The stream every log is shipped to.
-pub const STREAM_KEY: &str = "valet:{audit}:log";
-/// The set of every log id shipped.
-pub const LOGS_KEY: &str = "valet:{audit}:logs";
-
-/// The head of log `id` in Redis.
-pub fn head_key(id: &str) -> String {
-    format!("valet:{{audit}}:head:{id}")
-}
-
-/// Entries sent in one script call.
+/// Entries sent at once.
 const BATCH: usize = 256;
-/// How long one Redis request may take.
+/// How long one request to a sink may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause after a failed send, doubled up to `MAX_BACKOFF`.
 const BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Appends a batch if it continues the head the shipper expects. KEYS:
-/// stream, head, logs. ARGV: log id, replica, max stream length (0: never
-/// trimmed), the head expected, then (seq, hash, line) for each entry.
-/// Returns the head's seq after. (Seqs may skip: retention removes entries
-/// from old segments, and a refill after a loss ships what is left.)
-const SHIP_LUA: &str = r#"
-local head = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
-local maxlen = tonumber(ARGV[3])
-if head ~= tonumber(ARGV[4]) then
-  return redis.error_reply('GAP ' .. head)
-end
-local last = nil
-for i = 5, #ARGV, 3 do
-  local seq = tonumber(ARGV[i])
-  if seq > head then
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'log', ARGV[1], 'seq', ARGV[i], 'hash', ARGV[i + 1], 'line', ARGV[i + 2])
-    else
-      redis.call('XADD', KEYS[1], '*', 'log', ARGV[1], 'seq', ARGV[i], 'hash', ARGV[i + 1], 'line', ARGV[i + 2])
-    end
-    head = seq
-    last = ARGV[i + 1]
-  end
-end
-if last then
-  redis.call('HSET', KEYS[2], 'seq', head, 'hash', last, 'replica', ARGV[2])
-  redis.call('SADD', KEYS[3], ARGV[1])
-end
-return head
-"#;
 
 /// What to do when shipping falls `behind_limit` entries behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -99,27 +52,35 @@ pub enum WhenBehind {
     Refuse,
 }
 
-/// How to ship.
-#[derive(Debug, Clone)]
+/// What to do when a sink falls behind.
+#[derive(Debug, Clone, Copy)]
 pub struct ShipSettings {
-    /// The Redis to ship to.
-    pub redis_url: String,
     /// Entries durable but not shipped past which `when_behind` applies.
     pub behind_limit: u64,
     /// See [`WhenBehind`].
     pub when_behind: WhenBehind,
-    /// Trim the stream to about this many entries (0: never). Trimming
-    /// bounds Redis's memory and also what `verify --anchor` can compare.
-    pub max_stream_entries: u64,
-    /// This replica's name, recorded with the head.
-    pub replica: String,
+}
+
+/// Where entries go: what it holds of a log, and how a batch is sent.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Its name in logs, metrics and refusals (`redis`, `otlp`).
+    const NAME: &'static str;
+    /// The last seq the sink holds of log `id` (0: none).
+    fn head(&self, id: &str) -> impl std::future::Future<Output = Result<u64, String>> + Send;
+    /// Sends `batch`, which follows `head`; returns the sink's head after.
+    fn send(
+        &self,
+        id: &str,
+        head: u64,
+        batch: &[Line],
+    ) -> impl std::future::Future<Output = Result<u64, String>> + Send;
 }
 
 /// Why shipping could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
-    /// The Redis URL is not one.
-    #[error("audit shipping: redis_url: {0}")]
+    /// The sink's address is not one.
+    #[error("audit shipping: {0}")]
     Url(String),
 }
 
@@ -128,7 +89,7 @@ pub enum ShipError {
 pub struct ShipStatus {
     /// The log's id, once it has a first entry.
     pub log_id: Option<String>,
-    /// The last entry Redis holds.
+    /// The last entry the sink holds.
     pub shipped: u64,
     /// Durable entries not yet shipped.
     pub behind: u64,
@@ -146,7 +107,8 @@ pub struct ShipStatus {
 #[derive(Clone)]
 pub struct Shipper {
     status: watch::Receiver<ShipStatus>,
-    conn: redis::aio::ConnectionManager,
+    /// The fleet's copy, for a Redis shipper.
+    copy: Option<RedisCopy>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -155,78 +117,48 @@ impl std::fmt::Debug for Shipper {
     }
 }
 
-/// One entry of the fleet's copy, as shipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shipped {
-    /// Its id in the stream (the order entries were shipped in).
-    pub stream_id: String,
-    /// The log it belongs to.
-    pub log_id: String,
-    /// The entry exactly as written.
-    pub line: String,
-}
-
 impl Shipper {
-    /// Starts shipping `log` as `settings` say, on the current runtime.
-    pub fn start(log: &AuditLog, settings: ShipSettings) -> Result<Self, ShipError> {
-        let client =
-            redis::Client::open(settings.redis_url.as_str()).map_err(|e| ShipError::Url(e.to_string()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| ShipError::Url(e.to_string()))?;
+    /// Starts shipping `log` to Redis, on the current runtime.
+    pub fn start(log: &AuditLog, settings: ShipSettings, redis: RedisShipping) -> Result<Self, ShipError> {
+        let copy = RedisCopy::connect(&redis.redis_url)?;
+        let sink = self::redis::RedisSink::new(copy.clone(), redis);
+        let mut shipper = Self::spawn(log, settings, sink);
+        shipper.copy = Some(copy);
+        Ok(shipper)
+    }
+
+    /// Starts shipping `log` to an OTLP collector, on the current runtime.
+    pub fn start_otlp(
+        log: &AuditLog,
+        settings: ShipSettings,
+        otlp: otlp::OtlpShipping,
+    ) -> Result<Self, ShipError> {
+        let sink = otlp::OtlpSink::new(log.path(), otlp)?;
+        Ok(Self::spawn(log, settings, sink))
+    }
+
+    fn spawn<S: Sink>(log: &AuditLog, settings: ShipSettings, sink: S) -> Self {
         let (status_tx, status) = watch::channel(ShipStatus::default());
         let task = Task {
             path: log.path().to_owned(),
             durable: log.durable_seqs(),
             hold: log.hold(),
-            conn: conn.clone(),
-            script: redis::Script::new(SHIP_LUA),
+            sink,
             settings,
             status: status_tx,
         };
         tokio::spawn(task.run());
-        Ok(Self { status, conn })
+        Self { status, copy: None }
     }
 
     /// Up to `count` entries of every log shipped to this Redis, after
-    /// stream id `after` (empty: from the start), in the order shipped.
+    /// stream id `after` (empty: from the start); an error for a shipper
+    /// that does not ship to Redis.
     pub async fn fleet_page(&self, after: &str, count: usize) -> Result<Vec<Shipped>, String> {
-        let start = if after.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("({after}")
-        };
-        let mut conn = self.conn.clone();
-        // Each stream entry: its id, then field, value, field, value, …
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(STREAM_KEY).arg(start).arg("+").arg("COUNT").arg(count);
-        let asked = cmd.query_async::<Vec<(String, Vec<String>)>>(&mut conn);
-        let page = match tokio::time::timeout(TIMEOUT, asked).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => return Err(format!("redis: {e}")),
-            Err(_) => return Err("redis: timed out".into()),
-        };
-        Ok(page
-            .into_iter()
-            .map(|(stream_id, fields)| {
-                let mut shipped = Shipped {
-                    stream_id,
-                    log_id: String::new(),
-                    line: String::new(),
-                };
-                for kv in fields.chunks_exact(2) {
-                    match kv[0].as_str() {
-                        "log" => shipped.log_id = kv[1].clone(),
-                        "line" => shipped.line = kv[1].clone(),
-                        _ => {}
-                    }
-                }
-                shipped
-            })
-            .collect())
+        match &self.copy {
+            Some(copy) => copy.fleet_page(after, count).await,
+            None => Err("this shipper does not ship to Redis".into()),
+        }
     }
 
     /// How shipping stands now.
@@ -242,21 +174,20 @@ impl Shipper {
     }
 }
 
-struct Task {
+struct Task<S> {
     path: PathBuf,
     durable: DurableSeqs,
     hold: Hold,
-    conn: redis::aio::ConnectionManager,
-    script: redis::Script,
+    sink: S,
     settings: ShipSettings,
     status: watch::Sender<ShipStatus>,
 }
 
 /// One entry read from the file.
-struct Line {
-    seq: u64,
-    hash: String,
-    text: String,
+pub(crate) struct Line {
+    pub(crate) seq: u64,
+    pub(crate) hash: String,
+    pub(crate) text: String,
 }
 
 /// The log, read forward from one entry, across its segments.
@@ -317,7 +248,7 @@ impl Reader {
     }
 }
 
-impl Task {
+impl<S: Sink> Task<S> {
     async fn run(mut self) {
         let mut backoff = BACKOFF;
         let mut shipped: Option<u64> = None;
@@ -367,7 +298,7 @@ impl Task {
                     self.gate(durable.saturating_sub(head));
                 }
                 Err(why) => {
-                    // Start again from what Redis says it holds.
+                    // Start again from what the sink says it holds.
                     shipped = None;
                     reader = None;
                     self.gate(self.durable.now().saturating_sub(self.status().shipped));
@@ -388,7 +319,7 @@ impl Task {
         let head = match *shipped {
             Some(head) => head,
             None => {
-                let head = self.head(id).await?;
+                let head = self.sink.head(id).await?;
                 *shipped = Some(head);
                 head
             }
@@ -402,27 +333,8 @@ impl Task {
                 "the audit log has no entry after seq {head} up to seq {durable}"
             ));
         }
-        let mut invocation = self.script.key(STREAM_KEY);
-        invocation
-            .key(head_key(id))
-            .key(LOGS_KEY)
-            .arg(id)
-            .arg(&self.settings.replica)
-            .arg(self.settings.max_stream_entries)
-            .arg(head);
-        for line in &batch {
-            invocation.arg(line.seq).arg(&line.hash).arg(&line.text);
-        }
-        let mut conn = self.conn.clone();
-        let sent = tokio::time::timeout(TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await;
-        match sent {
-            Ok(Ok(new_head)) => {
-                *shipped = Some(new_head);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!("redis: {e}")),
-            Err(_) => Err("redis: timed out".into()),
-        }
+        *shipped = Some(self.sink.send(id, head, &batch).await?);
+        Ok(())
     }
 
     /// The entries after `head` up to `durable`, at most [`BATCH`], read
@@ -451,19 +363,6 @@ impl Task {
         Ok(batch)
     }
 
-    /// The seq Redis holds for log `id` (0: none).
-    async fn head(&self, id: &str) -> Result<u64, String> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(head_key(id)).arg("seq");
-        let asked = cmd.query_async::<Option<u64>>(&mut conn);
-        match tokio::time::timeout(TIMEOUT, asked).await {
-            Ok(Ok(seq)) => Ok(seq.unwrap_or(0)),
-            Ok(Err(e)) => Err(format!("redis: {e}")),
-            Err(_) => Err("redis: timed out".into()),
-        }
-    }
-
     /// Applies `when_behind` for a backlog of `behind` entries.
     fn gate(&self, behind: u64) {
         let refuse = self.settings.when_behind == WhenBehind::Refuse && behind > self.settings.behind_limit;
@@ -474,13 +373,17 @@ impl Task {
                 limit = self.settings.behind_limit,
                 "audit shipping too far behind; refusing new entries"
             );
-            self.hold.refuse(&format!(
-                "audit shipping is {behind} entries behind (limit {}); new entries are refused until Redis takes them",
-                self.settings.behind_limit
-            ));
+            self.hold.refuse(
+                S::NAME,
+                &format!(
+                    "audit shipping to {} is {behind} entries behind (limit {}); new entries are refused until it takes them",
+                    S::NAME,
+                    self.settings.behind_limit
+                ),
+            );
         } else if !refuse && was {
             tracing::info!(behind, "audit shipping caught up; accepting entries again");
-            self.hold.release();
+            self.hold.release(S::NAME);
         }
         self.report(|s| {
             s.behind = behind;
@@ -489,7 +392,7 @@ impl Task {
     }
 
     async fn failed(&self, why: &str, backoff: &mut Duration) {
-        tracing::warn!(error = %why, "audit shipping failed; retrying");
+        tracing::warn!(sink = S::NAME, error = %why, "audit shipping failed; retrying");
         self.report(|s| {
             s.up = false;
             s.error = Some(why.to_owned());

@@ -25,7 +25,7 @@
 //! | `valet_credential_cache_lookups_total` | result (`hit`, `miss`, `stale`) |
 //! | `valet_secrets_manager_request_duration_seconds` | operation, outcome (`ok`, `error`) |
 //! | `valet_audit_write_failures_total` | |
-//! | `valet_audit_ship_behind`, `valet_audit_ship_up`, `valet_audit_ship_failures_total` | (with `[audit] ship`) |
+//! | `valet_audit_ship_behind`, `valet_audit_ship_up`, `valet_audit_ship_failures` | sink (`redis`, `otlp`) |
 //! | `valet_oauth_token_requests_total` | vendor, outcome (`issued`, `reauth_required`, `refused`, `busy`, `unavailable`) |
 //! | `valet_oauth_refresh_tokens_unstored` | |
 //! | `valet_ready` | |
@@ -302,14 +302,27 @@ impl Metrics {
         description: &'static str,
         read: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
     ) {
+        self.labelled_gauge(name, description, "vendor", read);
+    }
+
+    /// A gauge read when metrics are collected, one series per value of
+    /// the `label` (from config: vendor or sink names, never caller input).
+    pub fn labelled_gauge(
+        &self,
+        name: &'static str,
+        description: &'static str,
+        label: &'static str,
+        read: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
+    ) {
+        // The SDK keeps the callback for the provider's life.
         let _gauge = self
             .inner
             .meter
             .i64_observable_gauge(name)
             .with_description(description)
             .with_callback(move |observer| {
-                for (vendor, value) in read() {
-                    observer.observe(value, &[KeyValue::new("vendor", vendor)]);
+                for (value_of, value) in read() {
+                    observer.observe(value, &[KeyValue::new(label, value_of)]);
                 }
             })
             .build();

@@ -40,7 +40,7 @@ pub use counting_proxy::CountingProxy;
 pub use mock_vendor::{MockVendor, Recorded, Scripted};
 pub use moto::Moto;
 pub use oauth_provider::MockOAuth;
-pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use otlp::{OtlpReceiver, ReceivedLog, ReceivedSpan};
 pub use redis_server::RedisServer;
 pub use tls::TestCa;
 

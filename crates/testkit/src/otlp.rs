@@ -1,6 +1,9 @@
-//! A real OTLP receiver: the collector's `TraceService` and `MetricsService`
-//! over gRPC on a free loopback port, keeping what it receives.
+//! A real OTLP receiver: the collector's `TraceService`, `MetricsService`
+//! and `LogsService` over gRPC on a free loopback port, keeping what it
+//! receives.
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -52,8 +55,22 @@ impl ReceivedSpan {
     }
 }
 
+/// One received log record, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct ReceivedLog {
+    /// Its body, as text.
+    pub body: String,
+    /// Attributes as text.
+    pub attributes: BTreeMap<String, String>,
+    /// Its time, Unix nanoseconds.
+    pub time_unix_nano: u64,
+    /// `service.name` of the resource that sent it.
+    pub service_name: String,
+}
+
 #[derive(Default)]
 struct Received {
+    logs: Vec<ReceivedLog>,
     spans: Vec<ReceivedSpan>,
     /// Every export request, protobuf-encoded, for leak scans.
     raw: Vec<u8>,
@@ -68,6 +85,8 @@ struct Shared {
     changed: Arc<Notify>,
     /// Count spans and drop them (for benchmarks: memory stays flat).
     count_only: bool,
+    /// Answer log exports with UNAVAILABLE (a collector that is down).
+    refusing_logs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The receiver; stops when dropped.
@@ -108,6 +127,7 @@ impl OtlpReceiver {
         let server = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(shared.clone()))
             .add_service(MetricsServiceServer::new(shared.clone()))
+            .add_service(LogsServiceServer::new(shared.clone()))
             .serve_with_incoming(incoming);
         let task = tokio::spawn(async move {
             let _ = server.await;
@@ -127,6 +147,30 @@ impl OtlpReceiver {
     /// Spans received so far (kept or only counted).
     pub fn span_count(&self) -> u64 {
         self.shared.received.lock().expect("lock").span_count
+    }
+
+    /// Refuse log exports (UNAVAILABLE) while `on`, as a collector that is
+    /// down would.
+    pub fn refuse_logs(&self, on: bool) {
+        self.shared
+            .refusing_logs
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every log record received so far.
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.shared.received.lock().expect("lock").logs.clone()
+    }
+
+    /// Waits until at least `n` log records have arrived.
+    pub async fn wait_for_logs(&self, n: usize) {
+        loop {
+            let changed = self.shared.changed.notified();
+            if self.logs().len() >= n {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Names of metrics received over OTLP so far.
@@ -248,6 +292,42 @@ impl MetricsService for Shared {
         drop(received);
         self.changed.notify_waiters();
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Shared {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if self.refusing_logs.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("the receiver is refusing logs"));
+        }
+        let request = request.into_inner();
+        let mut received = self.received.lock().expect("lock");
+        received.raw.extend(request.encode_to_vec());
+        for resource in &request.resource_logs {
+            let service_name = resource
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .map(|kv| text(kv.value.as_ref()))
+                .unwrap_or_default();
+            for scope in &resource.scope_logs {
+                for record in &scope.log_records {
+                    received.logs.push(ReceivedLog {
+                        body: text(record.body.as_ref()),
+                        attributes: attributes(&record.attributes),
+                        time_unix_nano: record.time_unix_nano,
+                        service_name: service_name.clone(),
+                    });
+                }
+            }
+        }
+        drop(received);
+        self.changed.notify_waiters();
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 

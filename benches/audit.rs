@@ -1,15 +1,15 @@
 //! The audit log at a million entries: writing them, verifying the chain,
 //! a query and a summary over them (each a full scan), and shipping them to
-//! a private redis-server — with this process's CPU per entry, which is
-//! what shipping adds to each audited call (it runs beside the calls, not
-//! in them). Run: `cargo bench --bench audit` (VALET_BENCH_ENTRIES to
+//! a private redis-server and to an OTLP receiver — with this process's CPU
+//! per entry, which is what shipping adds to each audited call (it runs
+//! beside the calls, not in them). Run: `cargo bench --bench audit` (VALET_BENCH_ENTRIES to
 //! change the count).
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 use valet_audit::log::Segmenting;
 use valet_audit::query::{Filter, scan, summarize};
-use valet_audit::ship::{RedisShipping, ShipSettings, Shipper, WhenBehind};
+use valet_audit::ship::{OtlpShipping, RedisShipping, ShipSettings, Shipper, WhenBehind};
 use valet_audit::{AuditLog, Durability, Event};
 use valet_testkit::RedisServer;
 
@@ -128,4 +128,17 @@ async fn main() {
         assert!(shipper.wait_for(|s| s.shipped >= n).await);
     })
     .await;
+    let collector = valet_testkit::OtlpReceiver::start_counting().await;
+    let to = OtlpShipping {
+        endpoint: collector.endpoint.clone(),
+        replica: "bench".into(),
+    };
+    // The receiver runs in this process: its CPU is counted too, so this
+    // row overstates what shipping costs Valet.
+    timed("ship over OTLP (with the receiver's CPU)", n, async {
+        let shipper = Shipper::start_otlp(&log, settings, to).unwrap();
+        assert!(shipper.wait_for(|s| s.shipped >= n).await);
+    })
+    .await;
+    assert_eq!(collector.log_count(), n);
 }

@@ -176,6 +176,7 @@ impl App {
 
         let metrics = Metrics::new(&config.telemetry).map_err(|e| StartError::State(e.to_string()))?;
         let master = Arc::new(load_master_key(config, dir, aws.as_ref()).await?);
+        let index_key = audit_index_key(&master);
         let store: Arc<dyn SecretStore> = match (secrets.backend, &aws) {
             (SecretsBackend::Aws, Some(sdk)) => {
                 let settings = CacheSettings {
@@ -202,8 +203,13 @@ impl App {
             max_bytes: config.audit.segment_max_bytes,
             max_age_ms: config.audit.segment_max_age_hours.saturating_mul(3_600_000),
         };
-        let audit = AuditLog::open_with(&dir.join("audit.log"), config.audit.durability, segmenting)
-            .map_err(|e| StartError::State(e.to_string()))?;
+        let audit = AuditLog::open_indexed(
+            &dir.join("audit.log"),
+            config.audit.durability,
+            segmenting,
+            Some(index_key),
+        )
+        .map_err(|e| StartError::State(e.to_string()))?;
         let shippers = start_shipping(config, &audit, &metrics)?;
         let quotas = Arc::new(open_quotas(config, dir).await?);
         let idempotency = open_idempotency(config, dir).await?;
@@ -428,6 +434,12 @@ async fn open_idempotency(config: &Config, dir: &Path) -> Result<valet_idempoten
                 .map_err(|e| StartError::State(format!("idempotency.redis_url: {e}")))?,
         ),
     })
+}
+
+/// The key the audit log's segment index is signed with, derived from the
+/// master key (`valet audit verify --config` derives the same).
+pub fn audit_index_key(master: &MasterKey) -> valet_audit::index::IndexKey {
+    valet_audit::index::IndexKey::new(master.derive(b"audit-index"))
 }
 
 /// The audit log's shippers (`[audit] ship`, `[audit] otlp`), as started.

@@ -130,7 +130,9 @@ pub enum ConfigCommand {
 pub enum AuditCommand {
     /// Verify an audit log's hash chain; report the first broken entry.
     ///
-    /// With --anchor, also check the file against the copy shipped to Redis
+    /// With --config, also check the signed index of sealed segments (whole
+    /// segments cut from the end). With --anchor, also check the file
+    /// against the copy shipped to Redis
     /// ([audit] ship): a tail cut off, an edited last line, or a log
     /// rewritten with fresh hashes shows, up to the last entry shipped.
     Verify {
@@ -143,6 +145,11 @@ pub enum AuditCommand {
         /// give it when that entry may have been rewritten].
         #[arg(long, requires = "anchor")]
         log_id: Option<String>,
+        /// The server's config: its master key (a file or an environment
+        /// variable) checks the signed index of sealed segments, so whole
+        /// segments cut from the end show.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 

@@ -29,9 +29,12 @@ async fn main() {
         },
         Command::Admin(args) => valet::cli::admin::run(*args).await,
         Command::Status(connection) => valet::cli::admin::status(connection).await,
-        Command::Audit(AuditCommand::Verify { file, anchor, log_id }) => {
-            valet::cli::audit::verify(&file, anchor.as_deref(), log_id.as_deref()).await
-        }
+        Command::Audit(AuditCommand::Verify {
+            file,
+            anchor,
+            log_id,
+            config,
+        }) => valet::cli::audit::verify(&file, anchor.as_deref(), log_id.as_deref(), config.as_deref()).await,
         Command::Completion { shell } => {
             valet::cli::completion(shell, &mut std::io::stdout());
             0

@@ -59,6 +59,7 @@ async fn kill_9_among_seals_loses_no_answered_calls_entry() {
         .await
         .expect("a call after the restart");
     let state = second.state.clone();
+    let config = second.config.clone();
     let exited = second.terminate().await;
     assert_eq!(exited.code, Some(0));
     let log = state.join("audit.log");
@@ -91,4 +92,35 @@ async fn kill_9_among_seals_loses_no_answered_calls_entry() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("segments, hash chain intact"), "{text}");
+
+    // With the server's config, the signed index is checked too; cut the
+    // tail (the current segment and the newest sealed one, leaving a valid
+    // chain) and the index names what is missing.
+    let verify = |log: &std::path::Path| {
+        std::process::Command::new(support::valet_bin())
+            .args(["audit", "verify"])
+            .arg(log)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&log);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("the signed index lists"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, newest) = valet_audit::segment::sealed(&log).unwrap().pop().unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert!(valet_audit::verify(&log).is_ok(), "the chain alone cannot tell");
+    let out = verify(&log);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is missing: it was deleted"),
+        "{err}"
+    );
+    drop(exited);
 }

@@ -333,6 +333,21 @@ async fn refuse_mode_refuses_calls_past_the_limit_until_the_backlog_drains() {
         before,
         "no entry written"
     );
+    // `valet status` says so.
+    let status = valet
+        .admin()
+        .await
+        .get_server_status(authed(proto::GetServerStatusRequest {}, &valet.admin_key))
+        .await
+        .unwrap()
+        .into_inner();
+    let sink = &status.audit_sinks[0];
+    assert_eq!(
+        (sink.sink.as_str(), sink.up, sink.refusing),
+        ("redis", false, true),
+        "{sink:?}"
+    );
+    assert!(sink.behind > 3 && !sink.error.is_empty(), "{sink:?}");
     // Refusing is not ready: a load balancer sends calls elsewhere.
     assert!(!valet.app.upgrade().unwrap().probe().await);
     let (status, body) = support::http_get(&format!("http://{}/readyz", valet.ops_addr)).await;

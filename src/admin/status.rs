@@ -39,6 +39,7 @@ impl AdminService {
                 .is_shared()
                 .then(|| app.keys.unconfirmed_ms().unwrap_or(0)),
             uptime_seconds: app.started.elapsed().as_secs(),
+            audit_sinks: audit_sinks(app),
         })
     }
 
@@ -121,4 +122,22 @@ fn vendors(app: &crate::app::App) -> Vec<proto::VendorStatus> {
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Each audit shipper's state.
+fn audit_sinks(app: &crate::app::App) -> Vec<proto::AuditSinkStatus> {
+    [("redis", &app.audit_ship), ("otlp", &app.audit_otlp)]
+        .into_iter()
+        .filter_map(|(sink, shipper)| {
+            let s = shipper.as_ref()?.status();
+            Some(proto::AuditSinkStatus {
+                sink: sink.to_owned(),
+                up: s.up,
+                shipped: s.shipped,
+                behind: s.behind,
+                refusing: s.refusing,
+                error: s.error.unwrap_or_default(),
+            })
+        })
+        .collect()
 }

@@ -11,6 +11,8 @@
 //!   written since the last). [`Durability`] is when a call waits for which.
 //! - [`segment`]: the log's files — sealed segments named by their first
 //!   seq, then the current one — read as one.
+//! - [`index`]: the signed index of sealed segments: whole segments cut
+//!   from the end show, to whoever holds the master key.
 //! - [`retention`]: entries past their class's retention removed from
 //!   sealed segments, the removal recorded in the log first.
 //! - [`query`]: [`query::scan`] and [`query::summarize`], the entries
@@ -27,6 +29,7 @@
 
 pub mod anchor;
 pub mod event;
+pub mod index;
 pub mod log;
 pub mod query;
 pub mod retention;

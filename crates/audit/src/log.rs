@@ -111,6 +111,8 @@ struct Shared {
     pause: std::time::Duration,
     /// When segments are sealed.
     segmenting: Segmenting,
+    /// Signs the index of sealed segments ([`crate::index`]), if given.
+    index_key: Option<crate::index::IndexKey>,
 }
 
 /// When the current segment is sealed and a new one started
@@ -211,17 +213,29 @@ impl AuditLog {
         durability: Durability,
         segmenting: Segmenting,
     ) -> Result<Self, AuditError> {
+        Self::open_indexed(path, durability, segmenting, None)
+    }
+
+    /// [`AuditLog::open_with`], keeping the index of sealed segments
+    /// signed with `index_key` ([`crate::index`]).
+    pub fn open_indexed(
+        path: &Path,
+        durability: Durability,
+        segmenting: Segmenting,
+        index_key: Option<crate::index::IndexKey>,
+    ) -> Result<Self, AuditError> {
         let pause = match durability {
             Durability::Os => OS_SYNC_INTERVAL,
             Durability::BeforeSend | Durability::BeforeAnswer => std::time::Duration::ZERO,
         };
-        Self::open_paced(path, pause, segmenting)
+        Self::open_paced(path, pause, segmenting, index_key)
     }
 
     fn open_paced(
         path: &Path,
         pause: std::time::Duration,
         segmenting: Segmenting,
+        index_key: Option<crate::index::IndexKey>,
     ) -> Result<Self, AuditError> {
         let fail = |reason: String| AuditError::Open {
             path: path.to_owned(),
@@ -240,6 +254,15 @@ impl AuditLog {
         // Keep the log's id while its first entry is there to give it:
         // retention may remove that entry later.
         crate::segment::log_id(path, true).map_err(|e| fail(e.to_string()))?;
+        // A log sealed before it had an index gets one.
+        if let Some(key) = &index_key
+            && !crate::index::index_path(path).exists()
+            && !crate::segment::sealed(path)
+                .map_err(|e| fail(e.to_string()))?
+                .is_empty()
+        {
+            crate::index::rebuild(path, key).map_err(|e| fail(e.to_string()))?;
+        }
         let (synced, _) = watch::channel(Synced {
             seq: tail.seq,
             failed: None,
@@ -251,6 +274,7 @@ impl AuditLog {
             synced,
             pause,
             segmenting,
+            index_key,
         });
         let syncer = shared.clone();
         std::thread::Builder::new()
@@ -280,6 +304,11 @@ impl AuditLog {
     /// synced), which ends a reader waiting on it.
     pub fn durable_seqs(&self) -> DurableSeqs {
         DurableSeqs(self.shared.synced.subscribe())
+    }
+
+    /// The key the index of sealed segments is signed with, if any.
+    pub fn index_key(&self) -> Option<&crate::index::IndexKey> {
+        self.shared.index_key.as_ref()
     }
 
     /// A switch that refuses new entries while it is on, without keeping
@@ -474,6 +503,21 @@ impl Shared {
         match opened {
             Ok(file) => {
                 tracing::info!(sealed = %sealed.display(), first_seq = tail.first_seq, last_seq = tail.seq, "audit segment sealed");
+                if let Some(key) = &self.index_key {
+                    let listed = crate::index::Listed {
+                        file: sealed
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                        first_seq: tail.first_seq,
+                        last_seq: tail.seq,
+                        last_hash: tail.prev.clone(),
+                    };
+                    if let Err(e) = crate::index::update(&self.path, key, |segments| segments.push(listed)) {
+                        tracing::error!(error = %e, "the audit index was not updated; `valet audit verify --config` reports it");
+                    }
+                }
                 tail.file = Arc::new(file);
                 tail.len = 0;
                 tail.first_seq = 0;
@@ -704,8 +748,13 @@ mod tests {
         let path = dir.path().join("audit.log");
         // A pause no test would sit out: each append below returns only
         // because waiting for it ends the pause.
-        let log =
-            AuditLog::open_paced(&path, std::time::Duration::from_secs(3600), Segmenting::default()).unwrap();
+        let log = AuditLog::open_paced(
+            &path,
+            std::time::Duration::from_secs(3600),
+            Segmenting::default(),
+            None,
+        )
+        .unwrap();
         let appends = async {
             for n in 0..5 {
                 log.append("tester", revoke(n)).await.unwrap();

@@ -119,9 +119,16 @@ pub async fn expire(log: &AuditLog, retention: Retention, now_ms: u64) -> Result
     log.append("valet", record).await?;
     let current = log.path().to_owned();
     let runs = ranges.clone();
-    let (deleted, compacted) = tokio::task::spawn_blocking(move || apply(&current, segments, &runs))
-        .await
-        .map_err(|e| RetentionError::Io(e.to_string()))??;
+    let key = log.index_key().cloned();
+    let (deleted, compacted) = tokio::task::spawn_blocking(move || {
+        let done = apply(&current, segments, &runs)?;
+        if let Some(key) = key {
+            reindex(&current, &key, &done.0, &done.1)?;
+        }
+        Ok::<_, RetentionError>(done)
+    })
+    .await
+    .map_err(|e| RetentionError::Io(e.to_string()))??;
     tracing::info!(
         entries,
         deleted = deleted.len(),
@@ -243,6 +250,33 @@ impl Planner {
         }
         self.last = Some((p.seq, p.segment, p.removable));
     }
+}
+
+/// The index without the deleted segments and with the compacted ones as
+/// they are now.
+fn reindex(
+    current: &Path,
+    key: &crate::index::IndexKey,
+    deleted: &[PathBuf],
+    compacted: &[PathBuf],
+) -> Result<(), RetentionError> {
+    let name = |p: &PathBuf| p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let gone: Vec<String> = deleted.iter().map(name).collect();
+    let mut now = Vec::new();
+    for path in compacted {
+        if let Some(listed) = crate::index::listing(path).map_err(|e| RetentionError::Io(e.to_string()))? {
+            now.push(listed);
+        }
+    }
+    crate::index::update(current, key, |segments| {
+        segments.retain(|s| !gone.contains(&s.file));
+        for s in segments.iter_mut() {
+            if let Some(fresh) = now.iter().find(|n| n.file == s.file) {
+                *s = fresh.clone();
+            }
+        }
+    })
+    .map_err(|e| RetentionError::Io(e.to_string()))
 }
 
 /// Whether the entry `line` is past its class's retention.

@@ -77,6 +77,8 @@ struct Received {
     metric_names: Vec<String>,
     /// Spans received, kept or not.
     span_count: u64,
+    /// Log records received, kept or not.
+    log_count: u64,
 }
 
 #[derive(Clone, Default)]
@@ -109,8 +111,9 @@ impl OtlpReceiver {
         Self::serve(Shared::default()).await
     }
 
-    /// Starts a receiver that only counts spans ([`Self::span_count`]) and
-    /// keeps nothing else of them: a collector that costs the sender what a
+    /// Starts a receiver that only counts spans and log records
+    /// ([`Self::span_count`], [`Self::log_count`]) and keeps nothing else of
+    /// them: a collector that costs the sender what a
     /// real one does, with memory that stays flat under any load.
     pub async fn start_counting() -> Self {
         Self::serve(Shared {
@@ -155,6 +158,11 @@ impl OtlpReceiver {
         self.shared
             .refusing_logs
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Log records received so far (kept or only counted).
+    pub fn log_count(&self) -> u64 {
+        self.shared.received.lock().expect("lock").log_count
     }
 
     /// Every log record received so far.
@@ -306,6 +314,17 @@ impl LogsService for Shared {
         }
         let request = request.into_inner();
         let mut received = self.received.lock().expect("lock");
+        received.log_count += request
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len() as u64)
+            .sum::<u64>();
+        if self.count_only {
+            drop(received);
+            self.changed.notify_waiters();
+            return Ok(tonic::Response::new(ExportLogsServiceResponse::default()));
+        }
         received.raw.extend(request.encode_to_vec());
         for resource in &request.resource_logs {
             let service_name = resource

@@ -51,6 +51,24 @@ pub(super) fn render(status: &proto::ServerStatus) -> String {
         }
         None => out.push_str("credential cache: none (local store)\n"),
     }
+    for sink in &status.audit_sinks {
+        let state = match (sink.up, sink.refusing) {
+            (_, true) => "REFUSING new entries",
+            (true, false) => "up",
+            (false, false) => "DOWN",
+        };
+        let _ = writeln!(
+            out,
+            "audit shipping to {}: {state}, shipped to seq {}, {} behind{}",
+            sink.sink,
+            sink.shipped,
+            sink.behind,
+            match sink.error.as_str() {
+                "" => String::new(),
+                e => format!(" ({e})"),
+            }
+        );
+    }
     let _ = writeln!(out, "api keys: {} valid", status.api_keys);
     let _ = writeln!(out, "credentials: {}", status.credentials);
     if let Some(age) = status.control_state_age_ms {

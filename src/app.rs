@@ -670,6 +670,24 @@ fn state_err(path: &Path, e: std::io::Error) -> StartError {
     StartError::State(format!("state {}: {e}", path.display()))
 }
 
+/// Runs `job` now and then every `period` for as long as `app` lives; the
+/// task holds only a weak reference, so it ends with the app.
+pub fn every<F, Fut>(app: &Arc<App>, period: Duration, job: F)
+where
+    F: Fn(Arc<App>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let Some(app) = weak.upgrade() else { return };
+            job(app).await;
+        }
+    });
+}
+
 /// How a caller is named in the audit log: key id and name.
 pub fn actor(caller: &Caller) -> String {
     format!("{}:{}", caller.id, caller.name)

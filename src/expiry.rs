@@ -20,15 +20,9 @@ pub async fn expire(
 
 /// Runs [`expire`] now and every [`EVERY`] until the app is dropped.
 pub fn spawn(app: &Arc<App>) {
-    let weak = Arc::downgrade(app);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
-        loop {
-            tick.tick().await;
-            let Some(app) = weak.upgrade() else { return };
-            if let Err(e) = expire(&app).await {
-                tracing::warn!(error = %e, "audit retention failed; retrying later");
-            }
+    crate::app::every(app, EVERY, |app| async move {
+        if let Err(e) = expire(&app).await {
+            tracing::warn!(error = %e, "audit retention failed; retrying later");
         }
     });
 }

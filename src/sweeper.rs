@@ -30,15 +30,9 @@ pub async fn sweep(app: &App) -> Result<(), Failure> {
 
 /// Runs [`sweep`] now and every [`EVERY`] until the app is dropped.
 pub fn spawn(app: &Arc<App>) {
-    let weak = Arc::downgrade(app);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
-        loop {
-            tick.tick().await;
-            let Some(app) = weak.upgrade() else { return };
-            if let Err(e) = sweep(&app).await {
-                tracing::warn!(failure = ?e, "offboarding sweep failed; retrying later");
-            }
+    crate::app::every(app, EVERY, |app| async move {
+        if let Err(e) = sweep(&app).await {
+            tracing::warn!(failure = ?e, "offboarding sweep failed; retrying later");
         }
     });
 }

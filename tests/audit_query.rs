@@ -85,24 +85,8 @@ async fn valet_with_crafted_log() -> (Valet, String) {
         operational: 36_500,
     };
     let valet = Valet::start_with(config, state).await;
-    let reader = audit_reader(&valet).await;
+    let reader = valet.audit_reader().await;
     (valet, reader)
-}
-
-async fn audit_reader(valet: &Valet) -> String {
-    let req = proto::CreateApiKeyRequest {
-        name: "ops-audit".into(),
-        permissions: vec![proto::Permission::AuditView as i32],
-        ..Default::default()
-    };
-    valet
-        .admin()
-        .await
-        .create_api_key(authed(req, &valet.admin_key))
-        .await
-        .expect("an audit-view key")
-        .into_inner()
-        .key
 }
 
 /// Every entry the query returns, in order, paging `page` at a time.

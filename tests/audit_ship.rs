@@ -157,7 +157,7 @@ async fn every_entry_reaches_the_stream_and_the_anchor_finds_tampering() {
     assert_stream_is_the_file(&redis, &valet.audit_log()).await;
 
     // The fleet query reads the shipped copy, paged by stream id.
-    let reader = audit_reader(&valet).await;
+    let reader = valet.audit_reader().await;
     let mut admin = valet.admin().await;
     let mut after = String::new();
     let mut leases = Vec::new();
@@ -426,7 +426,7 @@ async fn an_append_only_redis_user_is_enough_to_ship() {
 #[tokio::test]
 async fn a_fleet_query_without_shipping_is_refused_by_name() {
     let valet = Valet::start(Vec::new()).await;
-    let reader = audit_reader(&valet).await;
+    let reader = valet.audit_reader().await;
     let req = QueryAuditRequest {
         fleet: true,
         ..Default::default()
@@ -441,22 +441,6 @@ async fn a_fleet_query_without_shipping_is_refused_by_name() {
         (err.code(), reason(&err).as_str()),
         (Code::FailedPrecondition, "AUDIT_NOT_SHIPPED")
     );
-}
-
-async fn audit_reader(valet: &Valet) -> String {
-    let req = proto::CreateApiKeyRequest {
-        name: "ops-audit".into(),
-        permissions: vec![proto::Permission::AuditView as i32],
-        ..Default::default()
-    };
-    valet
-        .admin()
-        .await
-        .create_api_key(authed(req, &valet.admin_key))
-        .await
-        .unwrap()
-        .into_inner()
-        .key
 }
 
 fn revoke_event(n: u64) -> valet_audit::Event {

@@ -189,6 +189,22 @@ impl Valet {
         (resp.key, resp.info.expect("info").id)
     }
 
+    /// Creates a key with only the audit_view permission; returns the key.
+    pub async fn audit_reader(&self) -> String {
+        let req = proto::CreateApiKeyRequest {
+            name: "ops-audit".into(),
+            permissions: vec![proto::Permission::AuditView as i32],
+            ..Default::default()
+        };
+        self.admin()
+            .await
+            .create_api_key(authed(req, &self.admin_key))
+            .await
+            .expect("an audit-view key")
+            .into_inner()
+            .key
+    }
+
     /// Makes a gateway call with `key`.
     pub async fn call(&self, key: &str, req: CallRequest) -> Result<CallResponse, Status> {
         self.gateway()

@@ -17,7 +17,6 @@
 use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The key the index is signed with (derived from the master key).
@@ -182,18 +181,8 @@ fn write(current: &Path, key: &IndexKey, segments: &[Listed]) -> std::io::Result
         segments: segments.to_vec(),
         mac: key.mac(segments),
     };
-    let path = index_path(current);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(&signed).expect("an index serialises"))?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    let bytes = serde_json::to_vec_pretty(&signed).expect("an index serialises");
+    valet_durable::write_atomically(&index_path(current), &bytes)
 }
 
 /// A segment's first seq, last seq and last entry's hash; `None` if the

@@ -589,7 +589,7 @@ pub fn now_ms() -> u64 {
 /// it survives power loss.
 fn sync_dir(path: &Path) -> std::io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => File::open(dir)?.sync_all(),
+        Some(dir) => valet_durable::sync_dir(dir),
         None => Ok(()),
     }
 }

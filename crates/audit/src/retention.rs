@@ -344,7 +344,7 @@ fn apply(
         compacted.push(segment.path);
     }
     if let Some(dir) = current.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        valet_durable::sync_dir(dir).map_err(io)?;
     }
     Ok((deleted, compacted))
 }

@@ -191,10 +191,7 @@ pub fn log_id(path: &Path, persist: bool) -> std::io::Result<Option<String>> {
     }
     let id = crate::line_hash(&first)[..16].to_owned();
     if persist && seq_of(&first) == Some(1) {
-        let mut tmp = id_file.as_os_str().to_owned();
-        tmp.push(".tmp");
-        std::fs::write(&tmp, format!("{id}\n"))?;
-        std::fs::rename(&tmp, &id_file)?;
+        valet_durable::write_atomically(&id_file, format!("{id}\n").as_bytes())?;
     }
     Ok(Some(id))
 }

@@ -249,12 +249,7 @@ impl TraceService for Shared {
         }
         received.raw.extend(request.encode_to_vec());
         for resource in &request.resource_spans {
-            let service_name = resource
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .map(|kv| text(kv.value.as_ref()))
-                .unwrap_or_default();
+            let service_name = service_name(resource.resource.as_ref());
             for scope in &resource.scope_spans {
                 for span in &scope.spans {
                     let status = span.status.clone().unwrap_or_default();
@@ -327,12 +322,7 @@ impl LogsService for Shared {
         }
         received.raw.extend(request.encode_to_vec());
         for resource in &request.resource_logs {
-            let service_name = resource
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .map(|kv| text(kv.value.as_ref()))
-                .unwrap_or_default();
+            let service_name = service_name(resource.resource.as_ref());
             for scope in &resource.scope_logs {
                 for record in &scope.log_records {
                     received.logs.push(ReceivedLog {
@@ -348,6 +338,14 @@ impl LogsService for Shared {
         self.changed.notify_waiters();
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
+}
+
+/// The `service.name` of the resource that sent a batch.
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .map(|kv| text(kv.value.as_ref()))
+        .unwrap_or_default()
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {

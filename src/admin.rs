@@ -351,7 +351,7 @@ impl AdminService {
                 .grant
                 .permissions
                 .iter()
-                .map(|p| format!("{p:?}").to_ascii_lowercase())
+                .map(|p| p.as_str().to_owned())
                 .collect(),
             expires_ms: record.expires_ms,
             client_identity: record.client_identity.clone(),

@@ -239,7 +239,7 @@ pub enum AuditQueryCommand {
         filter: AuditFilterArgs,
         /// At most this many entries [default: every match, fetched 10,000
         /// at a time].
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
         /// Only entries after this seq (to continue an earlier listing).
         #[arg(long, default_value_t = 0, conflicts_with = "fleet")]
@@ -311,8 +311,15 @@ pub struct AuditFilterArgs {
 
 /// `24h` (that long ago) or an RFC 3339 time.
 fn moment(text: &str) -> Result<std::time::SystemTime, String> {
-    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
-        return Ok(at);
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => return Ok(at),
+        // A date that is not one (month 13, a missing zone): say so.
+        Err(e) if text.contains(['-', ':']) => {
+            return Err(format!(
+                "'{text}': not a valid time ({e}); use e.g. 2026-12-01T09:00:00Z, or a time ago such as 24h"
+            ));
+        }
+        Err(_) => {}
     }
     let ago = duration::parse(text).map_err(|e| format!("{e}; or a time such as 2026-12-01T09:00:00Z"))?;
     std::time::SystemTime::now()

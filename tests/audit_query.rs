@@ -436,6 +436,16 @@ async fn the_cli_lists_and_summarises_a_tenants_leases_without_the_secret() {
         )
         .await;
     let reader_file = valet.state.join("../ops-audit.key");
+    // The key's creation names its permission as everywhere else.
+    let log = std::fs::read_to_string(valet.state.join("audit.log")).unwrap();
+    let creation = log
+        .lines()
+        .find(|l| l.contains("\"name\":\"ops-audit\""))
+        .expect("api_key_create");
+    assert!(
+        creation.contains("\"permissions\":[\"audit_view\"]"),
+        "{creation}"
+    );
     std::fs::write(&reader_file, created.trim()).unwrap();
     let cli = |args: Vec<&'static str>| {
         let (url, file) = (valet.admin_url.clone(), reader_file.clone());

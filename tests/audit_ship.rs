@@ -189,6 +189,19 @@ async fn every_entry_reaches_the_stream_and_the_anchor_finds_tampering() {
         }
     }
     assert_eq!(leases.len(), 64, "every lease, once");
+    let bad = QueryAuditRequest {
+        fleet: true,
+        after_id: "garbage".into(),
+        ..Default::default()
+    };
+    let err = admin
+        .query_audit(authed(bad, &reader))
+        .await
+        .expect_err("not a stream id");
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::InvalidArgument, "AUDIT_CURSOR_INVALID")
+    );
     assert!(leases.windows(2).all(|w| w[0] < w[1]));
 
     // Nothing secret went to Redis.

@@ -46,6 +46,13 @@ impl AdminService {
         let mut filter = filter_from_wire(req.filter.unwrap_or_default())?;
         if req.fleet {
             let shipper = self.fleet_copy()?;
+            if !req.after_id.is_empty() && !is_stream_id(&req.after_id) {
+                return Err(Failure::invalid(
+                    "after_id",
+                    Reason::AuditCursorInvalid,
+                    "not a stream id (the `stream_id` of an entry a fleet query returned, e.g. 1733332800000-0)",
+                ));
+            }
             self.record_query(&actor(&caller), "fleet query", &filter).await?;
             return Ok(fleet_stream(shipper, filter, req.after_id, limit));
         }
@@ -121,6 +128,13 @@ impl AdminService {
             )
         })
     }
+}
+
+/// Whether `id` is a Redis stream id: `<ms>-<seq>`, both decimal.
+fn is_stream_id(id: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    id.split_once('-')
+        .is_some_and(|(ms, seq)| digits(ms) && digits(seq))
 }
 
 /// Entries of the fleet's copy read per request to Redis.

@@ -79,7 +79,9 @@ pub enum GrantError {
     #[error("must be PERMISSION_QUOTA_ADMIN or PERMISSION_QUOTA_VIEW")]
     Permission,
     /// Some but not all of tenants, vendors and operations.
-    #[error("a key needs at least one tenant, vendor and operation (or none of them, for an admin-only key)")]
+    #[error(
+        "a key needs at least one tenant, vendor and operation for Gateway calls, or none of them with admin or a permission (--admin, --permission) for a key without Gateway calls"
+    )]
     Incomplete,
     /// Longer than the deployment's maximum lifetime.
     #[error("must be at most {max_days} days (this deployment's api_keys.max_lifetime_days)")]

@@ -110,7 +110,10 @@ pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Match
             .unwrap_or_default(),
     };
     let redis_err = |e: redis::RedisError| AnchorError::Redis(e.to_string());
-    let client = redis::Client::open(url).map_err(redis_err)?;
+    let client = redis::Client::open(url).map_err(|_| {
+        // Not echoed: a URL may carry a password.
+        AnchorError::Redis("the anchor is not a Redis URL (redis://host:port/ or rediss://…)".into())
+    })?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

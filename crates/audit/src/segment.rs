@@ -67,8 +67,8 @@ pub fn files(current: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// whole (through the open file, under its new name). The last file stays
 /// open at its end: lines appended to it later are read by later calls.
 pub struct Lines {
-    files: std::vec::IntoIter<std::io::BufReader<std::fs::File>>,
-    reader: Option<std::io::BufReader<std::fs::File>>,
+    files: std::vec::IntoIter<Named>,
+    reader: Option<Named>,
     /// The start of a line not yet whole (at the end of the last file).
     partial: Vec<u8>,
 }
@@ -99,9 +99,12 @@ impl Lines {
             let ino = file.metadata()?.ino();
             let sealed_meanwhile = readers
                 .iter()
-                .any(|r| r.get_ref().metadata().is_ok_and(|m| m.ino() == ino));
+                .any(|(_, r)| r.get_ref().metadata().is_ok_and(|m| m.ino() == ino));
             if !sealed_meanwhile {
-                readers.push(std::io::BufReader::with_capacity(1 << 16, file));
+                readers.push((
+                    current.to_owned(),
+                    std::io::BufReader::with_capacity(1 << 16, file),
+                ));
             }
         }
         Ok(Self::of(readers))
@@ -112,7 +115,7 @@ impl Lines {
         Ok(Self::of(open_all(paths.into_iter())?))
     }
 
-    fn of(readers: Vec<std::io::BufReader<std::fs::File>>) -> Self {
+    fn of(readers: Vec<Named>) -> Self {
         let mut files = readers.into_iter();
         let reader = files.next();
         Self {
@@ -122,12 +125,17 @@ impl Lines {
         }
     }
 
+    /// The file the last line came from.
+    pub fn file(&self) -> Option<&Path> {
+        self.reader.as_ref().map(|(path, _)| path.as_path())
+    }
+
     /// Puts the next whole line (without its newline) in `buf`; `false` at
     /// the end. A last line still being written is not a line yet (its
     /// start is kept for the next call).
     pub fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
         loop {
-            let Some(reader) = self.reader.as_mut() else {
+            let Some((_, reader)) = self.reader.as_mut() else {
                 return Ok(false);
             };
             reader.read_until(b'\n', &mut self.partial)?;
@@ -149,12 +157,15 @@ impl Lines {
     }
 }
 
+/// A file being read, and its name.
+type Named = (PathBuf, std::io::BufReader<std::fs::File>);
+
 /// Opens each of `paths`; one removed meanwhile (by retention) is skipped.
-fn open_all(paths: impl Iterator<Item = PathBuf>) -> std::io::Result<Vec<std::io::BufReader<std::fs::File>>> {
+fn open_all(paths: impl Iterator<Item = PathBuf>) -> std::io::Result<Vec<Named>> {
     let mut readers = Vec::new();
     for path in paths {
         match std::fs::File::open(&path) {
-            Ok(f) => readers.push(std::io::BufReader::with_capacity(1 << 16, f)),
+            Ok(f) => readers.push((path, std::io::BufReader::with_capacity(1 << 16, f))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }

@@ -28,10 +28,12 @@ pub enum VerifyError {
     },
     /// The entry with seq `line` (its line number while nothing was
     /// removed) does not continue the chain.
-    #[error("line {line}: {reason}")]
+    #[error("line {line} (in {file}): {reason}")]
     Broken {
         /// The first broken entry's seq.
         line: u64,
+        /// The segment holding it.
+        file: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -73,11 +75,20 @@ pub fn verify_report(path: &Path) -> Result<Verified, VerifyError> {
     let mut entries = 0u64;
     let mut expired = Vec::new();
     let mut buf = Vec::new();
+    let name = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    };
+    // The file the previous line came from, which a cut link may blame.
+    let mut prev_file = String::new();
     while lines.next_line(&mut buf).map_err(io)? {
-        let broken = |line: u64, reason: &str| VerifyError::Broken {
+        let file = name(lines.file());
+        let broken_in = |line: u64, file: &str, reason: &str| VerifyError::Broken {
             line,
+            file: file.to_owned(),
             reason: reason.to_owned(),
         };
+        let broken = |line: u64, reason: &str| broken_in(line, &file, reason);
         let value: serde_json::Value =
             serde_json::from_slice(&buf).map_err(|_| broken(last_seq + 1, "not a JSON object"))?;
         let seq = value["seq"]
@@ -97,8 +108,9 @@ pub fn verify_report(path: &Path) -> Result<Verified, VerifyError> {
                         1,
                         "prev is not the genesis hash: lines were removed from the start",
                     ),
-                    n => broken(
+                    n => broken_in(
                         n,
+                        &prev_file,
                         &format!(
                             "its hash does not match the prev recorded by line {seq}: it was edited, or lines after it were removed or reordered"
                         ),
@@ -121,6 +133,7 @@ pub fn verify_report(path: &Path) -> Result<Verified, VerifyError> {
         prev = line_hash(&buf);
         last_seq = seq;
         entries += 1;
+        prev_file = file;
     }
     Ok(Verified {
         entries,

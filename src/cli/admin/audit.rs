@@ -73,6 +73,10 @@ async fn query(
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut left = limit.unwrap_or(u64::MAX);
     let mut printed = 0u64;
+    let fleet = matches!(after, After::Shipped(_));
+    if output == OutputArg::Table && fleet {
+        let _ = write!(out, "{:<16}  ", "LOG");
+    }
     if output == OutputArg::Table {
         let _ = writeln!(
             out,
@@ -103,18 +107,31 @@ async fn query(
                 After::Shipped(_) => After::Shipped(entry.stream_id.clone()),
             };
             got += 1;
-            let written = match output {
-                OutputArg::Json => writeln!(out, "{}", entry.json),
-                OutputArg::Table => writeln!(
-                    out,
-                    "{:>8}  {:<20}  {:<20}  {:<36}  {:<16}  {}",
-                    entry.seq,
-                    time(entry.time.as_ref()),
-                    entry.kind,
-                    entry.actor,
-                    or_dash(&entry.tenant),
-                    or_dash(&entry.vendor)
-                ),
+            let written = match (output, fleet) {
+                // A fleet entry says whose log it is from.
+                (OutputArg::Json, true) => {
+                    let line = serde_json::from_str::<serde_json::Value>(&entry.json)
+                        .unwrap_or_else(|_| entry.json.clone().into());
+                    let wrapped =
+                        serde_json::json!({"log": entry.log, "stream_id": entry.stream_id, "entry": line});
+                    writeln!(out, "{wrapped}")
+                }
+                (OutputArg::Json, false) => writeln!(out, "{}", entry.json),
+                (OutputArg::Table, _) => {
+                    if fleet {
+                        let _ = write!(out, "{:<16}  ", entry.log);
+                    }
+                    writeln!(
+                        out,
+                        "{:>8}  {:<20}  {:<20}  {:<36}  {:<16}  {}",
+                        entry.seq,
+                        time(entry.time.as_ref()),
+                        entry.kind,
+                        entry.actor,
+                        or_dash(&entry.tenant),
+                        or_dash(&entry.vendor)
+                    )
+                }
             };
             // A closed pipe (`| head`) ends the listing quietly.
             if written.is_err() {

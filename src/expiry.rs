@@ -7,8 +7,10 @@ use crate::app::{App, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often retention looks. Segments are sealed daily by default, so an
-/// entry outlives its retention by at most a day and an hour.
+/// How often retention looks. Segments are sealed daily by default (at the
+/// first entry after a day: a quiet log's current segment waits for its
+/// next entry), so on a busy log an entry outlives its retention by at most
+/// a day and an hour.
 pub const EVERY: Duration = Duration::from_secs(3600);
 
 /// Runs retention once.

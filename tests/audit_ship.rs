@@ -189,19 +189,23 @@ async fn every_entry_reaches_the_stream_and_the_anchor_finds_tampering() {
         }
     }
     assert_eq!(leases.len(), 64, "every lease, once");
-    let bad = QueryAuditRequest {
-        fleet: true,
-        after_id: "garbage".into(),
-        ..Default::default()
-    };
-    let err = admin
-        .query_audit(authed(bad, &reader))
-        .await
-        .expect_err("not a stream id");
-    assert_eq!(
-        (err.code(), reason(&err).as_str()),
-        (Code::InvalidArgument, "AUDIT_CURSOR_INVALID")
-    );
+    for cursor in [
+        "garbage",
+        "99999999999999999999-0",
+        "18446744073709551615-18446744073709551615",
+    ] {
+        let bad = QueryAuditRequest {
+            fleet: true,
+            after_id: cursor.into(),
+            ..Default::default()
+        };
+        let err = admin.query_audit(authed(bad, &reader)).await.expect_err(cursor);
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::InvalidArgument, "AUDIT_CURSOR_INVALID"),
+            "{cursor}"
+        );
+    }
     assert!(leases.windows(2).all(|w| w[0] < w[1]));
 
     // Nothing secret went to Redis.

@@ -132,9 +132,16 @@ impl AdminService {
 
 /// Whether `id` is a Redis stream id: `<ms>-<seq>`, both decimal.
 fn is_stream_id(id: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    // Both parts a u64, and not the last id there is (nothing follows it).
+    let part = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
     id.split_once('-')
-        .is_some_and(|(ms, seq)| digits(ms) && digits(seq))
+        .and_then(|(ms, seq)| Some((part(ms)?, part(seq)?)))
+        .is_some_and(|id| id != (u64::MAX, u64::MAX))
 }
 
 /// Entries of the fleet's copy read per request to Redis.

@@ -113,6 +113,16 @@ struct Shared {
     segmenting: Segmenting,
     /// Signs the index of sealed segments ([`crate::index`]), if given.
     index_key: Option<crate::index::IndexKey>,
+    /// Held while the index is rewritten (by the sync thread after a seal,
+    /// by retention after a run), so neither loses the other's change.
+    index_lock: Mutex<()>,
+}
+
+/// A segment sealed (renamed) but not yet made durable and indexed.
+#[derive(Debug)]
+struct Sealed {
+    file: Arc<File>,
+    listed: crate::index::Listed,
 }
 
 /// When the current segment is sealed and a new one started
@@ -149,6 +159,9 @@ struct Tail {
     /// A seal could not rename the segment: entries go on to the same file,
     /// and no seal is tried again until a restart.
     seal_failed: bool,
+    /// Segments sealed since the sync thread's last round, for it to make
+    /// durable and list in the index.
+    sealed: Vec<Sealed>,
     /// The last entry written.
     seq: u64,
     prev: String,
@@ -254,14 +267,15 @@ impl AuditLog {
         // Keep the log's id while its first entry is there to give it:
         // retention may remove that entry later.
         crate::segment::log_id(path, true).map_err(|e| fail(e.to_string()))?;
-        // A log sealed before it had an index gets one.
+        // A log sealed before it had an index gets one; segments sealed
+        // just before a crash (the sync thread lists them) are added.
         if let Some(key) = &index_key
-            && !crate::index::index_path(path).exists()
             && !crate::segment::sealed(path)
                 .map_err(|e| fail(e.to_string()))?
                 .is_empty()
+            && let Err(e) = crate::index::catch_up(path, key)
         {
-            crate::index::rebuild(path, key).map_err(|e| fail(e.to_string()))?;
+            tracing::error!(error = %e, "the audit index was not updated; `valet audit verify --config` reports it");
         }
         let (synced, _) = watch::channel(Synced {
             seq: tail.seq,
@@ -275,6 +289,7 @@ impl AuditLog {
             pause,
             segmenting,
             index_key,
+            index_lock: Mutex::new(()),
         });
         let syncer = shared.clone();
         std::thread::Builder::new()
@@ -309,6 +324,16 @@ impl AuditLog {
     /// The key the index of sealed segments is signed with, if any.
     pub fn index_key(&self) -> Option<&crate::index::IndexKey> {
         self.shared.index_key.as_ref()
+    }
+
+    /// Runs `change` on the index with no seal rewriting it meanwhile.
+    pub(crate) fn with_index<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _index = self
+            .shared
+            .index_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        change()
     }
 
     /// A switch that refuses new entries while it is on, without keeping
@@ -476,15 +501,6 @@ impl Shared {
     /// restart recovers the chain from the sealed segment).
     fn seal(&self, tail: &mut Tail) {
         let sealed = crate::segment::sealed_name(&self.path, tail.first_seq);
-        if let Err(e) = tail.file.sync_data() {
-            // As in the sync thread: the kernel may have dropped written
-            // pages, so nothing written since the last fsync is durable.
-            let why = format!("audit fsync failed ({e}); restart to recover");
-            tracing::error!(error = %e, "audit fsync failed while sealing a segment; refusing further writes");
-            tail.poisoned = Some(why.clone());
-            self.synced.send_modify(|s| s.failed = Some(why.into()));
-            return;
-        }
         if let Err(e) = fs::rename(&self.path, &sealed) {
             tracing::error!(error = %e, "cannot seal the audit segment; writing on to the same file until a restart");
             tail.seal_failed = true;
@@ -495,16 +511,16 @@ impl Shared {
             .append(true)
             .create(true)
             .mode(0o600)
-            .open(&self.path)
-            .and_then(|f| {
-                sync_dir(&self.path)?;
-                Ok(f)
-            });
+            .open(&self.path);
         match opened {
             Ok(file) => {
                 tracing::info!(sealed = %sealed.display(), first_seq = tail.first_seq, last_seq = tail.seq, "audit segment sealed");
-                if let Some(key) = &self.index_key {
-                    let listed = crate::index::Listed {
+                // The sync thread makes it durable (the sealed file, the
+                // directory entries) and lists it in the index, off the
+                // callers' path.
+                tail.sealed.push(Sealed {
+                    file: std::mem::replace(&mut tail.file, Arc::new(file)),
+                    listed: crate::index::Listed {
                         file: sealed
                             .file_name()
                             .unwrap_or_default()
@@ -513,12 +529,8 @@ impl Shared {
                         first_seq: tail.first_seq,
                         last_seq: tail.seq,
                         last_hash: tail.prev.clone(),
-                    };
-                    if let Err(e) = crate::index::update(&self.path, key, |segments| segments.push(listed)) {
-                        tracing::error!(error = %e, "the audit index was not updated; `valet audit verify --config` reports it");
-                    }
-                }
-                tail.file = Arc::new(file);
+                    },
+                });
                 tail.len = 0;
                 tail.first_seq = 0;
                 tail.first_ms = 0;
@@ -530,6 +542,26 @@ impl Shared {
                 ));
             }
         }
+    }
+
+    /// Makes the segments sealed since the last round durable (their data,
+    /// then the directory holding the renames) and lists them in the index.
+    fn finish_seals(&self, sealed: Vec<Sealed>) -> std::io::Result<()> {
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        for s in &sealed {
+            s.file.sync_data()?;
+        }
+        sync_dir(&self.path)?;
+        if let Some(key) = &self.index_key {
+            let _index = self.index_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let listed: Vec<_> = sealed.into_iter().map(|s| s.listed).collect();
+            if let Err(e) = crate::index::update(&self.path, key, |segments| segments.extend(listed)) {
+                tracing::error!(error = %e, "the audit index was not updated; `valet audit verify --config` reports it");
+            }
+        }
+        Ok(())
     }
 
     /// Makes written entries durable, one `fdatasync` for everything
@@ -544,31 +576,26 @@ impl Shared {
                     .wait_timeout_while(tail, self.pause, |t| !t.hurry && !t.closing)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            let (target, file) = {
+            let (target, file, sealed) = {
                 let mut tail = self.lock();
-                while tail.seq == synced && !tail.closing {
+                while tail.seq == synced && tail.sealed.is_empty() && !tail.closing {
                     tail.sync_waiting = true;
                     tail = self.wake.wait(tail).unwrap_or_else(PoisonError::into_inner);
                 }
-                if tail.seq == synced {
+                if tail.seq == synced && tail.sealed.is_empty() {
                     return; // closing, and nothing left to sync
                 }
                 // Whoever hurried waits for an entry this fsync covers.
                 tail.hurry = false;
-                // Entries before a seal were synced by the seal; the rest
-                // are in the file current now.
-                (tail.seq, tail.file.clone())
+                // Entries up to `target` are in the segments sealed since
+                // the last round and in the current one.
+                (tail.seq, tail.file.clone(), std::mem::take(&mut tail.sealed))
             };
-            if let Err(e) = file.sync_data() {
+            if let Err(e) = self.finish_seals(sealed).and_then(|()| file.sync_data()) {
                 let why = format!("audit fsync failed ({e}); restart to recover");
                 tracing::error!(error = %e, "audit fsync failed; refusing further writes");
                 self.lock().poisoned = Some(why.clone());
                 self.synced.send_modify(|s| s.failed = Some(why.into()));
-                return;
-            }
-            if self.synced.borrow().failed.is_some() {
-                // A seal's fsync failed meanwhile: this one succeeding does
-                // not bring back pages the kernel may have dropped.
                 return;
             }
             synced = target;
@@ -635,6 +662,7 @@ fn recover(path: &Path, file: &mut File) -> Result<Tail, String> {
         first_seq,
         first_ms,
         seal_failed: false,
+        sealed: Vec::new(),
         seq,
         prev,
         poisoned: None,

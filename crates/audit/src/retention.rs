@@ -120,10 +120,11 @@ pub async fn expire(log: &AuditLog, retention: Retention, now_ms: u64) -> Result
     let current = log.path().to_owned();
     let runs = ranges.clone();
     let key = log.index_key().cloned();
+    let indexed = log.clone();
     let (deleted, compacted) = tokio::task::spawn_blocking(move || {
         let done = apply(&current, segments, &runs)?;
         if let Some(key) = key {
-            reindex(&current, &key, &done.0, &done.1)?;
+            indexed.with_index(|| reindex(&current, &key, &done.0, &done.1))?;
         }
         Ok::<_, RetentionError>(done)
     })

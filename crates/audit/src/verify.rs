@@ -147,6 +147,17 @@ pub fn verify_report(path: &Path) -> Result<Verified, VerifyError> {
 /// Removed runs by first seq: (last seq, last hash).
 type Records = BTreeMap<u64, Vec<(u64, String)>>;
 
+/// The seqs the log's (linked) `audit_expired` records say were removed:
+/// a test for one seq.
+pub(crate) fn removed_by_records(current: &Path) -> std::io::Result<impl Fn(u64) -> bool> {
+    let records = expiry_records(crate::segment::files(current)?)?;
+    Ok(move |seq: u64| {
+        records
+            .range(..=seq)
+            .any(|(_, runs)| runs.iter().any(|(last, _)| seq <= *last))
+    })
+}
+
 /// Every run the log's `audit_expired` entries say was removed.
 ///
 /// Only a record that is itself linked to the entry just before it (seq

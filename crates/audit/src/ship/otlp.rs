@@ -42,7 +42,8 @@ pub(super) struct OtlpSink {
 
 impl OtlpSink {
     pub(super) fn new(log: &Path, otlp: OtlpShipping) -> Result<Self, ShipError> {
-        let bad = |e: &dyn std::fmt::Display| ShipError::Url(format!("otlp endpoint {}: {e}", otlp.endpoint));
+        // The endpoint itself is not echoed: it may carry credentials.
+        let bad = |e: &dyn std::fmt::Display| ShipError::Url(format!("audit.otlp endpoint: {e}"));
         let mut endpoint = tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())
             .map_err(|e| bad(&e))?
             .connect_timeout(TIMEOUT)

@@ -265,6 +265,10 @@ pub enum AuditQueryCommand {
         /// Count every replica's shipped copy instead of this replica's log.
         #[arg(long)]
         fleet: bool,
+        /// `table` (aligned text), or `json` (one object) [default: table
+        /// on a terminal, else json].
+        #[arg(long, value_enum)]
+        output: Option<OutputArg>,
     },
 }
 

@@ -502,7 +502,10 @@ async fn the_cli_lists_and_summarises_a_tenants_leases_without_the_secret() {
     );
     assert!(String::from_utf8_lossy(&table.stderr).contains("--after"));
 
-    let summary = cli(vec!["audit", "summary", "--tenant", "acme", "--since", "7d"]).await;
+    let summary = cli(vec![
+        "audit", "summary", "--tenant", "acme", "--since", "7d", "--output", "table",
+    ])
+    .await;
     let text = String::from_utf8_lossy(&summary.stdout).into_owned();
     assert!(
         summary.status.success(),
@@ -520,6 +523,13 @@ async fn the_cli_lists_and_summarises_a_tenants_leases_without_the_secret() {
     ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
+    // Not on a terminal, the summary is one JSON object.
+    let json = cli(vec!["audit", "summary", "--tenant", "acme"]).await;
+    let object: serde_json::Value = serde_json::from_slice(&json.stdout).expect("a JSON summary");
+    assert_eq!(object["entries"], 4);
+    assert_eq!(object["by_kind"]["credential_lease"], 3);
+    assert_eq!(object["by_source"]["127.0.0.1"], 3);
+    assert_eq!(object["caller_keys"], 2);
 
     // The admin key is told what it lacks; a bad --since is refused locally.
     let denied = admin_cli(&valet.admin_url, &valet.key_file, &["audit", "summary"], "").await;

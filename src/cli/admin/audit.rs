@@ -20,17 +20,18 @@ pub(super) async fn run(client: &mut Client, cmd: AuditQueryCommand) -> Result<(
             after_id,
             output,
         } => {
-            let output = output.unwrap_or(match std::io::stdout().is_terminal() {
-                true => OutputArg::Table,
-                false => OutputArg::Json,
-            });
+            let output = output.unwrap_or_else(default_output);
             let from = match fleet {
                 true => After::Shipped(after_id.unwrap_or_default()),
                 false => After::Seq(after),
             };
             query(client, filter_to_wire(filter), limit, from, output).await
         }
-        AuditQueryCommand::Summary { filter, fleet } => {
+        AuditQueryCommand::Summary {
+            filter,
+            fleet,
+            output,
+        } => {
             let request = proto::SummarizeAuditRequest {
                 filter: Some(filter_to_wire(filter)),
                 fleet,
@@ -40,7 +41,10 @@ pub(super) async fn run(client: &mut Client, cmd: AuditQueryCommand) -> Result<(
                 .await
                 .map_err(describe)?
                 .into_inner();
-            print!("{}", render_summary(&summary));
+            match output.unwrap_or_else(default_output) {
+                OutputArg::Table => print!("{}", render_summary(&summary)),
+                OutputArg::Json => println!("{}", summary_json(&summary)),
+            }
             Ok(())
         }
     }
@@ -60,6 +64,38 @@ impl std::fmt::Display for After {
             After::Shipped(id) => write!(f, "--fleet --after-id {id}"),
         }
     }
+}
+
+/// A table on a terminal, else JSON (for `jq` and scripts).
+fn default_output() -> OutputArg {
+    match std::io::stdout().is_terminal() {
+        true => OutputArg::Table,
+        false => OutputArg::Json,
+    }
+}
+
+/// The summary as one JSON object: counts as `{name: count}` maps.
+fn summary_json(s: &proto::AuditSummary) -> serde_json::Value {
+    let counts = |c: &[proto::AuditCount]| {
+        c.iter()
+            .map(|c| (c.name.clone(), serde_json::Value::from(c.count)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let at = |t: Option<&prost_types::Timestamp>| match t {
+        Some(_) => serde_json::Value::from(time(t)),
+        None => serde_json::Value::Null,
+    };
+    serde_json::json!({
+        "entries": s.entries,
+        "examined": s.examined,
+        "first": at(s.first.as_ref()),
+        "last": at(s.last.as_ref()),
+        "caller_keys": s.caller_keys,
+        "by_kind": counts(&s.by_kind),
+        "by_reason": counts(&s.by_reason),
+        "by_actor": counts(&s.by_actor),
+        "by_source": counts(&s.by_source),
+    })
 }
 
 /// Pages through the matches, printing each as it arrives.

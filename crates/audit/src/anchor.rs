@@ -19,8 +19,8 @@
 use crate::event::ExpiredRange;
 use crate::line_hash;
 
-use crate::ship::{LOGS_KEY, STREAM_KEY, head_key};
-use std::collections::{BTreeMap, HashMap};
+use crate::ship::RedisCopy;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Stream entries read per request.
@@ -109,24 +109,15 @@ pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Match
             .map_err(io)?
             .unwrap_or_default(),
     };
-    let redis_err = |e: redis::RedisError| AnchorError::Redis(e.to_string());
-    let client = redis::Client::open(url).map_err(|_| {
+    let copy = RedisCopy::connect(url).map_err(|_| {
         // Not echoed: a URL may carry a password.
         AnchorError::Redis("the anchor is not a Redis URL (redis://host:port/ or rediss://…)".into())
     })?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(redis_err)?;
-    let head: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(head_key(&id))
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_err)?;
+    let head = copy.head(&id).await.map_err(AnchorError::Redis)?;
     let Some(shipped) = head.get("seq").and_then(|s| s.parse::<u64>().ok()) else {
         return Err(AnchorError::NotShipped {
             log_id: id,
-            known: known_logs(&mut conn).await?,
+            known: known_logs(&copy).await?,
         });
     };
     if shipped > verified.last_seq {
@@ -137,7 +128,7 @@ pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Match
     }
     // The stream first, oldest first, so the earliest edit is named; then
     // the head, which outlives trimming.
-    let (compared, first_in_stream) = compare_stream(&mut conn, &id, &hashes, verified.last_seq).await?;
+    let (compared, first_in_stream) = compare_stream(&copy, &id, &hashes, verified.last_seq).await?;
     if let Some(ours) = hashes.get(&shipped)
         && head.get("hash") != Some(ours)
     {
@@ -154,12 +145,12 @@ pub async fn check(path: &Path, url: &str, log_id: Option<&str>) -> Result<Match
 
 /// Every shipped entry of log `id` against the file's hash at its seq.
 async fn compare_stream(
-    conn: &mut redis::aio::MultiplexedConnection,
+    copy: &RedisCopy,
     id: &str,
     hashes: &BTreeMap<u64, String>,
     last_seq: u64,
 ) -> Result<(u64, Option<u64>), AnchorError> {
-    let mut after = "-".to_owned();
+    let mut after = String::new();
     let mut compared = 0u64;
     let mut first = None;
     // Shipped entries the file lacks, and the runs shipped records removed:
@@ -168,38 +159,18 @@ async fn compare_stream(
     let mut missing = Vec::new();
     let mut removed: Vec<ExpiredRange> = Vec::new();
     loop {
-        // Each stream entry: its id, then field, value, field, value, …
-        let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(STREAM_KEY)
-            .arg(&after)
-            .arg("+")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(conn)
-            .await
-            .map_err(|e| AnchorError::Redis(e.to_string()))?;
-        for (_, fields) in &page {
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv[0] == name)
-                    .and_then(|kv| kv.get(1))
-                    .map(String::as_str)
-            };
-            if field("log") != Some(id) {
-                continue;
-            }
-            let seq: u64 = field("seq").and_then(|s| s.parse().ok()).unwrap_or(0);
-            let hash = field("hash").unwrap_or_default();
-            if let Some(line) = field("line").filter(|l| l.contains("\"event\":\"audit_expired\""))
-                && let Ok(record) = serde_json::from_str::<serde_json::Value>(line)
+        let page = copy.fleet_page(&after, PAGE).await.map_err(AnchorError::Redis)?;
+        for shipped in page.iter().filter(|s| s.log_id == id) {
+            let seq = shipped.seq;
+            if crate::verify::is_expiry_record(shipped.line.as_bytes())
+                && let Ok(record) = serde_json::from_str::<serde_json::Value>(&shipped.line)
             {
                 removed.extend(
                     serde_json::from_value::<Vec<ExpiredRange>>(record["ranges"].clone()).unwrap_or_default(),
                 );
             }
             match hashes.get(&seq) {
-                Some(ours) if *ours == hash => {}
+                Some(ours) if *ours == shipped.hash => {}
                 Some(_) => return Err(AnchorError::Edited { seq }),
                 None if seq > last_seq => {
                     return Err(AnchorError::Truncated {
@@ -216,7 +187,7 @@ async fn compare_stream(
             compared += 1;
         }
         match page.last() {
-            Some((last, _)) if page.len() == PAGE => after = format!("({last}"),
+            Some(last) if page.len() == PAGE => after.clone_from(&last.stream_id),
             _ => break,
         }
     }
@@ -230,23 +201,14 @@ async fn compare_stream(
 }
 
 /// The logs the anchor holds, for a message: `id (replica, up to seq N)`.
-async fn known_logs(conn: &mut redis::aio::MultiplexedConnection) -> Result<String, AnchorError> {
-    let redis_err = |e: redis::RedisError| AnchorError::Redis(e.to_string());
-    let ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(LOGS_KEY)
-        .query_async(conn)
-        .await
-        .map_err(redis_err)?;
+async fn known_logs(copy: &RedisCopy) -> Result<String, AnchorError> {
+    let ids = copy.log_ids().await.map_err(AnchorError::Redis)?;
     if ids.is_empty() {
         return Ok("none".into());
     }
     let mut known = Vec::new();
     for id in ids {
-        let head: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(head_key(&id))
-            .query_async(conn)
-            .await
-            .map_err(redis_err)?;
+        let head = copy.head(&id).await.map_err(AnchorError::Redis)?;
         let replica = head.get("replica").map_or("?", String::as_str);
         let seq = head.get("seq").map_or("?", String::as_str);
         known.push(format!("{id} ({replica}, up to seq {seq})"));

@@ -199,35 +199,21 @@ fn write(current: &Path, key: &IndexKey, segments: &[Listed]) -> std::io::Result
 /// A segment's first seq, last seq and last entry's hash; `None` if the
 /// file is gone or empty. Reads only its first and last lines.
 fn ends(path: &Path) -> std::io::Result<Option<(u64, u64, String)>> {
-    use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom};
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut first = Vec::new();
-    std::io::BufReader::new((&file).take(TAIL)).read_until(b'\n', &mut first)?;
-    let Some(first_seq) = crate::segment::seq_of(&first) else {
+    let first = crate::segment::first_line(&mut file)?;
+    let Some(first_seq) = first.as_deref().and_then(crate::segment::seq_of) else {
         return Ok(None);
     };
-    let len = file.metadata()?.len();
-    let start = len.saturating_sub(TAIL);
-    file.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::new();
-    file.take(len - start).read_to_end(&mut tail)?;
-    let Some(last) = tail
-        .strip_suffix(b"\n")
-        .and_then(|b| b.rsplit(|c| *c == b'\n').next())
-        .filter(|l| !l.is_empty())
-    else {
+    let Some(last) = crate::segment::last_line(&mut file)?.2 else {
         return Ok(None);
     };
-    let last_seq = crate::segment::seq_of(last).unwrap_or(0);
-    Ok(Some((first_seq, last_seq, crate::line_hash(last))))
+    let last_seq = crate::segment::seq_of(&last).unwrap_or(0);
+    Ok(Some((first_seq, last_seq, crate::line_hash(&last))))
 }
-
-/// How much of a segment's end is read to find its last line.
-const TAIL: u64 = 1 << 20;
 
 /// Changes the index: built from disk if there is none yet; otherwise
 /// read, checked, changed by `change` and signed again. An index that does

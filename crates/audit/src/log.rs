@@ -17,15 +17,12 @@ use crate::event::Event;
 use crate::{GENESIS, line_hash};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
-
-/// How far from the end of the file `open` looks for the last entry.
-const MAX_TAIL: u64 = 1 << 20;
 
 /// With [`Durability::Os`], the longest the sync thread waits between two
 /// fsyncs while entries keep coming (a power loss may lose this much); a
@@ -677,41 +674,21 @@ fn recover(path: &Path, file: &mut File) -> Result<Tail, String> {
 /// line (a write cut off by a crash: no caller was told it succeeded) is
 /// cut off first.
 fn last_line(file: &mut File, cut: bool) -> Result<(u64, Option<Vec<u8>>), String> {
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let start = len.saturating_sub(MAX_TAIL);
-    let mut tail = Vec::new();
-    file.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
-    file.take(len - start)
-        .read_to_end(&mut tail)
-        .map_err(|e| e.to_string())?;
-    let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut len = len;
-    if cut && complete < tail.len() {
-        len = start + complete as u64;
+    let (mut len, complete, last) = crate::segment::last_line(file).map_err(|e| e.to_string())?;
+    if cut && complete < len {
+        len = complete;
         tracing::warn!(
             kept_bytes = len,
             "audit log ended in a partial line; cutting it off"
         );
         file.set_len(len).map_err(|e| e.to_string())?;
     }
-    let last = tail[..complete]
-        .strip_suffix(b"\n")
-        .and_then(|b| b.rsplit(|c| *c == b'\n').next())
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec);
     Ok((len, last))
 }
 
 /// The file's first whole line, if it has one.
 fn first_line(file: &mut File) -> Result<Option<Vec<u8>>, String> {
-    use std::io::BufRead as _;
-    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    let mut first = Vec::new();
-    // Bounded: a device (`/dev/full`) never ends.
-    std::io::BufReader::new((&*file).take(MAX_TAIL))
-        .read_until(b'\n', &mut first)
-        .map_err(|e| e.to_string())?;
-    Ok(first.strip_suffix(b"\n").map(<[u8]>::to_vec))
+    crate::segment::first_line(file).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

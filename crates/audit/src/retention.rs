@@ -181,7 +181,7 @@ fn plan(
         let mut buf = Vec::new();
         while lines.next_line(&mut buf).map_err(io)? {
             let seq = seq_of(&buf).ok_or_else(|| RetentionError::Io("a sealed entry has no seq".into()))?;
-            let is_record = buf.windows(RECORD.len()).any(|w| w == RECORD);
+            let is_record = crate::verify::is_expiry_record(&buf);
             if is_record && let Some(before) = planner.pending.as_mut() {
                 before.removable = false;
             }
@@ -201,9 +201,6 @@ fn plan(
     planner.commit();
     Ok((planner.segments, planner.ranges, planner.removed))
 }
-
-/// An `audit_expired` entry, found by its text.
-const RECORD: &[u8] = b"\"event\":\"audit_expired\"";
 
 /// An entry whose fate waits for the next one (which may be a record).
 struct Pending {

@@ -173,6 +173,37 @@ fn open_all(paths: impl Iterator<Item = PathBuf>) -> std::io::Result<Vec<Named>>
     Ok(readers)
 }
 
+/// How far from a file's start or end its first or last line is looked
+/// for (a device, `/dev/full`, never ends).
+pub(crate) const MAX_LINE: u64 = 1 << 20;
+
+/// A file's first whole line, if it has one.
+pub(crate) fn first_line(file: &mut std::fs::File) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read as _, Seek as _};
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut first = Vec::new();
+    std::io::BufReader::new((&*file).take(MAX_LINE)).read_until(b'\n', &mut first)?;
+    Ok(first.strip_suffix(b"\n").map(<[u8]>::to_vec))
+}
+
+/// A file's end: its length, its length up to its last newline (less when
+/// a write was cut off), and its last whole line.
+pub(crate) fn last_line(file: &mut std::fs::File) -> std::io::Result<(u64, u64, Option<Vec<u8>>)> {
+    use std::io::{Read as _, Seek as _};
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(MAX_LINE);
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    (&*file).take(len - start).read_to_end(&mut tail)?;
+    let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let last = tail[..complete]
+        .strip_suffix(b"\n")
+        .and_then(|b| b.rsplit(|c| *c == b'\n').next())
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec);
+    Ok((len, start + complete as u64, last))
+}
+
 /// The `seq` of an entry, read from the start of its line.
 pub fn seq_of(line: &[u8]) -> Option<u64> {
     let rest = line.strip_prefix(b"{\"seq\":")?;

@@ -77,6 +77,10 @@ pub struct Shipped {
     pub stream_id: String,
     /// The log it belongs to.
     pub log_id: String,
+    /// The entry's seq in its log.
+    pub seq: u64,
+    /// The entry's hash, as it was when shipped.
+    pub hash: String,
     /// The entry exactly as written.
     pub line: String,
 }
@@ -112,23 +116,22 @@ impl RedisCopy {
         // Each stream entry: its id, then field, value, field, value, …
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(STREAM_KEY).arg(start).arg("+").arg("COUNT").arg(count);
-        let asked = cmd.query_async::<Vec<(String, Vec<String>)>>(&mut conn);
-        let page = match tokio::time::timeout(TIMEOUT, asked).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => return Err(format!("redis: {e}")),
-            Err(_) => return Err("redis: timed out".into()),
-        };
+        let page: Vec<(String, Vec<String>)> = bounded(cmd.query_async(&mut conn)).await?;
         Ok(page
             .into_iter()
             .map(|(stream_id, fields)| {
                 let mut shipped = Shipped {
                     stream_id,
                     log_id: String::new(),
+                    seq: 0,
+                    hash: String::new(),
                     line: String::new(),
                 };
                 for kv in fields.chunks_exact(2) {
                     match kv[0].as_str() {
                         "log" => shipped.log_id = kv[1].clone(),
+                        "seq" => shipped.seq = kv[1].parse().unwrap_or(0),
+                        "hash" => shipped.hash = kv[1].clone(),
                         "line" => shipped.line = kv[1].clone(),
                         _ => {}
                     }
@@ -136,6 +139,32 @@ impl RedisCopy {
                 shipped
             })
             .collect())
+    }
+
+    /// The head of log `id` as Redis holds it (`seq`, `hash`, `replica`);
+    /// empty if it was never shipped.
+    pub async fn head(&self, id: &str) -> Result<std::collections::HashMap<String, String>, String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(head_key(id));
+        bounded(cmd.query_async(&mut conn)).await
+    }
+
+    /// Every log id shipped to this Redis.
+    pub async fn log_ids(&self) -> Result<Vec<String>, String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(LOGS_KEY);
+        bounded(cmd.query_async(&mut conn)).await
+    }
+}
+
+/// A Redis request within [`TIMEOUT`], its error as text.
+async fn bounded<T>(asked: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(TIMEOUT, asked).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(format!("redis: {e}")),
+        Err(_) => Err("redis: timed out".into()),
     }
 }
 
@@ -163,12 +192,8 @@ impl Sink for RedisSink {
         let mut conn = self.copy.conn.clone();
         let mut cmd = redis::cmd("HGET");
         cmd.arg(head_key(id)).arg("seq");
-        let asked = cmd.query_async::<Option<u64>>(&mut conn);
-        match tokio::time::timeout(TIMEOUT, asked).await {
-            Ok(Ok(seq)) => Ok(seq.unwrap_or(0)),
-            Ok(Err(e)) => Err(format!("redis: {e}")),
-            Err(_) => Err("redis: timed out".into()),
-        }
+        let seq: Option<u64> = bounded(cmd.query_async(&mut conn)).await?;
+        Ok(seq.unwrap_or(0))
     }
 
     async fn send(&self, id: &str, head: u64, batch: &[Line]) -> Result<u64, String> {
@@ -184,10 +209,6 @@ impl Sink for RedisSink {
             invocation.arg(line.seq).arg(&line.hash).arg(&line.text);
         }
         let mut conn = self.copy.conn.clone();
-        match tokio::time::timeout(TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await {
-            Ok(Ok(new_head)) => Ok(new_head),
-            Ok(Err(e)) => Err(format!("redis: {e}")),
-            Err(_) => Err("redis: timed out".into()),
-        }
+        bounded(invocation.invoke_async(&mut conn)).await
     }
 }
